@@ -1,0 +1,1 @@
+"""Specs and resource arithmetic: pydantic models and pure values, no I/O."""

@@ -1,0 +1,135 @@
+"""Cluster state as numpy arrays, one row per node, so scheduling is vectorised.
+
+Policies only read a ``ClusterState``; runtimes apply decisions to it with
+``bind``/``unbind``.  Every change stamps the node with a number from a
+counter shared by all copies of the state, so a cache keyed on
+``(node, stamp)`` can never confuse two different contents.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from shoal.domain.nodes import Node
+from shoal.domain.resources import MILLI
+from shoal.domain.workload import PodShape
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One pod bound to one node, with the GPUs it uses there."""
+
+    node: int
+    gpus: tuple[int, ...]
+    shape: PodShape
+
+
+_MUTABLE = (
+    "cpu_free", "mem_free", "gpu_free", "gpu_mem_free", "whole_free", "max_free", "kinds", "up",
+    "stamp",
+)
+
+
+class ClusterState:
+    """Capacities and free resources of every node (CPU milli, memory MiB, GPU milli)."""
+
+    def __init__(self, nodes: Sequence[Node]) -> None:
+        self.nodes = list(nodes)
+        self.names = [node.name for node in nodes]
+        self.index = {name: i for i, name in enumerate(self.names)}
+        n = len(nodes)
+        self.max_gpus = max((node.gpu_count for node in nodes), default=0) or 1
+        self.cpu_cap = np.array([node.cpu for node in nodes], dtype=np.int64)
+        self.mem_cap = np.array([node.memory for node in nodes], dtype=np.int64)
+        self.gpu_count = np.array([node.gpu_count for node in nodes], dtype=np.int64)
+        self.gpu_memory = np.array([node.gpu_memory for node in nodes], dtype=np.int64)
+        self.models: list[str] = sorted({node.gpu_model for node in nodes if node.gpu_model})
+        model_ids = {model: i for i, model in enumerate(self.models)}
+        self.model_id = np.array(
+            [model_ids.get(node.gpu_model, -1) for node in nodes], dtype=np.int64
+        )
+        self.gpu_exists = np.arange(self.max_gpus)[None, :] < self.gpu_count[:, None]
+        self.cpu_free = self.cpu_cap.copy()
+        self.mem_free = self.mem_cap.copy()
+        # Free milli-GPU per GPU slot; slots beyond a node's GPU count stay 0,
+        # which no request can use, so no mask is needed on the hot path.
+        self.gpu_free = np.where(self.gpu_exists, MILLI, 0).astype(np.int64)
+        self.gpu_mem_free = np.where(self.gpu_exists, self.gpu_memory[:, None], 0).astype(np.int64)
+        self.whole_free = self.gpu_count.copy()
+        self.max_free = np.where(self.gpu_count > 0, MILLI, 0).astype(np.int64)
+        # GPU pods per node by kind: column 0 counts GPU-sharing pods, column k
+        # pods of k whole GPUs; some scorers cluster pods of one kind.
+        self.kinds = np.zeros((n, self.max_gpus + 1), dtype=np.int64)
+        self.up: BoolArray = np.ones(n, dtype=np.bool_)
+        self.stamp: IntArray = np.zeros(n, dtype=np.int64)
+        self._counter: Iterator[int] = itertools.count(1)
+        self.total_gpu_milli = int(self.gpu_count.sum()) * MILLI
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def copy(self) -> ClusterState:
+        """An independent copy for tentative decisions (capacities are shared)."""
+        clone = object.__new__(ClusterState)
+        clone.__dict__.update(self.__dict__)
+        for attr in _MUTABLE:
+            setattr(clone, attr, getattr(self, attr).copy())
+        return clone
+
+    # -- reading -------------------------------------------------------------
+
+    @property
+    def allocated_gpu_milli(self) -> int:
+        """GPU milli in use on nodes that are up."""
+        up = self.up
+        return int(self.gpu_count[up].sum()) * MILLI - int(self.gpu_free[up].sum())
+
+    def label_values(self, key: str) -> list[str | None]:
+        return [node.labels.get(key) for node in self.nodes]
+
+    # -- changing ------------------------------------------------------------
+
+    def bind(self, binding: Binding) -> None:
+        node, shape = binding.node, binding.shape
+        self.cpu_free[node] -= shape.cpu
+        self.mem_free[node] -= shape.memory
+        for gpu in binding.gpus:
+            self.gpu_free[node, gpu] -= shape.gpu_milli
+            self.gpu_mem_free[node, gpu] -= shape.gpu_memory
+        if shape.gpu_count:
+            self.kinds[node, pod_kind(shape)] += 1
+        self._refresh(node)
+
+    def unbind(self, binding: Binding) -> None:
+        node, shape = binding.node, binding.shape
+        self.cpu_free[node] += shape.cpu
+        self.mem_free[node] += shape.memory
+        for gpu in binding.gpus:
+            self.gpu_free[node, gpu] += shape.gpu_milli
+            self.gpu_mem_free[node, gpu] += shape.gpu_memory
+        if shape.gpu_count:
+            self.kinds[node, pod_kind(shape)] -= 1
+        self._refresh(node)
+
+    def set_up(self, node: int, up: bool) -> None:
+        self.up[node] = up
+        self._refresh(node)
+
+    def _refresh(self, node: int) -> None:
+        row = self.gpu_free[node]
+        self.whole_free[node] = int((row == MILLI).sum())
+        self.max_free[node] = int(row.max()) if len(row) else 0
+        self.stamp[node] = next(self._counter)
+
+
+def pod_kind(shape: PodShape) -> int:
+    """Column of ``ClusterState.kinds`` for a GPU pod: 0 shares a GPU, k uses k GPUs."""
+    return 0 if shape.gpu_milli < MILLI else shape.gpu_count

@@ -1,0 +1,1 @@
+"""Pure scheduling decisions over immutable snapshots: no clock, no I/O."""

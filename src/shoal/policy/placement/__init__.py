@@ -1,0 +1,27 @@
+"""Placement: filter and score all nodes at once, then pick GPUs inside the node."""
+
+from shoal.policy.placement import fgd as _fgd
+from shoal.policy.placement import scorers as _scorers
+from shoal.policy.placement.base import (
+    Scorer,
+    ScorerContext,
+    make_scorer,
+    node_ranks,
+    place_pod,
+    register_scorer,
+    scorer_names,
+    typical_pods,
+)
+
+del _fgd, _scorers
+
+__all__ = [
+    "Scorer",
+    "ScorerContext",
+    "make_scorer",
+    "node_ranks",
+    "place_pod",
+    "register_scorer",
+    "scorer_names",
+    "typical_pods",
+]

@@ -1,0 +1,154 @@
+"""Scorer protocol, the scorer registry, and choosing one node for one pod.
+
+A scorer rates every feasible node at once (numpy) and picks the GPUs on the
+chosen node.  Higher scores win; ties go to the node with the lowest
+``rank`` (a fixed, seeded order), which keeps runs reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from shoal.domain.cluster import Binding, BoolArray, ClusterState, IntArray
+from shoal.domain.resources import MILLI
+from shoal.domain.workload import PodShape
+from shoal.errors import UnknownReferenceError
+from shoal.policy.placement.filters import fit_mask, usable_gpus
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class ScorerContext:
+    """What a scorer may know besides the cluster: the expected pod mix and a seed."""
+
+    typical_pods: tuple[tuple[PodShape, float], ...] = ()
+    seed: int = 0
+    options: dict[str, object] = field(default_factory=dict)
+
+
+class Scorer(Protocol):
+    """Rates nodes for a pod; higher is better."""
+
+    name: str
+
+    def score(self, state: ClusterState, pod: PodShape, nodes: IntArray) -> FloatArray:
+        """One score per node in ``nodes`` (all feasible for ``pod``)."""
+        ...
+
+    def pick_gpus(self, state: ClusterState, pod: PodShape, node: int) -> tuple[int, ...]:
+        """The GPU slots on ``node`` that ``pod`` will use."""
+        ...
+
+
+ScorerFactory = Callable[[ScorerContext], Scorer]
+_REGISTRY: dict[str, ScorerFactory] = {}
+
+
+def register_scorer(name: str, factory: ScorerFactory) -> None:
+    """Make a scorer available by name to ``shoal sim --policy`` and scenarios."""
+    _REGISTRY[name] = factory
+
+
+def scorer_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_scorer(name: str, context: ScorerContext) -> Scorer:
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(scorer_names())
+        raise UnknownReferenceError(f"unknown placement policy {name!r}; known: {known}") from None
+    return factory(context)
+
+
+def best_fit_gpus(state: ClusterState, pod: PodShape, node: int) -> tuple[int, ...]:
+    """Whole GPUs: the lowest-index free ones.  A fraction: the fullest GPU it fits on."""
+    if pod.gpu_count == 0:
+        return ()
+    slots = usable_gpus(state, pod, node)
+    if pod.gpu_milli >= MILLI:
+        return tuple(int(g) for g in slots[: pod.gpu_count])
+    free = state.gpu_free[node, slots]
+    return (int(slots[int(np.argmin(free))]),)
+
+
+class BestFitGpus:
+    """Mixin: the default GPU choice inside a node."""
+
+    def pick_gpus(self, state: ClusterState, pod: PodShape, node: int) -> tuple[int, ...]:
+        return best_fit_gpus(state, pod, node)
+
+
+def node_ranks(size: int, seed: int | None) -> IntArray:
+    """Tie-break order: node index order, or a seeded permutation of it."""
+    if seed is None:
+        return np.arange(size, dtype=np.int64)
+    return np.random.default_rng(seed).permutation(size).astype(np.int64)
+
+
+def choose(scores: FloatArray, nodes: IntArray, ranks: IntArray) -> int:
+    """The best-scoring node; among equals, the one ranked first."""
+    top = scores.max()
+    tied = nodes[scores == top]
+    if len(tied) == 1:
+        return int(tied[0])
+    return int(tied[np.argmin(ranks[tied])])
+
+
+def place_pod(
+    state: ClusterState,
+    pod: PodShape,
+    scorer: Scorer,
+    ranks: IntArray,
+    allowed: BoolArray | None = None,
+) -> Binding | None:
+    """Filter then score every node; the pod's binding, or None when nothing fits."""
+    nodes = np.flatnonzero(fit_mask(state, pod, allowed))
+    if len(nodes) == 0:
+        return None
+    if len(nodes) == 1:
+        node = int(nodes[0])
+    else:
+        node = choose(scorer.score(state, pod, nodes), nodes, ranks)
+    return Binding(node=node, gpus=scorer.pick_gpus(state, pod, node), shape=pod)
+
+
+def typical_pods(
+    shapes: Sequence[PodShape], coverage: float = 0.95
+) -> tuple[tuple[PodShape, float], ...]:
+    """The most common pod shapes covering ``coverage`` of all pods, with frequencies.
+
+    This is the "expected pod mix" the fragmentation measure is taken against:
+    shapes are counted, the most frequent kept until they cover ``coverage``
+    of the pods, and their frequencies renormalised to sum to one.
+    """
+    counts: dict[PodShape, int] = {}
+    for shape in shapes:
+        key = PodShape(
+            cpu=shape.cpu,
+            gpu_count=shape.gpu_count,
+            gpu_milli=shape.gpu_milli,
+            models=shape.models,
+        )
+        counts[key] = counts.get(key, 0) + 1
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], _shape_key(item[0])))
+    total = sum(counts.values())
+    kept: list[tuple[PodShape, int]] = []
+    covered = 0
+    for shape, count in ordered:
+        if covered >= coverage * total:
+            break
+        kept.append((shape, count))
+        covered += count
+    return tuple((shape, count / covered) for shape, count in kept)
+
+
+def _shape_key(shape: PodShape) -> tuple[int, int, int, tuple[str, ...]]:
+    return (shape.cpu, shape.gpu_milli, shape.gpu_count, shape.models)

@@ -1,0 +1,1 @@
+"""Simulation: trace loaders, the fill and replay engines, and reports."""

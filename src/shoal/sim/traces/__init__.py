@@ -1,0 +1,1 @@
+"""Trace loaders: turn files into nodes and workloads for the simulator."""
