@@ -33,7 +33,7 @@ class Binding:
 
 
 _MUTABLE = (
-    "cpu_free", "mem_free", "gpu_free", "gpu_mem_free", "whole_free", "max_free", "kinds", "up",
+    "cpu_free", "mem_free", "gpu_free", "gpu_mem_free", "gpu_left", "free_share", "whole_free", "max_free", "kinds", "up",
     "stamp",
 )
 
@@ -63,6 +63,7 @@ class ClusterState:
         # which no request can use, so no mask is needed on the hot path.
         self.gpu_free = np.where(self.gpu_exists, MILLI, 0).astype(np.int64)
         self.gpu_mem_free = np.where(self.gpu_exists, self.gpu_memory[:, None], 0).astype(np.int64)
+        self.gpu_left = self.gpu_count * MILLI
         self.whole_free = self.gpu_count.copy()
         self.max_free = np.where(self.gpu_count > 0, MILLI, 0).astype(np.int64)
         # GPU pods per node by kind: column 0 counts GPU-sharing pods, column k
@@ -72,6 +73,19 @@ class ClusterState:
         self.stamp: IntArray = np.zeros(n, dtype=np.int64)
         self._counter: Iterator[int] = itertools.count(1)
         self.total_gpu_milli = int(self.gpu_count.sum()) * MILLI
+        # Reciprocal capacities, so that scoring multiplies instead of divides.
+        self.cpu_inv = 1.0 / np.maximum(self.cpu_cap, 1)
+        self.mem_inv = 1.0 / np.maximum(self.mem_cap, 1)
+        self.gpu_inv = np.where(self.gpu_count > 0, 1.0 / np.maximum(self.gpu_count * MILLI, 1), 0.0)
+        self.dims_inv = 1.0 / (2.0 + (self.gpu_count > 0))
+        # Mean free share over CPU, memory and GPU: kept up to date per node
+        # because least/most-allocated scoring reads it for every node.
+        self.free_share = np.ones(n)
+        self.uniform = n > 0 and bool(
+            (self.cpu_cap == self.cpu_cap[0]).all()
+            and (self.mem_cap == self.mem_cap[0]).all()
+            and (self.gpu_count == self.gpu_count[0]).all()
+        )
 
     def __len__(self) -> int:
         return len(self.names)
@@ -125,6 +139,12 @@ class ClusterState:
 
     def _refresh(self, node: int) -> None:
         row = self.gpu_free[node]
+        self.gpu_left[node] = int(row.sum())
+        self.free_share[node] = self.dims_inv[node] * (
+            self.cpu_free[node] * self.cpu_inv[node]
+            + self.mem_free[node] * self.mem_inv[node]
+            + self.gpu_left[node] * self.gpu_inv[node]
+        )
         self.whole_free[node] = int((row == MILLI).sum())
         self.max_free[node] = int(row.max()) if len(row) else 0
         self.stamp[node] = next(self._counter)

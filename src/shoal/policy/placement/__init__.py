@@ -12,10 +12,12 @@ from shoal.policy.placement.base import (
     scorer_names,
     typical_pods,
 )
+from shoal.policy.placement.gang import Placer
 
 del _fgd, _scorers
 
 __all__ = [
+    "Placer",
     "Scorer",
     "ScorerContext",
     "make_scorer",

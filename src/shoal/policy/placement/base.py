@@ -21,6 +21,9 @@ from shoal.errors import UnknownReferenceError
 from shoal.policy.placement.filters import fit_mask, usable_gpus
 
 FloatArray = npt.NDArray[np.float64]
+Nodes = IntArray | slice
+"""Which nodes to score: an index array, or ``ALL`` (a slice: no gather needed)."""
+ALL = slice(None)
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,8 @@ class Scorer(Protocol):
 
     name: str
 
-    def score(self, state: ClusterState, pod: PodShape, nodes: IntArray) -> FloatArray:
-        """One score per node in ``nodes`` (all feasible for ``pod``)."""
+    def score(self, state: ClusterState, pod: PodShape, nodes: Nodes) -> FloatArray:
+        """One score per node in ``nodes``; values for infeasible nodes are ignored."""
         ...
 
     def pick_gpus(self, state: ClusterState, pod: PodShape, node: int) -> tuple[int, ...]:
@@ -115,6 +118,9 @@ def place_pod(
         return None
     if len(nodes) == 1:
         node = int(nodes[0])
+    elif 2 * len(nodes) > len(state) and getattr(scorer, "score_all_nodes", True):
+        # Mostly feasible: scoring every node beats gathering the feasible ones.
+        node = choose(scorer.score(state, pod, ALL)[nodes], nodes, ranks)
     else:
         node = choose(scorer.score(state, pod, nodes), nodes, ranks)
     return Binding(node=node, gpus=scorer.pick_gpus(state, pod, node), shape=pod)

@@ -68,6 +68,7 @@ class FgdScorer:
 
     name = "fgd"
     integer_scores = True
+    score_all_nodes = False  # its caches work per feasible node
 
     def __init__(self, context: ScorerContext) -> None:
         self.context = context

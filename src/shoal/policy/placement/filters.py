@@ -47,11 +47,10 @@ def _tolerated(taint: object, constraints: Constraints) -> bool:
     if effect == "PreferNoSchedule":
         return True
     key, value = getattr(taint, "key", ""), getattr(taint, "value", "")
-    for t_key, t_value, t_effect in constraints.tolerations:
-        if t_key == key and (t_value is None or t_value == value):
-            if t_effect is None or t_effect == effect:
-                return True
-    return False
+    return any(
+        t_key == key and t_value in (None, value) and t_effect in (None, effect)
+        for t_key, t_value, t_effect in constraints.tolerations
+    )
 
 
 def model_mask(state: ClusterState, models: tuple[str, ...]) -> BoolArray:

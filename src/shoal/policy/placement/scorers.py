@@ -17,6 +17,7 @@ from shoal.domain.workload import PodShape
 from shoal.policy.placement.base import (
     BestFitGpus,
     FloatArray,
+    Nodes,
     ScorerContext,
     register_scorer,
 )
@@ -26,8 +27,13 @@ _REF_CPU = 128_000
 _REF_GPU = 8 * MILLI
 
 
-def _gpu_left(state: ClusterState, nodes: IntArray) -> IntArray:
-    return state.gpu_free[nodes].sum(axis=1)
+def _size(state: ClusterState, nodes: Nodes) -> int:
+    return len(state) if isinstance(nodes, slice) else len(nodes)
+
+
+def _gpu_left(state: ClusterState, nodes: Nodes) -> IntArray:
+    left: IntArray = state.gpu_left[nodes]
+    return left
 
 
 class LeastAllocated(BestFitGpus):
@@ -38,7 +44,7 @@ class LeastAllocated(BestFitGpus):
     def __init__(self, context: ScorerContext) -> None:
         del context
 
-    def score(self, state: ClusterState, pod: PodShape, nodes: IntArray) -> FloatArray:
+    def score(self, state: ClusterState, pod: PodShape, nodes: Nodes) -> FloatArray:
         return _free_share_after(state, pod, nodes)
 
 
@@ -50,38 +56,46 @@ class MostAllocated(BestFitGpus):
     def __init__(self, context: ScorerContext) -> None:
         del context
 
-    def score(self, state: ClusterState, pod: PodShape, nodes: IntArray) -> FloatArray:
+    def score(self, state: ClusterState, pod: PodShape, nodes: Nodes) -> FloatArray:
         return -_free_share_after(state, pod, nodes)
 
 
-def _free_share_after(state: ClusterState, pod: PodShape, nodes: IntArray) -> FloatArray:
-    cpu = (state.cpu_free[nodes] - pod.cpu) / state.cpu_cap[nodes]
-    mem = (state.mem_free[nodes] - pod.memory) / state.mem_cap[nodes]
-    gpu_cap = state.gpu_count[nodes] * MILLI
-    has_gpu = gpu_cap > 0
-    gpu = np.where(
-        has_gpu, (_gpu_left(state, nodes) - pod.gpu_total_milli) / np.maximum(gpu_cap, 1), 0.0
-    )
-    share: FloatArray = (cpu + mem + gpu) / (2.0 + has_gpu)
-    return share
+def _free_share_after(state: ClusterState, pod: PodShape, nodes: Nodes) -> FloatArray:
+    """Mean over CPU, memory and (where present) GPU of the free share after placement."""
+    share: FloatArray = state.free_share[nodes]
+    if isinstance(nodes, slice) and state.uniform:
+        # One node shape: the pod takes the same share everywhere.
+        return share - float(
+            state.dims_inv[0]
+            * (pod.cpu * state.cpu_inv[0] + pod.memory * state.mem_inv[0]
+               + pod.gpu_total_milli * state.gpu_inv[0])
+        )
+    taken = pod.cpu * state.cpu_inv[nodes]
+    taken += pod.memory * state.mem_inv[nodes]
+    if pod.gpu_count:
+        taken += pod.gpu_total_milli * state.gpu_inv[nodes]
+    taken *= state.dims_inv[nodes]
+    return share - taken
 
 
 class BestFit(BestFitGpus):
     """The node left with the least CPU and GPU after placement (paper baseline)."""
 
     name = "best-fit"
+    # Normalised over the feasible nodes only, so it must not see all nodes.
+    score_all_nodes = False
 
     def __init__(self, context: ScorerContext) -> None:
         del context
 
-    def score(self, state: ClusterState, pod: PodShape, nodes: IntArray) -> FloatArray:
+    def score(self, state: ClusterState, pod: PodShape, nodes: Nodes) -> FloatArray:
         left = 0.5 * (state.cpu_free[nodes] - pod.cpu) / _REF_CPU + 0.5 * (
             _gpu_left(state, nodes) - pod.gpu_total_milli
         ) / _REF_GPU
         raw = np.trunc((1.0 - left) * 100).astype(np.int64)
         lo, hi = raw.min(), raw.max()
         if hi == lo:
-            return np.zeros(len(nodes))
+            return np.zeros(_size(state, nodes))
         return ((raw - lo) * 100 // (hi - lo)).astype(np.float64)
 
 
@@ -93,7 +107,7 @@ class DotProduct(BestFitGpus):
     def __init__(self, context: ScorerContext) -> None:
         del context
 
-    def score(self, state: ClusterState, pod: PodShape, nodes: IntArray) -> FloatArray:
+    def score(self, state: ClusterState, pod: PodShape, nodes: Nodes) -> FloatArray:
         cpu_left = state.cpu_free[nodes]
         dot = (
             (cpu_left / _REF_CPU) * (pod.cpu / _REF_CPU)
@@ -111,9 +125,9 @@ class GpuPacking(BestFitGpus):
     def __init__(self, context: ScorerContext) -> None:
         del context
 
-    def score(self, state: ClusterState, pod: PodShape, nodes: IntArray) -> FloatArray:
+    def score(self, state: ClusterState, pod: PodShape, nodes: Nodes) -> FloatArray:
         if pod.gpu_count == 0:
-            return np.zeros(len(nodes))
+            return np.zeros(_size(state, nodes))
         free = state.gpu_free[nodes]
         count = state.gpu_count[nodes]
         whole = state.whole_free[nodes]
@@ -143,9 +157,9 @@ class GpuClustering(BestFitGpus):
     def __init__(self, context: ScorerContext) -> None:
         del context
 
-    def score(self, state: ClusterState, pod: PodShape, nodes: IntArray) -> FloatArray:
+    def score(self, state: ClusterState, pod: PodShape, nodes: Nodes) -> FloatArray:
         if pod.gpu_count == 0:
-            return np.zeros(len(nodes))
+            return np.zeros(_size(state, nodes))
         base = 25 * (_REF_GPU - _gpu_left(state, nodes)) // _REF_GPU
         kinds = state.kinds[nodes] > 0
         kind = 0 if pod.gpu_milli < MILLI else min(pod.gpu_count, kinds.shape[1] - 1)
@@ -167,9 +181,9 @@ class RandomScorer:
     def __init__(self, context: ScorerContext) -> None:
         self.rng = np.random.default_rng(context.seed)
 
-    def score(self, state: ClusterState, pod: PodShape, nodes: IntArray) -> FloatArray:
-        scores = np.zeros(len(nodes))
-        scores[self.rng.integers(len(nodes))] = 1.0
+    def score(self, state: ClusterState, pod: PodShape, nodes: Nodes) -> FloatArray:
+        # Independent uniform scores make the best feasible node a uniform pick.
+        scores: FloatArray = self.rng.random(_size(state, nodes))
         return scores
 
     def pick_gpus(self, state: ClusterState, pod: PodShape, node: int) -> tuple[int, ...]:

@@ -1,0 +1,1 @@
+"""Command-line shells: parse flags, call the core, print results."""

@@ -1,0 +1,158 @@
+"""``shoal sim``: run a simulation scenario, or the shortcut over a trace folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shoal.errors import InputError
+from shoal.policy.placement import scorer_names
+from shoal.sim.html_report import write_html
+from shoal.sim.plan import SimPlan, run_plan
+from shoal.sim.scenario import parse_seeds, plan_from_flags, plan_from_manifest
+
+out = Console()
+err = Console(stderr=True)
+
+
+def sim(
+    scenario: Annotated[
+        Path | None, typer.Argument(help="a Simulation manifest (YAML)", show_default=False)
+    ] = None,
+    trace: Annotated[
+        Path | None, typer.Option(help="trace: an openb folder or a CSV job trace")
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="fill or replay")] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="placement policies, comma-separated (see shoal policies)")
+    ] = None,
+    seeds: Annotated[str | None, typer.Option(help="seeds: 42, 42,43 or 42-51")] = None,
+    workload: Annotated[str, typer.Option(help="openb pod list: default, gpushare40, ...")] = "default",
+    target: Annotated[float, typer.Option(help="fill: arrived GPU request / capacity")] = 1.3,
+    output: Annotated[str, typer.Option("--output", "-o", help="table or json")] = "table",
+    html: Annotated[Path | None, typer.Option(help="also write an HTML report here")] = None,
+) -> None:
+    """Simulate scheduling policies on a cluster and a trace; compare them side by side."""
+    if output not in ("table", "json"):
+        raise InputError(f"--output: expected table or json, got {output!r}")
+    plan = _plan(scenario, trace, mode, policy, seeds, workload, target)
+    plan.check()
+    report = _run(plan, quiet=output == "json")
+    if html is not None:
+        write_html(report, html, title=f"Shoal simulation: {plan.name}")
+    if output == "json":
+        print(json.dumps(report))
+        return
+    _print_table(report)
+    if html is not None:
+        out.print(f"HTML report: {html}")
+
+
+def _plan(
+    scenario: Path | None,
+    trace: Path | None,
+    mode: str | None,
+    policy: str | None,
+    seeds: str | None,
+    workload: str,
+    target: float,
+) -> SimPlan:
+    policies = [p.strip() for p in policy.split(",") if p.strip()] if policy else None
+    seed_list = parse_seeds(seeds) if seeds else None
+    if scenario is not None:
+        if trace is not None:
+            raise InputError("give either a scenario file or --trace, not both")
+        return plan_from_manifest(scenario, mode=mode, policies=policies, seeds=seed_list)
+    if trace is None:
+        raise InputError("nothing to simulate: give a scenario file or --trace PATH")
+    return plan_from_flags(
+        trace,
+        mode=mode or "fill",
+        policies=policies or ["fgd"],
+        seeds=seed_list or [42],
+        workload=workload,
+        target=target,
+    )
+
+
+def _run(plan: SimPlan, quiet: bool) -> dict[str, object]:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:>7.0f}/{task.total:.0f}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=min(done, total))
+
+        return run_plan(plan, progress)
+
+
+def _print_table(report: dict[str, object]) -> None:
+    results = report["results"]
+    assert isinstance(results, list)
+    fill = [r for r in results if r["mode"] == "fill"]
+    replay = [r for r in results if r["mode"] == "replay"]
+    if fill:
+        table = Table(title=f"{report['scenario']}: fill")
+        for name in ("policy", "allocated @ full", "unallocated @ full", "failed pods", "wall s"):
+            table.add_column(name, justify="right" if name != "policy" else "left")
+        for r in fill:
+            m = r["metrics"]
+            table.add_row(
+                r["policy"],
+                f"{100 * m['allocated_gpu_fraction_at_full']:.2f} %",
+                f"{100 * m['unallocated_gpu_fraction_at_full']:.2f} %",
+                str(m["failed_pods"]),
+                f"{r['wall_time_s']:.2f}",
+            )
+        out.print(table)
+    if replay:
+        table = Table(title=f"{report['scenario']}: replay")
+        heads = ("policy", "JCT mean s", "JCT p99 s", "queue s", "GPU alloc", "preempt",
+                 "lost GPU-h", "wall s")
+        for name in heads:
+            table.add_column(name, justify="right" if name != "policy" else "left")
+        for r in replay:
+            m = r["metrics"]
+            table.add_row(
+                r["policy"],
+                f"{m['jct_mean_s']:.0f}",
+                f"{m['jct_p99_s']:.0f}",
+                f"{m['queue_delay_mean_s']:.0f}",
+                f"{100 * m['gpu_allocation_mean']:.1f} %",
+                str(m["preemptions"]),
+                f"{m['lost_gpu_hours']:.2f}",
+                f"{r['wall_time_s']:.2f}",
+            )
+        out.print(table)
+        for r in replay:
+            tenants = Table(title=f"{r['policy']}: tenants")
+            for name in ("tenant", "entitlement", "mean share", "queue s", "JCT s"):
+                tenants.add_column(name, justify="right" if name != "tenant" else "left")
+            for t in r["metrics"]["per_tenant"]:
+                tenants.add_row(
+                    t["tenant"],
+                    f"{100 * t['entitlement']:.1f} %",
+                    f"{100 * t['share_mean']:.1f} %",
+                    f"{t['queue_delay_mean_s']:.0f}",
+                    f"{t['jct_mean_s']:.0f}",
+                )
+            out.print(tenants)
+
+
+def policies() -> None:
+    """List the placement policies (scorers) available to simulations."""
+    for name in scorer_names():
+        out.print(name)

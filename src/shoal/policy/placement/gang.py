@@ -1,0 +1,117 @@
+"""Placing a whole workload: every pod of a gang in one go, or none.
+
+Pods are placed one after another on a private copy of the cluster state, so
+a gang that does not fit leaves nothing behind (no partial holds, no
+deadlock).  ``pack`` first tries topology domains (NVLink domain, rack,
+zone) that can hold the whole gang, tightest first; ``anti_affinity`` keeps
+pods of the workload on distinct nodes or racks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from shoal.domain.cluster import Binding, BoolArray, ClusterState, IntArray
+from shoal.domain.workload import ANTI_AFFINITY_LABELS, PACK_LABELS, PodShape, Workload
+from shoal.policy.placement.base import Scorer, place_pod
+from shoal.policy.placement.filters import model_mask, static_mask
+
+
+class Placer:
+    """Places workloads with one scorer; caches the masks that never change."""
+
+    def __init__(self, scorer: Scorer, ranks: IntArray) -> None:
+        self.scorer = scorer
+        self.ranks = ranks
+        self._static: dict[object, BoolArray] = {}
+        self._labels: dict[str, IntArray] = {}
+
+    def allowed(self, state: ClusterState, workload: Workload, pod: PodShape) -> BoolArray:
+        key = (workload.constraints, pod.models)
+        mask = self._static.get(key)
+        if mask is None:
+            mask = static_mask(state, workload.constraints) & model_mask(state, pod.models)
+            self._static[key] = mask
+        return mask
+
+    def label_codes(self, state: ClusterState, key: str) -> IntArray:
+        """Label values as integers (-1 when the node lacks the label)."""
+        codes = self._labels.get(key)
+        if codes is None:
+            values = state.label_values(key)
+            table = {v: i for i, v in enumerate(sorted({v for v in values if v is not None}))}
+            codes = np.array([table.get(v, -1) if v is not None else -1 for v in values])
+            self._labels[key] = codes
+        return codes
+
+    def place(
+        self, state: ClusterState, workload: Workload, count: int | None = None
+    ) -> list[Binding] | None:
+        """Bindings for all pods (or the first ``count``), or None; ``state`` is untouched."""
+        pods = workload.pods if count is None else workload.pods[:count]
+        if len(pods) == 1 and workload.constraints.anti_affinity == "none":
+            binding = place_pod(
+                state, pods[0], self.scorer, self.ranks, self.allowed(state, workload, pods[0])
+            )
+            return None if binding is None else [binding]
+        pack = workload.constraints.pack
+        if pack != "none" and len(pods) > 1:
+            codes = self.label_codes(state, PACK_LABELS[pack])
+            for domain in self._domains_by_fit(state, workload, pods, codes):
+                bindings = self._place_all(state, workload, pods, codes == domain)
+                if bindings is not None:
+                    return bindings
+        return self._place_all(state, workload, pods, None)
+
+    def _domains_by_fit(
+        self, state: ClusterState, workload: Workload, pods: Sequence[PodShape], codes: IntArray
+    ) -> list[int]:
+        """Domains whose free GPUs could hold the gang, the tightest first."""
+        need = sum(pod.gpu_total_milli for pod in pods)
+        allowed = self.allowed(state, workload, pods[0]) & state.up & (codes >= 0)
+        free = np.where(allowed, state.gpu_free.sum(axis=1), 0)
+        if need == 0:
+            free = np.where(allowed, state.cpu_free, 0)
+            need = sum(pod.cpu for pod in pods)
+        per_domain = np.bincount(codes[codes >= 0], weights=free[codes >= 0])
+        candidates = np.flatnonzero(per_domain >= need)
+        return [int(d) for d in candidates[np.argsort(per_domain[candidates], kind="stable")]]
+
+    def _place_all(
+        self,
+        state: ClusterState,
+        workload: Workload,
+        pods: Sequence[PodShape],
+        within: BoolArray | None,
+    ) -> list[Binding] | None:
+        scratch = state.copy()
+        spread = workload.constraints.anti_affinity
+        spread_codes = (
+            self.label_codes(state, ANTI_AFFINITY_LABELS[spread]) if spread != "none" else None
+        )
+        used: BoolArray = np.zeros(len(state), dtype=np.bool_)
+        bindings: list[Binding] = []
+        for pod in pods:
+            allowed = self.allowed(state, workload, pod)
+            if within is not None:
+                allowed = allowed & within
+            if spread_codes is not None and bindings:
+                allowed = allowed & ~used
+            binding = place_pod(scratch, pod, self.scorer, self.ranks, allowed)
+            if binding is None:
+                return None
+            scratch.bind(binding)
+            bindings.append(binding)
+            if spread_codes is not None:
+                code = spread_codes[binding.node]
+                used |= spread_codes == code if code >= 0 else _only(len(state), binding.node)
+        return bindings
+
+
+def _only(size: int, node: int) -> BoolArray:
+    mask: BoolArray = np.zeros(size, dtype=np.bool_)
+    mask[node] = True
+    return mask
+

@@ -1,0 +1,91 @@
+"""A resolved simulation: concrete nodes, tenants and workloads, ready to run.
+
+Both ways of asking for a simulation (a ``kind: Simulation`` manifest, or the
+``shoal sim --trace ...`` shortcut flags) end here, and ``run_plan`` runs
+every policy over every seed and returns the JSON report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal.domain.nodes import Node
+from shoal.domain.workload import Workload
+from shoal.errors import UnknownReferenceError
+from shoal.policy.placement import scorer_names
+from shoal.policy.quota import TenantQuota
+from shoal.sim.fill import run_fill
+from shoal.sim.replay import NodeFailure, run_replay
+from shoal.sim.results import entitlements, fill_result, replay_result
+
+Progress = Callable[[str, int, int], None]
+"""``progress(label, done, total)``; called often, must be cheap."""
+
+
+@dataclass(frozen=True)
+class SimPlan:
+    name: str
+    mode: str
+    nodes: Sequence[Node]
+    workloads: Sequence[Workload]
+    policies: Sequence[str]
+    seeds: Sequence[int]
+    tenants: Mapping[str, TenantQuota] = field(default_factory=dict)
+    target: float = 1.3
+    checkpoint_interval: float | None = None
+    failures: Sequence[NodeFailure] = ()
+    preemption: bool = True
+
+    def check(self) -> None:
+        known = set(scorer_names())
+        for policy in self.policies:
+            if policy not in known:
+                raise UnknownReferenceError(
+                    f"unknown placement policy {policy!r}; known: {', '.join(sorted(known))}"
+                )
+        if self.mode == "replay":
+            missing = sorted({w.tenant for w in self.workloads} - set(self.tenants))
+            if missing:
+                raise UnknownReferenceError(
+                    f"trace names tenant(s) {', '.join(missing[:5])} that the scenario does not "
+                    "define; add them under spec.tenants or use tenantsFromTrace"
+                )
+        node_names = {node.name for node in self.nodes}
+        for failure in self.failures:
+            if failure.node not in node_names:
+                raise UnknownReferenceError(f"node failure names unknown node {failure.node!r}")
+
+
+def run_plan(plan: SimPlan, progress: Progress | None = None) -> dict[str, Any]:
+    plan.check()
+    results = []
+    for policy in plan.policies:
+        if plan.mode == "fill":
+            shapes = [pod for w in plan.workloads for pod in w.pods]
+            runs = [
+                run_fill(plan.nodes, shapes, policy, seed, plan.target,
+                         progress=_tick(progress, f"{policy} seed {seed}", len(shapes)))
+                for seed in plan.seeds
+            ]
+            results.append(fill_result(runs, plan.target))
+        else:
+            replays = [
+                run_replay(
+                    plan.nodes, plan.tenants, plan.workloads, policy, seed,
+                    checkpoint_interval=plan.checkpoint_interval,
+                    failures=plan.failures,
+                    progress=_tick(progress, f"{policy} seed {seed}", 2 * len(plan.workloads)),
+                )
+                for seed in plan.seeds
+            ]
+            capacity = sum(node.gpu_count for node in plan.nodes) * 1000
+            results.append(replay_result(replays, entitlements(plan.tenants, capacity)))
+    return {"scenario": plan.name, "results": results}
+
+
+def _tick(progress: Progress | None, label: str, total: int) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    return lambda done: progress(label, done, total)
