@@ -36,7 +36,7 @@ class SimPlan:
     target: float = 1.3
     checkpoint_interval: float | None = None
     failures: Sequence[NodeFailure] = ()
-    preemption: bool = True
+    horizon: float | None = None
 
     def check(self) -> None:
         known = set(scorer_names())
@@ -76,6 +76,7 @@ def run_plan(plan: SimPlan, progress: Progress | None = None) -> dict[str, Any]:
                     plan.nodes, plan.tenants, plan.workloads, policy, seed,
                     checkpoint_interval=plan.checkpoint_interval,
                     failures=plan.failures,
+                    horizon=plan.horizon,
                     progress=_tick(progress, f"{policy} seed {seed}", 2 * len(plan.workloads)),
                 )
                 for seed in plan.seeds

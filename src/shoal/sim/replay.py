@@ -78,7 +78,9 @@ class ReplayEngine:
         checkpoint_interval: float | None = None,
         failures: Sequence[NodeFailure] = (),
         record_events: bool = False,
+        horizon: float | None = None,
     ) -> None:
+        self.horizon = horizon
         self.state = ClusterState(nodes)
         self.tenants = dict(tenants)
         context = ScorerContext(
@@ -117,6 +119,9 @@ class ReplayEngine:
         now = 0.0
         handled = 0
         while self._queue:
+            if self.horizon is not None and self._queue[0][0] > self.horizon:
+                now = self.horizon
+                break
             now = self._queue[0][0]
             self.timeline.advance(now)
             freed = False

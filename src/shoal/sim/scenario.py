@@ -43,8 +43,17 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def equal_tenants(names: Sequence[str], nodes: Sequence[Node]) -> dict[str, TenantQuota]:
-    """One tenant per name, equal nominal shares of every resource, one cohort."""
+def equal_tenants(
+    names: Sequence[str],
+    nodes: Sequence[Node],
+    cohort: str = DEFAULT_COHORT,
+    gpu_share: int | None = 0,
+) -> dict[str, TenantQuota]:
+    """One tenant per name, equal nominal shares of every resource, one cohort.
+
+    ``gpu_share`` divides GPU capacity (0: by the number of tenants; None:
+    every tenant's nominal GPU quota is the whole cluster).
+    """
     count = max(len(names), 1)
     capacity: dict[str, int] = {CPU: 0, MEMORY: 0}
     for node in nodes:
@@ -53,10 +62,11 @@ def equal_tenants(names: Sequence[str], nodes: Sequence[Node]) -> dict[str, Tena
         if node.gpu_count:
             key = gpu_resource(node.gpu_model)
             capacity[key] = capacity.get(key, 0) + node.gpu_count * 1000
-    nominal = {key: value // count for key, value in capacity.items()}
-    return {
-        name: TenantQuota.equal_share(name, DEFAULT_COHORT, nominal) for name in sorted(names)
+    nominal = {
+        key: value if (gpu_share is None and key.startswith("gpu/")) else value // count
+        for key, value in capacity.items()
     }
+    return {name: TenantQuota.equal_share(name, cohort, nominal) for name in sorted(names)}
 
 
 def plan_from_flags(

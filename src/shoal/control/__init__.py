@@ -1,0 +1,1 @@
+"""Control loop and reconcilers: load -> decide (policy) -> fenced apply, through ports."""

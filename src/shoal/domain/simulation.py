@@ -1,0 +1,247 @@
+"""The Simulation manifest: a cluster, tenants, a job trace, a mode and what to compare.
+
+Pure pydantic, no I/O: the trace path stays a string until ``trace_path`` joins
+it to the manifest's folder.  Policy names are only checked to be non-empty
+strings here, because ``domain`` may not import ``policy``; the simulator
+checks them against the registered scorers.
+
+Cross-field rules (format vs. columns, mode vs. sections) are reported on the
+offending field, not on ``spec``, so a manifest error points at the right line.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from shoal.domain.base import Metadata, Name, Spec
+from shoal.domain.nodes import InlineNodePool
+from shoal.domain.tenant import InlineTenant
+
+_SEED_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+_SEEDS_HINT = "expected a seed (42), a list of seeds ([42, 43]) or a range ('42-51')"
+MAX_SEEDS = 10_000
+
+
+def _one_seed_item(item: object) -> list[int]:
+    if isinstance(item, bool):
+        raise ValueError(f"{_SEEDS_HINT}, got {item!r}")
+    if isinstance(item, int):
+        if item < 0:
+            raise ValueError(f"a seed must not be negative, got {item}")
+        return [item]
+    if isinstance(item, str):
+        text = item.strip()
+        if text.isdigit():
+            return [int(text)]
+        match = _SEED_RANGE.match(text)
+        if match is None:
+            raise ValueError(f"{_SEEDS_HINT}, got {item!r}")
+        first, last = int(match.group(1)), int(match.group(2))
+        if first > last:
+            raise ValueError(f"seed range {item!r} runs backwards; write '{last}-{first}'")
+        if last - first >= MAX_SEEDS:
+            raise ValueError(f"seed range {item!r} has more than {MAX_SEEDS} seeds")
+        return list(range(first, last + 1))
+    raise ValueError(f"{_SEEDS_HINT}, got {item!r}")
+
+
+def _parse_seeds(value: object) -> list[int]:
+    """``42`` -> [42]; ``"42-51"`` -> [42..51]; a list may mix seeds and ranges."""
+    items = value if isinstance(value, list | tuple) else [value]
+    seeds = [seed for item in items for seed in _one_seed_item(item)]
+    if not seeds:
+        raise ValueError(f"{_SEEDS_HINT}, got an empty list")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("seeds must not repeat")
+    return seeds
+
+
+Seeds = Annotated[list[int], BeforeValidator(_parse_seeds)]
+
+
+def _reject(loc: tuple[str | int, ...], message: str, value: object) -> ValidationError:
+    """A validation error located on one field, for rules checked across fields."""
+    error = PydanticCustomError("inconsistent", message)
+    return ValidationError.from_exception_data(
+        "Simulation", [InitErrorDetails(type=error, loc=loc, input=value)]
+    )
+
+
+class ClusterSpec(Spec):
+    node_pools: list[InlineNodePool] = Field(default_factory=list)
+    nodes_from_trace: bool = Field(
+        default=False, description="openb only: use the trace's own GPU node list"
+    )
+
+    @field_validator("node_pools")
+    @classmethod
+    def _unique_pools(cls, pools: list[InlineNodePool]) -> list[InlineNodePool]:
+        names = [pool.name for pool in pools]
+        if len(set(names)) != len(names):
+            raise ValueError("node pool names must be unique")
+        return pools
+
+
+class TenantsFromTrace(Spec):
+    """One tenant per distinct tenant in the trace, all in one cohort."""
+
+    cohort: Name = "shared"
+    gpu_quota: Literal["equal", "none"] = Field(
+        default="equal", description="equal: each tenant gets an equal share of every GPU model"
+    )
+
+
+class TraceColumns(Spec):
+    """Logical column -> the trace's header name (csv traces only)."""
+
+    name: str | None = None
+    submit_time: str | None = None
+    duration: str | None = None
+    gpus: str | None = None
+    gpu_milli: str | None = None
+    workers: str | None = None
+    cpu: str | None = None
+    memory: str | None = None
+    tenant: str | None = None
+    priority: str | None = None
+    gpu_model: str | None = None
+    checkpoint_interval: str | None = None
+
+    def as_mapping(self) -> dict[str, str]:
+        """camelCase logical name -> header name, for the columns that are mapped."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class TraceSpec(Spec):
+    path: str = Field(min_length=1, description="relative to the manifest's folder")
+    format: Literal["openb", "csv"]
+    workload: str = Field(default="default", min_length=1, description="openb_pod_list_<name>")
+    columns: TraceColumns | None = None
+    time_format: Literal["auto", "seconds", "timestamp"] = "auto"
+    limit: int | None = Field(default=None, ge=1, description="first N jobs of the file")
+
+    @model_validator(mode="after")
+    def _options_match_format(self) -> TraceSpec:
+        given = self.model_fields_set
+        if self.format == "openb":
+            for field, alias in (("columns", "columns"), ("time_format", "timeFormat")):
+                if field in given:
+                    raise _reject((alias,), f"{alias} is for csv traces; this trace is openb", "")
+        elif "workload" in given:
+            raise _reject(("workload",), "workload is for openb traces; this trace is csv", "")
+        return self
+
+    def resolved_path(self, manifest_dir: Path) -> Path:
+        """The trace's path; a relative one is taken from the manifest's folder."""
+        path = Path(self.path)
+        return path if path.is_absolute() else manifest_dir / path
+
+
+class FillSpec(Spec):
+    target_gpu_share: float = Field(
+        default=1.3, gt=0, description="arrived GPU requests as a share of GPU capacity"
+    )
+
+
+class Failure(Spec):
+    """A node (or every node of a pool) goes down at ``atSeconds``."""
+
+    at_seconds: float = Field(ge=0)
+    node: str | None = None
+    pool: str | None = None
+    down_for_seconds: float | None = Field(default=None, gt=0, description="none: stays down")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Failure:
+        if (self.node is None) == (self.pool is None):
+            raise ValueError("a failure names exactly one of node or pool")
+        return self
+
+
+class ReplaySpec(Spec):
+    checkpoint_interval_seconds: float | None = Field(default=None, gt=0)
+    preemption: bool = True
+    horizon_seconds: float | None = Field(default=None, gt=0)
+    failures: list[Failure] = Field(default_factory=list)
+
+
+class SimulationSpec(Spec):
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    tenants: list[InlineTenant] = Field(default_factory=list)
+    tenants_from_trace: TenantsFromTrace | None = None
+    trace: TraceSpec
+    mode: Literal["fill", "replay"]
+    policies: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    seeds: Seeds = Field(default_factory=lambda: [42])
+    fill: FillSpec | None = None
+    replay: ReplaySpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replay_defaults_to_trace_tenants(cls, data: Any) -> Any:
+        # A replay needs tenants; with none written, take them from the trace.
+        if not isinstance(data, dict) or data.get("mode") != "replay":
+            return data
+        keys = ("tenants", "tenantsFromTrace", "tenants_from_trace")
+        if all(data.get(key) in (None, []) for key in keys):
+            return {**data, "tenantsFromTrace": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SimulationSpec:
+        cluster, trace = self.cluster, self.trace
+        if cluster.nodes_from_trace and trace.format != "openb":
+            raise _reject(
+                ("cluster", "nodesFromTrace"), "only an openb trace has a node list", True
+            )
+        if not cluster.node_pools and not cluster.nodes_from_trace:
+            raise _reject(
+                ("cluster",), "no nodes: give nodePools or, for openb, nodesFromTrace: true", {}
+            )
+        if self.tenants and self.tenants_from_trace is not None:
+            raise _reject(("tenantsFromTrace",), "give tenants or tenantsFromTrace, not both", {})
+        names = [tenant.name for tenant in self.tenants]
+        if len(set(names)) != len(names):
+            raise _reject(("tenants",), "tenant names must be unique", names)
+        other = "replay" if self.mode == "fill" else "fill"
+        if getattr(self, other) is not None:
+            raise _reject((other,), f"{other} settings given, but mode is {self.mode}", {})
+        self._check_failures()
+        return self
+
+    def _check_failures(self) -> None:
+        if self.replay is None or self.cluster.nodes_from_trace:
+            return  # trace node pools are named after GPU models; checked at load time
+        pools = {pool.name for pool in self.cluster.node_pools}
+        for index, failure in enumerate(self.replay.failures):
+            if failure.pool is not None and failure.pool not in pools:
+                known = ", ".join(sorted(pools))
+                raise _reject(
+                    ("replay", "failures", index, "pool"),
+                    f"no node pool named {failure.pool!r}; pools: {known}",
+                    failure.pool,
+                )
+
+    @property
+    def fill_settings(self) -> FillSpec:
+        return self.fill or FillSpec()
+
+    @property
+    def replay_settings(self) -> ReplaySpec:
+        return self.replay or ReplaySpec()
+
+
+class Simulation(Spec):
+    api_version: Literal["shoal.dev/v1alpha1"]
+    kind: Literal["Simulation"]
+    metadata: Metadata
+    spec: SimulationSpec
+
+    def trace_path(self, manifest_dir: Path) -> Path:
+        """The trace file (or openb folder), relative paths taken from ``manifest_dir``."""
+        return self.spec.trace.resolved_path(manifest_dir)

@@ -1,0 +1,1 @@
+"""Runtime adapters behind the control ports: local processes, Kubernetes, simulation."""

@@ -1,0 +1,1 @@
+"""Kubernetes runtime: an operator that drives a real cluster."""

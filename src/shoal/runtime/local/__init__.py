@@ -1,0 +1,1 @@
+"""Embedded runtime: pods as real local processes."""

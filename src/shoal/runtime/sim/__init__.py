@@ -1,0 +1,1 @@
+"""Simulated runtime: virtual nodes and a virtual clock."""
