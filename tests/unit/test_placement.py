@@ -24,12 +24,21 @@ from shoal.policy.placement.base import register_scorer
 
 
 def node(name: str, gpus: int = 8, model: str = "A100", cpu: int = 64_000, **labels: str) -> Node:
-    return Node(name=name, pool="p", cpu=cpu, memory=512 * 1024, gpu_model=model if gpus else "",
-                gpu_count=gpus, labels={"kubernetes.io/hostname": name, **labels})
+    return Node(
+        name=name,
+        pool="p",
+        cpu=cpu,
+        memory=512 * 1024,
+        gpu_model=model if gpus else "",
+        gpu_count=gpus,
+        labels={"kubernetes.io/hostname": name, **labels},
+    )
 
 
 def scorer(name: str, shapes: list[PodShape] | None = None):
-    return make_scorer(name, ScorerContext(typical_pods(shapes or [PodShape(gpu_count=1, gpu_milli=1000)])))
+    return make_scorer(
+        name, ScorerContext(typical_pods(shapes or [PodShape(gpu_count=1, gpu_milli=1000)]))
+    )
 
 
 HALF = PodShape(cpu=1000, memory=1024, gpu_count=1, gpu_milli=500)
@@ -73,7 +82,9 @@ def test_gpu_model_and_capacity_filters() -> None:
     placer = Placer(scorer("least-allocated"), node_ranks(2, None))
     job = Workload(name="j", tenant="t", pods=(wants_v100,))
     assert state.names[placer.place(state, job)[0].node] == "v100"
-    two = Workload(name="k", tenant="t", pods=(PodShape(gpu_count=2, gpu_milli=1000, models=("V100",)),))
+    two = Workload(
+        name="k", tenant="t", pods=(PodShape(gpu_count=2, gpu_milli=1000, models=("V100",)),)
+    )
     assert placer.place(state, two) is None
 
 
@@ -102,24 +113,47 @@ def test_gang_packs_into_one_rack_when_asked() -> None:
 def test_anti_affinity_spreads_pods_over_nodes() -> None:
     state = ClusterState([node("a"), node("b"), node("c")])
     placer = Placer(scorer("most-allocated"), node_ranks(3, None))
-    job = Workload(name="s", tenant="t", pods=(ONE,) * 3, constraints=Constraints(anti_affinity="node"))
+    job = Workload(
+        name="s", tenant="t", pods=(ONE,) * 3, constraints=Constraints(anti_affinity="node")
+    )
     assert len({b.node for b in placer.place(state, job)}) == 3
 
 
 def test_node_selector_and_taints() -> None:
     from shoal.domain.nodes import Taint
 
-    tainted = Node(name="x", pool="p", cpu=8000, memory=1024, gpu_model="A100", gpu_count=1,
-                   labels={"kubernetes.io/hostname": "x"}, taints=(Taint(key="dedicated", value="infer"),))
+    tainted = Node(
+        name="x",
+        pool="p",
+        cpu=8000,
+        memory=1024,
+        gpu_model="A100",
+        gpu_count=1,
+        labels={"kubernetes.io/hostname": "x"},
+        taints=(Taint(key="dedicated", value="infer"),),
+    )
     state = ClusterState([tainted, node("y", zone="z2")])
     placer = Placer(scorer("least-allocated"), node_ranks(2, None))
-    plain = Workload(name="a", tenant="t", pods=(ONE,), constraints=Constraints(node_selector=(("zone", "z1"),)))
+    plain = Workload(
+        name="a", tenant="t", pods=(ONE,), constraints=Constraints(node_selector=(("zone", "z1"),))
+    )
     assert placer.place(state, plain) is None
-    intolerant = Workload(name="c", tenant="t", pods=(ONE,), constraints=Constraints(
-        required=(("kubernetes.io/hostname", "In", ("x",)),)))
+    intolerant = Workload(
+        name="c",
+        tenant="t",
+        pods=(ONE,),
+        constraints=Constraints(required=(("kubernetes.io/hostname", "In", ("x",)),)),
+    )
     assert placer.place(state, intolerant) is None
-    tolerant = Workload(name="b", tenant="t", pods=(ONE,), constraints=Constraints(
-        required=(("kubernetes.io/hostname", "In", ("x",)),), tolerations=(("dedicated", None, None),)))
+    tolerant = Workload(
+        name="b",
+        tenant="t",
+        pods=(ONE,),
+        constraints=Constraints(
+            required=(("kubernetes.io/hostname", "In", ("x",)),),
+            tolerations=(("dedicated", None, None),),
+        ),
+    )
     assert placer.place(state, tolerant)[0].node == 0
 
 
@@ -139,12 +173,17 @@ def test_users_can_register_a_scorer() -> None:
             return -np.arange(len(state), dtype=float)[nodes]
 
         def pick_gpus(self, state, pod, node):
-            return tuple(int(g) for g in np.flatnonzero(state.gpu_free[node] >= pod.gpu_milli)[: pod.gpu_count])
+            return tuple(
+                int(g)
+                for g in np.flatnonzero(state.gpu_free[node] >= pod.gpu_milli)[: pod.gpu_count]
+            )
 
     register_scorer("first-node", FirstNode)
     assert "first-node" in scorer_names()
     state = ClusterState([node("a"), node("b"), node("c")])
-    state.bind(place_pod(state, ONE, make_scorer("first-node", ScorerContext()), node_ranks(3, None)))
+    state.bind(
+        place_pod(state, ONE, make_scorer("first-node", ScorerContext()), node_ranks(3, None))
+    )
     assert state.gpu_free[0].sum() == 7000
 
 
@@ -155,13 +194,16 @@ pods = st.builds(
     gpu_count=st.sampled_from([0, 1, 1, 2, 4, 8]),
     gpu_milli=st.sampled_from([1000]),
 )
-fractions = st.builds(PodShape, cpu=st.integers(0, 8000), gpu_count=st.just(1),
-                      gpu_milli=st.integers(1, 999))
+fractions = st.builds(
+    PodShape, cpu=st.integers(0, 8000), gpu_count=st.just(1), gpu_milli=st.integers(1, 999)
+)
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.one_of(pods, fractions), min_size=1, max_size=60),
-       st.sampled_from(sorted(set(scorer_names()) - {"first-node"})))
+@given(
+    st.lists(st.one_of(pods, fractions), min_size=1, max_size=60),
+    st.sampled_from(sorted(set(scorer_names()) - {"first-node"})),
+)
 def test_no_placement_exceeds_node_capacity(shapes: list[PodShape], policy: str) -> None:
     shapes = [s if s.gpu_count else PodShape(cpu=s.cpu, memory=s.memory) for s in shapes]
     state = ClusterState([node("a", gpus=8), node("b", gpus=2, model="T4"), node("c", gpus=0)])

@@ -107,7 +107,7 @@ def _print_table(report: dict[str, object]) -> None:
     if fill:
         table = Table(title=f"{report['scenario']}: fill")
         for name in ("policy", "allocated @ full", "unallocated @ full", "failed pods", "wall s"):
-            table.add_column(name, justify="right" if name != "policy" else "left")
+            table.add_column(name, justify="right" if name != "policy" else "left", no_wrap=True)
         for r in fill:
             m = r["metrics"]
             table.add_row(
@@ -123,7 +123,7 @@ def _print_table(report: dict[str, object]) -> None:
         heads = ("policy", "JCT mean s", "JCT p99 s", "queue s", "GPU alloc", "preempt",
                  "lost GPU-h", "wall s")
         for name in heads:
-            table.add_column(name, justify="right" if name != "policy" else "left")
+            table.add_column(name, justify="right" if name != "policy" else "left", no_wrap=True)
         for r in replay:
             m = r["metrics"]
             table.add_row(

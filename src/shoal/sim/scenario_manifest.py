@@ -8,7 +8,12 @@ from pathlib import Path
 from shoal.domain.manifest import load_manifest_file
 from shoal.domain.nodes import Node
 from shoal.domain.simulation import Simulation
-from shoal.domain.tenant import BorrowWithinCohort, PreemptionPolicy, ReclaimWithinCohort, WithinTenant
+from shoal.domain.tenant import (
+    BorrowWithinCohort,
+    PreemptionPolicy,
+    ReclaimWithinCohort,
+    WithinTenant,
+)
 from shoal.domain.workload import Workload
 from shoal.errors import InputError
 from shoal.policy.quota import TenantQuota

@@ -25,7 +25,7 @@ import numpy as np
 from shoal.domain.cluster import ClusterState, IntArray
 from shoal.domain.resources import MILLI
 from shoal.domain.workload import PodShape
-from shoal.policy.placement.base import FloatArray, ScorerContext, register_scorer
+from shoal.policy.placement.base import FloatArray, Nodes, ScorerContext, register_scorer
 
 
 class Fragmentation:
@@ -154,7 +154,8 @@ class FgdScorer:
 
     # -- scorer protocol -----------------------------------------------------
 
-    def score(self, state: ClusterState, pod: PodShape, nodes: IntArray) -> FloatArray:
+    def score(self, state: ClusterState, pod: PodShape, nodes: Nodes) -> FloatArray:
+        assert not isinstance(nodes, slice), "FGD scores feasible nodes only"
         delta = self._frag_before(state, nodes) - self._frag_after(state, pod, nodes)[0]
         if self.integer_scores:
             # The paper's plugin: int64(sigmoid(delta / 1000) * 100).

@@ -96,7 +96,8 @@ class BestFit(BestFitGpus):
         lo, hi = raw.min(), raw.max()
         if hi == lo:
             return np.zeros(_size(state, nodes))
-        return ((raw - lo) * 100 // (hi - lo)).astype(np.float64)
+        normalised: FloatArray = ((raw - lo) * 100 // (hi - lo)).astype(np.float64)
+        return normalised
 
 
 class DotProduct(BestFitGpus):
