@@ -25,6 +25,7 @@ Every workload is all-or-nothing (gang or not), as Kueue admits whole jobs.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from shoal.domain.cluster import Binding
@@ -39,8 +40,8 @@ from shoal.policy.decisions import (
     Preempt,
 )
 from shoal.policy.placement import Placer
-from shoal.policy.preemption import find_victims
-from shoal.policy.quota import amount_text, ceiling, check, total_usage, usage_after
+from shoal.policy.preemption import find_victims, victim_tenants
+from shoal.policy.quota import Usage, amount_text, ceiling, check, total_usage, usage_after
 from shoal.policy.snapshot import Running, Snapshot
 
 __all__ = ["CycleResult", "Running", "Snapshot", "schedule"]
@@ -61,9 +62,25 @@ class _Cycle:
     def __init__(self, snapshot: Snapshot, placer: Placer) -> None:
         self.snap = snapshot
         self.placer = placer
-        self.state = snapshot.cluster.copy()
-        self.usage = total_usage((r.tenant, r.usage) for r in snapshot.running)
+        # Copied on the first admission: most cycles in a busy cluster admit
+        # nothing and never need their own copy.
+        self.state = snapshot.cluster
+        self._own_state = False
+        if snapshot.usage is not None:
+            self.usage: Usage = {t: dict(v) for t, v in snapshot.usage.items()}
+        else:
+            self.usage = total_usage((r.tenant, r.usage) for r in snapshot.running)
         self.claimed: set[str] = set()
+        self._by_tenant: Mapping[str, Collection[Running]] | None = snapshot.running_by_tenant
+        # Within a cycle the cluster only fills up, usage only grows and
+        # victims are only claimed, so a request that found no room (or no
+        # victims) fails again for an identical request: remember those.
+        self.no_room: set[object] = set()
+        self.no_victims: set[object] = set()
+        # As in Kueue, only a tenant's head (its first workload that does not
+        # fit) may preempt in a cycle; this bounds a cycle's preemption work
+        # by the number of tenants, however long the queues are.
+        self.preempt_tried: set[str] = set()
         self.blocked: dict[str, str] = {}
         self.decisions: list[Decision] = []
 
@@ -82,6 +99,19 @@ class _Cycle:
     # -- 1. validate -----------------------------------------------------------
 
     def validate(self, workload: Workload) -> _Entry | str:
+        # The answer depends only on the workload, its tenant's settings and
+        # node capacities, so it is remembered across cycles.
+        tenant = self.snap.tenants.get(workload.tenant)
+        key = ("validate", workload)
+        seen = self.placer.memo.get(key)
+        if isinstance(seen, tuple) and seen[0] is tenant:
+            result: _Entry | str = seen[1]
+            return result
+        result = self._validate(workload)
+        self.placer.memo[key] = (tenant, result)
+        return result
+
+    def _validate(self, workload: Workload) -> _Entry | str:
         tenant = self.snap.tenants.get(workload.tenant)
         if tenant is None:
             return f"unknown tenant {workload.tenant!r}"
@@ -164,8 +194,12 @@ class _Cycle:
             if not quota.fits:
                 reasons.append(quota.reason)
                 continue
-            bindings = self.placer.place(self.state, flavors.restrict(workload, flavor))
+            room_key = (flavor, workload.pods, workload.constraints)
+            bindings = None
+            if room_key not in self.no_room:
+                bindings = self.placer.place(self.state, flavors.restrict(workload, flavor))
             if bindings is None:
+                self.no_room.add(room_key)
                 reasons.append(_no_room(workload, flavor))
                 continue
             self.admit(workload, bindings, quota.borrowing)
@@ -173,7 +207,7 @@ class _Cycle:
         self.blocked.setdefault(tenant.name, workload.name)
         if workload.name in self.snap.preempting:
             reason = "waiting for preempted workloads to stop"
-        elif not self.preempt(entry):
+        elif tenant.name in self.preempt_tried or not self.preempt(entry):
             reason = reasons[0]
         else:
             return
@@ -185,17 +219,40 @@ class _Cycle:
             Binding(node=b.node, gpus=b.gpus, shape=pod)
             for b, pod in zip(bindings, workload.pods, strict=True)
         )
+        if not self._own_state:
+            self.state, self._own_state = self.state.copy(), True
         for binding in own:
             self.state.bind(binding)
         usage = flavors.usage_of(self.state, own)
         self.usage = usage_after(self.usage, workload.tenant, add=usage)
         self.decisions.append(Admit(workload.name, workload.tenant, own, usage, borrowing))
 
+    def by_tenant(self) -> Mapping[str, Collection[Running]]:
+        """Running workloads per tenant, grouped on first use (most cycles never need it)."""
+        if self._by_tenant is None:
+            grouped: dict[str, list[Running]] = {}
+            for run in self.snap.running:
+                grouped.setdefault(run.tenant, []).append(run)
+            self._by_tenant = grouped
+        return self._by_tenant
+
     def preempt(self, entry: _Entry) -> bool:
         workload = entry.workload
-        running = [r for r in self.snap.running if r.name not in self.claimed]
+        self.preempt_tried.add(workload.tenant)
         for flavor in entry.flavors:
             request = flavors.request(workload, flavor)
+            owners = victim_tenants(workload, request, self.snap.tenants, self.usage)
+            running = [
+                r
+                for owner in owners
+                for r in self.by_tenant().get(owner, ())
+                if r.name not in self.claimed
+            ]
+            if not running:
+                continue
+            key = (workload.tenant, workload.priority, flavor, workload.pods, workload.constraints)
+            if key in self.no_victims:
+                continue
             plan = find_victims(
                 flavors.restrict(workload, flavor),
                 request,
@@ -207,6 +264,7 @@ class _Cycle:
                 self.snap.now,
             )
             if plan is None or not plan.victims:
+                self.no_victims.add(key)
                 continue
             for victim in plan.victims:
                 run: Running = victim.running

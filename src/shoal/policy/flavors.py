@@ -63,7 +63,17 @@ def never_fits(state: ClusterState, placer: Placer, workload: Workload) -> str |
 
     Checks every pod against node capacities and the workload's total against
     the allowed nodes' total, ignoring which nodes are up (nodes come back).
+    The answer depends only on capacities, so the placer remembers it.
     """
+    key = ("never_fits", workload.pods, workload.constraints)
+    if key not in placer.memo:
+        placer.memo[key] = _never_fits(state, placer, workload)
+    reason = placer.memo[key]
+    assert reason is None or isinstance(reason, str)
+    return reason
+
+
+def _never_fits(state: ClusterState, placer: Placer, workload: Workload) -> str | None:
     allowed_any = np.zeros(len(state), dtype=np.bool_)
     for i, pod in enumerate(workload.pods):
         allowed = placer.allowed(state, workload, pod)

@@ -78,7 +78,7 @@ def lost_work(running: Running, now: float) -> float:
     """Work lost if ``running`` stops now, weighted by the GPUs (or CPUs) it holds."""
     workload = running.workload
     weight = workload.gpu_milli or sum(pod.cpu for pod in workload.pods) / MILLI
-    return max(0.0, now - running.saved_at) * weight
+    return max(0.0, now - running.saved_at(now)) * weight
 
 
 def within_nominal(tenant: TenantQuota, usage: Vector, request: Vector) -> bool:
@@ -88,6 +88,37 @@ def within_nominal(tenant: TenantQuota, usage: Vector, request: Vector) -> bool:
         for r, amount in request.items()
         if amount > 0
     )
+
+
+def victim_tenants(
+    preemptor: Workload,
+    request: Vector,
+    tenants: Mapping[str, TenantQuota],
+    usage: Usage,
+) -> set[str]:
+    """Tenants whose workloads ``preemptor`` may evict at all (a cheap pre-filter)."""
+    tenant = tenants[preemptor.tenant]
+    policy = tenant.preemption
+    names = set()
+    if policy.within_tenant == WithinTenant.LOWER_PRIORITY:
+        names.add(tenant.name)
+    if tenant.cohort is None:
+        return names
+    borrows = not within_nominal(tenant, usage.get(tenant.name, {}), request)
+    allowed = (
+        policy.borrow_within_cohort == BorrowWithinCohort.LOWER_PRIORITY
+        if borrows
+        else policy.reclaim_within_cohort != ReclaimWithinCohort.NEVER
+    )
+    if allowed:
+        names.update(
+            other.name
+            for other in tenants.values()
+            if other.cohort == tenant.cohort
+            and other.name != tenant.name
+            and _borrows_any(other, usage.get(other.name, {}), request)
+        )
+    return names
 
 
 def candidates(
@@ -102,6 +133,7 @@ def candidates(
     tenant = tenants[preemptor.tenant]
     policy = tenant.preemption
     borrows = not within_nominal(tenant, usage.get(tenant.name, {}), request)
+    lender_borrows: dict[str, bool] = {}
     found: list[Victim] = []
     for run in running:
         if not run.workload.preemptible:
@@ -116,7 +148,9 @@ def candidates(
             other = tenants.get(run.tenant)
             if tenant.cohort is None or other is None or other.cohort != tenant.cohort:
                 continue
-            if not _borrows_any(other, usage.get(other.name, {}), request):
+            if other.name not in lender_borrows:
+                lender_borrows[other.name] = _borrows_any(other, usage.get(other.name, {}), request)
+            if not lender_borrows[other.name]:
                 continue
             if borrows:
                 if policy.borrow_within_cohort != BorrowWithinCohort.LOWER_PRIORITY or not lower:
@@ -155,13 +189,14 @@ def find_victims(
     need_gpu, need_cpu = preemptor.gpu_milli, sum(pod.cpu for pod in preemptor.pods)
 
     def fits(victims: Sequence[Victim]) -> list[Binding] | None:
+        """Bindings for the preemptor once ``victims`` are gone, or None."""
         after = usage
         for victim in victims:
             after = usage_after(after, victim.running.tenant, remove=victim.running.usage)
         if not check(tenants, after, preemptor.tenant, request).fits:
             return None
-        # A gang placement costs a state copy and a pass over all nodes; most
-        # too-small victim sets are ruled out by totals alone.
+        # A gang placement costs a pass over all nodes; most too-small victim
+        # sets are ruled out by totals alone.
         shapes = [b.shape for v in victims for b in v.running.bindings]
         if free_gpu + sum(s.gpu_total_milli for s in shapes) < need_gpu:
             return None
@@ -173,10 +208,17 @@ def find_victims(
                 scratch.unbind(binding)
         return placer.place(scratch, preemptor)
 
+    pool_ = candidates(preemptor, request, tenants, usage, running, now)
+    if not pool_ or not _could_fit(preemptor, request, tenants, usage, pool_, free_gpu, free_cpu):
+        return None
     chosen: list[Victim] = []
     bindings: list[Binding] | None = None
     remaining = usage
-    for victim in candidates(preemptor, request, tenants, usage, running, now):
+    gpu_freed = cpu_freed = 0
+    # The greedy pass frees victims one at a time on one private copy and
+    # keeps running totals, so each step costs one check, not a recount.
+    freed = state.copy()
+    for victim in pool_:
         owner = victim.running.tenant
         # As in Kueue: once earlier victims brought a tenant back within its
         # nominal quota, its other workloads are no longer fair game.
@@ -186,7 +228,15 @@ def find_victims(
             continue
         remaining = usage_after(remaining, owner, remove=victim.running.usage)
         chosen.append(victim)
-        bindings = fits(chosen)
+        for binding in victim.running.bindings:
+            freed.unbind(binding)
+            gpu_freed += binding.shape.gpu_total_milli
+            cpu_freed += binding.shape.cpu
+        if free_gpu + gpu_freed < need_gpu or free_cpu + cpu_freed < need_cpu:
+            continue
+        if not check(tenants, remaining, preemptor.tenant, request).fits:
+            continue
+        bindings = placer.place(freed, preemptor)
         if bindings is not None:
             break
     if bindings is None:
@@ -199,6 +249,30 @@ def find_victims(
         if trial_bindings is not None:
             chosen, bindings = trial, trial_bindings
     return PreemptionPlan(victims=tuple(chosen), bindings=tuple(bindings))
+
+
+def _could_fit(
+    preemptor: Workload,
+    request: Vector,
+    tenants: Mapping[str, TenantQuota],
+    usage: Usage,
+    pool_: Sequence[Victim],
+    free_gpu: int,
+    free_cpu: int,
+) -> bool:
+    """Whether evicting every candidate would at least free enough quota and capacity.
+
+    A cheap necessary condition: most searches in a busy cluster fail, and
+    this rules them out without the one-victim-at-a-time pass.
+    """
+    gpu = free_gpu + sum(b.shape.gpu_total_milli for v in pool_ for b in v.running.bindings)
+    cpu = free_cpu + sum(b.shape.cpu for v in pool_ for b in v.running.bindings)
+    if gpu < preemptor.gpu_milli or cpu < sum(pod.cpu for pod in preemptor.pods):
+        return False
+    after = usage
+    for victim in pool_:
+        after = usage_after(after, victim.running.tenant, remove=victim.running.usage)
+    return check(tenants, after, preemptor.tenant, request).fits
 
 
 def _borrows_any(tenant: TenantQuota, usage: Vector, request: Vector) -> bool:

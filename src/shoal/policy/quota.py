@@ -165,14 +165,18 @@ def check(
         after = used + amount
         nominal = tenant.nominal[resource]
         borrowing = borrowing or after > nominal
-        what = (
-            f"{name} would use {amount_text(resource, after)} "
-            f"({amount_text(resource, used)} used + {amount_text(resource, amount)} requested)"
-        )
+
+        def what(resource: str = resource, used: int = used, amount: int = amount) -> str:
+            # Built only when the check fails: this runs in the scheduler's hot loop.
+            after = used + amount
+            return (
+                f"{name} would use {amount_text(resource, after)} "
+                f"({amount_text(resource, used)} used + {amount_text(resource, amount)} requested)"
+            )
         if tenant.cohort is None:
             if after > nominal:
                 return _no(
-                    f"{resource}: {what} > nominal {amount_text(resource, nominal)} "
+                    f"{resource}: {what()} > nominal {amount_text(resource, nominal)} "
                     "and it has no cohort to borrow from",
                     resource,
                 )
@@ -180,7 +184,7 @@ def check(
         limit = tenant.borrowing_limit.get(resource)
         if limit is not None and after > nominal + limit:
             return _no(
-                f"{resource}: {what} > nominal {amount_text(resource, nominal)} "
+                f"{resource}: {what()} > nominal {amount_text(resource, nominal)} "
                 f"+ borrowing limit {amount_text(resource, limit)}",
                 resource,
             )
@@ -196,7 +200,7 @@ def check(
         available = pool(tenants, name, resource) - others
         if need > available:
             return _no(
-                f"{resource}: {what}, {amount_text(resource, need)} beyond its guaranteed "
+                f"{resource}: {what()}, {amount_text(resource, need)} beyond its guaranteed "
                 f"{amount_text(resource, tenant.guaranteed(resource))}, but cohort {tenant.cohort}'s "
                 f"pool has only {amount_text(resource, max(0, available))} for it",
                 resource,

@@ -6,7 +6,7 @@ and never change it, which keeps them pure and replayable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from shoal.domain.cluster import Binding, ClusterState
@@ -23,6 +23,7 @@ class Running:
     usage: Mapping[str, int]
     start_time: float
     last_checkpoint: float | None = None
+    checkpoint_interval: float | None = None
 
     @property
     def name(self) -> str:
@@ -36,10 +37,19 @@ class Running:
     def priority(self) -> int:
         return self.workload.priority
 
-    @property
-    def saved_at(self) -> float:
-        """When progress was last saved: a job that never checkpointed loses it all."""
-        return self.start_time if self.last_checkpoint is None else self.last_checkpoint
+    def saved_at(self, now: float) -> float:
+        """When progress was last saved by ``now``.
+
+        A reported checkpoint time wins; otherwise a job that checkpoints
+        every ``checkpoint_interval`` seconds saved at the last multiple of
+        it since its start, and one that never checkpoints loses everything.
+        """
+        if self.last_checkpoint is not None:
+            return self.last_checkpoint
+        interval = self.checkpoint_interval
+        if not interval:
+            return self.start_time
+        return self.start_time + ((now - self.start_time) // interval) * interval
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,11 @@ class Snapshot:
     now: float
     cluster: ClusterState
     tenants: Mapping[str, TenantQuota]
-    running: tuple[Running, ...] = ()
+    running: Collection[Running] = ()
+    """Admitted workloads; the runtime must not change it while a cycle runs."""
     pending: tuple[Workload, ...] = ()
     preempting: frozenset[str] = field(default_factory=frozenset)
+    running_by_tenant: Mapping[str, Collection[Running]] | None = None
+    """``running`` grouped by tenant, if the runtime keeps it; else grouped on demand."""
+    usage: Mapping[str, Mapping[str, int]] | None = None
+    """Quota held per tenant, if the runtime keeps it; else summed from ``running``."""

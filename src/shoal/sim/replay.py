@@ -14,7 +14,7 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.domain.cluster import Binding, ClusterState
@@ -91,6 +91,10 @@ class ReplayEngine:
         self.default_interval = checkpoint_interval
         self.jobs = {w.name: JobRecord(w, work_left=w.duration or 0.0) for w in workloads}
         self.pending: dict[str, Workload] = {}
+        self.active: dict[str, JobRecord] = {}  # running jobs, in admission order
+        self.running: dict[str, Running] = {}  # what the admission cycle sees
+        self.by_tenant: dict[str, dict[str, Running]] = {}
+        self.usage: dict[str, dict[str, int]] = {}
         self.preempting: set[str] = set()
         self.record_events = record_events
         self.events: list[dict[str, Any]] = []
@@ -160,7 +164,7 @@ class ReplayEngine:
         if kind == NODE_DOWN:
             self.state.set_up(node, False)
             self._log(now, "node-down", node=name)
-            for record in list(self.jobs.values()):
+            for record in list(self.active.values()):
                 running = record.running
                 if running is not None and any(b.node == node for b in running.bindings):
                     self._evict(now, record, reason="node-failure")
@@ -178,11 +182,7 @@ class ReplayEngine:
 
     def _cycle_once(self, now: float) -> bool:
         """One admission cycle; True when it preempted something."""
-        running = tuple(
-            replace(r.running, last_checkpoint=self._last_checkpoint(r, now))
-            for r in self.jobs.values()
-            if r.running is not None
-        )
+        running = self.running.values()
         snapshot = Snapshot(
             now=now,
             cluster=self.state,
@@ -190,6 +190,8 @@ class ReplayEngine:
             running=running,
             pending=tuple(self.pending.values()),
             preempting=frozenset(self.preempting),
+            usage=self.usage,
+            running_by_tenant={t: runs.values() for t, runs in self.by_tenant.items()},
         )
         preempted = False
         for decision in schedule(snapshot, self.placer).decisions:
@@ -220,9 +222,13 @@ class ReplayEngine:
             bindings=tuple(decision.bindings),
             usage=dict(decision.usage),
             start_time=now,
-            last_checkpoint=now,
+            checkpoint_interval=record.workload.checkpoint_interval or self.default_interval,
         )
+        self._charge(record.workload.tenant, decision.usage, +1)
         self.pending.pop(decision.workload, None)
+        self.active[decision.workload] = record
+        self.running[decision.workload] = record.running
+        self.by_tenant.setdefault(record.workload.tenant, {})[decision.workload] = record.running
         self.preempting.discard(decision.workload)
         self.timeline.start(record.workload.tenant, _gpu_milli(decision.bindings))
         self._push(now + record.work_left, FINISH, decision.workload, record.attempts)
@@ -235,14 +241,18 @@ class ReplayEngine:
         for binding in running.bindings:
             self.state.unbind(binding)
         self.timeline.stop(record.workload.tenant, _gpu_milli(running.bindings))
+        self._charge(record.workload.tenant, running.usage, -1)
         record.running = None
+        self.active.pop(record.workload.name, None)
+        self.running.pop(record.workload.name, None)
+        self.by_tenant.get(record.workload.tenant, {}).pop(record.workload.name, None)
 
     def _evict(self, now: float, record: JobRecord, reason: str) -> None:
         """Stop a running job; keep progress up to its last checkpoint and requeue it."""
         running = record.running
         assert running is not None
         ran = now - running.start_time
-        kept = self._last_checkpoint(record, now) - running.start_time
+        kept = running.saved_at(now) - running.start_time
         record.work_left -= kept
         lost = ran - kept
         record.lost_gpu_seconds += lost * _gpu_milli(running.bindings) / MILLI
@@ -252,15 +262,10 @@ class ReplayEngine:
         self._log(now, "preempted", job=record.workload.name, reason=reason,
                   lost_seconds=round(lost, 3))
 
-    def _last_checkpoint(self, record: JobRecord, now: float) -> float:
-        """When the running job last saved progress (its start if it never did)."""
-        running = record.running
-        assert running is not None
-        interval = record.workload.checkpoint_interval or self.default_interval
-        if not interval:
-            return running.start_time
-        ran = now - running.start_time
-        return running.start_time + (ran // interval) * interval
+    def _charge(self, tenant: str, usage: Mapping[str, int], sign: int) -> None:
+        held = self.usage.setdefault(tenant, {})
+        for resource, amount in usage.items():
+            held[resource] = held.get(resource, 0) + sign * amount
 
 
 def _gpu_milli(bindings: Sequence[Binding]) -> int:

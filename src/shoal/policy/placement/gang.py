@@ -27,6 +27,9 @@ class Placer:
         self.ranks = ranks
         self._static: dict[object, BoolArray] = {}
         self._labels: dict[str, IntArray] = {}
+        # Facts that depend only on node capacities and labels, for callers
+        # that want to remember them across cycles.
+        self.memo: dict[object, object] = {}
 
     def allowed(self, state: ClusterState, workload: Workload, pod: PodShape) -> BoolArray:
         key = (workload.constraints, pod.models)
