@@ -1,0 +1,137 @@
+"""The shoal command as a user runs it: a real process, real files, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def shoal(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shoal", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+def scenario(tmp_path: Path, body: str, jobs: str | None = None) -> Path:
+    if jobs is not None:
+        (tmp_path / "jobs.csv").write_text(jobs)
+    path = tmp_path / "sim.yaml"
+    path.write_text(body)
+    return path
+
+
+GOOD = """\
+apiVersion: shoal.dev/v1alpha1
+kind: Simulation
+metadata: {name: tiny}
+spec:
+  cluster:
+    nodePools:
+      - {name: gpu, count: 2, cpu: 32, memory: 128Gi, gpus: {model: A100, count: 4}}
+  tenants:
+    - {name: a, cohort: lab, quota: {cpu: {nominal: 32}, memory: {nominal: 128Gi}, gpus: {A100: {nominal: 4}}}}
+    - {name: b, cohort: lab, quota: {cpu: {nominal: 32}, memory: {nominal: 128Gi}, gpus: {A100: {nominal: 4}}}}
+  trace: {path: jobs.csv, format: csv}
+  mode: replay
+  policies: [best-fit, fgd]
+"""
+JOBS = "name,submitTime,duration,gpus,cpu,tenant,priority\n" + "".join(
+    f"j{i},{i * 10},{300 + 7 * i},{[1, 0.5, 2][i % 3]},2,{'ab'[i % 2]},normal\n" for i in range(30)
+)
+
+
+def test_replay_json_has_the_stable_fields(tmp_path: Path) -> None:
+    result = shoal("sim", str(scenario(tmp_path, GOOD, JOBS)), "--output", "json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [r["policy"] for r in report["results"]] == ["best-fit", "fgd"]
+    for item in report["results"]:
+        assert item["mode"] == "replay" and item["wall_time_s"] >= 0
+        metrics = item["metrics"]
+        for key in ("jct_mean_s", "jct_p50_s", "jct_p99_s", "queue_delay_mean_s",
+                    "gpu_allocation_mean", "preemptions", "lost_gpu_hours", "per_tenant"):
+            assert key in metrics
+        assert metrics["jobs_completed"] == 30
+        assert {t["tenant"] for t in metrics["per_tenant"]} == {"a", "b"}
+        for tenant in metrics["per_tenant"]:
+            assert set(tenant) >= {"tenant", "entitlement", "share_mean",
+                                   "queue_delay_mean_s", "jct_mean_s"}
+            assert tenant["entitlement"] == pytest.approx(0.5)
+
+
+def test_fill_shortcut_on_the_real_trace(openb_dir: Path, tmp_path: Path) -> None:
+    html = tmp_path / "report.html"
+    result = shoal("sim", "--trace", str(openb_dir), "--mode", "fill",
+                   "--policy", "best-fit,gpu-packing", "--seeds", "42-43",
+                   "--output", "json", "--html", str(html))
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)["results"]
+    assert [r["policy"] for r in results] == ["best-fit", "gpu-packing"]
+    for item in results:
+        metrics = item["metrics"]
+        assert item["seeds"] == [42, 43]
+        assert len(metrics["fill_curve"]) == 130
+        point = metrics["fill_curve"][-1]
+        assert set(point) == {"arrived_gpu_fraction", "allocated_gpu_fraction"}
+        assert 0.85 < 1 - metrics["unallocated_gpu_fraction_at_full"] < 0.97
+    assert "<svg" in html.read_text()
+
+
+BAD = [
+    ("malformed yaml", GOOD.replace("mode: replay", "mode: [replay"), "sim.yaml:"),
+    ("unknown field", GOOD.replace("cohort: lab, quota", "cohort: lab, qouta", 1), "qouta"),
+    ("negative cpu", GOOD.replace("cpu: 32, memory: 128Gi, gpus", "cpu: -4, memory: 128Gi, gpus"),
+     "spec.cluster.nodePools[0].cpu"),
+    ("gpu fraction above 1", None, "fraction"),
+    ("unknown policy", GOOD.replace("[best-fit, fgd]", "[bestfit]"), "unknown placement policy"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "needle"), BAD, ids=[c[0] for c in BAD])
+def test_bad_scenarios_fail_with_one_clear_line(
+    tmp_path: Path, case: str, body: str | None, needle: str
+) -> None:
+    if body is None:
+        path = tmp_path / "job.yaml"
+        path.write_text(
+            "apiVersion: shoal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: j}\n"
+            "spec:\n  tenant: a\n  podSets:\n    - resources: {gpu: {fraction: 1.5}}\n"
+        )
+        result = shoal("validate", str(path))
+    else:
+        result = shoal("sim", str(scenario(tmp_path, body, JOBS)))
+    assert result.returncode == 2, (case, result.stdout, result.stderr)
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_trace_naming_an_unknown_tenant_is_rejected(tmp_path: Path) -> None:
+    result = shoal("sim", str(scenario(tmp_path, GOOD, JOBS.replace(",a,", ",zeta,"))))
+    assert result.returncode == 2
+    assert "zeta" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_trace_with_a_missing_column_names_it(tmp_path: Path) -> None:
+    jobs = JOBS.replace("submitTime", "submitted")
+    result = shoal("sim", str(scenario(tmp_path, GOOD, jobs)))
+    assert result.returncode == 2
+    assert "submitTime" in result.stderr and "jobs.csv" in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = shoal("--debug", "sim", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr
+
+
+def test_missing_scenario_file(tmp_path: Path) -> None:
+    result = shoal("sim", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "nope.yaml" in result.stderr and "Traceback" not in result.stderr
