@@ -27,6 +27,21 @@ from shoal.domain.resources import MILLI
 from shoal.domain.workload import PodShape
 from shoal.policy.placement.base import FloatArray, Nodes, ScorerContext, register_scorer
 
+_DEDUP_ROWS = 256
+
+
+def _dedup(rows: IntArray) -> tuple[IntArray, IntArray]:
+    """Distinct rows and, per input row, the index of its distinct row.
+
+    Clusters are made of few node shapes and node states repeat a lot, so
+    evaluating each distinct state once saves most of the work.
+    """
+    rows = np.ascontiguousarray(rows)
+    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    unique: IntArray = rows[first]
+    return unique, inverse.reshape(-1)
+
 
 class Fragmentation:
     """Vectorised fragmentation of many node states against one pod mix."""
@@ -48,6 +63,16 @@ class Fragmentation:
         """Fragmentation (milli-GPU) of each row; ``gpu_free`` is (rows, gpus)."""
         if len(self.freq) == 0:
             return np.zeros(len(cpu_free))
+        if len(cpu_free) > _DEDUP_ROWS:
+            rows = np.concatenate([gpu_free, cpu_free[:, None], model_id[:, None]], axis=1)
+            unique, inverse = _dedup(rows)
+            if len(unique) < len(rows) // 2:
+                frag = self._of(unique[:, :-2], unique[:, -2], unique[:, -1])
+                result: FloatArray = frag[inverse]
+                return result
+        return self._of(gpu_free, cpu_free, model_id)
+
+    def _of(self, gpu_free: IntArray, cpu_free: IntArray, model_id: IntArray) -> FloatArray:
         total = gpu_free.sum(axis=1)
         usable = gpu_free[:, None, :] >= self.milli[None, :, None]
         count = usable.sum(axis=2)
@@ -63,12 +88,21 @@ class Fragmentation:
         return frag
 
 
+def _stale(stamps: IntArray, state: ClusterState, nodes: Nodes) -> IntArray:
+    """Nodes among ``nodes`` whose cached value predates their last change."""
+    stale: IntArray
+    if isinstance(nodes, slice):
+        stale = np.flatnonzero(stamps != state.stamp)
+    else:
+        stale = nodes[stamps[nodes] != state.stamp[nodes]]
+    return stale
+
+
 class FgdScorer:
     """Score = fragmentation before minus after placing the pod (bigger is better)."""
 
     name = "fgd"
     integer_scores = True
-    score_all_nodes = False  # its caches work per feasible node
 
     def __init__(self, context: ScorerContext) -> None:
         self.context = context
@@ -89,9 +123,9 @@ class FgdScorer:
             self._after = {}
         return self.frag
 
-    def _frag_before(self, state: ClusterState, nodes: IntArray) -> FloatArray:
+    def _frag_before(self, state: ClusterState, nodes: Nodes) -> FloatArray:
         frag = self._bind_state(state)
-        stale = nodes[self._before_stamp[nodes] != state.stamp[nodes]]
+        stale = _stale(self._before_stamp, state, nodes)
         if len(stale):
             self._before[stale] = frag.of(
                 state.gpu_free[stale], state.cpu_free[stale], state.model_id[stale]
@@ -101,7 +135,7 @@ class FgdScorer:
         return result
 
     def _frag_after(
-        self, state: ClusterState, pod: PodShape, nodes: IntArray
+        self, state: ClusterState, pod: PodShape, nodes: Nodes
     ) -> tuple[FloatArray, IntArray]:
         frag = self._bind_state(state)
         cached = self._after.get(pod)
@@ -114,7 +148,7 @@ class FgdScorer:
             )
             self._after[pod] = cached
         after, gpu, stamp = cached
-        stale = nodes[stamp[nodes] != state.stamp[nodes]]
+        stale = _stale(stamp, state, nodes)
         if len(stale):
             after[stale], gpu[stale] = self._evaluate(frag, state, pod, stale)
             stamp[stale] = state.stamp[stale]
@@ -126,12 +160,24 @@ class FgdScorer:
         free = state.gpu_free[nodes]
         cpu = state.cpu_free[nodes] - pod.cpu
         models = state.model_id[nodes]
+        if len(nodes) > _DEDUP_ROWS:
+            rows = np.concatenate([free, cpu[:, None], models[:, None]], axis=1)
+            unique, inverse = _dedup(rows)
+            if len(unique) < len(rows) // 2:
+                after, gpu = self._evaluate_rows(frag, pod, unique[:, :-2], unique[:, -2], unique[:, -1])
+                return after[inverse], gpu[inverse]
+        return self._evaluate_rows(frag, pod, free, cpu, models)
+
+    def _evaluate_rows(
+        self, frag: Fragmentation, pod: PodShape, free: IntArray, cpu: IntArray, models: IntArray
+    ) -> tuple[FloatArray, IntArray]:
+        """Fragmentation after placing ``pod`` on nodes in these states, and the GPU used."""
         if not pod.is_fractional:
             if pod.gpu_count:
                 whole = free == MILLI
                 taken = whole & (np.cumsum(whole, axis=1) <= pod.gpu_count)
                 free = np.where(taken, 0, free)
-            return frag.of(free, cpu, models), np.zeros(len(nodes), dtype=np.int64)
+            return frag.of(free, cpu, models), np.zeros(len(cpu), dtype=np.int64)
         rows, gpus = free.shape
         # One candidate state per (node, GPU): the pod on that GPU.
         trial = np.repeat(free[:, None, :], gpus, axis=1)
@@ -143,6 +189,7 @@ class FgdScorer:
             np.repeat(cpu, gpus),
             np.repeat(models, gpus),
         ).reshape(rows, gpus)
+        # A node where no GPU fits keeps +inf: it is never feasible for this pod.
         values = np.where(ok, values, np.inf)
         best = self._best_gpu(values, free, pod)
         return values[np.arange(rows), best], best
@@ -155,7 +202,6 @@ class FgdScorer:
     # -- scorer protocol -----------------------------------------------------
 
     def score(self, state: ClusterState, pod: PodShape, nodes: Nodes) -> FloatArray:
-        assert not isinstance(nodes, slice), "FGD scores feasible nodes only"
         delta = self._frag_before(state, nodes) - self._frag_after(state, pod, nodes)[0]
         if self.integer_scores:
             # The paper's plugin: int64(sigmoid(delta / 1000) * 100).
@@ -163,7 +209,7 @@ class FgdScorer:
         return self._refine(state, pod, nodes, delta)
 
     def _refine(
-        self, state: ClusterState, pod: PodShape, nodes: IntArray, delta: FloatArray
+        self, state: ClusterState, pod: PodShape, nodes: Nodes, delta: FloatArray
     ) -> FloatArray:
         return delta
 
@@ -184,7 +230,7 @@ class FgdExactScorer(FgdScorer):
     integer_scores = False
 
     def _refine(
-        self, state: ClusterState, pod: PodShape, nodes: IntArray, delta: FloatArray
+        self, state: ClusterState, pod: PodShape, nodes: Nodes, delta: FloatArray
     ) -> FloatArray:
         # Among equal fragmentation deltas prefer the node with less free GPU
         # (milli) left: a tie-break worth less than one milli-GPU of delta.
