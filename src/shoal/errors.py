@@ -6,7 +6,11 @@
     ├── InputError              bad user input: exit code 2, never half-applied
     │   ├── ManifestError       a manifest is malformed or fails validation
     │   ├── TraceError          a trace file is missing, unreadable or lacks columns
-    │   └── UnknownReferenceError  a manifest names something that does not exist
+    │   ├── UnknownReferenceError  a manifest names something that does not exist
+    │   └── NotFoundError       the named object does not exist (HTTP 404)
+    ├── Unauthorized            missing or unknown token (HTTP 401)
+    ├── Forbidden               a token that may not do this (HTTP 403)
+    ├── ConflictError           changed or already exists (HTTP 409)
     └── InternalError           a bug in Shoal: reported with the cause chained
 
 Each error carries a stable ``code`` so that it survives a trip across the API
@@ -61,3 +65,27 @@ class InternalError(ShoalError):
     """Something Shoal should have prevented; please report it."""
 
     code = "internal"
+
+
+class Unauthorized(ShoalError):
+    """No token, or one that Shoal does not know."""
+
+    code = "unauthorized"
+
+
+class Forbidden(ShoalError):
+    """A valid token that may not do this (another tenant's job, an admin action)."""
+
+    code = "forbidden"
+
+
+class NotFoundError(InputError):
+    """The named object does not exist (or is not visible to the caller)."""
+
+    code = "not_found"
+
+
+class ConflictError(ShoalError):
+    """The object changed or exists already; read it again and retry."""
+
+    code = "conflict"

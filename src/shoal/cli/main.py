@@ -12,6 +12,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from shoal.cli import jobs as jobs_command
+from shoal.cli import run as run_command
+from shoal.cli import server as server_command
 from shoal.cli import sim as sim_command
 from shoal.cli import validate as validate_command
 from shoal.errors import ShoalError
@@ -23,6 +26,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("run")(run_command.run)
+app.command("server")(server_command.server)
+app.command("apply")(jobs_command.apply)
+app.command("get")(jobs_command.get)
+app.command("describe")(jobs_command.describe)
+app.command("logs")(jobs_command.logs)
+app.command("delete")(jobs_command.delete)
 app.command("sim")(sim_command.sim)
 app.command("validate")(validate_command.validate)
 app.command("policies")(sim_command.policies)

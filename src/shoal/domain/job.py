@@ -133,7 +133,13 @@ class TrainingJobSpec(Spec):
     duration_seconds: float | None = Field(
         default=None, gt=0, description="known run time (simulation)"
     )
-    command: list[str] | None = None
+    command: list[str] | None = Field(default=None, min_length=1)
+    working_dir: str | None = Field(
+        default=None,
+        description="where the pods run (shared); default: a private folder per pod. "
+        "The CLI resolves a relative path against the manifest's folder.",
+    )
+    env: dict[str, str] = Field(default_factory=dict)
     max_retries: int = Field(default=3, ge=0)
 
     @field_validator("priority")

@@ -111,6 +111,10 @@ class TenantSpec(Spec):
     allowed_priorities: list[int | str] | None = None
     preemption: PreemptionPolicy = Field(default_factory=PreemptionPolicy)
     queueing: Literal["BestEffortFIFO", "StrictFIFO"] = "BestEffortFIFO"
+    isolation: Literal["process", "sandbox"] = Field(
+        default="process",
+        description="embedded runtime: plain processes, or bubblewrap sandboxes per pod",
+    )
 
     @model_validator(mode="after")
     def _limits_make_sense(self) -> TenantSpec:

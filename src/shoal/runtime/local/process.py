@@ -1,0 +1,249 @@
+"""The embedded runtime's pod launcher: every pod is a real local process.
+
+Each pod runs in its own session and process group, with stdin from /dev/null,
+stdout and stderr appended to its log file, and its own cgroup (``cgroups.py``)
+when the machine allows it: a tiny ``sh`` launcher joins the cgroup and then
+execs the command, so the limits hold from its first instruction and the pod's
+PID is the command's (in a sandbox, bwrap's; see ``sandbox.py``).
+
+Exit status: only a parent can collect one. For the pods it started, this
+runtime reaps them and reports ``succeeded``/``failed``/``signalled``/
+``oom_killed`` with the exit code (128 + n after signal n). After a
+control-plane restart it *adopts* its pods by PID and start time; they are no
+longer its children, so when an adopted pod ends its exit code is gone (init
+collected it): it is reported ``lost``, or ``oom_killed`` when its cgroup
+counted an OOM kill.
+
+A pod ends with its main process: what it leaves behind in its process group
+or cgroup is killed then, as Kubernetes does with a container's processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from shoal.control.records import PodHandle, PodSpec, PodStatus
+from shoal.errors import InternalError
+from shoal.runtime.local import sandbox
+from shoal.runtime.local.cgroups import Cgroups, Limits, cgroup_name, join_then_exec
+from shoal.runtime.local.pods import (
+    RUNNING,
+    CommandNotFoundError,
+    PodStartError,
+    WorkdirError,
+    environment,
+    exit_status,
+    hostname,
+    pod_name,
+    resolve_command,
+)
+from shoal.runtime.local.procfs import group_members, in_group, read_stat, wait_exits
+
+__all__ = [
+    "CommandNotFoundError",
+    "LocalProcesses",
+    "PodHandle",
+    "PodSpec",
+    "PodStartError",
+    "PodStatus",
+    "WorkdirError",
+]
+
+_log = logging.getLogger(__name__)
+_SANDBOX_PIDS = 2  # bwrap's monitor and its PID-namespace init count against pids.max
+_PEEK = os.WEXITED | os.WNOHANG | os.WNOWAIT
+_LOST = "exited while Shoal was not its parent (after a restart); exit code unknown"
+
+
+class LocalProcesses:
+    """Starts, watches, stops and re-adopts pods as local processes."""
+
+    def __init__(
+        self,
+        root_cgroup: str = "shoal",
+        warn: Callable[[str], None] = _log.warning,
+        jobs_root: Path | None = None,
+    ) -> None:
+        self.cgroups = Cgroups(root_cgroup)  # detected once, here
+        self.jobs_root = jobs_root  # hidden from sandboxed pods but for their own workdir
+        self._root = root_cgroup
+        self._warn, self._warned = warn, False
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._killed: dict[int, PodHandle] = {}  # children to reap even if nobody polls them
+        self._final: dict[tuple[int, int], PodStatus] = {}
+        self._unremoved: set[str] = set()  # cgroups whose killed processes were still exiting
+
+    def start(self, spec: PodSpec) -> PodHandle:
+        """Start the pod; :class:`PodStartError` (an InputError) when its spec cannot run."""
+        self._collect()
+        env = environment(spec)
+        argv = [resolve_command(spec, env), *spec.command[1:]]
+        for path in (spec.workdir, spec.log_path.parent, *spec.writable):
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise WorkdirError(f"pod {pod_name(spec)}: cannot create {path}: {exc.strerror}") from exc
+        if spec.isolation == "sandbox":
+            argv = sandbox.sandbox_argv(
+                argv, workdir=spec.workdir, hostname=hostname(spec), writable=spec.writable,
+                jobs_root=self.jobs_root, network=spec.network, gpus=bool(spec.gpus),
+            )
+        cgroup = self._cgroup_for(spec)
+        if cgroup is not None:
+            try:
+                argv = join_then_exec(self.cgroups.create(cgroup, self._limits(spec)), argv)
+            except OSError as exc:
+                self._release(cgroup)
+                raise InternalError(f"pod {pod_name(spec)}: cannot set up cgroup {cgroup}: {exc}") from exc
+        try:
+            log = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            self._release(cgroup)
+            raise WorkdirError(f"pod {pod_name(spec)}: cannot open {spec.log_path}: {exc.strerror}") from exc
+        try:
+            child = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=spec.workdir, env=env, start_new_session=True,
+            )
+        except OSError as exc:
+            self._release(cgroup)
+            raise PodStartError(f"pod {pod_name(spec)}: cannot start {argv[0]}: {exc}") from exc
+        finally:
+            os.close(log)
+        stat = read_stat(child.pid)  # an unreaped child is always in /proc
+        assert stat is not None
+        self._children[child.pid] = child
+        return PodHandle(child.pid, stat.start_ticks, cgroup, spec)
+
+    def poll(self, handle: PodHandle) -> PodStatus:
+        """Where the pod stands, without blocking; reaps it once it has ended."""
+        self._collect()
+        final = self._final.get((handle.pid, handle.start_ticks))
+        if final is not None:
+            return final
+        if handle.pid in self._children:
+            return self._poll_child(handle)
+        stat = read_stat(handle.pid)
+        if stat is not None and stat.start_ticks == handle.start_ticks and not stat.exited:
+            return RUNNING
+        # Adopted, so not our child: its exit code went to its new parent.
+        self._signal(handle, signal.SIGKILL)
+        if self._oom_kills(handle):
+            limit = handle.spec.memory_mib
+            return self._ended(handle, PodStatus("oom_killed", None, f"OOMKilled: memory limit {limit}Mi"))
+        return self._ended(handle, PodStatus("lost", None, _LOST))
+
+    def _poll_child(self, handle: PodHandle) -> PodStatus:
+        child = self._children[handle.pid]
+        try:
+            # WNOWAIT: look without reaping, so that the PID (and the process group
+            # named after it) cannot be reused while the stragglers are killed.
+            if os.waitid(os.P_PID, handle.pid, _PEEK) is None:
+                return RUNNING
+        except ChildProcessError:  # reaped behind our back (SIGCHLD ignored)
+            del self._children[handle.pid]
+            return self._ended(handle, PodStatus("lost", None, "reaped elsewhere; exit code unknown"))
+        self._signal(handle, signal.SIGKILL)
+        status = exit_status(
+            child.wait(), sandboxed=handle.spec.isolation == "sandbox",
+            oom_kills=self._oom_kills(handle), memory_mib=handle.spec.memory_mib,
+        )
+        del self._children[handle.pid]
+        self._killed.pop(handle.pid, None)
+        return self._ended(handle, status)
+
+    def _ended(self, handle: PodHandle, status: PodStatus) -> PodStatus:
+        self._final[(handle.pid, handle.start_ticks)] = status
+        self._release(handle.cgroup)
+        return status
+
+    def terminate(self, handle: PodHandle, grace_s: float) -> None:
+        """Send SIGTERM now; the caller calls :meth:`kill` if it still runs after ``grace_s``."""
+        del grace_s  # the caller owns the clock; every runtime takes the same arguments
+        # bwrap's monitor would die at once on SIGTERM, and the pod would look gone while
+        # its command still shuts down: spare it, it exits after the command.
+        self._signal(handle, signal.SIGTERM, spare_leader=handle.spec.isolation == "sandbox")
+
+    def kill(self, handle: PodHandle) -> None:
+        """SIGKILL every process of the pod; its cgroup goes as soon as they are gone."""
+        self._signal(handle, signal.SIGKILL)
+        if handle.pid in self._children:
+            self._killed[handle.pid] = handle
+        self._release(handle.cgroup)
+
+    def adopt(self, pid: int, start_ticks: int, spec: PodSpec, cgroup: str | None) -> PodHandle | None:
+        """Take back a pod after a restart: ours iff the PID still has the recorded start time."""
+        stat = read_stat(pid)
+        if stat is None or stat.start_ticks != start_ticks or stat.exited:
+            return None
+        return PodHandle(pid, start_ticks, cgroup, spec)
+
+    def wait_any(self, handles: Sequence[PodHandle], timeout_s: float | None) -> list[PodHandle]:
+        """Block until one of ``handles`` ends or ``timeout_s`` passes; return the ended ones.
+
+        It wakes at the exit itself (pidfds, no sleeping); :meth:`poll` gives the status.
+        """
+        done = [h for h in handles if (h.pid, h.start_ticks) in self._final]
+        if done:
+            return done
+        return [handles[i] for i in wait_exits([(h.pid, h.start_ticks) for h in handles], timeout_s)]
+
+    def _signal(self, handle: PodHandle, sig: signal.Signals, *, spare_leader: bool = False) -> None:
+        """Signal the pod's process group and every process in its cgroup, once each."""
+        if (handle.pid, handle.start_ticks) in self._final:
+            return
+        # The group is named after the leader's PID: use it only while that PID is
+        # provably ours (an unreaped child, or the same start time) or used by nobody.
+        stat = read_stat(handle.pid)
+        owned = handle.pid in self._children or stat is None or stat.start_ticks == handle.start_ticks
+        targets = group_members(handle.pid) if owned and spare_leader else set()
+        if owned and not spare_leader:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(handle.pid, sig)
+        if handle.cgroup is not None and self.cgroups.available:
+            # Those that left the group (setsid), not the others again: a second SIGTERM
+            # may land after Python restored SIG_DFL on its way out. A PID reused between
+            # reading and killing is the race left (v1 has no atomic cgroup kill).
+            members = self.cgroups.pids(handle.cgroup)
+            targets |= {p for p in members if not (owned and in_group(p, handle.pid))}
+        for pid in targets - ({handle.pid} if spare_leader else set()):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    def _cgroup_for(self, spec: PodSpec) -> str | None:
+        limited = bool(spec.cpu_milli or spec.memory_mib or spec.pids_limit)
+        if self.cgroups.problem and limited and not self._warned:
+            self._warned = True
+            self._warn(f"shoal: {self.cgroups.problem}; pod CPU, memory and PID limits are not enforced")
+        if not self.cgroups.available:
+            return None
+        cgroup = cgroup_name(self._root, spec.job, spec.index)
+        if self.cgroups.pids(cgroup):
+            raise PodStartError(f"pod {pod_name(spec)} is already running (cgroup {cgroup} is in use)")
+        return cgroup
+
+    def _limits(self, spec: PodSpec) -> Limits:
+        extra = _SANDBOX_PIDS if spec.isolation == "sandbox" and spec.pids_limit else 0
+        return Limits(spec.cpu_milli, spec.memory_mib, spec.pids_limit + extra)
+
+    def _oom_kills(self, handle: PodHandle) -> int:
+        if handle.cgroup is None or not self.cgroups.available:
+            return 0
+        return self.cgroups.oom_kills(handle.cgroup)
+
+    def _release(self, cgroup: str | None) -> None:
+        if cgroup is not None and self.cgroups.available and not self.cgroups.remove(cgroup):
+            self._unremoved.add(cgroup)
+
+    def _collect(self) -> None:
+        """Reap killed children and remove cgroups whose processes had not yet exited."""
+        for pid, handle in list(self._killed.items()):
+            if pid in self._children:
+                self._poll_child(handle)
+        self._unremoved = {cg for cg in self._unremoved if not self.cgroups.remove(cg)}

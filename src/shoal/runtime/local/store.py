@@ -1,0 +1,240 @@
+"""The embedded control plane's state store: SQLite in WAL mode behind a small typed port.
+
+A reconciler loads a job, decides, then writes with ``update_job(name,
+version, ...)``.  That write is a compare-and-set on the version, so a writer
+that decided on stale state gets ``StoreConflict`` instead of overwriting
+newer state (fencing); it reloads and decides again.
+
+Crash safety: every write is one SQLite transaction (``BEGIN IMMEDIATE`` ...
+``COMMIT``), so a process killed at any instant, SIGKILL included, leaves all
+of a transaction or none of it.  ``synchronous=NORMAL`` in WAL mode keeps
+every commit across a process crash; only an OS crash or power cut may undo
+the last few commits (never corrupt the file), which is the price of not
+fsyncing on every commit.
+
+Threads share one store: each has its own connection (see ``store_db``).
+Timestamps are always passed in: the clock is a port, never read here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from shoal.control.records import FINAL_PHASES, PHASES, JobRow, Principal
+from shoal.errors import InternalError
+from shoal.runtime.local.store_db import (
+    AlreadyExists,
+    Database,
+    NotFound,
+    StoreConflict,
+    StoreError,
+)
+from shoal.runtime.local.store_schema import JOB_COLUMNS, encode_changes, job_from_row, migrate
+from shoal.runtime.local.store_tokens import Role, find_principal, insert_token, load_salt, revoke
+
+__all__ = [
+    "PHASES", "AlreadyExists", "JobRow", "NotFound", "Principal", "SqliteStore",
+    "StoreConflict", "StoreError",
+]
+
+
+class SqliteStore(Database):
+    """Jobs, tenants, nodes, events and API tokens in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        """Open (or create) the store at ``path`` and bring its schema up to date."""
+        super().__init__(path)
+        try:
+            with self.transaction():
+                migrate(self._conn())
+                self._salt = load_salt(self._conn())
+        except BaseException:
+            self.close()
+            raise
+
+    # -- tenants and nodes ----------------------------------------------------
+
+    def put_tenant(self, name: str, spec: dict[str, Any]) -> None:
+        self._put("tenants", name, spec)
+
+    def tenants(self) -> dict[str, dict[str, Any]]:
+        return self._all("tenants")
+
+    def delete_tenant(self, name: str) -> None:
+        """Remove a tenant and revoke its tokens in the same transaction."""
+        with self.transaction():
+            self._delete("tenants", "tenant", name)
+            revoke(self._conn(), name)
+
+    def put_node(self, name: str, spec: dict[str, Any]) -> None:
+        self._put("nodes", name, spec)
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        return self._all("nodes")
+
+    def delete_node(self, name: str) -> None:
+        with self.transaction():
+            self._delete("nodes", "node", name)
+
+    # ``table`` is always one of our literals above, never user input.
+    def _put(self, table: str, name: str, spec: dict[str, Any]) -> None:
+        with self.transaction():
+            self._conn().execute(
+                f"INSERT INTO {table} (name, spec) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec",
+                (name, json.dumps(spec, sort_keys=True)),
+            )
+
+    def _all(self, table: str) -> dict[str, dict[str, Any]]:
+        rows = self._conn().execute(f"SELECT name, spec FROM {table} ORDER BY name")
+        return {row["name"]: json.loads(row["spec"]) for row in rows}
+
+    def _delete(self, table: str, kind: str, name: str) -> None:
+        if self._conn().execute(f"DELETE FROM {table} WHERE name = ?", (name,)).rowcount == 0:
+            raise NotFound(f"{kind} '{name}' not found")
+
+    # -- jobs -----------------------------------------------------------------
+
+    def create_job(
+        self, name: str, tenant: str, manifest: dict[str, Any], now: float, checkpoint_dir: str
+    ) -> JobRow:
+        """A new Pending job at version 1; AlreadyExists while a live job has the name.
+
+        A deleted job that has reached a final phase is no longer live: it is
+        finalised here, so the name is free even before the reconciler does it.
+        """
+        with self.transaction():
+            existing = self._find(name)
+            if existing is not None and existing.deleted and existing.phase in FINAL_PHASES:
+                self._fenced(name, existing.version, "finalized = 1, ", [])
+            elif existing is not None:
+                hint = ("it is being deleted; create it again once it is gone" if existing.deleted
+                        else "delete it first or choose another name")
+                raise AlreadyExists(f"job '{name}' already exists", hint=hint)
+            self._conn().execute(
+                "INSERT INTO jobs (name, tenant, manifest, phase, version, submit_time, "
+                "checkpoint_dir) VALUES (?, ?, ?, 'Pending', 1, ?, ?)",
+                (name, tenant, json.dumps(manifest, sort_keys=True), now, checkpoint_dir),
+            )
+            return self.get_job(name)
+
+    def get_job(self, name: str) -> JobRow:
+        job = self._find(name)
+        if job is None:
+            raise NotFound(f"job '{name}' not found")
+        return job
+
+    def _find(self, name: str) -> JobRow | None:
+        row = self._conn().execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE name = ? AND finalized = 0", (name,)
+        ).fetchone()
+        return None if row is None else job_from_row(row)
+
+    def list_jobs(
+        self, tenant: str | None = None, phases: Collection[str] | None = None
+    ) -> list[JobRow]:
+        """Live jobs (deleted ones too, until finalised), oldest submission first."""
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE finalized = 0"
+        params: list[str] = []
+        if tenant is not None:
+            sql, params = sql + " AND tenant = ?", [tenant]
+        if phases is not None:
+            wanted = [phases] if isinstance(phases, str) else list(phases)
+            sql += f" AND phase IN ({', '.join('?' * len(wanted))})" if wanted else " AND 0"
+            params += wanted
+        rows = self._conn().execute(sql + " ORDER BY submit_time, id", params)
+        return [job_from_row(row) for row in rows]
+
+    def update_job(self, name: str, expected_version: int, **changes: Any) -> JobRow:
+        """Compare-and-set: apply ``changes`` only if the job is still at ``expected_version``.
+
+        Bumps the version.  StoreConflict (nothing changed) when another
+        writer got there first; NotFound when the job is gone.
+        """
+        try:
+            columns = encode_changes(changes)
+        except (TypeError, ValueError) as exc:
+            raise InternalError(f"bad update of job '{name}': {exc}") from exc
+        # Column names come from MUTABLE_FIELDS, never from input.
+        assignments = "".join(f"{column} = ?, " for column in columns)
+        with self.transaction():
+            self._fenced(name, expected_version, assignments, list(columns.values()))
+            return self.get_job(name)
+
+    def finalize_job(self, name: str, expected_version: int) -> None:
+        """Retire a job once its pods are gone: the row stays for audit, the name is freed."""
+        with self.transaction():
+            self._fenced(name, expected_version, "finalized = 1, ", [])
+
+    def _fenced(self, name: str, expected: int, assignments: str, params: list[Any]) -> None:
+        cursor = self._conn().execute(
+            f"UPDATE jobs SET {assignments}version = version + 1 "
+            "WHERE name = ? AND finalized = 0 AND version = ?",
+            (*params, name, expected),
+        )
+        if cursor.rowcount == 0:
+            found = self.get_job(name).version  # NotFound when the job is gone
+            raise StoreConflict(
+                f"job '{name}' changed since it was read: expected version {expected}, "
+                f"found {found}",
+                hint="reload it and decide again",
+            )
+
+    def request_delete(self, name: str, tenant: str | None = None) -> JobRow:
+        """Mark a job deleted (the reconciler then stops its pods and finalises it).
+
+        Not fenced: a user's delete always wins, and bumping the version makes
+        any reconciler decision taken before it fail.  Idempotent.
+        """
+        with self.transaction():
+            job = self._find(name)
+            # Another tenant's job reads as missing: its name is not theirs to learn.
+            if job is None or (tenant is not None and job.tenant != tenant):
+                raise NotFound(f"job '{name}' not found")
+            return job if job.deleted else self.update_job(name, job.version, deleted=True)
+
+    # -- events ---------------------------------------------------------------
+
+    def append_event(
+        self, time: float, kind: str, job: str | None, tenant: str | None, data: dict[str, Any]
+    ) -> int:
+        """Record a decision; returns its id, which only ever grows."""
+        with self.transaction():
+            cursor = self._conn().execute(
+                "INSERT INTO events (time, kind, job, tenant, data) VALUES (?, ?, ?, ?, ?)",
+                (time, kind, job, tenant, json.dumps(data, sort_keys=True)),
+            )
+        assert cursor.lastrowid is not None  # always set after an INSERT
+        return cursor.lastrowid
+
+    def events(
+        self, since_id: int = 0, job: str | None = None, tenant: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Events after ``since_id`` in the order recorded: ``{id, time, kind, job, tenant, data}``."""
+        sql = "SELECT id, time, kind, job, tenant, data FROM events WHERE id > ?"
+        params: list[Any] = [since_id]
+        for column, value in (("job", job), ("tenant", tenant)):
+            if value is not None:
+                sql, params = sql + f" AND {column} = ?", [*params, value]
+        rows = self._conn().execute(sql + " ORDER BY id", params)
+        return [{**dict(row), "data": json.loads(row["data"])} for row in rows]
+
+    # -- tokens ---------------------------------------------------------------
+
+    def create_token(self, principal: str, role: Role, tenant: str | None) -> str:
+        """Mint a token and return its plaintext, the only time it is ever visible."""
+        with self.transaction():
+            if role == "tenant" and tenant and tenant not in self.tenants():
+                raise NotFound(f"tenant '{tenant}' not found")
+            return insert_token(self._conn(), self._salt, principal, role, tenant)
+
+    def resolve_token(self, token: str) -> Principal | None:
+        return find_principal(self._conn(), self._salt, token)
+
+    def revoke_tokens(self, tenant: str) -> int:
+        """Revoke every token of ``tenant``; returns how many were live."""
+        with self.transaction():
+            return revoke(self._conn(), tenant)
