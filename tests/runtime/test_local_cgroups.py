@@ -74,7 +74,7 @@ def test_limits_are_written(limited: LocalProcesses, spec: Spec, finish: Finish,
     ready = fifo(pod.workdir / "ready")
     handle = limited.start(pod)
     assert ready.line() == "ready"
-    assert handle.cgroup is not None and handle.cgroup.endswith("/job-0")
+    assert handle.cgroup is not None and handle.cgroup.endswith("-job-0")
     groups = limited.cgroups
     if groups.version == 1:
         cpu = groups.path(handle.cgroup, "cpu")

@@ -264,3 +264,34 @@ def test_load_manifest_file(tmp_path: Path) -> None:
     bad.write_text("kind: [\n")
     with pytest.raises(ManifestError, match=rf"^{bad}:2:1: invalid YAML"):
         load_manifest_file(bad)
+
+
+def test_specs_round_trip_through_json() -> None:
+    text = """
+apiVersion: shoal.dev/v1alpha1
+kind: Tenant
+metadata: {name: t}
+spec:
+  cohort: lab
+  quota:
+    cpu: {nominal: 2.5, borrowingLimit: 1}
+    memory: {nominal: 4Gi}
+    gpus: {A100: {nominal: 1.5, lendingLimit: 1}}
+---
+apiVersion: shoal.dev/v1alpha1
+kind: NodePool
+metadata: {name: p}
+spec: {count: 2, cpu: 64, memory: 512Gi, gpus: {model: A100, count: 8, memory: 80Gi}}
+---
+apiVersion: shoal.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: j}
+spec:
+  tenant: t
+  podSets: [{count: 2, resources: {cpu: 500m, memory: 1Gi, gpu: {fraction: 0.5, memory: 10Gi}}}]
+"""
+    for manifest in parse_manifests(text, "m.yaml"):
+        dumped = manifest.model_dump(mode="json", by_alias=True)
+        again = type(manifest).model_validate(dumped)
+        assert again == manifest, manifest.kind
+

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, PlainSerializer
 
 _CPU = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m?)\s*$")
 _MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?\s*$")
@@ -59,5 +59,19 @@ def parse_memory_mib(value: object) -> int:
     return round(float(match.group(1)) * _MIB_PER_UNIT[match.group(2)])
 
 
-CpuMilli = Annotated[int, BeforeValidator(parse_cpu_milli)]
-MemoryMiB = Annotated[int, BeforeValidator(parse_memory_mib)]
+def cpu_text(milli: int) -> str:
+    return f"{milli}m"
+
+
+def memory_text(mib: int) -> str:
+    return f"{mib}Mi"
+
+
+# JSON dumps write quantities back in a form that parses to the same value,
+# so a stored manifest round-trips exactly.
+CpuMilli = Annotated[
+    int, BeforeValidator(parse_cpu_milli), PlainSerializer(cpu_text, when_used="json")
+]
+MemoryMiB = Annotated[
+    int, BeforeValidator(parse_memory_mib), PlainSerializer(memory_text, when_used="json")
+]

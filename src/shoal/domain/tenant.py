@@ -12,10 +12,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, PlainSerializer, model_validator
 
 from shoal.domain.base import Metadata, Name, Spec
-from shoal.domain.quantity import parse_cpu_milli, parse_memory_mib
+from shoal.domain.quantity import cpu_text, memory_text, parse_cpu_milli, parse_memory_mib
 from shoal.domain.resources import CPU, MEMORY, gpu_resource
 
 UNLIMITED = None
@@ -39,9 +39,34 @@ def _limit(parse: object) -> object:
     return check
 
 
-CpuLimit = Annotated[int | None, BeforeValidator(_limit(parse_cpu_milli))]
-MemLimit = Annotated[int | None, BeforeValidator(_limit(parse_memory_mib))]
-GpuLimit = Annotated[int | None, BeforeValidator(_limit(_gpu_milli))]
+def _optional(text: object) -> object:
+    def write(value: int | None) -> object:
+        return None if value is None else text(value)  # type: ignore[operator]
+
+    return write
+
+
+def _gpus(milli: int) -> float:
+    return milli / 1000
+
+
+# JSON dumps write limits back as the user wrote them (cores, MiB, GPUs), so
+# a stored tenant round-trips exactly.
+CpuLimit = Annotated[
+    int | None,
+    BeforeValidator(_limit(parse_cpu_milli)),
+    PlainSerializer(_optional(cpu_text), when_used="json"),
+]
+MemLimit = Annotated[
+    int | None,
+    BeforeValidator(_limit(parse_memory_mib)),
+    PlainSerializer(_optional(memory_text), when_used="json"),
+]
+GpuLimit = Annotated[
+    int | None,
+    BeforeValidator(_limit(_gpu_milli)),
+    PlainSerializer(_optional(_gpus), when_used="json"),
+]
 
 
 class CpuQuota(Spec):

@@ -223,7 +223,11 @@ class LocalProcesses:
             self._warn(f"shoal: {self.cgroups.problem}; pod CPU, memory and PID limits are not enforced")
         if not self.cgroups.available:
             return None
-        cgroup = cgroup_name(self._root, spec.job, spec.index)
+        # Tenant and pod id in the name: job names may repeat across tenants,
+        # and a retry must not collide with a previous attempt still exiting.
+        uid = spec.env.get("SHOAL_POD_UID", "")[:8]
+        owner = "-".join(part for part in (spec.tenant, spec.job, uid) if part)
+        cgroup = cgroup_name(self._root, owner, spec.index)
         if self.cgroups.pids(cgroup):
             raise PodStartError(f"pod {pod_name(spec)} is already running (cgroup {cgroup} is in use)")
         return cgroup

@@ -1,0 +1,167 @@
+"""The embedded control plane end to end: real processes, real SQLite, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shoal.api import launch
+from shoal.api.client import ShoalClient
+from shoal.errors import Forbidden, InputError, NotFoundError, Unauthorized
+from tests.control.conftest import CLUSTER, job, phase, wait_for
+
+SLEEPER = ["python", "-c", "import signal, sys; signal.sigwait({signal.SIGTERM}); sys.exit(0)"]
+
+
+def test_job_runs_with_gang_environment_and_logs(admin: ShoalClient) -> None:
+    script = "import os; print(os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['CUDA_VISIBLE_DEVICES'])"
+    admin.apply_text(job("hello", "team-a", ["python", "-c", script], pods=2), "j.yaml")
+    wait_for(lambda: phase(admin, "hello") == "Succeeded")
+    lines = sorted(admin.logs("hello", pod=i).strip() for i in (0, 1))
+    assert [line.split()[:2] for line in lines] == [["0", "2"], ["1", "2"]]
+    assert {line.split()[2] for line in lines} == {"0", "1"}  # one GPU each, distinct
+
+
+def test_tenants_are_isolated(plane: launch.Running, admin: ShoalClient) -> None:
+    token_a = admin.create_token("team-a")
+    token_b = admin.create_token("team-b")
+    with ShoalClient(plane.url, token_a) as a, ShoalClient(plane.url, token_b) as b:
+        _check_isolation(plane, admin, a, b)
+
+
+def _check_isolation(
+    plane: launch.Running, admin: ShoalClient, a: ShoalClient, b: ShoalClient
+) -> None:
+    a.apply_text(job("mine", "team-a", SLEEPER), "j.yaml")
+    assert [j["name"] for j in a.jobs()] == ["mine"]
+    assert b.jobs() == []
+    with pytest.raises(NotFoundError):
+        b.job("mine")
+    with pytest.raises(NotFoundError):
+        b.logs("mine")
+    with pytest.raises(NotFoundError):
+        b.delete("mine")
+    with pytest.raises(Forbidden, match="team-b"):
+        b.apply_text(job("sneaky", "team-a", SLEEPER), "j.yaml")
+    with pytest.raises(Forbidden, match="admin"):
+        a.apply_text("apiVersion: shoal.dev/v1alpha1\nkind: Tenant\nmetadata: {name: x}\nspec: {}\n", "t.yaml")
+    with pytest.raises(Unauthorized, match="missing token"), ShoalClient(plane.url, None) as anon:
+        anon.jobs()
+    with pytest.raises(Unauthorized, match="unknown"), ShoalClient(plane.url, "shoal_x_y") as bad:
+        bad.jobs()
+    a.delete("mine")
+    wait_for(lambda: phase(admin, "mine") == "Cancelled")
+
+
+def test_reclaim_preempts_the_borrower_which_resumes(admin: ShoalClient) -> None:
+    # team-a borrows all 4 GPUs; team-b's job takes its 2 back.
+    admin.apply_text(job("a-big", "team-a", SLEEPER, gpus=4, priority="low"), "a.yaml")
+    wait_for(lambda: phase(admin, "a-big") == "Running")
+    admin.apply_text(job("b-small", "team-b", ["python", "-c", "pass"], gpus=2), "b.yaml")
+    wait_for(lambda: phase(admin, "b-small") == "Succeeded")
+
+    def decisions() -> list[tuple[str, str]]:
+        return [(e["kind"], e["job"]) for e in admin.events() if e["kind"] in ("admitted", "preempted")]
+
+    wait_for(lambda: len(decisions()) == 4)
+    record = admin.job("a-big")
+    assert record["preemptions"] == 1 and record["lost_seconds"] > 0
+    assert decisions() == [("admitted", "a-big"), ("preempted", "a-big"), ("admitted", "b-small"),
+                     ("admitted", "a-big")]
+
+
+def test_failures_retry_then_fail_with_the_reason(admin: ShoalClient) -> None:
+    admin.apply_text(job("flaky", "team-a", ["python", "-c", "raise SystemExit(3)"], retries=2),
+                     "j.yaml")
+    wait_for(lambda: phase(admin, "flaky") == "Failed")
+    record = admin.job("flaky")
+    assert record["attempts"] == 3
+    assert "exit" in record["reason"].lower() or "3" in record["reason"]
+    assert [e["kind"] for e in record["events"]].count("retrying") == 2
+
+
+def test_out_of_memory_is_reported_with_the_limit(admin: ShoalClient) -> None:
+    if not os.access("/sys/fs/cgroup/memory", os.W_OK) and not os.access("/sys/fs/cgroup", os.W_OK):
+        pytest.skip("cgroups are not writable here: memory limits are not enforced")
+    hog = ["python", "-c", "x = bytearray(400 * 1024 * 1024); print(len(x))"]
+    admin.apply_text(job("hog", "team-a", hog, memory="64Mi"), "j.yaml")
+    wait_for(lambda: phase(admin, "hog") == "Failed")
+    assert "OOMKilled" in admin.job("hog")["reason"]
+
+
+BAD_SUBMISSIONS = [
+    ("too big for any node", job("huge", "team-a", SLEEPER, gpus=8), "cannot run on any node"),
+    ("unknown tenant", job("lost", "team-z", SLEEPER), "tenant 'team-z' does not exist"),
+    ("missing command", job("typo", "team-a", ["pyhton", "x.py"]), "'pyhton' was not found"),
+    ("unknown field", job("f", "team-a", SLEEPER).replace("maxRetries", "maxRetires"), "maxRetires"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "needle"), BAD_SUBMISSIONS, ids=[b[0] for b in BAD_SUBMISSIONS])
+def test_bad_submissions_are_rejected_whole(admin: ShoalClient, case: str, text: str, needle: str) -> None:
+    before = admin.jobs()
+    # A valid job in the same request must not be created either.
+    with pytest.raises(InputError, match=needle):
+        admin.apply_text(job("innocent", "team-a", SLEEPER) + "---\n" + text, "bad.yaml")
+    assert admin.jobs() == before
+
+
+def test_unwritable_checkpoint_dir_is_rejected(plane: launch.Running, admin: ShoalClient) -> None:
+    blocker = plane.plane.checkpoint_dir("blocked")
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the directory should be")
+    with pytest.raises(InputError, match="not writable"):
+        admin.apply_text(job("blocked", "team-a", SLEEPER), "j.yaml")
+
+
+def test_restart_after_sigkill_readopts_running_pods(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    state = tmp_path / "state"
+    port = launch.free_port()
+    cmd = [sys.executable, "-m", "shoal", "server", "--state-dir", str(state), "--port", str(port)]
+    servers: list[subprocess.Popen[str]] = []
+
+    def start() -> subprocess.Popen[str]:
+        server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        servers.append(server)
+        assert server.stdout is not None
+        assert "control plane on" in server.stdout.readline()
+        return server
+
+    def stop_all() -> None:
+        for server in servers:
+            if server.poll() is None:
+                server.send_signal(signal.SIGTERM)
+            server.wait(timeout=20)
+            assert server.stdout is not None
+            server.stdout.close()
+
+    request.addfinalizer(stop_all)
+    server = start()
+    api = ShoalClient(f"http://127.0.0.1:{port}", (state / "admin-token").read_text().strip())
+    request.addfinalizer(api.close)
+    api.apply_text(CLUSTER + "---\n" + job("survivor", "team-a", SLEEPER), "j.yaml")
+    pid = wait_for(lambda: (api.job("survivor")["pods"] or [{}])[0].get("pid"))
+    server.send_signal(signal.SIGKILL)
+    server.wait(timeout=10)
+    start()
+    record = api.job("survivor")
+    assert record["phase"] == "Running" and record["attempts"] == 1
+    assert record["pods"][0]["pid"] == pid and os.path.exists(f"/proc/{pid}")
+    api.delete("survivor")
+    wait_for(lambda: api.job("survivor")["phase"] == "Cancelled")
+    assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ")[1].startswith("Z")
+    except OSError:
+        return True
