@@ -106,7 +106,16 @@ def _drive(api: ShoalClient, infra: list[dict[str, Any]], jobs: list[dict[str, A
                 raise ShoalError(f"the scenario did not finish within {timeout:.0f} s")
             tick.wait(0.2)  # the scenario's own pace; the control loop runs independently
     details = [api.job(row["name"]) for row in rows]
-    return build_report(details, api.events(), api.tenants(), api.nodes(), start)
+    report = build_report(details, api.events(), api.tenants(), api.nodes(), start)
+    for job in report["jobs"]:
+        job["result"] = _last_line(api.logs(job["name"], 0))
+    return report
+
+
+def _last_line(log: str) -> str:
+    """The pod's last words (training scripts print their final accuracy there)."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    return lines[-1][:120] if lines else ""
 
 
 def _cancel(api: ShoalClient) -> None:
@@ -127,18 +136,22 @@ def _progress(rows: list[dict[str, Any]], elapsed: float) -> Table:
 
 def _print_report(report: dict[str, Any], directory: Path) -> None:
     jobs = Table(title="jobs")
-    for column in ("job", "tenant", "phase", "attempts", "preemptions", "lost s", "JCT s"):
-        jobs.add_column(column, no_wrap=True)
+    for column in ("job", "tenant", "phase", "tries", "preempted", "lost s", "JCT s", "result"):
+        jobs.add_column(column, no_wrap=column != "result")
     for job in report["jobs"]:
         jct = "-" if job["jct_s"] is None else f"{job['jct_s']:.1f}"
         jobs.add_row(job["name"], job["tenant"], job["phase"], str(job["attempts"]),
-                     str(job["preemptions"]), f"{job['lost_seconds']:.1f}", jct)
+                     str(job["preemptions"]), f"{job['lost_seconds']:.1f}", jct,
+                     job.get("result") or job["reason"])
     out.print(jobs)
     timeline = Table(title="timeline")
     for column in ("t (s)", "event", "job", "tenant", "details"):
         timeline.add_column(column)
     for event in report["events"]:
-        extra = {k: v for k, v in event.items() if k not in ("time_s", "event", "job", "tenant")}
+        extra = {
+            k: v for k, v in event.items()
+            if k not in ("time_s", "event", "job", "tenant") and v not in ("", None)
+        }
         timeline.add_row(f"{event['time_s']:.1f}", event["event"], event["job"] or "",
                          event["tenant"] or "", ", ".join(f"{k}={v}" for k, v in extra.items()))
     out.print(timeline)
