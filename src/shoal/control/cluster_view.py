@@ -36,8 +36,19 @@ def tenants_from(rows: Mapping[str, dict[str, Any]]) -> dict[str, TenantQuota]:
     }
 
 
+_WORKLOADS: dict[tuple[str, float, str], Workload] = {}
+
+
 def workload_of(row: JobRow) -> Workload:
-    return from_training_job(TrainingJob.model_validate(row.manifest), submit_time=row.submit_time)
+    """The row's workload; manifests never change, so each is parsed once."""
+    key = (row.name, row.submit_time, row.tenant)
+    workload = _WORKLOADS.get(key)
+    if workload is None:
+        workload = from_training_job(TrainingJob.model_validate(row.manifest), row.submit_time)
+        if len(_WORKLOADS) > 100_000:
+            _WORKLOADS.clear()
+        _WORKLOADS[key] = workload
+    return workload
 
 
 def bindings_of(row: JobRow, workload: Workload, state: ClusterState) -> tuple[Binding, ...]:
