@@ -165,3 +165,28 @@ def _zombie(pid: int) -> bool:
             return handle.read().split(") ")[1].startswith("Z")
     except OSError:
         return True
+
+
+@pytest.mark.parametrize(("code", "final"), [(0, "Succeeded"), (3, "Failed")])
+def test_pod_that_ends_while_no_plane_runs_keeps_its_exit_code(
+    tmp_path: Path, code: int, final: str
+) -> None:
+    fifo = tmp_path / "release"
+    os.mkfifo(fifo)
+    waiter = ["python", "-c", "import sys; open(sys.argv[1]).read(); sys.exit(int(sys.argv[2]))",
+              str(fifo), str(code)]
+    first = launch.start(tmp_path / "state")
+    with ShoalClient(first.url, first.token) as api:
+        api.apply_text(CLUSTER + "---\n" + job("offline", "team-a", waiter), "j.yaml")
+        pid = wait_for(lambda: (api.job("offline")["pods"] or [{}])[0].get("pid"))
+    first.stop()
+    with fifo.open("w") as release:  # the pod ends now, with no control plane watching
+        release.write("go")
+    second = launch.start(tmp_path / "state")
+    try:
+        with ShoalClient(second.url, second.token) as api:
+            wait_for(lambda: api.job("offline")["phase"] == final)
+            assert api.job("offline")["attempts"] == 1
+    finally:
+        second.stop()
+        os.waitpid(pid, 0)  # the pod was this test process's child

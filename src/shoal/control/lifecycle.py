@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.control import cluster_view as view
 from shoal.control.ports import Clock, Pods, Store
-from shoal.control.records import JobRow, PodStatus
+from shoal.control.records import JobRow, PodHandle, PodStatus
 from shoal.domain.job import TrainingJob
 from shoal.errors import InputError
 
@@ -148,7 +148,12 @@ class Lifecycle:
                 return None
             pid, ticks = found
         spec = self._spec(row, job, pod, len(row.pods), 0)
-        return self.pods.adopt(int(pid), int(ticks or 0), spec, pod.get("cgroup"))
+        handle = self.pods.adopt(int(pid), int(ticks or 0), spec, pod.get("cgroup"))
+        if handle is None:
+            # It ended while nobody watched; the runtime may still know how
+            # (the local runtime records exit codes in a file).
+            handle = PodHandle(int(pid), int(ticks or 0), pod.get("cgroup"), spec)
+        return handle
 
     # -- stopping -----------------------------------------------------------------
 

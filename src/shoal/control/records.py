@@ -68,6 +68,8 @@ class PodSpec:
     isolation: Literal["process", "sandbox"] = "process"
     network: str | None = None
     writable: tuple[Path, ...] = field(default_factory=tuple)
+    exit_file: Path | None = None
+    """Where the pod's exit code is written, so it is known even after a restart."""
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from shoal.control.controller import ControlConfig, Controller
-from shoal.control.records import JobRow, PodSpec
+from shoal.control.records import FINAL_PHASES, JobRow, PodSpec
 from shoal.domain.job import TrainingJob
+from shoal.errors import ShoalError
 from shoal.runtime.local import sandbox
 from shoal.runtime.local.discover import find_pod
 from shoal.runtime.local.process import LocalProcesses
@@ -45,6 +46,7 @@ class EmbeddedPlane:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self._networks: set[str] = set()  # gang network namespaces this plane created
 
     # -- pods ---------------------------------------------------------------------
 
@@ -56,9 +58,11 @@ class EmbeddedPlane:
         gpu = shape.gpu
         isolation = tenant.get("isolation", "process")
         network = row.name if sum(p.count for p in job.spec.pod_sets) > 1 else None
-        if isolation == "sandbox" and network is not None and not sandbox.network_exists(network):
+        if isolation == "sandbox" and network is not None:
             # One network namespace per gang, so its workers can rendezvous.
-            sandbox.create_network(network)
+            if not sandbox.network_exists(network):
+                sandbox.create_network(network)
+            self._networks.add(network)
         fraction = gpu.fraction if gpu is not None and gpu.fraction is not None else None
         return PodSpec(
             job=row.name,
@@ -80,6 +84,7 @@ class EmbeddedPlane:
             isolation=isolation,
             network=network if isolation == "sandbox" else None,
             writable=(checkpoint_dir,),
+            exit_file=self.log_path(row.name, index).with_suffix(f".{pod['uid']}.exit"),
         )
 
     def checkpoint_dir(self, job: str) -> Path:
@@ -117,8 +122,20 @@ class EmbeddedPlane:
                 self.error = exc
                 busy = False
             if not busy:
+                self._release_networks()
                 self._wake.wait(self.tick)
             self._wake.clear()
+
+    def _release_networks(self) -> None:
+        """Delete the network namespaces of gangs that no longer run."""
+        for network in list(self._networks):
+            try:
+                phase = self.store.get_job(network).phase
+            except ShoalError:
+                phase = "Cancelled"
+            if phase in FINAL_PHASES or phase == "Pending":
+                sandbox.delete_network(network)
+                self._networks.discard(network)
 
 
 def _pod_resources(job: TrainingJob, index: int) -> Any:

@@ -61,6 +61,29 @@ _PEEK = os.WEXITED | os.WNOHANG | os.WNOWAIT
 _LOST = "exited while Shoal was not its parent (after a restart); exit code unknown"
 
 
+# Runs the command as a child and writes its exit code to a file, so that a
+# control plane restarted after the pod ended still knows how it ended.  The
+# group's SIGTERM reaches the command directly; the shell only waits it out.
+_RECORD_EXIT = """exit_file=$1; shift
+"$@" &
+child=$!
+trap : TERM INT HUP
+while :; do
+  wait "$child"; code=$?
+  kill -0 "$child" 2>/dev/null || break
+done
+echo "$code" > "$exit_file.tmp" && mv "$exit_file.tmp" "$exit_file"
+exit "$code"
+"""
+
+
+def _recorded_exit(path: Path | None) -> int | None:
+    try:
+        return int(path.read_text().strip()) if path is not None else None
+    except (OSError, ValueError):
+        return None
+
+
 class LocalProcesses:
     """Starts, watches, stops and re-adopts pods as local processes."""
 
@@ -89,6 +112,8 @@ class LocalProcesses:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise WorkdirError(f"pod {pod_name(spec)}: cannot create {path}: {exc.strerror}") from exc
+        if spec.exit_file is not None and spec.isolation == "process":
+            argv = ["/bin/sh", "-c", _RECORD_EXIT, "shoal-pod", str(spec.exit_file), *argv]
         if spec.isolation == "sandbox":
             argv = sandbox.sandbox_argv(
                 argv, workdir=spec.workdir, hostname=hostname(spec), writable=spec.writable,
@@ -132,8 +157,13 @@ class LocalProcesses:
         stat = read_stat(handle.pid)
         if stat is not None and stat.start_ticks == handle.start_ticks and not stat.exited:
             return RUNNING
-        # Adopted, so not our child: its exit code went to its new parent.
+        # Adopted, so not our child: its exit code went to its new parent,
+        # unless the pod's wrapper wrote it down.
         self._signal(handle, signal.SIGKILL)
+        recorded = _recorded_exit(handle.spec.exit_file)
+        if recorded is not None:
+            state = "succeeded" if recorded == 0 else "failed"
+            return self._ended(handle, PodStatus(state, recorded, "" if recorded == 0 else f"exit code {recorded}"))
         if self._oom_kills(handle):
             limit = handle.spec.memory_mib
             return self._ended(handle, PodStatus("oom_killed", None, f"OOMKilled: memory limit {limit}Mi"))
