@@ -16,6 +16,7 @@ from pathlib import Path
 import uvicorn
 
 from shoal.api.server import create_app
+from shoal.runtime.local.machine import LOCAL_NODE, local_node_spec
 from shoal.runtime.local.plane import EmbeddedPlane
 
 ADMIN_TOKEN_FILE = "admin-token"
@@ -60,6 +61,8 @@ def start(state_dir: Path, host: str = "127.0.0.1", port: int = 0,
           policy: str = "most-allocated", grace_seconds: float = 10.0) -> Running:
     plane = EmbeddedPlane(state_dir, policy=policy, grace_seconds=grace_seconds)
     token = admin_token(plane)
+    if not plane.store.nodes():
+        plane.store.put_node(LOCAL_NODE, local_node_spec())
     port = port or free_port(host)
     config = uvicorn.Config(create_app(plane), host=host, port=port, log_level="warning",
                             access_log=False)
