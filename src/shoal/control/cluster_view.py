@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from shoal.control.records import JobRow
@@ -106,7 +105,3 @@ def attempt_start(row: JobRow) -> float:
     if starts:
         return min(starts)
     return row.start_time if row.start_time is not None else row.submit_time
-
-
-def checkpoint_path(state_dir: Path, job: str) -> Path:
-    return state_dir / "checkpoints" / job

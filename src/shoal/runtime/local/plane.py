@@ -87,11 +87,13 @@ class EmbeddedPlane:
             exit_file=self.log_path(row.name, index).with_suffix(f".{pod['uid']}.exit"),
         )
 
+    # Everything of a job lives under jobs/<job>/, which sandboxes hide from
+    # other jobs (only the pod's own folders are mounted back).
     def checkpoint_dir(self, job: str) -> Path:
-        return self.state_dir / "checkpoints" / job
+        return self.state_dir / "jobs" / job / "checkpoints"
 
     def log_path(self, job: str, index: int) -> Path:
-        return self.state_dir / "logs" / job / f"pod-{index}.log"
+        return self.state_dir / "jobs" / job / "logs" / f"pod-{index}.log"
 
     # -- the loop -------------------------------------------------------------------
 
