@@ -86,7 +86,7 @@ class ShoalClient:
         return text
 
     def follow_logs(self, name: str, pod: int = 0) -> Iterator[str]:
-        params = {"pod": pod, "follow": "true"}
+        params: dict[str, str | int] = {"pod": pod, "follow": "true"}
         with self.http.stream("GET", f"/v1/jobs/{name}/logs", params=params, timeout=None) as r:
             if r.status_code >= 400:
                 r.read()

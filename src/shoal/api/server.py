@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -42,7 +42,7 @@ class ApplyRequest(BaseModel):
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tenant: str | None = None
-    role: str = "tenant"
+    role: Literal["admin", "tenant"] = "tenant"
 
 
 def principal(
@@ -110,7 +110,7 @@ def create_app(plane: EmbeddedPlane) -> FastAPI:
                     store.put_tenant(name, tenants[name])
                 elif isinstance(manifest, NodePool):
                     store.put_node(name, nodes[name])
-                else:
+                elif isinstance(manifest, TrainingJob):
                     row = store.create_job(
                         name, manifest.spec.tenant,
                         manifest.model_dump(mode="json", by_alias=True), now,
@@ -170,9 +170,8 @@ def create_app(plane: EmbeddedPlane) -> FastAPI:
             raise Forbidden("only an admin token may create tokens")
         if body.role == "tenant" and body.tenant not in store.tenants():
             raise NotFoundError(f"tenant {body.tenant!r} not found")
-        role = "admin" if body.role == "admin" else "tenant"
         name = body.tenant or "admin"
-        return {"token": store.create_token(name, role, body.tenant), "tenant": body.tenant}
+        return {"token": store.create_token(name, body.role, body.tenant), "tenant": body.tenant}
 
     return app
 

@@ -8,14 +8,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from shoal.errors import InputError
 from shoal.policy.placement import scorer_names
 from shoal.sim.html_report import write_html
 from shoal.sim.plan import SimPlan, run_plan
-from shoal.sim.scenario import parse_seeds, plan_from_flags, plan_from_manifest
+from shoal.sim.scenario import parse_seeds, plan_from_flags
+from shoal.sim.scenario_manifest import plan_from_simulation
 
 out = Console()
 err = Console(stderr=True)
@@ -68,7 +69,7 @@ def _plan(
     if scenario is not None:
         if trace is not None:
             raise InputError("give either a scenario file or --trace, not both")
-        return plan_from_manifest(scenario, mode=mode, policies=policies, seeds=seed_list)
+        return plan_from_simulation(scenario, mode=mode, policies=policies, seeds=seed_list)
     if trace is None:
         raise InputError("nothing to simulate: give a scenario file or --trace PATH")
     return plan_from_flags(
@@ -89,7 +90,7 @@ def _run(plan: SimPlan, quiet: bool) -> dict[str, object]:
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(label: str, done: int, total: int) -> None:
             if label not in tasks:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from shoal.domain.nodes import Node, expand_pool
+from shoal.domain.nodes import InlineNodePool, Node, expand_pool
 from shoal.domain.resources import CPU, MEMORY, gpu_resource
 from shoal.domain.workload import Workload
 from shoal.errors import InputError
@@ -119,20 +119,8 @@ def failures_from(spec: Sequence[object], nodes: Sequence[Node]) -> list[NodeFai
     return out
 
 
-def nodes_from_pools(pools: Sequence[object]) -> list[Node]:
+def nodes_from_pools(pools: Sequence[InlineNodePool]) -> list[Node]:
     nodes: list[Node] = []
     for pool in pools:
-        nodes.extend(expand_pool(pool.name, pool))  # type: ignore[attr-defined]
+        nodes.extend(expand_pool(pool.name, pool))
     return nodes
-
-
-def plan_from_manifest(
-    path: Path,
-    *,
-    mode: str | None = None,
-    policies: list[str] | None = None,
-    seeds: list[int] | None = None,
-) -> SimPlan:
-    from shoal.sim.scenario_manifest import plan_from_simulation
-
-    return plan_from_simulation(path, mode=mode, policies=policies, seeds=seeds)

@@ -162,8 +162,9 @@ class LocalProcesses:
         self._signal(handle, signal.SIGKILL)
         recorded = _recorded_exit(handle.spec.exit_file)
         if recorded is not None:
-            state = "succeeded" if recorded == 0 else "failed"
-            return self._ended(handle, PodStatus(state, recorded, "" if recorded == 0 else f"exit code {recorded}"))
+            if recorded == 0:
+                return self._ended(handle, PodStatus("succeeded", 0, ""))
+            return self._ended(handle, PodStatus("failed", recorded, f"exit code {recorded}"))
         if self._oom_kills(handle):
             limit = handle.spec.memory_mib
             return self._ended(handle, PodStatus("oom_killed", None, f"OOMKilled: memory limit {limit}Mi"))
