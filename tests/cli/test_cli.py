@@ -56,9 +56,12 @@ def test_replay_json_has_the_stable_fields(tmp_path: Path) -> None:
         assert item["mode"] == "replay" and item["wall_time_s"] >= 0
         metrics = item["metrics"]
         for key in ("jct_mean_s", "jct_p50_s", "jct_p99_s", "queue_delay_mean_s",
-                    "gpu_allocation_mean", "preemptions", "lost_gpu_hours", "per_tenant"):
+                    "gpu_allocation_mean", "fragmentation_mean", "preemptions",
+                    "lost_gpu_hours", "per_tenant"):
             assert key in metrics
         assert metrics["jobs_completed"] == 30
+        assert 0 <= metrics["fragmentation_mean"] < 1
+        assert len(metrics["timeline"]["fragmentation"]) == len(metrics["timeline"]["time_s"])
         assert {t["tenant"] for t in metrics["per_tenant"]} == {"a", "b"}
         for tenant in metrics["per_tenant"]:
             assert set(tenant) >= {"tenant", "entitlement", "share_mean",

@@ -215,3 +215,18 @@ def test_no_placement_exceeds_node_capacity(shapes: list[PodShape], policy: str)
             state.bind(binding)
         assert (state.cpu_free >= 0).all() and (state.mem_free >= 0).all()
         assert ((state.gpu_free >= 0) & (state.gpu_free <= 1000)).all()
+
+
+def test_topology_scorer_fills_busy_domains_first() -> None:
+    nvlink = "topology.shoal.dev/nvlink-domain"
+    nodes = [node(f"n{i}", gpus=4, **{nvlink: f"d{i // 2}"}) for i in range(4)]
+    state = ClusterState(nodes)
+    state.bind(place_pod(state, PodShape(gpu_count=2, gpu_milli=1000),
+                         scorer("most-allocated"), np.arange(4)))
+    busy = state.names[int(np.flatnonzero(state.gpu_left < 4000)[0])]
+    reverse = np.arange(4)[::-1].copy()  # ties would go to n3
+    four = PodShape(gpu_count=4, gpu_milli=1000)
+    chosen = place_pod(state, four, scorer("topology"), reverse)
+    partner = {"n0": "n1", "n1": "n0", "n2": "n3", "n3": "n2"}[busy]
+    assert state.names[chosen.node] == partner  # the other node of the busy domain
+    assert state.names[place_pod(state, four, scorer("most-allocated"), reverse).node] == "n3"

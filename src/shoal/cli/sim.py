@@ -121,8 +121,8 @@ def _print_table(report: dict[str, object]) -> None:
         out.print(table)
     if replay:
         table = Table(title=f"{report['scenario']}: replay")
-        heads = ("policy", "JCT mean s", "JCT p99 s", "queue s", "GPU alloc", "preempt",
-                 "lost GPU-h", "wall s")
+        heads = ("policy", "JCT mean s", "JCT p99 s", "queue s", "GPU alloc", "frag",
+                 "preempt", "lost GPU-h", "wall s")
         for name in heads:
             table.add_column(name, justify="right" if name != "policy" else "left", no_wrap=True)
         for r in replay:
@@ -133,6 +133,7 @@ def _print_table(report: dict[str, object]) -> None:
                 f"{m['jct_p99_s']:.0f}",
                 f"{m['queue_delay_mean_s']:.0f}",
                 f"{100 * m['gpu_allocation_mean']:.1f} %",
+                f"{100 * m['fragmentation_mean']:.1f} %",
                 str(m["preemptions"]),
                 f"{m['lost_gpu_hours']:.2f}",
                 f"{r['wall_time_s']:.2f}",

@@ -24,12 +24,14 @@ from shoal.domain.workload import Workload
 from shoal.policy.admission import Snapshot, schedule
 from shoal.policy.decisions import Admit, Inadmissible, Preempt
 from shoal.policy.placement import Placer, ScorerContext, make_scorer, node_ranks, typical_pods
+from shoal.policy.placement.fgd import Fragmentation
 from shoal.policy.preemption import Running
 from shoal.policy.quota import TenantQuota
 from shoal.sim.timeline import Timeline
 
 ARRIVE, FINISH, NODE_DOWN, NODE_UP = 3, 0, 1, 2
 _MAX_CYCLES_PER_INSTANT = 8
+_FRAG_SAMPLES = 400
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class ReplayRun:
     events: list[dict[str, Any]] = field(default_factory=list)
     wall_time_s: float = 0.0
     horizon: float = 0.0
+    fragmentation: list[tuple[float, float]] = field(default_factory=list)
 
 
 class ReplayEngine:
@@ -108,6 +111,16 @@ class ReplayEngine:
             if failure.down_for is not None:
                 self._push(failure.at + failure.down_for, NODE_UP, self.state.names[node])
         self.timeline = Timeline(self.state, sorted(self.tenants))
+        # Fragmentation (FGD's measure against the trace's GPU pod mix) is
+        # sampled a few hundred times over the expected span of the run.
+        gpu_pods = [pod for w in workloads for pod in w.pods if pod.gpu_count]
+        self._frag = Fragmentation(typical_pods(gpu_pods), self.state.models)
+        span = max((w.submit_time for w in workloads), default=0.0) + max(
+            (w.duration or 0.0 for w in workloads), default=0.0
+        )
+        self._frag_every = max(span / _FRAG_SAMPLES, 1e-9)
+        self._next_frag = 0.0
+        self.fragmentation: list[tuple[float, float]] = []
 
     def _push(self, at: float, kind: int, name: str, attempt: int = 0) -> None:
         heapq.heappush(self._queue, (at, kind, next(self._seq), name, attempt))
@@ -128,6 +141,8 @@ class ReplayEngine:
                 break
             now = self._queue[0][0]
             self.timeline.advance(now)
+            if now >= self._next_frag:
+                self._sample_fragmentation(now)
             freed = False
             while self._queue and self._queue[0][0] == now:
                 _, kind, _, name, attempt = heapq.heappop(self._queue)
@@ -145,7 +160,17 @@ class ReplayEngine:
             events=self.events,
             wall_time_s=time.perf_counter() - started,
             horizon=now,
+            fragmentation=self.fragmentation,
         )
+
+    def _sample_fragmentation(self, now: float) -> None:
+        state = self.state
+        if state.total_gpu_milli:
+            frag = self._frag.of(state.gpu_free, state.cpu_free, state.model_id)
+            share = float(frag[state.up].sum()) / state.total_gpu_milli
+            self.fragmentation.append((now, share))
+        while self._next_frag <= now:
+            self._next_frag += self._frag_every
 
     def _handle(self, now: float, kind: int, name: str, attempt: int) -> bool:
         if kind == ARRIVE:

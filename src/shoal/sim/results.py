@@ -114,9 +114,23 @@ def _replay_metrics(run: ReplayRun, entitled: Mapping[str, float]) -> dict[str, 
         ),
         "jobs_inadmissible": sum(1 for r in run.jobs.values() if r.inadmissible is not None),
         "makespan_s": run.horizon,
+        "fragmentation_mean": _mean([share for _, share in run.fragmentation]),
         "per_tenant": per_tenant,
-        "timeline": run.timeline.sampled(),
+        "timeline": _with_fragmentation(run.timeline.sampled(), run.fragmentation),
     }
+
+
+def _with_fragmentation(
+    timeline: dict[str, Any], samples: Sequence[tuple[float, float]]
+) -> dict[str, Any]:
+    """Add the fragmentation samples on the timeline's grid (sample and hold)."""
+    grid = np.asarray(timeline["time_s"], dtype=float)
+    if not samples or not len(grid):
+        return {**timeline, "fragmentation": []}
+    times = np.array([t for t, _ in samples])
+    values = np.array([v for _, v in samples])
+    index = np.clip(np.searchsorted(times, grid, side="right") - 1, 0, len(values) - 1)
+    return {**timeline, "fragmentation": [round(float(v), 5) for v in values[index]]}
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from shoal.domain.cluster import ClusterState, IntArray
+from shoal.domain.nodes import NVLINK, RACK
 from shoal.domain.resources import MILLI
 from shoal.domain.workload import PodShape
 from shoal.policy.placement.base import (
@@ -206,3 +207,42 @@ for _scorer in (
     RandomScorer,
 ):
     register_scorer(_scorer.name, _scorer)
+
+
+class TopologyPacking(BestFitGpus):
+    """Bin-pack nodes and keep whole NVLink domains (else racks) free for big gangs.
+
+    A node scores higher the fuller it and its topology domain will be, so
+    small jobs fill domains that are already in use and large gangs (which
+    ``affinity.pack`` keeps inside one domain) find empty ones.
+    """
+
+    name = "topology"
+
+    def __init__(self, context: ScorerContext) -> None:
+        del context
+        self._codes: tuple[int, IntArray] | None = None
+
+    def _domains(self, state: ClusterState) -> IntArray:
+        if self._codes is None or self._codes[0] != id(state.cpu_cap):
+            for key in (NVLINK, RACK):
+                values = state.label_values(key)
+                if len(set(values) - {None}) > 1:
+                    break
+            table = {v: i for i, v in enumerate(sorted({v for v in values if v is not None}))}
+            codes = np.array(
+                [len(table) if v is None else table[v] for v in values], dtype=np.int64
+            )
+            self._codes = (id(state.cpu_cap), codes)
+        return self._codes[1]
+
+    def score(self, state: ClusterState, pod: PodShape, nodes: Nodes) -> FloatArray:
+        codes = self._domains(state)
+        capacity = np.bincount(codes, weights=state.gpu_count * MILLI)
+        free = np.bincount(codes, weights=np.where(state.up, state.gpu_left, 0))
+        domain_free = np.divide(free, capacity, out=np.ones_like(free), where=capacity > 0)
+        score: FloatArray = -_free_share_after(state, pod, nodes) - domain_free[codes[nodes]]
+        return score
+
+
+register_scorer(TopologyPacking.name, TopologyPacking)
