@@ -70,10 +70,7 @@ def create_app(plane: EmbeddedPlane) -> FastAPI:
         return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, status)
 
     def visible(caller: Principal, name: str) -> JobRow:
-        try:
-            row: JobRow = store.get_job(name)
-        except ShoalError as exc:
-            raise NotFoundError(f"job {name!r} not found") from exc
+        row: JobRow = store.get_job(name)  # NotFoundError when there is none
         if caller.role != "admin" and row.tenant != caller.tenant:
             # Same answer as a missing job: other tenants' names stay private.
             raise NotFoundError(f"job {name!r} not found")
