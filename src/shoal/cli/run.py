@@ -136,14 +136,16 @@ def _progress(rows: list[dict[str, Any]], elapsed: float) -> Table:
 
 def _print_report(report: dict[str, Any], directory: Path) -> None:
     jobs = Table(title="jobs")
-    for column in ("job", "tenant", "phase", "tries", "preempted", "lost s", "JCT s", "result"):
-        jobs.add_column(column, no_wrap=column != "result")
+    for column in ("job", "tenant", "phase", "tries", "preempted", "lost s", "JCT s"):
+        jobs.add_column(column, no_wrap=True)
     for job in report["jobs"]:
         jct = "-" if job["jct_s"] is None else f"{job['jct_s']:.1f}"
         jobs.add_row(job["name"], job["tenant"], job["phase"], str(job["attempts"]),
-                     str(job["preemptions"]), f"{job['lost_seconds']:.1f}", jct,
-                     job.get("result") or job["reason"])
+                     str(job["preemptions"]), f"{job['lost_seconds']:.1f}", jct)
     out.print(jobs)
+    for job in report["jobs"]:
+        # The pod's last log line: training scripts print their final accuracy there.
+        out.print(f"  {job['name']}: {job.get('result') or job['reason']}", highlight=False)
     timeline = Table(title="timeline")
     for column in ("t (s)", "event", "job", "tenant", "details"):
         timeline.add_column(column)
