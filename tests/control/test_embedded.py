@@ -15,6 +15,7 @@ from shoal.api.client import ShoalClient
 from shoal.errors import Forbidden, InputError, NotFoundError, Unauthorized
 from tests.control.conftest import CLUSTER, job, phase, wait_for
 
+QUICK_EXIT = ["python", "-c", "pass"]
 SLEEPER = ["python", "-c", "import signal, sys; signal.sigwait({signal.SIGTERM}); sys.exit(0)"]
 
 
@@ -190,3 +191,26 @@ def test_pod_that_ends_while_no_plane_runs_keeps_its_exit_code(
     finally:
         second.stop()
         os.waitpid(pid, 0)  # the pod was this test process's child
+
+
+def test_working_dir_inside_the_state_folder_is_refused(plane: launch.Running, admin: ShoalClient) -> None:
+    text = job("peek", "team-a", SLEEPER).replace(
+        "  maxRetries", f"  workingDir: {plane.plane.state_dir}\n  maxRetries"
+    )
+    with pytest.raises(InputError, match="state folder"):
+        admin.apply_text(text, "j.yaml")
+
+
+def test_a_reused_name_starts_clean(admin: ShoalClient) -> None:
+    admin.apply_text(job("reused", "team-a", ["python", "-c", "print('secret of team-a')"]), "a.yaml")
+    wait_for(lambda: phase(admin, "reused") == "Succeeded")
+    assert "secret of team-a" in admin.logs("reused")
+    with pytest.raises(InputError, match="already exists"):
+        admin.apply_text(job("reused", "team-b", QUICK_EXIT), "b.yaml")
+    admin.delete("reused")
+    admin.apply_text(job("reused", "team-b", ["python", "-c", "print('team-b here')"]), "b.yaml")
+    wait_for(lambda: phase(admin, "reused") == "Succeeded")
+    record = admin.job("reused")
+    assert record["tenant"] == "team-b"
+    assert "secret" not in admin.logs("reused") and "team-b here" in admin.logs("reused")
+    assert [e["kind"] for e in record["events"]] == ["submitted", "admitted", "succeeded"]

@@ -71,12 +71,28 @@ def check_job(
     reason = never_fits(state, placer, from_training_job(job))
     if reason is not None:
         raise InputError(f"TrainingJob {name}: cannot run on any node: {reason}")
-    if spec.working_dir and not Path(spec.working_dir).is_dir():
-        raise InputError(f"TrainingJob {name}: workingDir {spec.working_dir} is not a directory")
+    if spec.working_dir:
+        _check_working_dir(name, Path(spec.working_dir), workdir, tenants[spec.tenant])
     if spec.command:
         base = Path(spec.working_dir) if spec.working_dir else workdir
         _check_command(name, spec.command[0], base)
     _check_writable(name, checkpoint_dir)
+
+
+def _check_working_dir(name: str, folder: Path, state_dir: Path, tenant: dict[str, Any]) -> None:
+    if not folder.is_dir():
+        raise InputError(f"TrainingJob {name}: workingDir {folder} is not a directory")
+    if folder.resolve().is_relative_to(state_dir.resolve()):
+        raise InputError(
+            f"TrainingJob {name}: workingDir {folder} is inside the control plane's state folder"
+        )
+    if tenant.get("isolation") == "sandbox":
+        # A sandbox mounts its working folder writable: a host folder would be
+        # exposed to the pod.
+        raise InputError(
+            f"TrainingJob {name}: tenant {tenant.get('name', '')} runs sandboxed pods, which work "
+            "in a private folder; remove workingDir and use absolute paths to read-only code"
+        )
 
 
 def _check_command(name: str, program: str, workdir: Path) -> None:

@@ -114,6 +114,9 @@ class ShoalClient:
         return token
 
 
+_BY_CODE["already_exists"] = errors.InputError
+
+
 def _error(response: httpx.Response) -> errors.ShoalError:
     try:
         body = response.json()["error"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -96,6 +97,7 @@ def create_app(plane: EmbeddedPlane) -> FastAPI:
                 nodes[manifest.metadata.name] = dumped
         jobs = [m for m in manifests if isinstance(m, TrainingJob)]
         for job in jobs:
+            _forget_previous(plane, job.metadata.name)
             check_job(job, tenants, nodes, plane.checkpoint_dir(job.metadata.name),
                       plane.state_dir)
         applied = []
@@ -126,8 +128,10 @@ def create_app(plane: EmbeddedPlane) -> FastAPI:
     @app.get("/v1/jobs/{name}")
     def get_job(name: str, caller: Caller) -> dict[str, Any]:
         row = visible(caller, name)
-        return {**job_view(row), "manifest": row.manifest, "pods": row.pods,
-                "events": store.events(job=name)}
+        # Only this job's events: a name may have been used before.
+        events = [e for e in store.events(job=name, tenant=row.tenant)
+                  if e["time"] >= row.submit_time]
+        return {**job_view(row), "manifest": row.manifest, "pods": row.pods, "events": events}
 
     @app.delete("/v1/jobs/{name}")
     def delete_job(name: str, caller: Caller) -> dict[str, Any]:
@@ -171,6 +175,23 @@ def create_app(plane: EmbeddedPlane) -> FastAPI:
         return {"token": store.create_token(name, body.role, body.tenant), "tenant": body.tenant}
 
     return app
+
+
+def _forget_previous(plane: EmbeddedPlane, name: str) -> None:
+    """Remove the files of a finished job whose name is being reused.
+
+    Its logs and checkpoints must not leak into (or be resumed by) a new job
+    of the same name, possibly another tenant's.
+    """
+    try:
+        previous = plane.store.get_job(name)
+    except NotFoundError:
+        return
+    if previous.phase not in FINAL_PHASES or not previous.deleted:
+        return  # still there: create_job will refuse the name
+    folder = plane.state_dir / "jobs" / name
+    if folder.exists():
+        shutil.rmtree(folder)
 
 
 def job_view(row: JobRow) -> dict[str, Any]:

@@ -55,22 +55,26 @@ def bindings_of(row: JobRow, workload: Workload, state: ClusterState) -> tuple[B
     for pod in row.pods:
         index = int(pod["index"])
         node = state.index.get(str(pod["node"]))
-        if node is None:
-            continue  # its node was removed; the pod still runs but holds nothing here
-        out.append(Binding(node=node, gpus=tuple(pod.get("gpus", ())), shape=workload.pods[index]))
+        gpus = tuple(int(g) for g in pod.get("gpus", ()))
+        if node is None or any(g >= state.gpu_count[node] for g in gpus):
+            continue  # its node was removed or shrunk; the pod runs but holds nothing here
+        out.append(Binding(node=node, gpus=gpus, shape=workload.pods[index]))
     return tuple(out)
 
 
 def last_checkpoint(directory: str, since: float) -> float | None:
-    """When the job last saved progress: the newest file in its checkpoint dir."""
+    """When the job last saved progress: the newest file in its checkpoint dir.
+
+    Files at any depth count: many frameworks save a checkpoint as a folder.
+    """
     newest = None
-    try:
-        for entry in os.scandir(directory):
-            if entry.is_file():
-                mtime = entry.stat().st_mtime
-                newest = mtime if newest is None else max(newest, mtime)
-    except OSError:
-        return None
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            try:
+                mtime = os.stat(os.path.join(root, name)).st_mtime
+            except OSError:
+                continue  # replaced while we looked
+            newest = mtime if newest is None else max(newest, mtime)
     return newest if newest is not None and newest >= since else None
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +84,25 @@ class Controller:
             return False
         nodes = view.nodes_from(self.store.nodes())
         state, running = view.build_state(nodes, holders)
+        stopping = {r.name for r in holders if r.phase == "Preempting"}
+        # A job already being preempted holds its resources until it stops but
+        # must not be chosen as a victim a second time.
+        running = [
+            replace(run, workload=replace(run.workload, preemptible=False))
+            if run.name in stopping else run
+            for run in running
+        ]
         snapshot = Snapshot(
             now=now,
             cluster=state,
             tenants=view.tenants_from(self.store.tenants()),
             running=tuple(running),
             pending=tuple(view.workload_of(r) for r in waiting),
-            preempting=frozenset(r.name for r in waiting if r.reason.startswith("waiting for")),
+            preempting=frozenset(
+                str(pod["preemptor"])
+                for r in holders if r.phase == "Preempting"
+                for pod in r.pods if pod.get("preemptor")
+            ),
         )
         by_name = {r.name: r for r in rows}
         changed = False
@@ -116,7 +128,10 @@ class Controller:
             self.life.start(row, placed)
             return True
         if isinstance(decision, Preempt):
-            self.life.preempt(row, f"preempted by {decision.preemptor} ({decision.reason})")
+            why = {"reclaim": "its cohort reclaimed borrowed quota",
+                   "priority": "a higher-priority job of its tenant needed room",
+                   "borrow": "a higher-priority job in its cohort needed room"}[decision.reason]
+            self.life.preempt(row, f"preempted: {why}", decision.preemptor)
             return True
         if isinstance(decision, Inadmissible):
             self.life.finish(row, "Failed", f"inadmissible: {decision.reason}")

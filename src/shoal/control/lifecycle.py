@@ -15,7 +15,7 @@ from shoal.control import cluster_view as view
 from shoal.control.ports import Clock, Pods, Store
 from shoal.control.records import JobRow, PodHandle, PodStatus
 from shoal.domain.job import TrainingJob
-from shoal.errors import InputError
+from shoal.errors import ShoalError
 
 if TYPE_CHECKING:
     from shoal.control.controller import ControlConfig
@@ -61,7 +61,9 @@ class Lifecycle:
                 started.append(handle)
                 pod.update(pid=handle.pid, start_ticks=handle.start_ticks, cgroup=handle.cgroup,
                            state="running")
-        except InputError as exc:
+        except ShoalError as exc:
+            # Bad input (a missing command) or a runtime that cannot start it
+            # (no sandbox, no cgroup): stop what did start and fail the job.
             for handle in started:
                 self.pods.kill(handle)
             self.finish(self.store.get_job(row.name), "Failed", str(exc))
@@ -88,12 +90,17 @@ class Lifecycle:
     def observe(self) -> bool:
         changed = False
         for row in self.store.list_jobs(phases=("Pending", "Running", "Preempting")):
-            if row.phase == "Pending":
-                if row.deleted:
-                    self.finish(row, "Cancelled", "deleted")
-                    changed = True
-                continue
-            changed |= self._observe_running(row)
+            try:
+                if row.phase == "Pending":
+                    if row.deleted:
+                        self.finish(row, "Cancelled", "deleted")
+                        changed = True
+                    continue
+                changed |= self._observe_running(row)
+            except ShoalError as exc:
+                if exc.code != "conflict":
+                    raise
+                changed = True  # changed meanwhile (e.g. deleted): look again next pass
         return changed
 
     def _observe_running(self, row: JobRow) -> bool:
@@ -157,9 +164,11 @@ class Lifecycle:
 
     # -- stopping -----------------------------------------------------------------
 
-    def preempt(self, row: JobRow, reason: str) -> None:
+    def preempt(self, row: JobRow, reason: str, preemptor: str) -> None:
         deadline = self.clock.now() + self.config.grace_seconds
-        pods = [dict(p, deadline=deadline) for p in row.pods]
+        # The preemptor is recorded on the victim's pods (not in the reason,
+        # which the victim's tenant reads): it waits until they are gone.
+        pods = [dict(p, deadline=deadline, preemptor=preemptor) for p in row.pods]
         row = self.store.update_job(row.name, row.version, phase="Preempting", pods=pods,
                                     reason=reason)
         for pod in pods:
@@ -192,10 +201,12 @@ class Lifecycle:
         self._event("requeued", row, lost_seconds=round(lost, 3))
 
     def _retry_or_fail(self, row: JobRow, job: TrainingJob, why: str, now: float) -> None:
-        if row.attempts > job.spec.max_retries:
+        # Attempts ended by preemption are not failures: they use no retries.
+        failures = row.attempts - row.preemptions
+        if failures > job.spec.max_retries:
             self.finish(row, "Failed", why)
             return
-        delay = min(self.config.backoff_seconds * 2 ** (row.attempts - 1),
+        delay = min(self.config.backoff_seconds * 2 ** (failures - 1),
                     self.config.backoff_max_seconds)
         row = self.store.update_job(row.name, row.version, phase="Pending", pods=[],
                                     reason=f"retrying after: {why}", next_attempt_at=now + delay)

@@ -203,7 +203,10 @@ class ReplayEngine:
         # followed by another at the same instant to admit the preemptors.
         for _ in range(_MAX_CYCLES_PER_INSTANT):
             if not self.pending or not self._cycle_once(now):
-                return
+                break
+        # Victims are gone by the end of the instant: a preemptor that still
+        # waits (its room went to someone ordered first) may preempt again.
+        self.preempting.clear()
 
     def _cycle_once(self, now: float) -> bool:
         """One admission cycle; True when it preempted something."""

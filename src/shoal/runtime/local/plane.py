@@ -35,7 +35,9 @@ class EmbeddedPlane:
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore(state_dir / "state.db")
-        self.pods = LocalProcesses(jobs_root=state_dir / "jobs")
+        # Sandboxes hide the whole state folder (database, admin token, every
+        # job's files) and mount back only the pod's own folders.
+        self.pods = LocalProcesses(jobs_root=state_dir)
         self.clock = SystemClock()
         config = ControlConfig(state_dir=state_dir, policy=policy, grace_seconds=grace_seconds)
         self.controller = Controller(
@@ -120,11 +122,13 @@ class EmbeddedPlane:
         while not self._stop.is_set():
             try:
                 busy = self.controller.step()
+                if not busy:
+                    self._release_networks()
+                self.error = None
             except Exception as exc:  # surfaced by the API's health check
                 self.error = exc
                 busy = False
             if not busy:
-                self._release_networks()
                 self._wake.wait(self.tick)
             self._wake.clear()
 
