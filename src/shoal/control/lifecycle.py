@@ -194,6 +194,7 @@ class Lifecycle:
         start = view.attempt_start(row)
         saved = view.last_checkpoint(row.checkpoint_dir, start)
         lost = now - (saved if saved is not None else start)
+        self._forget(row)
         row = self.store.update_job(
             row.name, row.version, phase="Pending", pods=[], preemptions=row.preemptions + 1,
             lost_seconds=row.lost_seconds + lost, next_attempt_at=now,
@@ -208,14 +209,21 @@ class Lifecycle:
             return
         delay = min(self.config.backoff_seconds * 2 ** (failures - 1),
                     self.config.backoff_max_seconds)
+        self._forget(row)
         row = self.store.update_job(row.name, row.version, phase="Pending", pods=[],
                                     reason=f"retrying after: {why}", next_attempt_at=now + delay)
         self._event("retrying", row, reason=why, delay_seconds=delay)
 
     def finish(self, row: JobRow, phase: str, reason: str) -> None:
+        self._forget(row)
         row = self.store.update_job(row.name, row.version, phase=phase, reason=reason,
                                     finish_time=self.clock.now())
         self._event(phase.lower(), row, reason=reason)
+
+    def _forget(self, row: JobRow) -> None:
+        """Drop the handles of an attempt that is over, so they do not pile up."""
+        for pod in row.pods:
+            self.handles.pop(str(pod.get("uid")), None)
 
     def _event(self, kind: str, row: JobRow, **data: Any) -> None:
         self.store.append_event(self.clock.now(), kind, row.name, row.tenant, data)
