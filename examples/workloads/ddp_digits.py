@@ -27,10 +27,11 @@ an uninterrupted run would have seen.
 Preemption (SIGTERM). The handler only sets a flag: the current step finishes,
 then all ranks agree to stop (the flag is all-reduced with MAX every step, so a
 SIGTERM that reaches only one rank stops them all at the same step), rank 0
-writes a checkpoint, prints ``PREEMPTED step=K``, and every rank exits 0 well
-within the grace period (a step takes milliseconds). Exit status 0 on preemption
-is deliberate: the work is saved and the runtime, which sent the signal, decides
-whether to start another attempt. A SIGKILL loses only the steps since the last
+writes a checkpoint, prints ``PREEMPTED step=K``, and every rank exits 143 well
+within the grace period (a step takes milliseconds). 143 (128 + SIGTERM) is the
+conventional "stopped by SIGTERM" status: the work is saved but not done, so a
+runtime that takes exit 0 for "done" (Shoal and Kubernetes both do) starts
+another attempt that resumes from the checkpoint. A SIGKILL loses only the steps since the last
 checkpoint. (A SIGTERM that lands while the interpreter is still importing
 torch, before the handler is installed, ends the process at once: no step has
 run, so nothing is lost.)
@@ -63,6 +64,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, TensorDataset
 
 CHECKPOINT = "ckpt.pt"
+PREEMPTED_EXIT = 143  # 128 + SIGTERM: saved, not done
 RESULT = "result.json"
 
 _stop_requested = False
@@ -147,6 +149,13 @@ def batch_indices(sampler: DistributedSampler[Any], step: int, batch_size: int) 
     return order[offset * batch_size : (offset + 1) * batch_size]
 
 
+
+def write_progress(directory: Path, step: int) -> None:
+    """Tell Shoal which step the checkpoint holds (``shoal-progress.json``), atomically."""
+    tmp = directory / f".shoal-progress.tmp.{os.getpid()}"
+    tmp.write_text(json.dumps({"step": step}))
+    os.replace(tmp, directory / "shoal-progress.json")
+
 def save_checkpoint(
     directory: Path,
     model: nn.Module,
@@ -174,6 +183,7 @@ def save_checkpoint(
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, target)
+    write_progress(directory, step)
     _fsync_dir(directory)
     print(f"checkpoint step={step}", flush=True)
 
@@ -329,12 +339,12 @@ def main(argv: list[str] | None = None) -> int:
             if last_saved != step:
                 save_checkpoint(checkpoint_dir, model, optimizer, step, config)
             print(f"PREEMPTED step={step} after {time.monotonic() - started:.1f}s", flush=True)
-        # Every rank exits 0 together: rank 0 must finish writing before the
+        # Every rank exits together: rank 0 must finish writing before the
         # others disappear, or a runtime that watches the gang could tear it down.
         dist.barrier()
         del ddp_model  # see shutdown()
         shutdown()
-        return 0
+        return PREEMPTED_EXIT
 
     if rank == 0:
         if last_saved != step:

@@ -21,8 +21,9 @@ loads the checkpoint if present and resumes from that step. The batch for step
 trains on exactly the data order an uninterrupted run would have used.
 
 Preemption (SIGTERM). The handler only sets a flag; the current step finishes,
-a checkpoint is written, ``PREEMPTED step=K`` is printed and the process exits 0,
-well within any grace period (a step takes about 10 ms). A SIGKILL
+a checkpoint is written, ``PREEMPTED step=K`` is printed and the process exits
+143 (128 + SIGTERM: the work is saved but not done, so the runtime starts
+another attempt), well within any grace period (a step takes about 10 ms). A SIGKILL
 loses only the steps since the last checkpoint.
 
 At the end it evaluates on the held-out test split, writes ``result.json`` to the
@@ -51,6 +52,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 CHECKPOINT = "ckpt.joblib"
+PREEMPTED_EXIT = 143  # 128 + SIGTERM: saved, not done
 RESULT = "result.json"
 CLASSES = np.arange(10)
 
@@ -119,6 +121,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+
+def write_progress(directory: Path, step: int) -> None:
+    """Tell Shoal which step the checkpoint holds (``shoal-progress.json``), atomically."""
+    tmp = directory / f".shoal-progress.tmp.{os.getpid()}"
+    tmp.write_text(json.dumps({"step": step}))
+    os.replace(tmp, directory / "shoal-progress.json")
+
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
     """Temp file in the same directory, fsync, ``os.replace``: never a torn checkpoint."""
     tmp = directory / f".{CHECKPOINT}.tmp.{os.getpid()}"
@@ -127,6 +136,7 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, directory / CHECKPOINT)
+    write_progress(directory, state['step'])
     _fsync_dir(directory)
     print(f"checkpoint step={state['step']}", flush=True)
 
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             if last_saved != step:
                 save_checkpoint(checkpoint_dir, snapshot(step))
             print(f"PREEMPTED step={step} after {time.monotonic() - started:.1f}s", flush=True)
-            return 0
+            return PREEMPTED_EXIT
         index = epoch_order(len(x_train), step, args.seed)
         # ``classes`` is required on the first call and harmless afterwards.
         model.partial_fit(x_train_scaled[index], y_train[index], classes=CLASSES)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tests.control.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,3 +141,104 @@ def test_missing_scenario_file(tmp_path: Path) -> None:
     result = shoal("sim", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
     assert "nope.yaml" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- the error boundary ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [("get", "--bogus"), ("nope",), ("logs",)],
+                         ids=["unknown option", "unknown command", "missing argument"])
+def test_usage_errors_are_one_line_with_exit_2(args: tuple[str, ...]) -> None:
+    result = shoal(*args)
+    assert result.returncode == 2, result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2 and "--help" in result.stderr
+
+
+def test_version() -> None:
+    result = shoal("--version")
+    assert result.returncode == 0 and result.stdout.startswith("shoal ")
+
+
+@pytest.mark.parametrize("verb", ["apply", "validate"])
+def test_malformed_yaml_is_a_located_error(tmp_path: Path, verb: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("apiVersion: shoal.dev/v1alpha1\nkind: Tenant\nmetadata: {name: [x\n")
+    args = ("apply", "-f", str(path)) if verb == "apply" else ("validate", str(path))
+    result = shoal(*args, "--state-dir", str(tmp_path / "home")) if verb == "apply" else shoal(*args)
+    assert result.returncode == 2, result.stderr
+    assert f"{path}:" in result.stderr and "invalid YAML" in result.stderr
+    assert not (tmp_path / "home").exists()  # nothing was started for a bad file
+
+
+def test_ctrl_c_in_sim_exits_130_with_a_line(tmp_path: Path) -> None:
+    rows = "".join(f"j{i},{i},{300 + i % 50},1,2,{'ab'[i % 2]},normal\n" for i in range(300_000))
+    path = scenario(tmp_path, GOOD, "name,submitTime,duration,gpus,cpu,tenant,priority\n" + rows)
+    process = subprocess.Popen([sys.executable, "-m", "shoal", "sim", str(path)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trace = str(tmp_path / "jobs.csv")
+    # Interrupt once it is reading the trace (long work under way).
+    wait_for(lambda: process.poll() is not None or any(
+        os.path.realpath(f"/proc/{process.pid}/fd/{fd}") == trace
+        for fd in _fds(process.pid)), timeout=60)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def _fds(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+
+
+# -- validate runs apply's checks offline ----------------------------------------
+
+TENANT = """\
+apiVersion: shoal.dev/v1alpha1
+kind: Tenant
+metadata: {name: a}
+spec: {quota: {cpu: {nominal: 4}, memory: {nominal: 8Gi}, gpus: {A100: {nominal: 4}}}}
+---
+apiVersion: shoal.dev/v1alpha1
+kind: NodePool
+metadata: {name: gpu}
+spec: {count: 1, cpu: 8, memory: 32Gi, gpus: {model: A100, count: 4}}
+"""
+
+
+def training_job(tenant: str = "a", gpus: int = 1, command: str = "python") -> str:
+    return f"""\
+apiVersion: shoal.dev/v1alpha1
+kind: TrainingJob
+metadata: {{name: j}}
+spec:
+  tenant: {tenant}
+  podSets: [{{count: 1, resources: {{cpu: 1, memory: 1Gi, gpu: {gpus}}}}}]
+  command: [{command}, -c, pass]
+"""
+
+
+@pytest.mark.parametrize(("case", "text", "needle"), [
+    ("too big for any node", TENANT + "---\n" + training_job(gpus=8), "cannot run on any node"),
+    ("missing command", TENANT + "---\n" + training_job(command="pyhton"), "'pyhton' was not found"),
+    ("unknown tenant, strict", training_job(tenant="ghost"), "ghost"),
+])
+def test_validate_rejects_what_apply_rejects(tmp_path: Path, case: str, text: str,
+                                             needle: str) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    result = shoal("validate", "--strict", str(path))
+    assert result.returncode == 2, (case, result.stdout, result.stderr)
+    assert needle in result.stderr
+
+
+def test_validate_notes_what_it_cannot_check(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(training_job(tenant="elsewhere"))
+    result = shoal("validate", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "is valid" in result.stdout
+    assert "note:" in result.stderr and "'elsewhere'" in result.stderr and "NodePool" in result.stderr

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shoal.api import launch
 from shoal.api.client import ShoalClient
-from shoal.errors import Forbidden, InputError, NotFoundError, Unauthorized
+from shoal.errors import Forbidden, ImmutableError, InputError, NotFoundError, Unauthorized
 from tests.control.conftest import CLUSTER, job, phase, wait_for
 
 QUICK_EXIT = ["python", "-c", "pass"]
 SLEEPER = ["python", "-c", "import signal, sys; signal.sigwait({signal.SIGTERM}); sys.exit(0)"]
 
+
+
+def pod_pid(record: dict[str, Any]) -> int | None:
+    """The first pod's pid, from the runtime's handle (None until it started)."""
+    pods = record.get("pods") or []
+    handle = pods[0].get("handle") if pods else None
+    return int(json.loads(handle)["pid"]) if handle else None
 
 def test_job_runs_with_gang_environment_and_logs(admin: ShoalClient) -> None:
     script = "import os; print(os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['CUDA_VISIBLE_DEVICES'])"
@@ -148,13 +157,13 @@ def test_restart_after_sigkill_readopts_running_pods(
     api = ShoalClient(f"http://127.0.0.1:{port}", (state / "admin-token").read_text().strip())
     request.addfinalizer(api.close)
     api.apply_text(CLUSTER + "---\n" + job("survivor", "team-a", SLEEPER), "j.yaml")
-    pid = wait_for(lambda: (api.job("survivor")["pods"] or [{}])[0].get("pid"))
+    pid = wait_for(lambda: pod_pid(api.job("survivor")))
     server.send_signal(signal.SIGKILL)
     server.wait(timeout=10)
     start()
     record = api.job("survivor")
     assert record["phase"] == "Running" and record["attempts"] == 1
-    assert record["pods"][0]["pid"] == pid and os.path.exists(f"/proc/{pid}")
+    assert pod_pid(record) == pid and os.path.exists(f"/proc/{pid}")
     api.delete("survivor")
     wait_for(lambda: api.job("survivor")["phase"] == "Cancelled")
     assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
@@ -179,7 +188,7 @@ def test_pod_that_ends_while_no_plane_runs_keeps_its_exit_code(
     first = launch.start(tmp_path / "state")
     with ShoalClient(first.url, first.token) as api:
         api.apply_text(CLUSTER + "---\n" + job("offline", "team-a", waiter), "j.yaml")
-        pid = wait_for(lambda: (api.job("offline")["pods"] or [{}])[0].get("pid"))
+        pid = wait_for(lambda: pod_pid(api.job("offline")))
     first.stop()
     with fifo.open("w") as release:  # the pod ends now, with no control plane watching
         release.write("go")
@@ -205,7 +214,7 @@ def test_a_reused_name_starts_clean(admin: ShoalClient) -> None:
     admin.apply_text(job("reused", "team-a", ["python", "-c", "print('secret of team-a')"]), "a.yaml")
     wait_for(lambda: phase(admin, "reused") == "Succeeded")
     assert "secret of team-a" in admin.logs("reused")
-    with pytest.raises(InputError, match="already exists"):
+    with pytest.raises(ImmutableError, match="immutable"):
         admin.apply_text(job("reused", "team-b", QUICK_EXIT), "b.yaml")
     admin.delete("reused")
     admin.apply_text(job("reused", "team-b", ["python", "-c", "print('team-b here')"]), "b.yaml")

@@ -121,6 +121,16 @@ def spec(tmp_path: Path, jobs_root: Path) -> Callable[..., PodSpec]:
 
 
 @pytest.fixture
+def sandboxed(spec: Callable[..., PodSpec]) -> Callable[..., PodSpec]:
+    """Like ``spec``, for a pod with ``isolation="sandbox"``."""
+
+    def build(command: list[str], **fields: Any) -> PodSpec:
+        return spec(command, isolation="sandbox", **fields)
+
+    return build
+
+
+@pytest.fixture
 def fifo(tmp_path: Path) -> Iterator[Callable[[Path], Fifo]]:
     """Make FIFOs (e.g. in a pod's workdir); all closed after the test."""
     made: list[Fifo] = []

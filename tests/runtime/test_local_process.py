@@ -173,6 +173,39 @@ def test_adopt_after_a_restart(pods: LocalProcesses, spec: Spec, finish: Finish,
     assert lost.state == "lost" and lost.exit_code is None
 
 
+@pytest.mark.parametrize(
+    ("told", "expected"),
+    [
+        ("3", PodStatus("failed", 3, "exited with code 3")),
+        ("kill", PodStatus("signalled", 137, "killed by signal SIGKILL")),
+    ],
+)
+def test_an_adopted_pod_that_ended_reports_its_recorded_exit(
+    pods: LocalProcesses, spec: Spec, finish: Finish, fifo: Callable, tmp_path: Path,
+    told: str, expected: PodStatus,
+) -> None:
+    code = """
+import os, sys
+open(sys.argv[1], "w").write("ready\\n")
+told = open(sys.argv[2]).readline().strip()
+if told == "kill":
+    os.kill(os.getpid(), 9)
+sys.exit(int(told))
+"""
+    exit_file = tmp_path / "logs" / "pod.exit"
+    pod = spec([PY, "-c", code, "ready", "told"], exit_file=exit_file)
+    ready, tell = fifo(pod.workdir / "ready"), fifo(pod.workdir / "told")
+    handle = pods.start(pod)
+    assert ready.line() == "ready"
+    restarted = LocalProcesses(root_cgroup=pods.cgroups.root, jobs_root=pods.jobs_root)
+    adopted = restarted.adopt(handle.pid, handle.start_ticks, pod, handle.cgroup)
+    assert adopted is not None
+    tell.send(told)
+    assert restarted.wait_any([adopted], 20) == [adopted]
+    assert restarted.poll(adopted) == expected
+    assert finish(handle) == expected, "the shell that records it reports 128 + n as a signal"
+
+
 def test_wait_any_returns_the_pod_that_ended(pods: LocalProcesses, spec: Spec, finish: Finish,
                                             fifo: Callable) -> None:
     slow = spec([PY, "-c", IGNORE_TERM, "ready"], job="slow")

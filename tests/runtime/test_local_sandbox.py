@@ -31,14 +31,6 @@ PORT = 7077  # free in any fresh network namespace
 
 
 @pytest.fixture
-def sandboxed(spec: Spec) -> Spec:
-    def build(command: list[str], **fields: Any) -> PodSpec:
-        return spec(command, isolation="sandbox", **fields)
-
-    return build
-
-
-@pytest.fixture
 def network() -> Iterator[Callable[[], str]]:
     """Make gang networks with unique names; all deleted after the test."""
     made: list[str] = []
@@ -177,8 +169,10 @@ except OSError as exc:
     assert server.log_path.read_text().strip() == "hello rank 0"
 
 
+@pytest.mark.parametrize("recorded", [False, True], ids=["plain", "exit-recorded"])
 def test_terminate_waits_for_the_sandboxed_command(pods: LocalProcesses, sandboxed: Spec,
-                                                   finish: Finish, fifo: Callable) -> None:
+                                                   finish: Finish, fifo: Callable,
+                                                   tmp_path: Path, recorded: bool) -> None:
     # Blocks SIGTERM and sigwaits for it (no pause() race), reports it, then waits
     # for the test's go-ahead before exiting 0: a slow, clean shutdown.
     code = """
@@ -190,7 +184,8 @@ signal.sigwait({signal.SIGTERM})
 events.write("terminating\\n")
 open(sys.argv[2]).readline()
 """
-    pod = sandboxed([PY, "-c", code, "events", "go"])
+    exit_file = tmp_path / "logs" / "pod.exit" if recorded else None
+    pod = sandboxed([PY, "-c", code, "events", "go"], exit_file=exit_file)
     events, go = fifo(pod.workdir / "events"), fifo(pod.workdir / "go")
     handle = pods.start(pod)
     assert events.line() == "ready"
@@ -199,6 +194,52 @@ open(sys.argv[2]).readline()
     assert pods.poll(handle).state == "running", "still shutting down: not gone yet"
     go.send("go")
     assert finish(handle) == PodStatus("succeeded", 0, "exited with code 0")
+    if exit_file is not None:
+        assert exit_file.read_text() == "0\n"
+
+
+# Reports that it runs, then ends as the test says: an exit code, or SIGKILL.
+END_AS_TOLD = """
+import os, sys
+open(sys.argv[1], "w").write("ready\\n")
+told = open(sys.argv[2]).readline().strip()
+if told == "kill":
+    os.kill(os.getpid(), 9)
+sys.exit(int(told))
+"""
+
+
+@pytest.mark.parametrize(
+    ("told", "expected", "gang"),
+    [
+        ("3", PodStatus("failed", 3, "exited with code 3"), False),
+        ("0", PodStatus("succeeded", 0, "exited with code 0"), False),
+        ("kill", PodStatus("signalled", 137, "killed by signal SIGKILL"), False),
+        ("3", PodStatus("failed", 3, "exited with code 3"), True),
+    ],
+    ids=["failed", "succeeded", "signalled", "failed-in-a-gang-network"],
+)
+def test_a_pod_that_ends_while_no_control_plane_runs(
+    pods: LocalProcesses, sandboxed: Spec, finish: Finish, fifo: Callable,
+    network: Callable[[], str], tmp_path: Path, told: str, expected: PodStatus, gang: bool,
+) -> None:
+    exit_file = tmp_path / "logs" / "pod.exit"
+    pod = sandboxed([PY, "-c", END_AS_TOLD, "ready", "told"], exit_file=exit_file,
+                    network=network() if gang else None)
+    ready, tell = fifo(pod.workdir / "ready"), fifo(pod.workdir / "told")
+    handle = pods.start(pod)
+    assert ready.line() == "ready"
+
+    # A restarted control plane knows the pod only by what it recorded.
+    restarted = LocalProcesses(root_cgroup=pods.cgroups.root, jobs_root=pods.jobs_root)
+    adopted = restarted.adopt(handle.pid, handle.start_ticks, pod, handle.cgroup)
+    assert adopted is not None
+    assert restarted.poll(adopted).state == "running"
+    tell.send(told)
+    assert restarted.wait_any([adopted], 20) == [adopted]
+    assert restarted.poll(adopted) == expected, "not lost: the exit code was recorded"
+    assert exit_file.read_text() == f"{expected.exit_code}\n"
+    assert finish(handle) == expected, "its first parent sees the same"
 
 
 def test_kill_ends_the_whole_sandbox(pods: LocalProcesses, sandboxed: Spec, finish: Finish,

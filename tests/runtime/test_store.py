@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal.errors import ConflictError, InputError, InternalError, NotFoundError
+from shoal.control.records import PodRecord
+from shoal.errors import AlreadyExistsError, ConflictError, InputError, InternalError, NotFoundError
 from shoal.runtime.local.store import (
     AlreadyExists,
     JobRow,
@@ -38,9 +39,9 @@ def test_create_get_list_update(store: SqliteStore) -> None:
     assert job == JobRow(
         name="a", tenant="team-a", manifest=MANIFEST, phase="Pending", version=1, attempts=0,
         preemptions=0, lost_seconds=0.0, submit_time=10.0, start_time=None, finish_time=None,
-        reason="", pods=[], checkpoint_dir="/ck/a", next_attempt_at=None, deleted=False)
-    pods = [{"index": 0, "node": "n1", "gpus": [0, 1], "pid": 42, "start_ticks": 7,
-             "cgroup": "/shoal/a-0", "state": "Running", "exit_code": None}]
+        reason="", pods=(), checkpoint_dir="/ck/a", next_attempt_at=None, deleted=False)
+    pods = (PodRecord(index=0, node="n1", gpus=(0, 1), uid="u0", started_at=11.5,
+                      state="running", handle='{"pid": 42}'),)
     running = store.update_job("a", 1, phase="Running", start_time=11.5, attempts=1, pods=pods)
     assert running == dataclasses.replace(
         job, phase="Running", version=2, start_time=11.5, attempts=1, pods=pods)
@@ -62,11 +63,25 @@ def test_list_filters_by_tenant_and_phase_oldest_first(store: SqliteStore) -> No
 
 
 def test_rows_are_immutable_copies(store: SqliteStore) -> None:
-    job = store.update_job(create(store, "a").name, 1, pods=[{"index": 0}])
+    pod = PodRecord(index=0, node="n1", gpus=(), uid="u0", started_at=1.0)
+    job = store.update_job(create(store, "a").name, 1, pods=(pod,))
     with pytest.raises(dataclasses.FrozenInstanceError):
         job.phase = "Running"  # type: ignore[misc]
-    job.pods.append({"index": 1})
-    assert store.get_job("a").pods == [{"index": 0}]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.pods[0].state = "running"  # type: ignore[misc]
+    assert store.get_job("a").pods == (pod,)
+
+
+def test_save_job_writes_the_whole_record_fenced(store: SqliteStore) -> None:
+    job = create(store, "a")
+    changed = dataclasses.replace(job, phase="Preempting", stop_cause="preempted",
+                                  stop_deadline=20.0, preemptor="b", checkpoint_time=9.5,
+                                  checkpoint_step=300, failures=1)
+    saved = store.save_job(changed)
+    assert saved == dataclasses.replace(changed, version=2)
+    assert store.get_job("a") == saved
+    with pytest.raises(StoreConflict):
+        store.save_job(changed)  # still at version 1: someone else wrote since
 
 
 def test_stale_writer_is_fenced_and_changes_nothing(store: SqliteStore) -> None:
@@ -102,7 +117,8 @@ def test_not_found_and_already_exists_messages(store: SqliteStore) -> None:
     create(store, "a")
     with pytest.raises(AlreadyExists) as duplicate:
         create(store, "a", tenant="team-b")
-    assert isinstance(duplicate.value, InputError) and isinstance(duplicate.value, ConflictError)
+    assert isinstance(duplicate.value, AlreadyExistsError) and isinstance(duplicate.value, ConflictError)
+    assert duplicate.value.exit_code == 2 and not duplicate.value.retryable
     assert isinstance(missing.value, NotFoundError)
     assert (duplicate.value.code, duplicate.value.exit_code) == ("already_exists", 2)
     assert str(duplicate.value) == (

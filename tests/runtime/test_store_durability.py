@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.control.records import PodRecord
 from shoal.runtime.local import store_schema
 from shoal.runtime.local.store import SqliteStore, StoreConflict, StoreError
 
@@ -28,22 +29,22 @@ def test_reopen_keeps_state_and_schema(tmp_path: Path) -> None:
         assert store.get_job("a").version == 2
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,)]
     raw.close()
 
 
 def test_schema_upgrades_and_refuses_newer(tmp_path: Path) -> None:
     path = tmp_path / "shoal.db"
     SqliteStore(path).close()
-    later = store_schema.Migration(2, "job labels", ["ALTER TABLE jobs ADD COLUMN labels TEXT"])
+    later = store_schema.Migration(3, "job labels", ["ALTER TABLE jobs ADD COLUMN labels TEXT"])
     migrations = (*store_schema.MIGRATIONS, later)
     raw = sqlite3.connect(path, isolation_level=None)
     raw.execute("BEGIN IMMEDIATE")
-    assert store_schema.migrate(raw, migrations) == 2
-    assert store_schema.migrate(raw, migrations) == 2  # applying twice is a no-op
+    assert store_schema.migrate(raw, migrations) == 3
+    assert store_schema.migrate(raw, migrations) == 3  # applying twice is a no-op
     raw.execute("COMMIT")
     raw.close()
-    with pytest.raises(StoreError, match="schema version 2, newer than this Shoal's 1"):
+    with pytest.raises(StoreError, match="schema version 3, newer than this Shoal's 2"):
         SqliteStore(path)
 
 
@@ -63,6 +64,7 @@ def test_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
 CHILD = """
 import sys
 from pathlib import Path
+from shoal.control.records import PodRecord
 from shoal.runtime.local.store import SqliteStore
 
 store = SqliteStore(Path(sys.argv[1]))
@@ -73,7 +75,8 @@ for name in ("a", "b"):
 step = 0
 while True:
     step += 1
-    pods = [{"index": i, "pid": step, "state": "Running"} for i in range(200)]
+    pods = tuple(PodRecord(index=i, node="n", gpus=(), uid=f"u{i}", started_at=float(step),
+                           state="running", handle=str(step)) for i in range(200))
     with store.transaction():
         store.update_job("a", step, attempts=step, pods=pods, reason="x" * (step % 997))
         store.create_job(f"s{step}", "team-a", {"step": step}, float(step), "/ck/s")
@@ -122,7 +125,9 @@ def test_sigkill_mid_update_loses_no_committed_write(
         steps = a.attempts
         assert steps == committed if pause else steps >= committed
         assert (a.version, b.version, b.attempts) == (steps + 1, steps + 1, steps)
-        pods = [{"index": i, "pid": steps, "state": "Running"} for i in range(200 if steps else 0)]
+        pods = tuple(PodRecord(index=i, node="n", gpus=(), uid=f"u{i}", started_at=float(steps),
+                               state="running", handle=str(steps))
+                     for i in range(200 if steps else 0))
         assert (a.reason, a.pods) == (b.reason, b.pods) == ("x" * (steps % 997), pods)
         created = sorted(int(j.name[1:]) for j in store.list_jobs() if j.name.startswith("s"))
         assert created == list(range(1, steps + 1))
@@ -165,7 +170,7 @@ def test_threads_racing_on_one_version_exactly_one_wins(tmp_path: Path) -> None:
         def claim(node: str) -> None:
             start.wait()
             try:
-                store.update_job("a", 1, phase="Running", pods=[{"index": 0, "node": node}])
+                store.update_job("a", 1, phase="Running", pods=(PodRecord(index=0, node=node, gpus=(), uid=node, started_at=0.0),))
                 outcomes.append("won")
             except StoreConflict:
                 outcomes.append("fenced")

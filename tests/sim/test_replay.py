@@ -42,7 +42,10 @@ def test_owner_reclaims_borrowed_gpus_and_victim_resumes_from_checkpoint() -> No
     assert a1.lost_gpu_seconds == pytest.approx(400)
     assert a1.finish == pytest.approx(1200)
     kinds = [(e["event"], e.get("job")) for e in run.events if e["time_s"] == 700]
-    assert kinds[:3] == [("submitted", "b1"), ("preempted", "a1"), ("admitted", "b1")]
+    assert kinds[:4] == [("submitted", "b1"), ("preempted", "a1"), ("requeued", "a1"),
+                         ("admitted", "b1")]
+    requeued = next(e for e in run.events if e["event"] == "requeued")
+    assert (requeued["lost_seconds"], requeued["kept_seconds"]) == (100, 600)
 
 
 def test_without_checkpoints_a_victim_starts_over() -> None:
@@ -102,3 +105,27 @@ def test_metrics_and_fair_shares() -> None:
     assert shares["a"]["share_mean"] == pytest.approx(0.5)
     assert shares["b"]["share_mean"] == pytest.approx(0.25)
     assert shares["a"]["entitlement"] == pytest.approx(0.5)
+
+
+def test_a_victim_slow_to_stop_holds_its_gpus_until_it_stops() -> None:
+    tenants = {"a": quota("a", 2), "b": quota("b", 2)}
+    jobs = [job("a1", "a", 4, at=0, duration=1000, priority=0, checkpoint=300),
+            job("b1", "b", 2, at=700, duration=100)]
+    run = run_replay(pool(1, 4), tenants, jobs, "best-fit", seed=1, record_events=True,
+                     grace_seconds=30, stop_seconds=20)
+    b1, a1 = run.jobs["b1"], run.jobs["a1"]
+    # SIGTERM at 700, the victim's pods are gone at 720: only then b1 starts,
+    # and the victim lost 120 s (since its checkpoint at 600) on 4 GPUs.
+    assert (b1.first_start, b1.finish) == (720, 820)
+    assert a1.lost_gpu_seconds == pytest.approx(120 * 4)
+    stop = run.events.index(next(e for e in run.events if e["event"] == "requeued"))
+    assert run.events[stop]["time_s"] == 720
+
+
+def test_a_victim_ignoring_sigterm_is_killed_at_the_grace_deadline() -> None:
+    tenants = {"a": quota("a", 2), "b": quota("b", 2)}
+    jobs = [job("a1", "a", 4, at=0, duration=1000, priority=0),
+            job("b1", "b", 2, at=700, duration=100)]
+    run = run_replay(pool(1, 4), tenants, jobs, "best-fit", seed=1,
+                     grace_seconds=10, stop_seconds=1e9)
+    assert run.jobs["b1"].first_start == 710

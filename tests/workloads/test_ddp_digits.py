@@ -2,7 +2,7 @@
 
 Covers the contract a preemptible Shoal workload must keep: it trains to a good
 accuracy, a crash (SIGKILL of every rank) loses only the steps since the last
-checkpoint and the next attempt resumes from it, and SIGTERM saves and exits 0
+checkpoint and the next attempt resumes from it, and SIGTERM saves and exits 143
 within the grace period.
 """
 
@@ -103,7 +103,7 @@ def test_sigkill_mid_run_resumes_from_last_checkpoint(
 
 
 @pytest.mark.parametrize("signalled", ["all-ranks", "rank-1-only"])
-def test_sigterm_checkpoints_and_exits_zero(
+def test_sigterm_checkpoints_and_exits_143(
     signalled: str, launcher: Launcher, tmp_path: Path
 ) -> None:
     """The runtime signals every pod; a SIGTERM reaching one rank must stop them all."""
@@ -114,7 +114,7 @@ def test_sigterm_checkpoints_and_exits_zero(
         pod.signal(signal.SIGTERM)
     for pod in pods:
         code = pod.finish(timeout=GRACE_S)
-        assert code == 0, f"{pod.name} exited {code}:\n{pod.output}"
+        assert code == 143, f"{pod.name} exited {code}:\n{pod.output}"
 
     stopped_at = int(pods[0].wait_for(PREEMPTED_LINE, timeout=1)[1])
     assert printed <= stopped_at < STEPS, "SIGTERM should stop the run early"

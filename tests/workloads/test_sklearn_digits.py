@@ -2,7 +2,7 @@
 
 Same contract as the DDP workload: good accuracy, a SIGKILL loses only the steps
 since the last checkpoint and the next attempt resumes from it, SIGTERM saves
-and exits 0 within the grace period, and a restart after success does not
+and exits 143 within the grace period, and a restart after success does not
 retrain.
 """
 
@@ -96,12 +96,12 @@ def test_sigkill_mid_run_resumes_from_last_checkpoint(
     assert final.accuracy == baseline.accuracy
 
 
-def test_sigterm_checkpoints_and_exits_zero(launcher: Launcher, tmp_path: Path) -> None:
+def test_sigterm_checkpoints_and_exits_143(launcher: Launcher, tmp_path: Path) -> None:
     (pod,) = launcher.gang(SCRIPT, ARGS, tmp_path)
     printed = int(pod.wait_for(CHECKPOINT_LINE)[1])
     pod.signal(signal.SIGTERM)
     code = pod.finish(timeout=GRACE_S)
-    assert code == 0, pod.output
+    assert code == 143, pod.output
 
     stopped_at = int(pod.wait_for(PREEMPTED_LINE, timeout=1)[1])
     assert printed <= stopped_at < EPOCHS, "SIGTERM should stop the run early"

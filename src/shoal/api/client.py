@@ -1,27 +1,24 @@
 """The HTTP client of the control plane: the only way the CLI talks to it.
 
-Error bodies come back as the same error classes the server raised (by their
-stable code), so the CLI prints the server's one clear line.
+Error bodies come back as the same error classes the server raised: the
+class is found by its stable code in a table built from the error tree (or,
+for a code this client does not know, by the HTTP status), so callers catch
+by type and the CLI prints the server's one clear line.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from shoal import errors
 
-_BY_CODE: dict[str, type[errors.ShoalError]] = {
-    cls.code: cls
-    for cls in (
-        errors.InputError, errors.ManifestError, errors.TraceError,
-        errors.UnknownReferenceError, errors.NotFoundError, errors.Unauthorized,
-        errors.Forbidden, errors.ConflictError, errors.InternalError,
-    )
-}
+_BY_CODE: dict[str, type[errors.ShoalError]] = {cls.code: cls for cls in errors.error_classes()}
+_BY_STATUS: dict[int, type[errors.ShoalError]] = {}
+for _cls in errors.error_classes():  # base classes come first: the most general wins
+    _BY_STATUS.setdefault(_cls.http_status, _cls)
 
 
 class ShoalClient:
@@ -42,11 +39,11 @@ class ShoalClient:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise errors.ShoalError(
+            raise errors.UnreachableError(
                 f"cannot reach the control plane at {self.http.base_url}: {exc}"
             ) from exc
         if response.status_code >= 400:
-            raise _error(response)
+            raise error_from(response)
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
@@ -55,18 +52,16 @@ class ShoalClient:
         result: dict[str, Any] = self._call("GET", "/healthz")
         return result
 
-    def apply(self, path: Path) -> list[dict[str, str]]:
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise errors.InputError(f"{path}: cannot read ({exc.strerror})") from exc
-        result = self._call("POST", "/v1/apply", json={"source": str(path), "text": text})
+    def apply_text(self, text: str, source: str) -> list[dict[str, str]]:
+        """Apply every document of ``text`` or none; each item has kind, name and result."""
+        result = self._call("POST", "/v1/apply", json={"source": source, "text": text})
         applied: list[dict[str, str]] = result["applied"]
         return applied
 
-    def apply_text(self, text: str, source: str) -> list[dict[str, str]]:
-        result = self._call("POST", "/v1/apply", json={"source": source, "text": text})
-        applied: list[dict[str, str]] = result["applied"]
+    def apply_files(self, files: list[tuple[str, str]]) -> list[dict[str, str]]:
+        """Apply every document of every ``(source, text)`` together, or none."""
+        body = {"files": [{"source": source, "text": text} for source, text in files]}
+        applied: list[dict[str, str]] = self._call("POST", "/v1/apply", json=body)["applied"]
         return applied
 
     def jobs(self) -> list[dict[str, Any]]:
@@ -87,40 +82,58 @@ class ShoalClient:
 
     def follow_logs(self, name: str, pod: int = 0) -> Iterator[str]:
         params: dict[str, str | int] = {"pod": pod, "follow": "true"}
-        with self.http.stream("GET", f"/v1/jobs/{name}/logs", params=params, timeout=None) as r:
-            if r.status_code >= 400:
-                r.read()
-                raise _error(r)
-            yield from r.iter_text()
+        try:
+            with self.http.stream(
+                "GET", f"/v1/jobs/{name}/logs", params=params, timeout=None
+            ) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise error_from(r)
+                yield from r.iter_text()
+        except httpx.HTTPError as exc:
+            raise errors.UnreachableError(
+                f"lost the control plane at {self.http.base_url}: {exc}"
+            ) from exc
 
     def events(self, since: int = 0) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = self._call("GET", "/v1/events", params={"since": since})[
-            "events"
-        ]
+        result = self._call("GET", "/v1/events", params={"since": since})
+        events: list[dict[str, Any]] = result["events"]
         return events
 
     def tenants(self) -> dict[str, Any]:
+        """Tenant specs by name."""
         tenants: dict[str, Any] = self._call("GET", "/v1/tenants")["tenants"]
         return tenants
 
+    def tenant_status(self) -> list[dict[str, Any]]:
+        """Per tenant: cohort, nominal quota, usage, borrowed, pending and running jobs."""
+        status: list[dict[str, Any]] = self._call("GET", "/v1/tenants")["status"]
+        return status
+
     def nodes(self) -> dict[str, Any]:
+        """Node pool specs by name (empty for a tenant's token)."""
         nodes: dict[str, Any] = self._call("GET", "/v1/nodes")["nodes"]
         return nodes
 
+    def node_summary(self) -> dict[str, Any]:
+        """Node pools (admin only), node count and total capacity."""
+        summary: dict[str, Any] = self._call("GET", "/v1/nodes")
+        return summary
+
     def create_token(self, tenant: str | None, role: str = "tenant") -> str:
-        token: str = self._call("POST", "/v1/tokens", json={"tenant": tenant, "role": role})[
-            "token"
-        ]
+        body = {"tenant": tenant, "role": role}
+        token: str = self._call("POST", "/v1/tokens", json=body)["token"]
         return token
 
 
-_BY_CODE["already_exists"] = errors.InputError
-
-
-def _error(response: httpx.Response) -> errors.ShoalError:
+def error_from(response: httpx.Response) -> errors.ShoalError:
+    """The error class of the body's code (else of the HTTP status), with its message."""
     try:
         body = response.json()["error"]
-        cls = _BY_CODE.get(body["code"], errors.ShoalError)
-        return cls(body["message"])
+        cls = _BY_CODE.get(body["code"]) or _BY_STATUS.get(response.status_code,
+                                                          errors.ShoalError)
+        error = cls(str(body["message"]), retry_after_s=body.get("retry_after_s"))
     except (ValueError, KeyError, TypeError):
-        return errors.ShoalError(f"HTTP {response.status_code}: {response.text[:200]}")
+        cls = _BY_STATUS.get(response.status_code, errors.ShoalError)
+        return cls(f"HTTP {response.status_code}: {response.text[:200]}")
+    return error

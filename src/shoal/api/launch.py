@@ -1,25 +1,37 @@
-"""Start the control plane and its API in this process, on 127.0.0.1.
+"""Start the embedded control plane and its API in this process, on 127.0.0.1.
 
-``shoal server`` runs it in the foreground; other commands start one in the
-background of their own process when no server is running, then talk to it
-through the same HTTP client as to a remote one.
+This is where the runtime's objects are plugged into the application
+layer's ports: the SQLite store, the job files (``LocalWorkspace``), the
+clock and the control loop's wake-up.  ``shoal server`` runs it in the
+foreground; ``shoal run`` starts one for the length of a scenario.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from shoal.api.server import create_app
+from shoal.api.workspace import LocalWorkspace
+from shoal.app.core import App
+from shoal.errors import ShoalError, UnknownReferenceError
+from shoal.plugins import require_policies
+from shoal.policy.placement import scorer_names
 from shoal.runtime.local.machine import LOCAL_NODE, local_node_spec
 from shoal.runtime.local.plane import EmbeddedPlane
 
+_log = logging.getLogger(__name__)
 ADMIN_TOKEN_FILE = "admin-token"
+START_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -57,25 +69,67 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The API's socket, bound before anything else starts: a busy port fails here."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ShoalError(f"cannot listen on {host}:{port}: the port is in use",
+                             hint="choose another with --port, or --port 0 for any free one"
+                             ) from exc
+        raise ShoalError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.listen(128)
+    return sock
+
+
+def wire(plane: EmbeddedPlane) -> App:
+    """The application layer over the embedded runtime's adapters."""
+    workspace = LocalWorkspace(plane.state_dir, plane.checkpoint_dir, plane.log_path)
+    return App(store=plane.store, workspace=workspace, clock=plane.clock, wake=plane.wake)
+
+
+def _health(plane: EmbeddedPlane) -> dict[str, Any]:
+    error = plane.error
+    return {"status": "ok" if error is None else "degraded",
+            "loop_error": None if error is None else repr(error), "pid": os.getpid()}
+
+
 def start(state_dir: Path, host: str = "127.0.0.1", port: int = 0,
           policy: str = "most-allocated", grace_seconds: float = 10.0) -> Running:
-    plane = EmbeddedPlane(state_dir, policy=policy, grace_seconds=grace_seconds)
+    # Placement policies may come from plugins (the shoal.policies entry points).
+    require_policies([policy], _log.warning)
+    if policy not in scorer_names():
+        raise UnknownReferenceError(
+            f"--policy: unknown placement policy {policy!r}; known: {', '.join(scorer_names())}")
+    sock = listen(host, port)
+    try:
+        plane = EmbeddedPlane(state_dir, policy=policy, grace_seconds=grace_seconds)
+    except BaseException:
+        sock.close()
+        raise
     token = admin_token(plane)
     if not plane.store.nodes():
         plane.store.put_node(LOCAL_NODE, local_node_spec())
-    port = port or free_port(host)
-    config = uvicorn.Config(create_app(plane), host=host, port=port, log_level="warning",
-                            access_log=False)
+    port = sock.getsockname()[1]
+    api = create_app(wire(plane), lambda: _health(plane))
+    config = uvicorn.Config(api, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="shoal-api", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="shoal-api",
+                              daemon=True)
     plane.start()
     thread.start()
-    started = threading.Event()
-
-    def wait_started() -> None:
-        while not server.started and thread.is_alive():
-            started.wait(0.01)
-
-    wait_started()
-    return Running(url=f"http://{host}:{port}", token=token, plane=plane, server=server,
+    tick, deadline = threading.Event(), time.monotonic() + START_TIMEOUT_S
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        tick.wait(0.01)
+    if not server.started:
+        plane.stop()
+        sock.close()
+        raise ShoalError(f"the API on {host}:{port} did not start (see the messages above)")
+    display = f"[{host}]" if ":" in host else host
+    return Running(url=f"http://{display}:{port}", token=token, plane=plane, server=server,
                    thread=thread)

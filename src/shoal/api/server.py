@@ -1,43 +1,51 @@
-"""REST API of the embedded control plane (FastAPI; OpenAPI at ``/openapi.json``).
+"""REST API of the control plane (FastAPI; OpenAPI at ``/openapi.json``).
 
-Every route but ``/healthz`` needs a bearer token.  A tenant's token sees and
-changes only its own jobs and logs; an admin token manages tenants and nodes
-and sees everything.  Errors are ``{"error": {"code", "message"}}`` with the
-HTTP status of their code, so the CLI can print one clear line.
+Routes are thin: they authenticate the caller and call the application layer
+(``shoal.app``), which holds every rule.  Every route but ``/healthz`` needs a
+bearer token.  Every error is ``{"error": {"code", "message", "retryable",
+"retry_after_s"}}`` with the HTTP status of its class in ``shoal.errors``
+(never 422: a malformed request is a 400 naming the field); temporary errors
+are 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
+import math
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+import anyio
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException
 
-from shoal.api.admission_checks import authorise, check_job
-from shoal.control.records import FINAL_PHASES, JobRow, Principal
-from shoal.domain.job import TrainingJob
-from shoal.domain.manifest import parse_manifests
-from shoal.domain.nodes import NodePool
-from shoal.domain.tenant import Tenant
-from shoal.errors import Forbidden, NotFoundError, ShoalError, Unauthorized
-from shoal.runtime.local.plane import EmbeddedPlane
+from shoal import errors
+from shoal.app import apply as applying
+from shoal.app import queries
+from shoal.app.core import App
+from shoal.app.ports import Caller
+from shoal.domain.phases import FINAL_PHASES
+from shoal.errors import InputError, ShoalError, Unauthorized
 
-STATUS = {
-    "unauthorized": 401, "forbidden": 403, "not_found": 404, "conflict": 409,
-    "already_exists": 409, "internal": 500, "shoal_error": 500,
-}
+BY_CODE = {cls.code: cls for cls in errors.error_classes()}
+FOLLOW_POLL_S = 0.2
 
 
-class ApplyRequest(BaseModel):
+class ApplyFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str = "<request>"
     text: str
+
+
+class ApplyRequest(BaseModel):
+    """One manifest text, or several files applied together (all or nothing)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = "<request>"
+    text: str = ""
+    files: list[ApplyFile] = []
 
 
 class TokenRequest(BaseModel):
@@ -46,174 +54,147 @@ class TokenRequest(BaseModel):
     role: Literal["admin", "tenant"] = "tenant"
 
 
-def principal(
-    request: Request, authorization: Annotated[str | None, Header()] = None
-) -> Principal:
+def error_body(exc: ShoalError) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """The JSON body, HTTP status and headers of an error (by its code's class)."""
+    cls = BY_CODE.get(exc.code, type(exc))
+    retry_after = exc.retry_after_s if cls.retry == "after" else None
+    body = {"error": {"code": exc.code, "message": str(exc),
+                      "retryable": cls.retry == "after", "retry_after_s": retry_after}}
+    headers = {"Retry-After": str(math.ceil(retry_after))} if retry_after is not None else {}
+    return body, cls.http_status, headers
+
+
+def _respond(exc: ShoalError) -> JSONResponse:
+    body, status, headers = error_body(exc)
+    return JSONResponse(body, status, headers=headers)
+
+
+def _field_errors(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        loc = [str(p) for p in error.get("loc", ())]
+        where = ".".join(loc[1:] if len(loc) > 1 and loc[0] in ("body", "query", "path") else loc)
+        parts.append(f"{where or 'request'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "malformed request"
+
+
+def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    """The caller named by the bearer token."""
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("missing token: pass 'Authorization: Bearer <token>' (--token)")
-    found = request.app.state.plane.store.resolve_token(authorization[7:].strip())
+    found = queries.resolve(request.app.state.core, authorization[7:].strip())
     if found is None:
         raise Unauthorized("unknown or revoked token")
-    return Principal(role=found.role, tenant=found.tenant, name=found.name)
+    return found
 
 
-Caller = Annotated[Principal, Depends(principal)]
+Who = Annotated[Caller, Depends(caller)]
 
 
-def create_app(plane: EmbeddedPlane) -> FastAPI:
-    app = FastAPI(title="Shoal control plane", version="v1")
-    app.state.plane = plane
-    store = plane.store
+def create_app(core: App, health: Callable[[], dict[str, Any]]) -> FastAPI:
+    api = FastAPI(title="Shoal control plane", version="v1")
+    api.state.core = core
 
-    @app.exception_handler(ShoalError)
+    @api.exception_handler(ShoalError)
     async def _shoal_error(request: Request, exc: ShoalError) -> JSONResponse:
-        status = STATUS.get(exc.code, 400 if exc.exit_code == 2 else 500)
-        return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, status)
+        return _respond(exc)
 
-    def visible(caller: Principal, name: str) -> JobRow:
-        row: JobRow = store.get_job(name)  # NotFoundError when there is none
-        if caller.role != "admin" and row.tenant != caller.tenant:
-            # Same answer as a missing job: other tenants' names stay private.
-            raise NotFoundError(f"job {name!r} not found")
-        return row
+    @api.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _respond(InputError(f"bad request: {_field_errors(exc)}"))
 
-    @app.get("/healthz")
+    @api.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        by_status = {404: errors.NotFoundError, 401: Unauthorized, 403: errors.Forbidden}
+        cls = by_status.get(exc.status_code, InputError if exc.status_code < 500 else ShoalError)
+        body, _, headers = error_body(cls(f"{request.method} {request.url.path}: {exc.detail}"))
+        return JSONResponse(body, exc.status_code, headers=headers)
+
+    @api.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        return _respond(errors.InternalError(f"internal error: {exc!r} (see the server log)"))
+
+    @api.get("/healthz")
     def healthz() -> dict[str, Any]:
-        error = plane.error
-        return {"status": "ok" if error is None else "degraded",
-                "loop_error": None if error is None else repr(error)}
+        return health()
 
-    @app.post("/v1/apply")
-    def apply(body: ApplyRequest, caller: Caller) -> dict[str, Any]:
-        manifests = parse_manifests(body.text, body.source)
-        for manifest in manifests:
-            authorise(caller, manifest)
-        tenants, nodes = store.tenants(), store.nodes()
-        for manifest in manifests:  # later documents may define what earlier ones use
-            dumped = manifest.spec.model_dump(mode="json", by_alias=True)
-            if isinstance(manifest, Tenant):
-                tenants[manifest.metadata.name] = dumped
-            elif isinstance(manifest, NodePool):
-                nodes[manifest.metadata.name] = dumped
-        jobs = [m for m in manifests if isinstance(m, TrainingJob)]
-        for job in jobs:
-            _forget_previous(plane, job.metadata.name)
-            check_job(job, tenants, nodes, plane.checkpoint_dir(job.metadata.name),
-                      plane.state_dir)
-        applied = []
-        now = plane.clock.now()
-        with store.transaction():
-            for manifest in manifests:
-                name = manifest.metadata.name
-                if isinstance(manifest, Tenant):
-                    store.put_tenant(name, tenants[name])
-                elif isinstance(manifest, NodePool):
-                    store.put_node(name, nodes[name])
-                elif isinstance(manifest, TrainingJob):
-                    row = store.create_job(
-                        name, manifest.spec.tenant,
-                        manifest.model_dump(mode="json", by_alias=True), now,
-                        str(plane.checkpoint_dir(name)),
-                    )
-                    store.append_event(now, "submitted", name, row.tenant, {})
-                applied.append({"kind": manifest.kind, "name": name})
-        plane.wake()
-        return {"applied": applied}
+    @api.post("/v1/apply")
+    def apply(body: ApplyRequest, who: Who) -> dict[str, Any]:
+        files = [(f.source, f.text) for f in body.files] or [(body.source, body.text)]
+        return {"applied": applying.apply_files(core, who, files)}
 
-    @app.get("/v1/jobs")
-    def list_jobs(caller: Caller) -> dict[str, Any]:
-        tenant = None if caller.role == "admin" else caller.tenant
-        return {"jobs": [job_view(row) for row in store.list_jobs(tenant=tenant)]}
+    @api.get("/v1/jobs")
+    def list_jobs(who: Who) -> dict[str, Any]:
+        return {"jobs": queries.list_jobs(core, who)}
 
-    @app.get("/v1/jobs/{name}")
-    def get_job(name: str, caller: Caller) -> dict[str, Any]:
-        row = visible(caller, name)
-        # Only this job's events: a name may have been used before.
-        events = [e for e in store.events(job=name, tenant=row.tenant)
-                  if e["time"] >= row.submit_time]
-        return {**job_view(row), "manifest": row.manifest, "pods": row.pods, "events": events}
+    @api.get("/v1/jobs/{name}")
+    def get_job(name: str, who: Who) -> dict[str, Any]:
+        return queries.get_job(core, who, name)
 
-    @app.delete("/v1/jobs/{name}")
-    def delete_job(name: str, caller: Caller) -> dict[str, Any]:
-        row = visible(caller, name)
-        row = store.request_delete(name, None if caller.role == "admin" else caller.tenant)
-        plane.wake()
-        return job_view(row)
+    @api.delete("/v1/jobs/{name}")
+    def delete_job(name: str, who: Who) -> dict[str, Any]:
+        return queries.delete_job(core, who, name)
 
-    @app.get("/v1/jobs/{name}/logs")
-    def logs(name: str, caller: Caller, pod: int = 0, follow: bool = False) -> Any:
-        row = visible(caller, name)
-        path = plane.log_path(name, pod)
+    @api.get("/v1/jobs/{name}/logs")
+    def logs(
+        name: str, who: Who,
+        pod: Annotated[int, Query(ge=0, le=queries.MAX_POD_INDEX)] = 0,
+        follow: bool = False,
+    ) -> Any:
+        first = queries.read_log(core, who, name, pod)  # 404 before any streaming starts
         if not follow:
-            return PlainTextResponse(path.read_text(errors="replace") if path.exists() else "")
-        return StreamingResponse(_follow(plane, row.name, path), media_type="text/plain")
+            return PlainTextResponse(first.decode(errors="replace"))
+        return StreamingResponse(_follow(core, who, name, pod, first), media_type="text/plain")
 
-    @app.get("/v1/events")
-    def events(caller: Caller, since: int = 0) -> dict[str, Any]:
-        tenant = None if caller.role == "admin" else caller.tenant
-        return {"events": store.events(since_id=since, tenant=tenant)}
+    @api.get("/v1/events")
+    def events(
+        who: Who, since: Annotated[int, Query(ge=0, le=queries.MAX_EVENT_ID)] = 0
+    ) -> dict[str, Any]:
+        return {"events": queries.events(core, who, since)}
 
-    @app.get("/v1/tenants")
-    def tenants(caller: Caller) -> dict[str, Any]:
-        rows = store.tenants()
-        if caller.role != "admin":
-            rows = {k: v for k, v in rows.items() if k == caller.tenant}
-        return {"tenants": rows}
+    @api.get("/v1/tenants")
+    def tenants(who: Who) -> dict[str, Any]:
+        return queries.tenants(core, who)
 
-    @app.get("/v1/nodes")
-    def nodes(caller: Caller) -> dict[str, Any]:
-        del caller
-        return {"nodes": store.nodes()}
+    @api.get("/v1/nodes")
+    def nodes(who: Who) -> dict[str, Any]:
+        return queries.nodes(core, who)
 
-    @app.post("/v1/tokens")
-    def token(body: TokenRequest, caller: Caller) -> dict[str, Any]:
-        if caller.role != "admin":
-            raise Forbidden("only an admin token may create tokens")
-        if body.role == "tenant" and body.tenant not in store.tenants():
-            raise NotFoundError(f"tenant {body.tenant!r} not found")
-        name = body.tenant or "admin"
-        return {"token": store.create_token(name, body.role, body.tenant), "tenant": body.tenant}
+    @api.post("/v1/tokens")
+    def token(body: TokenRequest, who: Who) -> dict[str, Any]:
+        return queries.create_token(core, who, body.tenant, body.role)
 
-    return app
+    return api
 
 
-def _forget_previous(plane: EmbeddedPlane, name: str) -> None:
-    """Remove the files of a finished job whose name is being reused.
+async def _follow(core: App, who: Caller, name: str, pod: int, first: bytes) -> AsyncIterator[bytes]:
+    """Stream a log as it grows until the job reaches a final phase.
 
-    Its logs and checkpoints must not leak into (or be resumed by) a new job
-    of the same name, possibly another tenant's.
+    Every read of the store or the file runs in a worker thread, so a slow
+    disk or a busy database never stalls the server's event loop.
     """
+    if first:
+        yield first
+    offset = len(first)
     try:
-        previous = plane.store.get_job(name)
-    except NotFoundError:
-        return
-    if previous.phase not in FINAL_PHASES or not previous.deleted:
-        return  # still there: create_job will refuse the name
-    folder = plane.state_dir / "jobs" / name
-    if folder.exists():
-        shutil.rmtree(folder)
+        async for chunk in _chunks(core, who, name, pod, offset):
+            yield chunk
+    except errors.NotFoundError:
+        return  # deleted and finalised while followed: nothing more will come
 
 
-def job_view(row: JobRow) -> dict[str, Any]:
-    data = dataclasses.asdict(row)
-    for key in ("manifest", "pods", "checkpoint_dir", "version"):
-        data.pop(key, None)
-    data["pods"] = len(row.pods)
-    return data
-
-
-async def _follow(plane: EmbeddedPlane, job: str, path: Path) -> AsyncIterator[bytes]:
-    """Stream a log as it grows until the job reaches a final phase."""
-    offset = 0
+async def _chunks(core: App, who: Caller, name: str, pod: int, offset: int) -> AsyncIterator[bytes]:
     while True:
-        if path.exists():
-            with path.open("rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
-            if chunk:
-                offset += len(chunk)
-                yield chunk
-                continue
-        if plane.store.get_job(job).phase in FINAL_PHASES:
+        chunk = await anyio.to_thread.run_sync(queries.read_log, core, who, name, pod, offset)
+        if chunk:
+            offset += len(chunk)
+            yield chunk
+            continue
+        phase = await anyio.to_thread.run_sync(queries.job_phase, core, name)
+        if phase in FINAL_PHASES:
+            # One last read: the pod may have written between the two reads.
+            tail = await anyio.to_thread.run_sync(queries.read_log, core, who, name, pod, offset)
+            if tail:
+                yield tail
             return
-        await asyncio.sleep(0.2)  # a log tail: wait for the file to grow
+        await anyio.sleep(FOLLOW_POLL_S)  # a log tail: wait for the file to grow

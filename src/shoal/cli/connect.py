@@ -1,23 +1,38 @@
-"""Find the control plane for a command: a given URL, a running server, or one in-process.
+"""Find the control plane for a command: a given URL, or the local one, started if need be.
 
-Order: ``--server``/``SHOAL_SERVER``; the server recorded in the state dir
-by ``shoal server`` if it answers; else an embedded control plane started in
-this process on the same state dir (jobs keep running after the command
-exits, and the next command re-adopts them).
+Order: ``--server``/``SHOAL_SERVER``; else the server recorded in
+``<state>/server.json`` if it answers; else a background control plane that
+this command starts (``python -m shoal server --port 0``, detached, its log in
+``<state>/server.log``), like ``ray start``: it keeps scheduling queued jobs
+between commands until ``shoal server stop``.  A lock file makes two
+commands started at once share one server.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from rich.console import Console
 
 from shoal.api.client import ShoalClient
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, UnreachableError
 
 SERVER_FILE = "server.json"
+LOCK_FILE = "server.lock"
+LOG_FILE = "server.log"
+START_TIMEOUT_S = 60.0
+
+err = Console(stderr=True)
 
 
 def state_dir(explicit: Path | None = None) -> Path:
@@ -37,37 +52,90 @@ def _token(directory: Path, explicit: str | None) -> str | None:
 @contextmanager
 def client(server: str | None, token: str | None, home: Path | None) -> Iterator[ShoalClient]:
     directory = state_dir(home)
-    url = server or os.environ.get("SHOAL_SERVER")
-    if url is None:
-        url = _recorded_server(directory)
-    if url is not None:
-        api = ShoalClient(url, _token(directory, token))
-        try:
-            yield api
-        finally:
-            api.close()
-        return
-    from shoal.api import launch
-
-    running = launch.start(directory)
-    api = ShoalClient(running.url, token or running.token)
+    url = server or os.environ.get("SHOAL_SERVER") or ensure_local(directory)
+    api = ShoalClient(url, _token(directory, token))
     try:
         yield api
     finally:
         api.close()
-        running.stop()
-        # Nobody watches the jobs once this command exits: give what was just
-        # applied its first scheduling pass before leaving.
-        running.plane.settle()
 
 
-def _recorded_server(directory: Path) -> str | None:
-    path = directory / SERVER_FILE
-    if not path.exists():
-        return None
+def recorded(directory: Path) -> dict[str, Any] | None:
+    """``server.json`` of the state dir, if a server recorded one."""
     try:
-        url = str(json.loads(path.read_text())["url"])
-        ShoalClient(url, None, timeout=1.0).health()
-    except (OSError, ValueError, KeyError, ShoalError):
+        record = json.loads((directory / SERVER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "url" in record else None
+
+
+def answering(directory: Path) -> str | None:
+    """The recorded server's URL if it answers ``/healthz``."""
+    record = recorded(directory)
+    if record is None:
+        return None
+    url = str(record["url"])
+    try:
+        with ShoalClient(url, None, timeout=2.0) as probe:
+            probe.health()
+    except ShoalError:
         return None
     return url
+
+
+def ensure_local(directory: Path) -> str:
+    """The local control plane's URL, starting one in the background if none answers."""
+    url = answering(directory)
+    if url is not None:
+        return url
+    directory.mkdir(parents=True, exist_ok=True)
+    with _locked(directory / LOCK_FILE):
+        url = answering(directory)  # another command may have started it meanwhile
+        if url is None:
+            url = _start_background(directory)
+            err.print(f"started a background control plane at {url} "
+                      "(stop it with `shoal server stop`)", highlight=False)
+    return url
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _start_background(directory: Path) -> str:
+    (directory / SERVER_FILE).unlink(missing_ok=True)  # stale: it did not answer
+    command = [sys.executable, "-m", "shoal", "server", "--port", "0",
+               "--state-dir", str(directory)]
+    with (directory / LOG_FILE).open("ab") as log:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives this command and its Ctrl-C
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    tick = threading.Event()
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ShoalError(
+                f"the background control plane exited with code {process.returncode}: "
+                f"{_last_line(directory / LOG_FILE)} (log: {directory / LOG_FILE})"
+            )
+        url = answering(directory)
+        if url is not None:
+            return url
+        tick.wait(0.05)  # bounded wait for the server to write server.json
+    process.terminate()
+    raise UnreachableError(
+        f"the background control plane did not answer within {START_TIMEOUT_S:.0f} s "
+        f"(log: {directory / LOG_FILE})"
+    )
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip() if lines else "no output"

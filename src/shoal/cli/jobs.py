@@ -2,84 +2,202 @@
 
 from __future__ import annotations
 
-import json
+import shlex
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
+from shoal.api.client import ShoalClient
+from shoal.cli import tables
 from shoal.cli.connect import client
+from shoal.cli.interrupts import Interrupted
+from shoal.cli.manifests import request_files
+from shoal.cli.manifests import resolve_working_dirs as _resolve_working_dirs
+from shoal.cli.tables import age, amount, check_output, clock, emit, out, show, table, vector
 from shoal.errors import InputError
 
-out = Console()
+__all__ = ["_resolve_working_dirs", "apply", "delete", "describe", "get", "logs"]
+
+WATCH_INTERVAL_S = 1.0
+err = Console(stderr=True)
 
 Server = Annotated[str | None, typer.Option(help="control plane URL (default: local)")]
 Token = Annotated[str | None, typer.Option(help="API token (default: $SHOAL_TOKEN or local admin)")]
 Home = Annotated[Path | None, typer.Option("--state-dir", help="local state (default ~/.shoal)")]
-Output = Annotated[str, typer.Option("--output", "-o", help="table, json or yaml")]
+Output = Annotated[str, typer.Option("--output", "-o", help="table, wide, json or yaml")]
+Watch = Annotated[bool, typer.Option("--watch", "-w", help="print again on every change")]
 
-
-def _emit(data: Any, output: str) -> bool:
-    if output == "json":
-        print(json.dumps(data, indent=2, default=str))
-        return True
-    if output == "yaml":
-        print(yaml.safe_dump(data, sort_keys=False), end="")
-        return True
-    if output != "table":
-        raise InputError(f"--output: expected table, json or yaml, got {output!r}")
-    return False
-
-
-def _resolve_working_dirs(path: Path) -> str:
-    """The manifest's text, with relative ``workingDir`` made absolute (from the file's folder)."""
-    text = path.read_text()
-    docs = list(yaml.safe_load_all(text))
-    changed = False
-    for doc in docs:
-        spec = doc.get("spec") if isinstance(doc, dict) else None
-        if isinstance(spec, dict) and isinstance(spec.get("workingDir"), str):
-            folder = Path(spec["workingDir"])
-            if not folder.is_absolute():
-                spec["workingDir"] = str((path.resolve().parent / folder).resolve())
-                changed = True
-    return yaml.safe_dump_all(docs, sort_keys=False) if changed else text
+KINDS = {"job": "jobs", "jobs": "jobs", "tenant": "tenants", "tenants": "tenants",
+         "node": "nodes", "nodes": "nodes", "event": "events", "events": "events"}
 
 
 def apply(
-    file: Annotated[Path, typer.Option("--filename", "-f", help="manifest file (YAML)")],
+    file: Annotated[Path, typer.Option("--filename", "-f", help="manifest file or folder")],
     server: Server = None, token: Token = None, home: Home = None,
 ) -> None:
-    """Create tenants, node pools and training jobs from a manifest file."""
-    if not file.is_file():
-        raise InputError(f"{file}: file not found")
-    text = _resolve_working_dirs(file)
+    """Create or update tenants and node pools and submit jobs (a folder: all its YAML files)."""
+    files = request_files(file)  # every file checked before anything is sent
     with client(server, token, home) as api:
-        for item in api.apply_text(text, str(file)):
-            out.print(f"{item['kind'].lower()}/{item['name']} applied", highlight=False)
+        applied = api.apply_files(files)
+    for item in applied:
+        out.print(f"{item['kind'].lower()}/{item['name']} {item.get('result', 'applied')}",
+                  highlight=False)
 
 
 def get(
-    what: Annotated[str, typer.Argument(help="jobs")],
+    what: Annotated[str, typer.Argument(help="jobs, tenants, nodes or events")],
+    names: Annotated[list[str] | None, typer.Argument(help="only these (jobs)")] = None,
     server: Server = None, token: Token = None, home: Home = None, output: Output = "table",
+    watch: Watch = False,
 ) -> None:
-    """List jobs (a tenant's token sees its own)."""
-    if what not in ("jobs", "job"):
-        raise InputError(f"shoal get: expected 'jobs', got {what!r}")
+    """List jobs, tenants (quota and usage), nodes or events; a tenant's token sees its own."""
+    kind = KINDS.get(what)
+    if kind is None:
+        raise InputError(f"shoal get: expected jobs, tenants, nodes or events, got {what!r}")
+    if names and kind != "jobs":
+        raise InputError(f"shoal get {what}: names are only accepted for jobs")
+    check_output(output)
+    fetch = _FETCH[kind]
+
+    def present(data: Any) -> None:
+        if not emit(data, output):
+            show(_RENDER[kind](data, output == "wide"))
+
     with client(server, token, home) as api:
-        jobs = api.jobs()
-    if _emit(jobs, output):
-        return
-    table = Table()
-    for column in ("NAME", "TENANT", "PHASE", "ATTEMPTS", "PREEMPTIONS", "LOST S", "REASON"):
-        table.add_column(column, no_wrap=column != "REASON")
+        if watch:
+            _watch(lambda: fetch(api, names or []), present)
+        else:
+            present(fetch(api, names or []))
+
+
+def _watch(fetch: Callable[[], Any], present: Callable[[Any], None]) -> None:
+    """Print, then print again whenever the answer changes, until Ctrl-C."""
+    tick = threading.Event()
+    try:
+        last = fetch()
+        present(last)
+        while True:
+            tick.wait(WATCH_INTERVAL_S)  # polling the API: it has no watch stream yet
+            data = fetch()
+            if data != last:
+                out.print()
+                present(data)
+                last = data
+    except KeyboardInterrupt:
+        raise Interrupted("stopped watching; the jobs keep running") from None
+
+
+def _jobs(api: ShoalClient, names: list[str]) -> list[dict[str, Any]]:
+    jobs = api.jobs()
+    if not names:
+        return jobs
+    found = {job["name"]: job for job in jobs}
+    missing = [n for n in names if n not in found]
+    if missing:
+        api.job(missing[0])  # the server's own 404 line
+    return [found[n] for n in names]
+
+
+def _render_jobs(jobs: list[dict[str, Any]], wide: bool) -> Any:
+    if not jobs:
+        return "No jobs."
+    columns = ["NAME", "TENANT", "PHASE", "PODS", "ATTEMPTS", "PREEMPTED", "AGE"]
+    if wide:
+        columns += ["STARTED", "FINISHED", "LOST"]
+    rows = []
     for job in jobs:
-        table.add_row(job["name"], job["tenant"], job["phase"], str(job["attempts"]),
-                      str(job["preemptions"]), f"{job['lost_seconds']:.1f}", job["reason"])
-    out.print(table)
+        row = [job["name"], job["tenant"], job["phase"],
+               f"{job['pods']}/{job.get('pod_count', job['pods'])}", str(job["attempts"]),
+               str(job["preemptions"]), age(job["submit_time"])]
+        if wide:
+            row += [age(job.get("start_time")), age(job.get("finish_time")),
+                    tables.duration(job["lost_seconds"])]
+        rows.append([*row, job["reason"] or ""])
+    return table([*columns, "REASON"], rows, wide)
+
+
+def _tenants(api: ShoalClient, names: list[str]) -> list[dict[str, Any]]:
+    return api.tenant_status()
+
+
+def _render_tenants(tenants: list[dict[str, Any]], wide: bool) -> Any:
+    if not tenants:
+        return "No tenants."
+    resources = sorted({r for t in tenants for r in t["nominal"]},
+                       key=lambda r: (r.startswith("gpu/"), r != "cpu", r))
+    columns = ["NAME", "COHORT", *[f"{r.upper()} QUOTA" for r in resources],
+               "USAGE", "BORROWED", "PENDING", "RUNNING"]
+    if wide:
+        columns.append("WEIGHT")
+    rows = []
+    for tenant in tenants:
+        row = [tenant["name"], tenant["cohort"] or "-",
+               *[amount(r, tenant["nominal"][r]) if r in tenant["nominal"] else "-"
+                 for r in resources],
+               vector(tenant["usage"]) if tenant["usage"] else "0",
+               vector(tenant["borrowed"]) if tenant["borrowed"] else "0",
+               str(tenant["pending"]), str(tenant["running"])]
+        if wide:
+            row.append(f"{tenant['weight']:g}")
+        rows.append(row)
+    return table(columns, rows, wide)
+
+
+def _nodes(api: ShoalClient, names: list[str]) -> dict[str, Any]:
+    return api.node_summary()
+
+
+def _render_nodes(summary: dict[str, Any], wide: bool) -> Any:
+    pools = summary.get("nodes") or {}
+    total = f"{summary['node_count']} nodes: {vector(summary['capacity'])}"
+    if not pools:
+        return total  # a tenant's token sees the total only
+    columns = ["POOL", "COUNT", "CPU", "MEMORY", "GPUS", "GPU MODEL"]
+    if wide:
+        columns += ["GPU MEMORY", "LABELS"]
+    rows = []
+    for name, spec in sorted(pools.items()):
+        gpus = spec.get("gpus") or {}
+        row = [name, str(spec.get("count", 1)), str(spec.get("cpu", "-")),
+               str(spec.get("memory", "-")), str(gpus.get("count", 0)), gpus.get("model") or "-"]
+        if wide:
+            labels = ",".join(f"{k}={v}" for k, v in (spec.get("labels") or {}).items())
+            row += [str(gpus.get("memory", "-")), labels or "-"]
+        rows.append(row)
+    return table(columns, rows, wide)
+
+
+def _events(api: ShoalClient, names: list[str]) -> list[dict[str, Any]]:
+    return api.events()
+
+
+def _render_events(events: list[dict[str, Any]], wide: bool) -> Any:
+    if not events:
+        return "No events."
+    columns = ["AGE", "KIND", "JOB", "TENANT", "DETAILS"]
+    if wide:
+        columns.insert(0, "TIME")
+    rows = []
+    for event in events:
+        details = ", ".join(f"{k}={v}" for k, v in (event.get("data") or {}).items())
+        row = [age(event["time"]), event["kind"], event.get("job") or "-",
+               event.get("tenant") or "-", details]
+        rows.append([clock(event["time"]), *row] if wide else row)
+    return table(columns, rows, wide)
+
+
+_FETCH: dict[str, Callable[[ShoalClient, list[str]], Any]] = {
+    "jobs": _jobs, "tenants": _tenants, "nodes": _nodes, "events": _events,
+}
+_RENDER: dict[str, Callable[[Any, bool], Any]] = {
+    "jobs": _render_jobs, "tenants": _render_tenants, "nodes": _render_nodes,
+    "events": _render_events,
+}
 
 
 def describe(
@@ -88,21 +206,54 @@ def describe(
     server: Server = None, token: Token = None, home: Home = None, output: Output = "table",
 ) -> None:
     """Show one job: its spec, pods and events."""
-    if what != "job":
+    if KINDS.get(what) != "jobs":
         raise InputError(f"shoal describe: expected 'job', got {what!r}")
+    check_output(output)
     with client(server, token, home) as api:
         job = api.job(name)
-    if _emit(job, output):
+    if emit(job, output):
         return
-    for key in ("name", "tenant", "phase", "reason", "attempts", "preemptions", "lost_seconds"):
-        out.print(f"[bold]{key}:[/] {job[key]}", highlight=False)
-    for pod in job["pods"]:
-        out.print(f"  pod {pod['index']}: node={pod['node']} gpus={pod.get('gpus')} "
-                  f"pid={pod.get('pid')} state={pod.get('state')}", highlight=False)
-    out.print("[bold]events:[/]")
-    for event in job["events"]:
-        out.print(f"  {event['time']:.3f} {event['kind']} {event.get('data') or ''}",
+    _print_job(job)
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    spec = (job.get("manifest") or {}).get("spec", {})
+    field = "[bold]{}:[/] {}"
+    for key, value in (("Name", job["name"]), ("Tenant", job["tenant"]),
+                       ("Priority", spec.get("priority", "normal")), ("Phase", job["phase"]),
+                       ("Reason", job["reason"] or "-"),
+                       ("Submitted", f"{clock(job['submit_time'])} ({age(job['submit_time'])} ago)"),
+                       ("Attempts", job["attempts"]), ("Preemptions", job["preemptions"]),
+                       ("Lost work", tables.duration(job["lost_seconds"]))):
+        out.print(field.format(key, escape(str(value))), highlight=False, soft_wrap=True)
+    out.print("[bold]Spec:[/]")
+    command = spec.get("command")
+    out.print(f"  command: {escape(shlex.join(command)) if command else '(default)'}",
+              highlight=False, soft_wrap=True)
+    if spec.get("workingDir"):
+        out.print(f"  workingDir: {escape(spec['workingDir'])}", highlight=False)
+    env = sorted((spec.get("env") or {}).keys())
+    out.print(f"  env: {', '.join(env) if env else '-'}", highlight=False)
+    out.print(f"  maxRetries: {spec.get('maxRetries', 0)}", highlight=False)
+    for pod_set in spec.get("podSets", []):
+        res = pod_set.get("resources") or {}
+        gpu = res.get("gpu")
+        gpus = "-" if not gpu else (f"fraction {gpu['fraction']}" if gpu.get("fraction")
+                                    else str(gpu.get("count", 1)))
+        out.print(f"  podSet {pod_set.get('name', 'worker')}: count={pod_set.get('count', 1)} "
+                  f"cpu={res.get('cpu', 0)} memory={res.get('memory', 0)} gpu={gpus}",
                   highlight=False)
+    out.print("[bold]Pods:[/]" + ("" if job["pods"] else " none running"))
+    for pod in job["pods"]:
+        out.print(f"  pod {pod.get('index')}: node={pod.get('node')} gpus={pod.get('gpus')} "
+                  f"pid={pod.get('pid')} state={pod.get('state')} "
+                  f"started={age(pod.get('started_at'))} ago", highlight=False)
+    out.print("[bold]Events:[/]" + ("" if job["events"] else " none"))
+    rows = [[age(e["time"]) + " ago", clock(e["time"]), e["kind"],
+             ", ".join(f"{k}={v}" for k, v in (e.get("data") or {}).items())]
+            for e in job["events"]]
+    if rows:
+        show(table(["AGE", "TIME", "KIND", "DETAILS"], rows, wide=True))
 
 
 def logs(
@@ -120,19 +271,28 @@ def logs(
             for chunk in api.follow_logs(name, pod):
                 print(chunk, end="", flush=True)
         except KeyboardInterrupt:
-            Console(stderr=True).print(
-                f"\nstopped following; job {name} continues (shoal logs {name} -f to resume)"
-            )
+            raise Interrupted(f"\nstopped following; job {name} keeps running "
+                              f"(shoal logs {name} -f to resume)") from None
 
 
 def delete(
     what: Annotated[str, typer.Argument(help="job")],
-    name: Annotated[str, typer.Argument(help="the job's name")],
+    names: Annotated[list[str] | None, typer.Argument(help="the jobs' names")] = None,
+    all_jobs: Annotated[bool, typer.Option("--all", help="every job you can see")] = False,
     server: Server = None, token: Token = None, home: Home = None,
 ) -> None:
-    """Stop a job's pods (SIGTERM, then SIGKILL after the grace period) and cancel it."""
-    if what != "job":
+    """Stop jobs' pods (SIGTERM, then SIGKILL after the grace period) and cancel them."""
+    if KINDS.get(what) != "jobs":
         raise InputError(f"shoal delete: expected 'job', got {what!r}")
+    if all_jobs and names:
+        raise InputError("shoal delete job: give job names or --all, not both")
+    if not all_jobs and not names:
+        raise InputError("shoal delete job: name the jobs to delete, or pass --all")
     with client(server, token, home) as api:
-        api.delete(name)
-    out.print(f"job/{name} deleted", highlight=False)
+        if all_jobs:
+            names = [j["name"] for j in api.jobs() if not j.get("deleted")]
+        for name in names or []:
+            api.delete(name)
+            out.print(f"job/{name} deleted", highlight=False)
+    if all_jobs and not names:
+        out.print("No jobs.")

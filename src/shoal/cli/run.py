@@ -1,18 +1,29 @@
 """``shoal run``: an ephemeral control plane that runs a scenario to completion.
 
-The file holds NodePools, Tenants and TrainingJobs.  A job annotated with
-``shoal.dev/submit-after: "<seconds>"`` is submitted that long after the
-start, so a scenario can make one team's job arrive while another's runs.
-The command waits for every job to finish and prints the report: jobs,
-timeline, tenants' GPU shares against their entitlements, and lost work.
+The file holds NodePools, Tenants and TrainingJobs.  A job may arrive later
+than the start, on an *event* rather than a timer, so a scenario behaves the
+same on a fast machine and on a slow, busy one:
+
+- ``shoal.dev/submit-when: "<job> <condition>"``: submit once another job of
+  the scenario is ``running``, has ``checkpointed`` (saved a checkpoint),
+  ``succeeded`` or ``finished`` (any final phase);
+- ``shoal.dev/submit-after: "<seconds>"``: that long after the start (or
+  after the ``submit-when`` condition was met).
+
+The command waits for every job to finish and prints the report: jobs (with
+the step each resumed from), timeline, tenants' GPU shares against their
+entitlements, and lost work.  It exits 1 when a job did not succeed, 2 for
+bad input and 130 when interrupted (the scenario's jobs are stopped).
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
+import shutil
 import threading
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,93 +34,188 @@ from rich.live import Live
 from rich.table import Table
 
 from shoal.api.client import ShoalClient
-from shoal.cli.jobs import _resolve_working_dirs
-from shoal.control.records import FINAL_PHASES
-from shoal.control.report import build_report
-from shoal.domain.manifest import parse_manifests
+from shoal.app.report import build_report
+from shoal.cli.connect import state_dir
+from shoal.cli.manifests import resolve_working_dirs
+from shoal.cli.tables import show, table
+from shoal.domain.phases import FINAL_PHASES
 from shoal.errors import InputError, ShoalError
 
 SUBMIT_AFTER = "shoal.dev/submit-after"
+SUBMIT_WHEN = "shoal.dev/submit-when"
+CONDITIONS = ("running", "checkpointed", "succeeded", "finished")
 out = Console()
 err = Console(stderr=True)
+
+
+@dataclass
+class Arrival:
+    """A job of the scenario and when to submit it."""
+
+    doc: dict[str, Any]
+    after: float = 0.0
+    when: tuple[str, str] | None = None
+    ready_at: float | None = None  # elapsed seconds at which its condition was met
+
+    @property
+    def name(self) -> str:
+        return str(self.doc["metadata"]["name"])
 
 
 def run(
     file: Annotated[Path, typer.Argument(help="scenario: NodePools, Tenants, TrainingJobs")],
     output: Annotated[str, typer.Option("--output", "-o", help="table or json")] = "table",
-    home: Annotated[Path | None, typer.Option("--state-dir", help="keep state here")] = None,
+    home: Annotated[Path | None, typer.Option(
+        "--state-dir", help="keep state here (default: a new folder under ~/.shoal/runs)")] = None,
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 900,
     grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 10.0,
+    remove: Annotated[bool, typer.Option(
+        "--rm", help="delete the run's state folder (logs, checkpoints) afterwards")] = False,
 ) -> None:
     """Run a scenario on this machine with real processes, then print the report."""
     if output not in ("table", "json"):
         raise InputError(f"--output: expected table or json, got {output!r}")
     if not file.is_file():
         raise InputError(f"{file}: file not found")
-    text = _resolve_working_dirs(file)
-    parse_manifests(text, str(file))  # every error before anything starts
+    text = resolve_working_dirs(file)  # every error, located, before anything starts
     docs = [d for d in yaml.safe_load_all(text) if d]
     infra = [d for d in docs if d.get("kind") != "TrainingJob"]
-    jobs = sorted((d for d in docs if d.get("kind") == "TrainingJob"), key=_delay)
-    if not jobs:
-        raise InputError(f"{file}: no TrainingJob to run")
+    arrivals = plan_arrivals(file, [d for d in docs if d.get("kind") == "TrainingJob"])
     from shoal.api import launch
 
-    directory = home or Path(tempfile.mkdtemp(prefix="shoal-run-"))
+    directory = home or state_dir() / "runs" / f"{file.stem}-{datetime.now():%Y%m%d-%H%M%S}"
     running = launch.start(directory, grace_seconds=grace)
     api = ShoalClient(running.url, running.token)
     try:
-        report = _drive(api, infra, jobs, timeout, quiet=output == "json")
+        report = _drive(api, infra, arrivals, timeout, quiet=output == "json")
     except KeyboardInterrupt:
         err.print("interrupted: stopping the scenario's jobs")
         _cancel(api)
+        _wait_final(api, grace + 10)
         raise
     finally:
         api.close()
         running.stop()
+    report["state_dir"] = None if remove else str(directory)
+    if remove:
+        shutil.rmtree(directory, ignore_errors=True)
     if output == "json":
         print(json.dumps(report))
     else:
-        _print_report(report, directory)
+        _print_report(report)
+    failed = [j for j in report["jobs"] if j["phase"] != "Succeeded"]
+    if failed:
+        listed = ", ".join(f"{j['name']} ({j['phase']}: {j['reason'] or 'no reason'})"
+                           for j in failed)
+        err.print(f"[bold red]error:[/] {len(failed)} job(s) did not succeed: {listed}",
+                  highlight=False)
+        raise typer.Exit(1)
 
 
-def _delay(doc: dict[str, Any]) -> float:
-    annotations = (doc.get("metadata") or {}).get("annotations") or {}
-    try:
-        return float(annotations.get(SUBMIT_AFTER, 0))
-    except ValueError:
-        raise InputError(
-            f"{doc['metadata'].get('name')}: annotation {SUBMIT_AFTER} must be a number of seconds"
-        ) from None
+def plan_arrivals(file: Path, jobs: list[dict[str, Any]]) -> list[Arrival]:
+    """When each job is submitted, from its annotations; bad annotations are input errors."""
+    if not jobs:
+        raise InputError(f"{file}: no TrainingJob to run")
+    names = {str(d["metadata"]["name"]) for d in jobs}
+    arrivals = []
+    for doc in jobs:
+        name = doc["metadata"]["name"]
+        annotations = doc["metadata"].get("annotations") or {}
+        where = f"{file}: TrainingJob {name}: metadata.annotations"
+        arrival = Arrival(doc)
+        if SUBMIT_AFTER in annotations:
+            try:
+                arrival.after = float(annotations[SUBMIT_AFTER])
+            except (TypeError, ValueError):
+                arrival.after = -1
+            if not arrival.after >= 0:
+                raise InputError(f"{where}.{SUBMIT_AFTER}: expected a number of seconds >= 0, "
+                                 f"got {annotations[SUBMIT_AFTER]!r}")
+        if SUBMIT_WHEN in annotations:
+            words = str(annotations[SUBMIT_WHEN]).split()
+            if len(words) != 2 or words[1] not in CONDITIONS:
+                raise InputError(
+                    f"{where}.{SUBMIT_WHEN}: expected '<job> <condition>' with a condition of "
+                    f"{', '.join(CONDITIONS)}; got {annotations[SUBMIT_WHEN]!r}")
+            if words[0] not in names or words[0] == name:
+                raise InputError(f"{where}.{SUBMIT_WHEN}: {words[0]!r} is not another "
+                                 f"TrainingJob of this scenario ({', '.join(sorted(names))})")
+            arrival.when = (words[0], words[1])
+        arrivals.append(arrival)
+    _check_no_cycle(file, arrivals)
+    return arrivals
 
 
-def _drive(api: ShoalClient, infra: list[dict[str, Any]], jobs: list[dict[str, Any]],
+def _check_no_cycle(file: Path, arrivals: list[Arrival]) -> None:
+    waits = {a.name: a.when[0] for a in arrivals if a.when is not None}
+    for start in waits:
+        seen, name = [start], waits[start]
+        while name in waits:
+            if name in seen:
+                raise InputError(f"{file}: {SUBMIT_WHEN} waits in a circle: "
+                                 f"{' -> '.join([*seen, name])}")
+            seen.append(name)
+            name = waits[name]
+
+
+def _condition_met(job: dict[str, Any] | None, condition: str) -> bool:
+    if job is None:
+        return False
+    if condition == "running":
+        return int(job.get("attempts") or 0) > 0
+    if condition == "checkpointed":
+        return job.get("checkpoint_time") is not None
+    phase = str(job["phase"])
+    if condition == "succeeded":
+        return phase == "Succeeded"
+    return phase in FINAL_PHASES
+
+
+def _drive(api: ShoalClient, infra: list[dict[str, Any]], arrivals: list[Arrival],
            timeout: float, quiet: bool) -> dict[str, Any]:
+    start = time.time()
     if infra:
         api.apply_text(yaml.safe_dump_all(infra, sort_keys=False), "scenario")
-    start = time.time()
-    queue = list(jobs)
+    queue = list(arrivals)
     tick = threading.Event()
     with Live(Table(), console=err, transient=True, refresh_per_second=4,
               auto_refresh=not quiet) as live:
         while True:
             elapsed = time.time() - start
-            while queue and _delay(queue[0]) <= elapsed:
-                api.apply_text(yaml.safe_dump(queue.pop(0), sort_keys=False), "scenario")
-            rows = api.jobs()
+            rows = {row["name"]: row for row in api.jobs()}
+            for arrival in list(queue):
+                if _due(arrival, rows, elapsed):
+                    api.apply_text(yaml.safe_dump(arrival.doc, sort_keys=False), "scenario")
+                    queue.remove(arrival)
             if not quiet:
-                live.update(_progress(rows, elapsed))
-            if not queue and rows and all(r["phase"] in FINAL_PHASES for r in rows):
+                live.update(_progress(list(rows.values()), elapsed))
+            if not queue and rows and all(r["phase"] in FINAL_PHASES for r in rows.values()):
                 break
             if elapsed > timeout:
                 _cancel(api)
                 raise ShoalError(f"the scenario did not finish within {timeout:.0f} s")
             tick.wait(0.2)  # the scenario's own pace; the control loop runs independently
-    details = [api.job(row["name"]) for row in rows]
+    details = [api.job(name) for name in rows]
     report = build_report(details, api.events(), api.tenants(), api.nodes(), start)
     for job in report["jobs"]:
         job["result"] = _last_line(api.logs(job["name"], 0))
     return report
+
+
+def _due(arrival: Arrival, rows: dict[str, dict[str, Any]], elapsed: float) -> bool:
+    """Whether to submit now; an event that can no longer happen is an error."""
+    if arrival.when is not None and arrival.ready_at is None:
+        other, condition = arrival.when
+        row = rows.get(other)
+        if _condition_met(row, condition):
+            arrival.ready_at = elapsed
+        elif row is not None and row["phase"] in FINAL_PHASES:
+            raise ShoalError(
+                f"{arrival.name} waits for {other} to be {condition}, but {other} ended "
+                f"{row['phase']} without it ({row.get('reason') or 'no reason'})")
+        else:
+            return False
+    return (arrival.ready_at or 0.0) + arrival.after <= elapsed
 
 
 def _last_line(log: str) -> str:
@@ -124,6 +230,16 @@ def _cancel(api: ShoalClient) -> None:
             api.delete(row["name"])
 
 
+def _wait_final(api: ShoalClient, timeout: float) -> None:
+    """Let the deleted jobs' pods stop (bounded) before the control plane goes away."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while time.monotonic() < deadline:
+        if all(row["phase"] in FINAL_PHASES for row in api.jobs()):
+            return
+        tick.wait(0.1)
+
+
 def _progress(rows: list[dict[str, Any]], elapsed: float) -> Table:
     table = Table(title=f"running scenario: {elapsed:.0f} s")
     for column in ("job", "tenant", "phase", "attempts", "reason"):
@@ -134,36 +250,46 @@ def _progress(rows: list[dict[str, Any]], elapsed: float) -> Table:
     return table
 
 
-def _print_report(report: dict[str, Any], directory: Path) -> None:
-    jobs = Table(title="jobs")
-    for column in ("job", "tenant", "phase", "tries", "preempted", "lost s", "JCT s"):
-        jobs.add_column(column, no_wrap=True)
+def _resumed(job: dict[str, Any]) -> str:
+    if not job.get("resumed"):
+        return "-"
+    step = job.get("resumed_from")
+    return "checkpoint" if step is None else f"step {step}"
+
+
+def _details(event: dict[str, Any]) -> str:
+    hidden = ("time_s", "event", "job", "tenant", "placement", "resumed", "kept_seconds")
+    parts = []
+    for key, value in event.items():
+        if key in hidden or value in ("", None, []):
+            continue
+        if key == "reason" and event["event"] == "requeued":
+            continue  # said by the preempted event just before
+        shown = f"{value:g}" if isinstance(value, float) else (
+            ",".join(map(str, value)) if isinstance(value, list) else str(value))
+        parts.append(f"{key}={shown}")
+    return " ".join(parts)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    rows = []
     for job in report["jobs"]:
         jct = "-" if job["jct_s"] is None else f"{job['jct_s']:.1f}"
-        jobs.add_row(job["name"], job["tenant"], job["phase"], str(job["attempts"]),
-                     str(job["preemptions"]), f"{job['lost_seconds']:.1f}", jct)
-    out.print(jobs)
+        rows.append([job["name"], job["tenant"], job["phase"], str(job["attempts"]),
+                     str(job["preemptions"]), _resumed(job), f"{job['lost_seconds']:.1f}", jct])
+    show(table(("JOB", "TENANT", "PHASE", "TRIES", "PREEMPTED", "RESUMED FROM", "LOST S",
+                "JCT S"), rows, wide=True))
     for job in report["jobs"]:
         # The pod's last log line: training scripts print their final accuracy there.
-        out.print(f"  {job['name']}: {job.get('result') or job['reason']}", highlight=False)
-    timeline = Table(title="timeline")
-    for column in ("t (s)", "event", "job", "tenant", "details"):
-        timeline.add_column(column)
-    for event in report["events"]:
-        extra = {
-            k: v for k, v in event.items()
-            if k not in ("time_s", "event", "job", "tenant") and v not in ("", None)
-        }
-        timeline.add_row(f"{event['time_s']:.1f}", event["event"], event["job"] or "",
-                         event["tenant"] or "", ", ".join(f"{k}={v}" for k, v in extra.items()))
-    out.print(timeline)
-    tenants = Table(title="tenants: GPU share vs entitlement")
-    for column in ("tenant", "entitlement", "mean share", "GPU-seconds"):
-        tenants.add_column(column)
-    for tenant in report["tenants"]:
-        tenants.add_row(tenant["tenant"], f"{100 * tenant['entitlement']:.0f} %",
-                        f"{100 * tenant['share_mean']:.0f} %", f"{tenant['gpu_seconds']:.0f}")
-    out.print(tenants)
+        show(f"  {job['name']}: {job.get('result') or job['reason']}")
+    show("")
+    events = [[f"{e['time_s']:.1f}", e["event"], e["job"] or "", e["tenant"] or "", _details(e)]
+              for e in report["events"]]
+    show(table(("T (S)", "EVENT", "JOB", "TENANT", "DETAILS"), events, wide=True))
+    show("")
+    shares = [[t["tenant"], f"{100 * t['entitlement']:.0f} %", f"{100 * t['share_mean']:.0f} %",
+               f"{t['gpu_seconds']:.0f}"] for t in report["tenants"]]
+    show(table(("TENANT", "ENTITLEMENT", "MEAN GPU SHARE", "GPU-SECONDS"), shares, wide=True))
     lost = sum(job["lost_seconds"] for job in report["jobs"])
-    out.print(f"lost work: {lost:.1f} s of job time; state and logs in {directory}",
-              highlight=False)
+    where = report["state_dir"] or "removed (--rm)"
+    show(f"\nlost work: {lost:.1f} s of job time; state and logs: {where}")

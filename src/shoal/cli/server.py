@@ -1,22 +1,32 @@
-"""``shoal server``: the long-lived control plane with its REST API on 127.0.0.1."""
+"""``shoal server``: the long-lived control plane with its REST API on 127.0.0.1.
+
+``shoal server stop`` stops the one recorded in ``<state>/server.json`` (in
+the foreground elsewhere, or started in the background by another command).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from shoal.cli.connect import SERVER_FILE, state_dir
+from shoal.cli.connect import SERVER_FILE, recorded, state_dir
+from shoal.errors import InputError, ShoalError
+
+STOP_TIMEOUT_S = 30.0
 
 out = Console()
 
 
 def server(
+    action: Annotated[str | None, typer.Argument(help="'stop' to stop the running one")] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port (0: any free port)")] = 8765,
     home: Annotated[Path | None, typer.Option("--state-dir", help="state (default ~/.shoal)")] = None,
@@ -24,19 +34,77 @@ def server(
     grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 10.0,
 ) -> None:
     """Run the control plane until interrupted (Ctrl-C or SIGTERM); jobs keep their state."""
-    from shoal.api import launch
-
     directory = state_dir(home)
+    if action == "stop":
+        stop(directory)
+        return
+    if action is not None:
+        raise InputError(f"shoal server: expected no argument or 'stop', got {action!r}")
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port: expected 0 to 65535, got {port}")
+    serve(directory, host, port, policy, grace)
+
+
+def serve(directory: Path, host: str, port: int, policy: str, grace: float) -> None:
+    from shoal.api import launch  # the one place the CLI starts a control plane
+
     running = launch.start(directory, host=host, port=port, policy=policy, grace_seconds=grace)
     record = directory / SERVER_FILE
-    record.write_text(json.dumps({"url": running.url}))
-    out.print(f"Shoal control plane on {running.url} (state in {directory})", highlight=False)
-    out.print(f"admin token in {directory / launch.ADMIN_TOKEN_FILE}; OpenAPI at "
-              f"{running.url}/docs", highlight=False)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    record.unlink(missing_ok=True)
-    running.stop()
+    try:
+        record.write_text(json.dumps({"url": running.url, "pid": os.getpid()}))
+        out.print(f"Shoal control plane on {running.url} (state in {directory})", highlight=False)
+        out.print(f"admin token in {directory / launch.ADMIN_TOKEN_FILE}; OpenAPI at "
+                  f"{running.url}/docs", highlight=False)
+        done.wait()
+    finally:
+        current = recorded(directory)
+        if current is not None and current.get("pid") == os.getpid():
+            record.unlink(missing_ok=True)
+        running.stop()
     out.print("stopped; running jobs keep running and are re-adopted at the next start")
+
+
+def stop(directory: Path) -> None:
+    """SIGTERM the server recorded in the state dir and wait until it is gone."""
+    record = recorded(directory)
+    pid = record.get("pid") if record else None
+    if not isinstance(pid, int) or not _alive(pid) or not _is_shoal(pid):
+        (directory / SERVER_FILE).unlink(missing_ok=True)
+        out.print(f"no control plane is running for {directory}", highlight=False)
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    tick = threading.Event()
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise ShoalError(f"the control plane (pid {pid}) did not stop within "
+                             f"{STOP_TIMEOUT_S:.0f} s", hint=f"kill {pid}")
+        tick.wait(0.05)
+    out.print(f"stopped the control plane (pid {pid}); running jobs keep running",
+              highlight=False)
+
+
+def _is_shoal(pid: int) -> bool:
+    """Whether ``pid`` is still a Shoal server (and not a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"shoal" in handle.read()
+    except OSError:
+        return True  # no /proc: trust the record
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is gone for our purposes
+        with open(f"/proc/{pid}/stat") as handle:
+            return not handle.read().split(") ")[1].startswith("Z")
+    except (OSError, IndexError):
+        return True

@@ -8,10 +8,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shoal.cli.interrupts import Interrupted
 from shoal.errors import InputError
+from shoal.plugins import load_policies, require_policies
 from shoal.policy.placement import scorer_names
 from shoal.sim.html_report import write_html
 from shoal.sim.plan import SimPlan, run_plan
@@ -43,8 +46,12 @@ def sim(
     if output not in ("table", "json"):
         raise InputError(f"--output: expected table or json, got {output!r}")
     plan = _plan(scenario, trace, mode, policy, seeds, workload, target)
+    require_policies(plan.policies, warn=_warn)  # user policies (entry points) first
     plan.check()
-    report = _run(plan, quiet=output == "json")
+    try:
+        report = _run(plan, quiet=output == "json")
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: the simulation stopped; no report was written") from None
     if html is not None:
         write_html(report, html, title=f"Shoal simulation: {plan.name}")
     if output == "json":
@@ -155,6 +162,15 @@ def _print_table(report: dict[str, object]) -> None:
 
 
 def policies() -> None:
-    """List the placement policies (scorers) available to simulations."""
+    """List the placement policies (scorers), built-in and from installed plugins."""
+    report = load_policies()
     for name in scorer_names():
-        out.print(name)
+        plugin = report.loaded.get(name)
+        origin = f"  (plugin: {plugin.distribution})" if plugin is not None else ""
+        out.print(f"{name}{origin}", highlight=False)
+    for line in [*report.problems.values(), *report.ignored]:
+        _warn(line)
+
+
+def _warn(line: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)

@@ -1,12 +1,12 @@
-"""Load: turn stored rows into the scheduler's snapshot (nodes, tenants, work).
+"""Load: turn stored records into the scheduler's snapshot (nodes, tenants, work).
 
-Everything here is a pure function of what the store returned, so the same
-rows always give the same snapshot, whichever runtime stored them.
+Everything here is a pure function of what the ports returned, so the same
+records always give the same snapshot, whichever runtime stored them.
 """
 
 from __future__ import annotations
 
-import os
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,6 +22,7 @@ from shoal.policy.snapshot import Running
 
 
 def nodes_from(rows: Mapping[str, dict[str, Any]]) -> list[Node]:
+    """The nodes of NodePool specs, pools in name order."""
     nodes: list[Node] = []
     for name, spec in sorted(rows.items()):
         nodes.extend(expand_pool(name, NodePoolSpec.model_validate(spec)))
@@ -35,47 +36,42 @@ def tenants_from(rows: Mapping[str, dict[str, Any]]) -> dict[str, TenantQuota]:
     }
 
 
-_WORKLOADS: dict[tuple[str, float, str], Workload] = {}
+_PARSED: dict[tuple[str, float], tuple[TrainingJob, Workload]] = {}
+
+
+def _parsed(row: JobRow) -> tuple[TrainingJob, Workload]:
+    """The record's manifest and workload; a manifest never changes, so each is parsed once.
+
+    Keyed on the manifest's content (and submit time), never on the name
+    alone: a name may be reused with another manifest.
+    """
+    key = (json.dumps(row.manifest, sort_keys=True), row.submit_time)
+    parsed = _PARSED.get(key)
+    if parsed is None:
+        job = TrainingJob.model_validate(row.manifest)
+        parsed = (job, from_training_job(job, row.submit_time))
+        if len(_PARSED) > 100_000:
+            _PARSED.clear()
+        _PARSED[key] = parsed
+    return parsed
 
 
 def workload_of(row: JobRow) -> Workload:
-    """The row's workload; manifests never change, so each is parsed once."""
-    key = (row.name, row.submit_time, row.tenant)
-    workload = _WORKLOADS.get(key)
-    if workload is None:
-        workload = from_training_job(TrainingJob.model_validate(row.manifest), row.submit_time)
-        if len(_WORKLOADS) > 100_000:
-            _WORKLOADS.clear()
-        _WORKLOADS[key] = workload
-    return workload
+    return _parsed(row)[1]
+
+
+def manifest_of(row: JobRow) -> TrainingJob:
+    return _parsed(row)[0]
 
 
 def bindings_of(row: JobRow, workload: Workload, state: ClusterState) -> tuple[Binding, ...]:
     out = []
     for pod in row.pods:
-        index = int(pod["index"])
-        node = state.index.get(str(pod["node"]))
-        gpus = tuple(int(g) for g in pod.get("gpus", ()))
-        if node is None or any(g >= state.gpu_count[node] for g in gpus):
+        node = state.index.get(pod.node)
+        if node is None or any(g >= state.gpu_count[node] for g in pod.gpus):
             continue  # its node was removed or shrunk; the pod runs but holds nothing here
-        out.append(Binding(node=node, gpus=gpus, shape=workload.pods[index]))
+        out.append(Binding(node=node, gpus=pod.gpus, shape=workload.pods[pod.index]))
     return tuple(out)
-
-
-def last_checkpoint(directory: str, since: float) -> float | None:
-    """When the job last saved progress: the newest file in its checkpoint dir.
-
-    Files at any depth count: many frameworks save a checkpoint as a folder.
-    """
-    newest = None
-    for root, _dirs, files in os.walk(directory):
-        for name in files:
-            try:
-                mtime = os.stat(os.path.join(root, name)).st_mtime
-            except OSError:
-                continue  # replaced while we looked
-            newest = mtime if newest is None else max(newest, mtime)
-    return newest if newest is not None and newest >= since else None
 
 
 def build_state(
@@ -89,23 +85,15 @@ def build_state(
         bindings = bindings_of(row, workload, state)
         for binding in bindings:
             state.bind(binding)
-        start = attempt_start(row)
+        start = row.attempt_start
         running.append(
             Running(
                 workload=workload,
                 bindings=bindings,
                 usage=usage_of(state, bindings),
                 start_time=start,
-                last_checkpoint=last_checkpoint(row.checkpoint_dir, start),
+                last_checkpoint=row.checkpoint_time,
                 checkpoint_interval=workload.checkpoint_interval,
             )
         )
     return state, running
-
-
-def attempt_start(row: JobRow) -> float:
-    """When the current attempt started (its pods record it)."""
-    starts = [float(p["started_at"]) for p in row.pods if p.get("started_at") is not None]
-    if starts:
-        return min(starts)
-    return row.start_time if row.start_time is not None else row.submit_time

@@ -1,80 +1,125 @@
-"""The control loop: load -> decide (``policy.admission``) -> fenced apply.
+"""The control loop: load -> decide -> fenced apply, through runtime-neutral ports.
 
-One ``step`` observes the pods of active jobs (finished, failed, OOM-killed,
-gone), settles preemptions and deletions, then runs one admission cycle and
-applies its decisions.  Every write names the version it read; a stale
-writer gets ``StoreConflict`` and changes nothing, so two loops (or a loop
-restarted after SIGKILL) never both act on one job.
+One ``step``:
 
-Starting pods is made crash-safe in two writes: the job is first marked
-Running with its pods ``starting`` (and a unique pod id in their
-environment), then the processes are started and their pids recorded.  After
-a crash, ``starting`` pods are looked up by that id and adopted, so no pod is
-ever started twice.
+1. **observe** every active job: ask the pods port how each pod stands and
+   the checkpoints port what the job saved, then let the state machine
+   (``control.machine``) move the job on (succeeded, failed and retried,
+   preempted pods gone and requeued, deleted and cancelled);
+2. **decide**: build the ``Snapshot`` the simulator builds and call
+   ``policy.admission.schedule``;
+3. **apply** each decision through the same state machine.
+
+Every write is ``store.save_job(record)``, fenced by the version the record
+was read at: a stale writer gets ``ConflictError`` and changes nothing, so two
+loops (or one restarted after SIGKILL) never both act on one job.
+
+Starting pods takes two writes: first the job is saved Running with its pods
+``starting`` (each with a unique id the runtime can find the pod by), then
+the pods are started and their handles saved.  A crash between the two
+leaves ``starting`` pods that the runtime looks up by id on the next observe.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from shoal.control import cluster_view as view
-from shoal.control.lifecycle import Lifecycle
-from shoal.control.ports import Clock, Pods, Store
-from shoal.control.records import JobRow
-from shoal.errors import ShoalError
+from shoal.control import machine
+from shoal.control.machine import Emit, Kill, Release, RetryPolicy, Start, Step, Terminate
+from shoal.control.ports import Checkpoints, Clock, Inventory, NodeSet, Pods, Store
+from shoal.control.records import ACTIVE_PHASES, HOLDING_PHASES, JobRow, PodRecord, PodStatus
+from shoal.domain.workload import Workload
+from shoal.errors import ConflictError, InputError
 from shoal.policy.admission import Snapshot, schedule
-from shoal.policy.decisions import Admit, Inadmissible, Pending, Preempt
-from shoal.policy.placement import Placer, ScorerContext, make_scorer, node_ranks
+from shoal.policy.decisions import Admit, Decision, Inadmissible, Pending, Preempt
+from shoal.policy.placement import Placer, build_placer
+
+PREEMPT_REASONS = {
+    "reclaim": "its cohort reclaimed borrowed quota",
+    "priority": "a higher-priority job of its tenant needed room",
+    "borrow": "a higher-priority job in its cohort needed room",
+}
 
 
 @dataclass(frozen=True)
 class ControlConfig:
-    state_dir: Path
     policy: str = "most-allocated"
     seed: int = 0
-    grace_seconds: float = 10.0
-    backoff_seconds: float = 1.0
-    backoff_max_seconds: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+class Placers:
+    """Placers keyed on node content, policy, seed and pod mix: rebuilt when any changes."""
+
+    def __init__(self) -> None:
+        self._key: object = None
+        self._placer: Placer | None = None
+
+    @property
+    def current(self) -> Placer | None:
+        """The placer built last (None before the first admission cycle)."""
+        return self._placer
+
+    def get(self, policy: str, seed: int, nodes: NodeSet, mix: Sequence[Workload]) -> Placer:
+        shapes = sorted({pod for w in mix for pod in w.pods}, key=repr)
+        key = (policy, seed, nodes.key, tuple(shapes))
+        if self._placer is None or key != self._key:
+            pods = [pod for w in mix for pod in w.pods]
+            self._placer = build_placer(policy, len(nodes.nodes), seed, pods)
+            self._key = key
+        return self._placer
 
 
 class Controller:
     def __init__(
         self,
         store: Store,
+        inventory: Inventory,
         pods: Pods,
+        checkpoints: Checkpoints,
         clock: Clock,
-        config: ControlConfig,
-        pod_spec: Callable[..., Any],
-        find_pod: Callable[[str], tuple[int, int] | None] = lambda uid: None,
+        config: ControlConfig = ControlConfig(),
+        new_uid: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
-        self.store, self.pods, self.clock, self.config = store, pods, clock, config
-        self.life = Lifecycle(store, pods, clock, config, pod_spec, find_pod)
-        self._placer: Placer | None = None
-        self._placer_key: object = None
+        self.store, self.inventory, self.pods = store, inventory, pods
+        self.checkpoints, self.clock, self.config = checkpoints, clock, config
+        self.new_uid = new_uid
+        self.placers = Placers()
 
     def step(self) -> bool:
         """One reconcile pass; True when anything changed (call again soon)."""
-        changed = self.life.observe()
-        return self._admit() or changed
+        changed = self.observe()
+        return self.admit() or changed
 
-    # -- decide and apply --------------------------------------------------------
+    # -- 1. observe -------------------------------------------------------------------
 
-    def _placer_for(self, nodes: list[Any]) -> Placer:
-        key = tuple(node.name for node in nodes)
-        if self._placer is None or key != self._placer_key:
-            scorer = make_scorer(self.config.policy, ScorerContext(seed=self.config.seed))
-            self._placer = Placer(scorer, node_ranks(len(nodes), None))
-            self._placer_key = key
-        return self._placer
+    def observe(self) -> bool:
+        changed = False
+        for job in self.store.list_jobs(phases=ACTIVE_PHASES):
+            if job.phase == "Pending" and not job.deleted:
+                continue
+            statuses = {p.uid: self._status(job, p) for p in job.pods if not p.done}
+            workload = view.workload_of(job)
+            step = machine.observe(
+                job, statuses, self.clock.now(), self.checkpoints.latest(job),
+                self.config.retry, view.manifest_of(job).spec.max_retries,
+                workload.checkpoint_interval,
+            )
+            changed |= self._apply(job, step)
+        return changed
 
-    def _admit(self) -> bool:
+    def _status(self, job: JobRow, pod: PodRecord) -> PodStatus:
+        return self.pods.observe(job, pod)
+
+    # -- 2. decide ----------------------------------------------------------------------
+
+    def admit(self) -> bool:
         now = self.clock.now()
-        rows = self.store.list_jobs(phases=("Pending", "Running", "Preempting"))
-        holders = [r for r in rows if r.phase in ("Running", "Preempting")]
+        rows = self.store.list_jobs(phases=ACTIVE_PHASES)
+        holders = [r for r in rows if r.phase in HOLDING_PHASES]
         waiting = [
             r for r in rows
             if r.phase == "Pending" and not r.deleted
@@ -82,67 +127,101 @@ class Controller:
         ]
         if not waiting:
             return False
-        nodes = view.nodes_from(self.store.nodes())
-        state, running = view.build_state(nodes, holders)
-        stopping = {r.name for r in holders if r.phase == "Preempting"}
-        # A job already being preempted holds its resources until it stops but
-        # must not be chosen as a victim a second time.
+        nodes = self.inventory.nodes()
+        state, running = view.build_state(list(nodes.nodes), holders)
+        stopping = {r.name for r in holders if r.phase != "Running"}
+        # A job already being stopped holds its resources until its pods are
+        # gone, but must not be chosen as a victim a second time.
         running = [
             replace(run, workload=replace(run.workload, preemptible=False))
             if run.name in stopping else run
             for run in running
         ]
+        pending = tuple(view.workload_of(r) for r in waiting)
+        mix = [view.workload_of(r) for r in rows]
         snapshot = Snapshot(
             now=now,
             cluster=state,
             tenants=view.tenants_from(self.store.tenants()),
             running=tuple(running),
-            pending=tuple(view.workload_of(r) for r in waiting),
-            preempting=frozenset(
-                str(pod["preemptor"])
-                for r in holders if r.phase == "Preempting"
-                for pod in r.pods if pod.get("preemptor")
-            ),
+            pending=pending,
+            preempting=frozenset(r.preemptor for r in holders if r.preemptor),
         )
+        placer = self.placers.get(self.config.policy, self.config.seed, nodes, mix)
         by_name = {r.name: r for r in rows}
         changed = False
-        for decision in schedule(snapshot, self._placer_for(nodes)).decisions:
-            row = by_name[_name(decision)]
-            try:
-                changed |= self._apply(decision, row, state)
-            except ShoalError as exc:
-                if exc.code != "conflict":
-                    raise
-                # Someone else changed this job since we loaded it: the next
-                # pass sees the new state and decides again.
-                changed = True
+        for decision in schedule(snapshot, placer).decisions:
+            job = by_name[_subject(decision)]
+            changed |= self._apply(job, self._transition(decision, job, state.names, now))
         return changed
 
-    def _apply(self, decision: Any, row: JobRow, state: Any) -> bool:
+    def _transition(self, decision: Decision, job: JobRow, names: Sequence[str],
+                    now: float) -> Step:
         if isinstance(decision, Admit):
-            placed = [
-                {"index": i, "node": state.names[b.node], "gpus": list(b.gpus),
-                 "uid": uuid.uuid4().hex, "state": "starting"}
-                for i, b in enumerate(decision.bindings)
-            ]
-            self.life.start(row, placed)
-            return True
+            placement = [(names[b.node], b.gpus) for b in decision.bindings]
+            uids = [self.new_uid() for _ in placement]
+            return machine.admit(job, placement, uids, now, self.checkpoints.latest(job))
         if isinstance(decision, Preempt):
-            why = {"reclaim": "its cohort reclaimed borrowed quota",
-                   "priority": "a higher-priority job of its tenant needed room",
-                   "borrow": "a higher-priority job in its cohort needed room"}[decision.reason]
-            self.life.preempt(row, f"preempted: {why}", decision.preemptor)
-            return True
+            why = f"preempted: {PREEMPT_REASONS[decision.reason]}"
+            return machine.preempt(job, now, self.config.retry.grace_seconds,
+                                   decision.preemptor, why)
         if isinstance(decision, Inadmissible):
-            self.life.finish(row, "Failed", f"inadmissible: {decision.reason}")
+            return machine.reject(job, decision.reason, now)
+        assert isinstance(decision, Pending)
+        return machine.wait(job, decision.reason)
+
+    # -- 3. apply -----------------------------------------------------------------------
+
+    def _apply(self, before: JobRow, step: Step) -> bool:
+        """Save the step's record (fenced), then carry out its effects in order."""
+        if step.job == before and not step.effects:
+            return False
+        try:
+            job = self.store.save_job(step.job)
+        except ConflictError:
+            # Someone else changed this job since we loaded it (a delete, say):
+            # the next pass sees the new state and decides again.
             return True
-        if isinstance(decision, Pending) and row.reason != decision.reason:
-            self.store.update_job(row.name, row.version, reason=decision.reason)
-        return False
+        starts = [e.pod for e in step.effects if isinstance(e, Start)]
+        if starts:
+            started = self._start(job, starts)
+            if started is None:
+                return True  # it could not start: already failed and recorded
+            job = started
+        for effect in step.effects:
+            self._effect(job, before, effect)
+        return True
+
+    def _start(self, job: JobRow, pods: Iterable[PodRecord]) -> JobRow | None:
+        """Start the pods and save their handles; None when the job failed to start."""
+        try:
+            for pod in pods:
+                job = machine.started(job, pod.uid, self.pods.start(job, pod))
+        except InputError as exc:
+            # A pod that can never start as written (a missing command): stop
+            # what did start and fail the job.
+            self._apply(job, machine.start_failed(job, str(exc), self.clock.now()))
+            return None
+        try:
+            return self.store.save_job(job)
+        except ConflictError:
+            # Changed meanwhile (deleted, say): the pods run and the runtime
+            # knows them by id, so the next observe finds them.
+            return job
+
+    def _effect(self, job: JobRow, before: JobRow, effect: machine.Effect) -> None:
+        if isinstance(effect, Terminate):
+            self.pods.stop(job, effect.pod, effect.grace_seconds)
+        elif isinstance(effect, Kill):
+            self.pods.kill(job, effect.pod)
+        elif isinstance(effect, Release):
+            self.pods.release(job, before.pods)
+        elif isinstance(effect, Emit):
+            self.store.append_event(self.clock.now(), effect.kind, job.name, job.tenant,
+                                    dict(effect.data))
 
 
-def _name(decision: Any) -> str:
+def _subject(decision: Decision) -> str:
     if isinstance(decision, Preempt):
         return decision.victim
-    name: str = decision.workload
-    return name
+    return decision.workload

@@ -1,16 +1,20 @@
-"""Ports: what the control loop needs from the world, as protocols.
+"""Ports: what the control core needs from the world, as protocols.
 
-Adapters live in ``shoal.runtime``: a SQLite store and local processes for
-the embedded runtime, the Kubernetes API for the operator, virtual ones for
-the simulator.  The control loop only ever talks to these.
+Adapters live in ``shoal.runtime``: a SQLite store, local processes and a
+NodePool inventory for the embedded runtime; virtual ones for the simulator;
+the Kubernetes API for the operator.  Fakes of every port are in
+``shoal.testing``.  The control core never sees a pid, a cgroup, a port
+number or a folder: pods are opaque handles, checkpoints are times and steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shoal.control.records import JobRow, PodHandle, PodSpec, PodStatus
+from shoal.control.records import Checkpoint, JobRow, PodRecord, PodStatus
+from shoal.domain.nodes import Node
 
 
 class Clock(Protocol):
@@ -19,28 +23,67 @@ class Clock(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class NodeSet:
+    """The schedulable nodes, with a key that changes whenever any node's content does."""
+
+    key: str
+    nodes: tuple[Node, ...]
+
+
+class Inventory(Protocol):
+    """Where nodes come from: NodePools, Kubernetes Node objects, virtual nodes."""
+
+    def nodes(self) -> NodeSet: ...
+
+
 class Store(Protocol):
-    """Durable state; every job update is fenced by the version it read."""
+    """Durable job state; every job write is fenced by the version it read."""
 
     def tenants(self) -> dict[str, dict[str, Any]]: ...
-    def nodes(self) -> dict[str, dict[str, Any]]: ...
     def list_jobs(
         self, tenant: str | None = None, phases: Collection[str] | None = None
     ) -> list[JobRow]: ...
     def get_job(self, name: str) -> JobRow: ...
-    def update_job(self, name: str, expected_version: int, **changes: Any) -> JobRow: ...
+    def save_job(self, job: JobRow) -> JobRow:
+        """Write every mutable field of ``job`` if the stored version is still ``job.version``.
+
+        Returns the record with its new version; ``ConflictError`` when another
+        writer got there first (nothing written).
+        """
+        ...
+
     def append_event(
         self, time: float, kind: str, job: str | None, tenant: str | None, data: dict[str, Any]
     ) -> int: ...
 
 
 class Pods(Protocol):
-    """Starts, watches and stops the processes (or containers) of pods."""
+    """Starts, watches and stops the pods of jobs (processes, Kubernetes pods, virtual)."""
 
-    def start(self, spec: PodSpec) -> PodHandle: ...
-    def poll(self, handle: PodHandle) -> PodStatus: ...
-    def terminate(self, handle: PodHandle, grace_s: float) -> None: ...
-    def kill(self, handle: PodHandle) -> None: ...
-    def adopt(
-        self, pid: int, start_ticks: int, spec: PodSpec, cgroup: str | None
-    ) -> PodHandle | None: ...
+    def start(self, job: JobRow, pod: PodRecord) -> str:
+        """Start ``pod`` of the job's current attempt; returns its opaque handle.
+
+        Raises an ``InputError`` when the pod can never start as specified.
+        """
+        ...
+
+    def observe(self, job: JobRow, pod: PodRecord) -> PodStatus:
+        """How the pod stands now; finds it again from ``pod.handle`` after a restart."""
+        ...
+
+    def stop(self, job: JobRow, pod: PodRecord, grace_seconds: float) -> None:
+        """Ask the pod to stop (SIGTERM); the controller kills it at the deadline."""
+        ...
+
+    def kill(self, job: JobRow, pod: PodRecord) -> None: ...
+
+    def release(self, job: JobRow, pods: Sequence[PodRecord]) -> None:
+        """The attempt is over and ``pods`` are gone: free what was kept for them."""
+        ...
+
+
+class Checkpoints(Protocol):
+    """What a job saved: the newest checkpoint's time and, when the job says, its step."""
+
+    def latest(self, job: JobRow) -> Checkpoint | None: ...

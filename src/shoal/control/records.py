@@ -1,20 +1,84 @@
-"""Records exchanged between the control loop and its adapters (store, pods).
+"""Typed, immutable records shared by the control core and its adapters.
 
-They live here, below the runtimes, so that the SQLite store and the local
-process launcher can produce them and the control loop can read them without
-either side importing the other.
+A job is a ``JobRow``: its manifest, its phase, its pods (``PodRecord``) and a
+version token for fenced writes.  Transitions never change a record in place;
+they return a new one (``dataclasses.replace``), which the runtime stores.
+
+Pods carry an opaque ``handle``: whatever the runtime needs to find the pod
+again after a restart (a pid and start time on this machine, a pod name on
+Kubernetes, nothing in simulation).  The control core stores it and hands it
+back; it never reads it.
+
+They live here, below the runtimes, so that every store and pod runtime can
+produce them and the control loop can read them without either side
+importing the other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
-PHASES = ("Pending", "Running", "Preempting", "Succeeded", "Failed", "Cancelled")
-ACTIVE_PHASES = ("Pending", "Running", "Preempting")
-FINAL_PHASES = ("Succeeded", "Failed", "Cancelled")
+from shoal.domain.phases import ACTIVE_PHASES, FINAL_PHASES, HOLDING_PHASES, PHASES
+
+__all__ = [
+    "ACTIVE_PHASES", "FINAL_PHASES", "HOLDING_PHASES", "PHASES", "Checkpoint", "JobRow",
+    "PodRecord", "PodStatus", "Principal",
+]
+
+PodState = Literal[
+    "starting", "running", "succeeded", "failed", "oom_killed", "signalled", "lost"
+]
+DONE_STATES: tuple[PodState, ...] = ("succeeded", "failed", "oom_killed", "signalled", "lost")
+
+
+@dataclass(frozen=True, slots=True)
+class PodRecord:
+    """One pod of one attempt: where it was placed and how it stands."""
+
+    index: int
+    node: str
+    gpus: tuple[int, ...]
+    uid: str
+    started_at: float
+    state: PodState = "starting"
+    handle: str | None = None
+    """Opaque to the control core: the runtime's way to find the pod again."""
+    exit_code: int | None = None
+    message: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.state in DONE_STATES
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index, "node": self.node, "gpus": list(self.gpus), "uid": self.uid,
+            "started_at": self.started_at, "state": self.state, "handle": self.handle,
+            "exit_code": self.exit_code, "message": self.message,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PodRecord:
+        return cls(
+            index=int(data["index"]), node=str(data["node"]),
+            gpus=tuple(int(g) for g in data.get("gpus", ())), uid=str(data["uid"]),
+            started_at=float(data.get("started_at") or 0.0), state=data.get("state", "starting"),
+            handle=data.get("handle"), exit_code=data.get("exit_code"),
+            message=str(data.get("message", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The newest progress a job saved: when (runtime clock) and, if it says, at which step."""
+
+    time: float
+    step: int | None = None
+
+
+StopCause = Literal["", "preempted", "failed", "deleted", "disrupted"]
 
 
 @dataclass(frozen=True)
@@ -23,20 +87,40 @@ class JobRow:
 
     name: str
     tenant: str
-    manifest: dict[str, Any]
+    manifest: Mapping[str, Any]
     phase: str
     version: int
-    attempts: int
-    preemptions: int
-    lost_seconds: float
-    submit_time: float
-    start_time: float | None
-    finish_time: float | None
-    reason: str
-    pods: list[dict[str, Any]]
-    checkpoint_dir: str
-    next_attempt_at: float | None
-    deleted: bool
+    attempts: int = 0
+    preemptions: int = 0
+    lost_seconds: float = 0.0
+    submit_time: float = 0.0
+    start_time: float | None = None
+    finish_time: float | None = None
+    reason: str = ""
+    pods: tuple[PodRecord, ...] = ()
+    checkpoint_dir: str = ""
+    next_attempt_at: float | None = None
+    deleted: bool = False
+    stop_cause: StopCause = ""
+    """Why the pods of a Preempting/Stopping job are being stopped."""
+    stop_deadline: float | None = None
+    """When still-running pods of a stopping job are killed (SIGTERM was sent before)."""
+    preemptor: str = ""
+    """The job a Preempting job makes room for (kept off the reason, which its tenant reads)."""
+    checkpoint_time: float | None = None
+    checkpoint_step: int | None = None
+    resumed_from: int | None = None
+    """The checkpoint step the current attempt resumed from (None: started fresh or unknown)."""
+    failures: int = 0
+    """Attempts that ended in failure (preemptions and disruptions are not failures)."""
+
+    @property
+    def attempt_start(self) -> float:
+        """When the current (or last) attempt started."""
+        starts = [p.started_at for p in self.pods]
+        if starts:
+            return min(starts)
+        return self.start_time if self.start_time is not None else self.submit_time
 
 
 @dataclass(frozen=True)
@@ -46,38 +130,6 @@ class Principal:
     role: Literal["admin", "tenant"]
     tenant: str | None
     name: str
-
-
-@dataclass(frozen=True)
-class PodSpec:
-    """Everything needed to start one pod as a local process."""
-
-    job: str
-    tenant: str
-    index: int
-    command: list[str]
-    workdir: Path
-    log_path: Path
-    env: Mapping[str, str]
-    cpu_milli: int = 0
-    memory_mib: int = 0
-    pids_limit: int = 0
-    gpus: tuple[int, ...] = ()
-    gpu_fraction: float | None = None
-    gpu_memory_mib: int = 0
-    isolation: Literal["process", "sandbox"] = "process"
-    network: str | None = None
-    writable: tuple[Path, ...] = field(default_factory=tuple)
-    exit_file: Path | None = None
-    """Where the pod's exit code is written, so it is known even after a restart."""
-
-
-@dataclass(frozen=True)
-class PodHandle:
-    pid: int
-    start_ticks: int
-    cgroup: str | None
-    spec: PodSpec
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,14 @@ class Spec(BaseModel):
 
 
 class Metadata(Spec):
-    name: Name
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    """Name, labels and annotations, as on any Kubernetes object."""
+
+    name: Name = Field(description="the object's name, unique among objects of its kind")
+    labels: dict[str, str] = Field(default_factory=dict, description="free-form labels")
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="free-form notes; Shoal reads a few shoal.dev/ keys (see Annotations)",
+    )
 
 
 def is_name(text: str) -> bool:

@@ -29,7 +29,7 @@ def _gpu_request(value: object) -> object:
 class GpuRequest(Spec):
     """Whole GPUs (``count``) or a share of one GPU (``fraction`` + ``memory``)."""
 
-    count: int = Field(default=1, ge=0, le=64)
+    count: int = Field(default=1, ge=0, le=64, description="whole GPUs per pod")
     fraction: float | None = Field(
         default=None, gt=0, description="share of one GPU's compute, 0 < fraction <= 1"
     )
@@ -64,21 +64,34 @@ class GpuRequest(Spec):
 
 
 class PodResources(Spec):
-    cpu: CpuMilli = 0
-    memory: MemoryMiB = 0
-    gpu: Annotated[GpuRequest | None, BeforeValidator(_gpu_request)] = None
+    """What each pod of the set needs."""
+
+    cpu: CpuMilli = Field(default=0, description="CPU of one pod")
+    memory: MemoryMiB = Field(default=0, description="memory of one pod")
+    gpu: Annotated[GpuRequest | None, BeforeValidator(_gpu_request)] = Field(
+        default=None,
+        description="GPUs of one pod: a number of whole GPUs (gpu: 2), or "
+        "{count | fraction, memory, models}; unset: none",
+    )
 
 
 class PodSet(Spec):
-    name: Name = "worker"
-    count: int = Field(default=1, ge=1, le=100_000)
+    """A group of identical pods of the job."""
+
+    name: Name = Field(default="worker", description="unique within the job")
+    count: int = Field(default=1, ge=1, le=100_000, description="number of pods")
     resources: PodResources = Field(default_factory=PodResources)
 
 
 class LabelRequirement(Spec):
-    key: str = Field(min_length=1)
+    """A condition on one node label, as in Kubernetes node affinity."""
+
+    key: str = Field(min_length=1, description="node label key")
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = "In"
-    values: list[str] = Field(default_factory=list)
+    values: list[str] = Field(
+        default_factory=list,
+        description="needed by In and NotIn; must be empty for Exists and DoesNotExist",
+    )
 
     @model_validator(mode="after")
     def _values_match_operator(self) -> LabelRequirement:
@@ -91,15 +104,21 @@ class LabelRequirement(Spec):
 
 
 class Toleration(Spec):
-    key: str = Field(min_length=1)
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Lets the job's pods onto nodes with a matching taint."""
+
+    key: str = Field(min_length=1, description="the taint's key")
+    value: str | None = Field(default=None, description="the taint's value; unset: any value")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="the taint's effect; unset: any effect"
+    )
 
 
 class Affinity(Spec):
     """Where pods may go (``required``) and how a gang is laid out."""
 
-    required: list[LabelRequirement] = Field(default_factory=list)
+    required: list[LabelRequirement] = Field(
+        default_factory=list, description="conditions every pod's node must meet"
+    )
     anti_affinity: Literal["none", "node", "rack"] = Field(
         default="none", description="pods of this job must be on distinct nodes or racks"
     )
@@ -109,6 +128,8 @@ class Affinity(Spec):
 
 
 class Elastic(Spec):
+    """A range of workers the job can run with (accepted; jobs are not resized yet)."""
+
     min_workers: int = Field(ge=1)
     max_workers: int = Field(ge=1)
 
@@ -120,27 +141,50 @@ class Elastic(Spec):
 
 
 class TrainingJobSpec(Spec):
-    tenant: Name
-    priority: int | str = "normal"
-    pod_sets: list[PodSet] = Field(min_length=1)
-    gang: bool = True
-    preemptible: bool = True
-    checkpoint_interval_seconds: float | None = Field(default=None, gt=0)
+    """What the job runs, who pays for it, and where its pods may go."""
+
+    tenant: Name = Field(description="the tenant whose quota the job uses")
+    priority: int | str = Field(
+        default="normal",
+        description="an integer or a class: low, normal, high, critical; higher may preempt lower",
+    )
+    pod_sets: list[PodSet] = Field(min_length=1, description="the job's pods, in groups")
+    gang: bool = Field(default=True, description="start all pods together or none of them")
+    preemptible: bool = Field(
+        default=True, description="may be stopped to make room for other jobs"
+    )
+    checkpoint_interval_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="how often the job checkpoints: bounds the work a preemption loses",
+    )
     elastic: Elastic | None = None
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="node labels that every pod's node must have"
+    )
     affinity: Affinity = Field(default_factory=Affinity)
-    tolerations: list[Toleration] = Field(default_factory=list)
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="taints the pods tolerate"
+    )
     duration_seconds: float | None = Field(
         default=None, gt=0, description="known run time (simulation)"
     )
-    command: list[str] | None = Field(default=None, min_length=1)
+    command: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="argv of every pod, run without a shell; needed to run, not to simulate",
+    )
     working_dir: str | None = Field(
         default=None,
         description="where the pods run (shared); default: a private folder per pod. "
         "The CLI resolves a relative path against the manifest's folder.",
     )
-    env: dict[str, str] = Field(default_factory=dict)
-    max_retries: int = Field(default=3, ge=0)
+    env: dict[str, str] = Field(
+        default_factory=dict, description="environment variables of every pod"
+    )
+    max_retries: int = Field(
+        default=3, ge=0, description="times a failed job is started again before it fails"
+    )
 
     @field_validator("priority")
     @classmethod
@@ -161,6 +205,8 @@ class TrainingJobSpec(Spec):
 
 
 class TrainingJob(Spec):
+    """A training job: one or more pod sets, admitted and placed as a unit."""
+
     api_version: Literal["shoal.dev/v1alpha1"]
     kind: Literal["TrainingJob"]
     metadata: Metadata

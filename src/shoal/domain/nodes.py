@@ -19,37 +19,53 @@ class GpuSpec(Spec):
     """The GPUs of every node in a pool: all of one model."""
 
     model: str = Field(min_length=1, description="GPU model, also the quota flavor, e.g. A100")
-    count: int = Field(ge=0, le=64)
+    count: int = Field(ge=0, le=64, description="GPUs per node")
     memory: MemoryMiB = Field(default=0, description="memory of one GPU")
 
 
 class Taint(Spec):
-    key: str = Field(min_length=1)
-    value: str = ""
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+    """Keeps pods off the pool's nodes unless they tolerate it (``tolerations``)."""
+
+    key: str = Field(min_length=1, description="taint key")
+    value: str = Field(default="", description="taint value")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = Field(
+        default="NoSchedule",
+        description="PreferNoSchedule is a preference only: it never keeps a pod off a node",
+    )
 
 
 class Topology(Spec):
     """How a pool's nodes are grouped; each group becomes a label on the nodes."""
 
-    zone: str | None = None
-    nodes_per_rack: int | None = Field(default=None, ge=1)
+    zone: str | None = Field(
+        default=None, description="value of the topology.shoal.dev/zone label of every node"
+    )
+    nodes_per_rack: int | None = Field(
+        default=None, ge=1, description="consecutive nodes per rack (topology.shoal.dev/rack)"
+    )
     nodes_per_nvlink_domain: int | None = Field(
         default=None, ge=1, description="nodes sharing one NVLink/NUMA domain (1 = per node)"
     )
 
 
 class NodePoolSpec(Spec):
-    count: int = Field(ge=0, le=1_000_000)
-    cpu: CpuMilli = Field(gt=0)
-    memory: MemoryMiB = Field(gt=0)
-    gpus: GpuSpec | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    taints: list[Taint] = Field(default_factory=list)
+    """``count`` identical nodes."""
+
+    count: int = Field(ge=0, le=1_000_000, description="number of nodes")
+    cpu: CpuMilli = Field(gt=0, description="CPU of one node")
+    memory: MemoryMiB = Field(gt=0, description="memory of one node")
+    gpus: GpuSpec | None = Field(default=None, description="the GPUs of one node; unset: none")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="labels of every node, for nodeSelector and affinity.required",
+    )
+    taints: list[Taint] = Field(default_factory=list, description="taints of every node")
     topology: Topology = Field(default_factory=Topology)
 
 
 class NodePool(Spec):
+    """A pool of identical nodes: capacity that Shoal schedules jobs onto."""
+
     api_version: Literal["shoal.dev/v1alpha1"]
     kind: Literal["NodePool"]
     metadata: Metadata
@@ -59,7 +75,7 @@ class NodePool(Spec):
 class InlineNodePool(NodePoolSpec):
     """A node pool written inside a Simulation's cluster section."""
 
-    name: Name
+    name: Name = Field(description="the pool's name; its nodes are named <name>-<index>")
 
 
 class Node(Spec):

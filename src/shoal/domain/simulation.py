@@ -73,7 +73,11 @@ def _reject(loc: tuple[str | int, ...], message: str, value: object) -> Validati
 
 
 class ClusterSpec(Spec):
-    node_pools: list[InlineNodePool] = Field(default_factory=list)
+    """The simulated nodes: node pools, or the openb trace's own node list."""
+
+    node_pools: list[InlineNodePool] = Field(
+        default_factory=list, description="NodePool specs, each with a name"
+    )
     nodes_from_trace: bool = Field(
         default=False, description="openb only: use the trace's own GPU node list"
     )
@@ -90,7 +94,7 @@ class ClusterSpec(Spec):
 class TenantsFromTrace(Spec):
     """One tenant per distinct tenant in the trace, all in one cohort."""
 
-    cohort: Name = "shared"
+    cohort: Name = Field(default="shared", description="the cohort of every tenant")
     gpu_quota: Literal["equal", "none"] = Field(
         default="equal", description="equal: each tenant gets an equal share of every GPU model"
     )
@@ -99,18 +103,28 @@ class TenantsFromTrace(Spec):
 class TraceColumns(Spec):
     """Logical column -> the trace's header name (csv traces only)."""
 
-    name: str | None = None
-    submit_time: str | None = None
-    duration: str | None = None
-    gpus: str | None = None
-    gpu_milli: str | None = None
-    workers: str | None = None
-    cpu: str | None = None
-    memory: str | None = None
-    tenant: str | None = None
-    priority: str | None = None
-    gpu_model: str | None = None
-    checkpoint_interval: str | None = None
+    name: str | None = Field(default=None, description="job name")
+    submit_time: str | None = Field(
+        default=None, description="when the job is submitted: seconds or a timestamp"
+    )
+    duration: str | None = Field(default=None, description="run time in seconds")
+    gpus: str | None = Field(
+        default=None, description="GPUs per worker; a value in (0, 1) is a share of one GPU"
+    )
+    gpu_milli: str | None = Field(
+        default=None, description="share of each GPU in thousandths (0-1000)"
+    )
+    workers: str | None = Field(default=None, description="pods per job, a gang")
+    cpu: str | None = Field(default=None, description="CPU cores per worker")
+    memory: str | None = Field(default=None, description="memory per worker in MiB")
+    tenant: str | None = Field(default=None, description="the team that owns the job")
+    priority: str | None = Field(default=None, description="an integer or a class name")
+    gpu_model: str | None = Field(
+        default=None, description="allowed GPU models, |-separated"
+    )
+    checkpoint_interval: str | None = Field(
+        default=None, description="seconds between checkpoints"
+    )
 
     def as_mapping(self) -> dict[str, str]:
         """camelCase logical name -> header name, for the columns that are mapped."""
@@ -118,11 +132,17 @@ class TraceColumns(Spec):
 
 
 class TraceSpec(Spec):
+    """The job trace: a CSV file (see docs/trace-format.md) or an openb folder."""
+
     path: str = Field(min_length=1, description="relative to the manifest's folder")
-    format: Literal["openb", "csv"]
+    format: Literal["openb", "csv"] = Field(
+        description="csv: one row per job; openb: the Alibaba openb trace folder"
+    )
     workload: str = Field(default="default", min_length=1, description="openb_pod_list_<name>")
     columns: TraceColumns | None = None
-    time_format: Literal["auto", "seconds", "timestamp"] = "auto"
+    time_format: Literal["auto", "seconds", "timestamp"] = Field(
+        default="auto", description="how submit times are written (csv traces)"
+    )
     limit: int | None = Field(default=None, ge=1, description="first N jobs of the file")
 
     @model_validator(mode="after")
@@ -143,6 +163,8 @@ class TraceSpec(Spec):
 
 
 class FillSpec(Spec):
+    """Fill mode: pods arrive and never leave until their GPU requests reach the target."""
+
     target_gpu_share: float = Field(
         default=1.3, gt=0, description="arrived GPU requests as a share of GPU capacity"
     )
@@ -151,9 +173,9 @@ class FillSpec(Spec):
 class Failure(Spec):
     """A node (or every node of a pool) goes down at ``atSeconds``."""
 
-    at_seconds: float = Field(ge=0)
-    node: str | None = None
-    pool: str | None = None
+    at_seconds: float = Field(ge=0, description="simulated time of the failure")
+    node: str | None = Field(default=None, description="a node name, e.g. a100-001")
+    pool: str | None = Field(default=None, description="a pool name: all of its nodes")
     down_for_seconds: float | None = Field(default=None, gt=0, description="none: stays down")
 
     @model_validator(mode="after")
@@ -164,22 +186,51 @@ class Failure(Spec):
 
 
 class ReplaySpec(Spec):
-    checkpoint_interval_seconds: float | None = Field(default=None, gt=0)
-    preemption: bool = True
-    horizon_seconds: float | None = Field(default=None, gt=0)
-    failures: list[Failure] = Field(default_factory=list)
+    """Replay mode: jobs arrive, queue, run and finish on a virtual clock."""
+
+    checkpoint_interval_seconds: float | None = Field(
+        default=None, gt=0, description="for jobs whose trace row gives none"
+    )
+    preemption: bool = Field(default=True, description="false: nothing is ever preempted")
+    horizon_seconds: float | None = Field(
+        default=None, gt=0, description="stop at this simulated time; unset: when all is done"
+    )
+    failures: list[Failure] = Field(default_factory=list, description="node failures")
+    grace_period_seconds: float = Field(
+        default=30.0, ge=0,
+        description="a victim's pods are killed this long after SIGTERM (as `--grace` live)",
+    )
+    stop_seconds: float = Field(
+        default=0.0, ge=0,
+        description="how long a victim's pods take to stop after SIGTERM (capped by the grace "
+        "period); its GPUs stay held until then",
+    )
 
 
 class SimulationSpec(Spec):
+    """A cluster, tenants, a job trace, a mode and the policies to compare."""
+
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
-    tenants: list[InlineTenant] = Field(default_factory=list)
-    tenants_from_trace: TenantsFromTrace | None = None
+    tenants: list[InlineTenant] = Field(
+        default_factory=list, description="Tenant specs, each with a name"
+    )
+    tenants_from_trace: TenantsFromTrace | None = Field(
+        default=None, description="the default in replay mode when no tenants are given"
+    )
     trace: TraceSpec
-    mode: Literal["fill", "replay"]
-    policies: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
-    seeds: Seeds = Field(default_factory=lambda: [42])
-    fill: FillSpec | None = None
-    replay: ReplaySpec | None = None
+    mode: Literal["fill", "replay"] = Field(
+        description="fill: the FGD paper's experiment (nothing leaves); replay: a job trace "
+        "over time with quotas and preemption"
+    )
+    policies: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1, description="placement policies to compare (shoal policies lists them)"
+    )
+    seeds: Seeds = Field(
+        default_factory=lambda: [42],
+        description="a seed (42), a range ('42-51') or a list of seeds and ranges",
+    )
+    fill: FillSpec | None = Field(default=None, description="mode fill only")
+    replay: ReplaySpec | None = Field(default=None, description="mode replay only")
 
     @model_validator(mode="before")
     @classmethod
@@ -237,6 +288,8 @@ class SimulationSpec(Spec):
 
 
 class Simulation(Spec):
+    """A simulation scenario for ``shoal sim``: runs every policy on every seed."""
+
     api_version: Literal["shoal.dev/v1alpha1"]
     kind: Literal["Simulation"]
     metadata: Metadata

@@ -69,30 +69,48 @@ GpuLimit = Annotated[
 ]
 
 
+_NOMINAL = "guaranteed amount; while idle it is lent to the cohort"
+_BORROWING = "at most this much beyond nominal, borrowed from the cohort; unset: no limit"
+_LENDING = "at most this much of nominal is lent to the cohort; unset: all of it"
+
+
 class CpuQuota(Spec):
-    nominal: CpuLimit = 0
-    borrowing_limit: CpuLimit = UNLIMITED
-    lending_limit: CpuLimit = UNLIMITED
+    """CPU quota in cores (or millicores, ``"500m"``)."""
+
+    nominal: CpuLimit = Field(default=0, description=_NOMINAL)
+    borrowing_limit: CpuLimit = Field(default=UNLIMITED, description=_BORROWING)
+    lending_limit: CpuLimit = Field(default=UNLIMITED, description=_LENDING)
 
 
 class MemoryQuota(Spec):
-    nominal: MemLimit = 0
-    borrowing_limit: MemLimit = UNLIMITED
-    lending_limit: MemLimit = UNLIMITED
+    """Memory quota (``"1Ti"``, ``"512Gi"``, or MiB)."""
+
+    nominal: MemLimit = Field(default=0, description=_NOMINAL)
+    borrowing_limit: MemLimit = Field(default=UNLIMITED, description=_BORROWING)
+    lending_limit: MemLimit = Field(default=UNLIMITED, description=_LENDING)
 
 
 class GpuQuota(Spec):
-    nominal: GpuLimit = 0
-    borrowing_limit: GpuLimit = UNLIMITED
-    lending_limit: GpuLimit = UNLIMITED
+    """Quota of one GPU model, in GPUs (``0.5`` is half a GPU)."""
+
+    nominal: GpuLimit = Field(default=0, description=_NOMINAL)
+    borrowing_limit: GpuLimit = Field(default=UNLIMITED, description=_BORROWING)
+    lending_limit: GpuLimit = Field(default=UNLIMITED, description=_LENDING)
 
 
 class Quota(Spec):
     """Nominal quota and limits; ``gpus`` is keyed by GPU model (the flavor)."""
 
-    cpu: CpuQuota | None = None
-    memory: MemoryQuota | None = None
-    gpus: dict[str, GpuQuota] = Field(default_factory=dict)
+    cpu: CpuQuota | None = Field(
+        default=None, description="unset: jobs that request CPU are never admitted"
+    )
+    memory: MemoryQuota | None = Field(
+        default=None, description="unset: jobs that request memory are never admitted"
+    )
+    gpus: dict[str, GpuQuota] = Field(
+        default_factory=dict,
+        description="GPU model -> quota; a model not listed is never admitted",
+    )
 
     def by_resource(self) -> dict[str, tuple[int, int | None, int | None]]:
         """``resource -> (nominal, borrowing_limit, lending_limit)``; None means no limit."""
@@ -124,18 +142,45 @@ class BorrowWithinCohort(StrEnum):
 
 
 class PreemptionPolicy(Spec):
-    within_tenant: WithinTenant = WithinTenant.LOWER_PRIORITY
-    reclaim_within_cohort: ReclaimWithinCohort = ReclaimWithinCohort.ANY
-    borrow_within_cohort: BorrowWithinCohort = BorrowWithinCohort.NEVER
+    """Which running jobs this tenant's pending jobs may preempt (Kueue semantics)."""
+
+    within_tenant: WithinTenant = Field(
+        default=WithinTenant.LOWER_PRIORITY,
+        description="preempt the tenant's own jobs of lower priority, or never",
+    )
+    reclaim_within_cohort: ReclaimWithinCohort = Field(
+        default=ReclaimWithinCohort.ANY,
+        description="take back nominal quota lent to other tenants: from any of their jobs, "
+        "only from lower-priority ones, or never",
+    )
+    borrow_within_cohort: BorrowWithinCohort = Field(
+        default=BorrowWithinCohort.NEVER,
+        description="while borrowing, preempt lower-priority jobs of other tenants, or never",
+    )
 
 
 class TenantSpec(Spec):
-    cohort: Name | None = None
-    weight: float = Field(default=1.0, gt=0)
+    """A team's quota, fair-share weight, cohort and preemption policy."""
+
+    cohort: Name | None = Field(
+        default=None,
+        description="tenants of one cohort lend each other idle quota; unset: a cohort of one",
+    )
+    weight: float = Field(
+        default=1.0, gt=0, description="fair-share weight for capacity borrowed in the cohort"
+    )
     quota: Quota = Field(default_factory=Quota)
-    allowed_priorities: list[int | str] | None = None
+    allowed_priorities: list[int | str] | None = Field(
+        default=None,
+        description="priorities (integers or class names) the tenant's jobs may use; "
+        "unset: any",
+    )
     preemption: PreemptionPolicy = Field(default_factory=PreemptionPolicy)
-    queueing: Literal["BestEffortFIFO", "StrictFIFO"] = "BestEffortFIFO"
+    queueing: Literal["BestEffortFIFO", "StrictFIFO"] = Field(
+        default="BestEffortFIFO",
+        description="StrictFIFO: a job that does not fit blocks the tenant's later jobs; "
+        "BestEffortFIFO: later jobs that fit go first",
+    )
     isolation: Literal["process", "sandbox"] = Field(
         default="process",
         description="embedded runtime: plain processes, or bubblewrap sandboxes per pod",
@@ -152,6 +197,8 @@ class TenantSpec(Spec):
 
 
 class Tenant(Spec):
+    """A team sharing the cluster: quota per resource and GPU model, cohort, weight."""
+
     api_version: Literal["shoal.dev/v1alpha1"]
     kind: Literal["Tenant"]
     metadata: Metadata
@@ -161,4 +208,4 @@ class Tenant(Spec):
 class InlineTenant(TenantSpec):
     """A tenant written inside a Simulation manifest."""
 
-    name: Name
+    name: Name = Field(description="the tenant's name, as the trace's tenant column gives it")

@@ -44,12 +44,25 @@ class Running:
         every ``checkpoint_interval`` seconds saved at the last multiple of
         it since its start, and one that never checkpoints loses everything.
         """
-        if self.last_checkpoint is not None:
-            return self.last_checkpoint
-        interval = self.checkpoint_interval
-        if not interval:
-            return self.start_time
-        return self.start_time + ((now - self.start_time) // interval) * interval
+        return progress_saved(self.start_time, now, self.last_checkpoint, self.checkpoint_interval)
+
+
+def progress_saved(
+    start: float, now: float, last_checkpoint: float | None, interval: float | None
+) -> float:
+    """When an attempt that started at ``start`` last saved its progress, as of ``now``.
+
+    A reported checkpoint (at or after ``start``) wins; otherwise a job that
+    checkpoints every ``interval`` seconds saved at the last multiple of it
+    since its start, and one that never checkpoints loses everything.  The
+    admission cycle (choosing victims) and the state machine (charging lost
+    work) both use this one rule.
+    """
+    if last_checkpoint is not None and last_checkpoint >= start:
+        return min(last_checkpoint, now)
+    if not interval:
+        return start
+    return start + ((now - start) // interval) * interval
 
 
 @dataclass(frozen=True)

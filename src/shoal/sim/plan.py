@@ -37,6 +37,8 @@ class SimPlan:
     checkpoint_interval: float | None = None
     failures: Sequence[NodeFailure] = ()
     horizon: float | None = None
+    grace_seconds: float = 30.0
+    stop_seconds: float = 0.0
 
     def check(self) -> None:
         known = set(scorer_names())
@@ -77,6 +79,8 @@ def run_plan(plan: SimPlan, progress: Progress | None = None) -> dict[str, Any]:
                     checkpoint_interval=plan.checkpoint_interval,
                     failures=plan.failures,
                     horizon=plan.horizon,
+                    grace_seconds=plan.grace_seconds,
+                    stop_seconds=plan.stop_seconds,
                     progress=_tick(progress, f"{policy} seed {seed}", 2 * len(plan.workloads)),
                 )
                 for seed in plan.seeds

@@ -1,11 +1,15 @@
 """Replay mode: a discrete-event run of a job trace on a virtual clock.
 
-Events (arrivals, completions, node failures and recoveries) are processed in
-time order; after each instant the same admission cycle that the live
-runtimes use (``shoal.policy.admission``) decides what to admit and whom to
-preempt, and the engine applies those decisions to its own state.  Progress
-survives a preemption up to the victim's last checkpoint; the rest is lost
-work, counted in GPU-hours.
+Events (arrivals, completions, pods stopping, node failures and recoveries)
+are processed in time order; after each instant the admission cycle that the
+live runtimes use (``shoal.policy.admission``) decides what to admit and whom
+to preempt, and the job state machine they use (``shoal.control.machine``)
+applies those decisions: a victim gets its grace period, progress survives
+up to its last checkpoint, the rest is lost work (in GPU-hours), and it is
+requeued.  The engine is the simulator's runtime: it plays the pods
+(finishing after their remaining work, stopping ``stop_seconds`` after
+SIGTERM, at most at the grace deadline) and keeps incremental views
+(usage, running set) so that large traces replay quickly.
 """
 
 from __future__ import annotations
@@ -17,21 +21,31 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.control import machine
+from shoal.control.machine import Emit, RetryPolicy, Step
+from shoal.control.records import HOLDING_PHASES, JobRow, PodStatus
 from shoal.domain.cluster import Binding, ClusterState
 from shoal.domain.nodes import Node
 from shoal.domain.resources import MILLI
 from shoal.domain.workload import Workload
 from shoal.policy.admission import Snapshot, schedule
 from shoal.policy.decisions import Admit, Inadmissible, Preempt
-from shoal.policy.placement import Placer, ScorerContext, make_scorer, node_ranks, typical_pods
+from shoal.policy.placement import build_placer, typical_pods
 from shoal.policy.placement.fgd import Fragmentation
 from shoal.policy.preemption import Running
 from shoal.policy.quota import TenantQuota
 from shoal.sim.timeline import Timeline
 
-ARRIVE, FINISH, NODE_DOWN, NODE_UP = 3, 0, 1, 2
+FINISH, STOPPED, NODE_DOWN, NODE_UP, ARRIVE = 0, 1, 2, 3, 4
 _MAX_CYCLES_PER_INSTANT = 8
 _FRAG_SAMPLES = 400
+_DONE = PodStatus("succeeded", 0, "exited with code 0")
+_TERMINATED = PodStatus("signalled", 143, "killed by signal SIGTERM")
+PREEMPT_REASONS = {
+    "reclaim": "its cohort reclaimed borrowed quota",
+    "priority": "a higher-priority job of its tenant needed room",
+    "borrow": "a higher-priority job in its cohort needed room",
+}
 
 
 @dataclass(frozen=True)
@@ -43,17 +57,27 @@ class NodeFailure:
 
 @dataclass
 class JobRecord:
-    """What happened to one job; mutable bookkeeping owned by the engine."""
+    """One job: its state-machine record plus what only a simulation knows (work left)."""
 
     workload: Workload
     work_left: float
+    row: JobRow
     first_start: float | None = None
     finish: float | None = None
-    attempts: int = 0
-    preemptions: int = 0
     lost_gpu_seconds: float = 0.0
     inadmissible: str | None = None
     running: Running | None = None
+    bindings: tuple[Binding, ...] = ()
+    gpu_milli_held: int = 0
+    """Milli-GPUs its last attempt held (for lost GPU-seconds)."""
+
+    @property
+    def attempts(self) -> int:
+        return self.row.attempts
+
+    @property
+    def preemptions(self) -> int:
+        return self.row.preemptions
 
 
 @dataclass
@@ -82,23 +106,32 @@ class ReplayEngine:
         failures: Sequence[NodeFailure] = (),
         record_events: bool = False,
         horizon: float | None = None,
+        grace_seconds: float = 30.0,
+        stop_seconds: float = 0.0,
     ) -> None:
         self.horizon = horizon
         self.state = ClusterState(nodes)
         self.tenants = dict(tenants)
-        context = ScorerContext(
-            typical_pods=typical_pods([pod for w in workloads for pod in w.pods]), seed=seed
+        self.placer = build_placer(
+            policy, len(self.state), seed, (pod for w in workloads for pod in w.pods)
         )
-        self.placer = Placer(make_scorer(policy, context), node_ranks(len(self.state), seed))
         self.policy, self.seed = policy, seed
+        self.retry = RetryPolicy(grace_seconds=grace_seconds)
+        self.stop_seconds = min(stop_seconds, grace_seconds)
         self.default_interval = checkpoint_interval
-        self.jobs = {w.name: JobRecord(w, work_left=w.duration or 0.0) for w in workloads}
+        self.jobs = {
+            w.name: JobRecord(
+                w, work_left=w.duration or 0.0,
+                row=JobRow(name=w.name, tenant=w.tenant, manifest={}, phase="Pending",
+                           version=1, submit_time=w.submit_time),
+            )
+            for w in workloads
+        }
         self.pending: dict[str, Workload] = {}
-        self.active: dict[str, JobRecord] = {}  # running jobs, in admission order
         self.running: dict[str, Running] = {}  # what the admission cycle sees
         self.by_tenant: dict[str, dict[str, Running]] = {}
         self.usage: dict[str, dict[str, int]] = {}
-        self.preempting: set[str] = set()
+        self.preempting: dict[str, str] = {}  # victim -> preemptor, until the victim stops
         self.record_events = record_events
         self.events: list[dict[str, Any]] = []
         self._queue: list[tuple[float, int, int, str, int]] = []
@@ -143,10 +176,9 @@ class ReplayEngine:
             self.timeline.advance(now)
             if now >= self._next_frag:
                 self._sample_fragmentation(now)
-            freed = False
             while self._queue and self._queue[0][0] == now:
                 _, kind, _, name, attempt = heapq.heappop(self._queue)
-                freed |= self._handle(now, kind, name, attempt)
+                self._handle(now, kind, name, attempt)
                 handled += 1
             self._cycle(now)
             if progress is not None:
@@ -172,128 +204,156 @@ class ReplayEngine:
         while self._next_frag <= now:
             self._next_frag += self._frag_every
 
-    def _handle(self, now: float, kind: int, name: str, attempt: int) -> bool:
+    def _handle(self, now: float, kind: int, name: str, attempt: int) -> None:
         if kind == ARRIVE:
             self.pending[name] = self.jobs[name].workload
             self._log(now, "submitted", job=name, tenant=self.jobs[name].workload.tenant)
-            return False
-        if kind == FINISH:
+            return
+        if kind in (FINISH, STOPPED):
             record = self.jobs[name]
-            if record.running is None or record.attempts != attempt:
-                return False  # a completion of an attempt that was preempted
-            self._stop(record)
-            record.finish, record.work_left = now, 0.0
-            self._log(now, "completed", job=name, tenant=record.workload.tenant)
-            return True
+            if record.row.phase not in HOLDING_PHASES or record.row.attempts != attempt:
+                return  # an attempt that already ended
+            status = _DONE if kind == FINISH else _TERMINATED
+            statuses = {p.uid: status for p in record.row.pods if not p.done}
+            self._apply(now, record, machine.observe(
+                record.row, statuses, now, None, self.retry, 0, self._interval(record)))
+            return
         node = self.state.index[name]
         if kind == NODE_DOWN:
             self.state.set_up(node, False)
             self._log(now, "node-down", node=name)
-            for record in list(self.active.values()):
-                running = record.running
-                if running is not None and any(b.node == node for b in running.bindings):
-                    self._evict(now, record, reason="node-failure")
-            return True
+            for record in [self.jobs[n] for n in list(self.running)]:
+                if any(b.node == node for b in record.bindings):
+                    self._apply(now, record, machine.disrupt(
+                        record.row, now, "node failure", self._interval(record)))
+            return
         self.state.set_up(node, True)
         self._log(now, "node-up", node=name)
-        return True
+
+    def _interval(self, record: JobRecord) -> float | None:
+        return record.workload.checkpoint_interval or self.default_interval
 
     def _cycle(self, now: float) -> None:
-        # Victims stop at once in simulation, so a cycle that preempted is
-        # followed by another at the same instant to admit the preemptors.
+        # Victims that stop at once are gone within the instant, so a cycle
+        # that preempted is followed by another to admit the preemptors.
         for _ in range(_MAX_CYCLES_PER_INSTANT):
             if not self.pending or not self._cycle_once(now):
                 break
-        # Victims are gone by the end of the instant: a preemptor that still
-        # waits (its room went to someone ordered first) may preempt again.
-        self.preempting.clear()
 
     def _cycle_once(self, now: float) -> bool:
         """One admission cycle; True when it preempted something."""
-        running = self.running.values()
         snapshot = Snapshot(
             now=now,
             cluster=self.state,
             tenants=self.tenants,
-            running=running,
+            running=self.running.values(),
             pending=tuple(self.pending.values()),
-            preempting=frozenset(self.preempting),
+            preempting=frozenset(self.preempting.values()),
             usage=self.usage,
             running_by_tenant={t: runs.values() for t, runs in self.by_tenant.items()},
         )
         preempted = False
         for decision in schedule(snapshot, self.placer).decisions:
             if isinstance(decision, Admit):
-                self._admit(now, decision)
+                record = self.jobs[decision.workload]
+                placement = [(self.state.names[b.node], b.gpus) for b in decision.bindings]
+                uids = [f"{decision.workload}-{record.row.attempts + 1}-{i}"
+                        for i in range(len(placement))]
+                step = machine.admit(record.row, placement, uids, now, None)
+                self._admitted(now, record, decision)
+                self._apply(now, record, step)
             elif isinstance(decision, Preempt):
-                self._evict(now, self.jobs[decision.victim], reason=decision.reason)
-                self.preempting.add(decision.preemptor)
+                record = self.jobs[decision.victim]
+                why = f"preempted: {PREEMPT_REASONS[decision.reason]}"
+                self.preempting[decision.victim] = decision.preemptor
+                self._apply(now, record, machine.preempt(
+                    record.row, now, self.retry.grace_seconds, decision.preemptor, why))
+                self._terminate(now, record)
                 preempted = True
             elif isinstance(decision, Inadmissible):
                 record = self.jobs[decision.workload]
                 record.inadmissible = decision.reason
                 self.pending.pop(decision.workload, None)
-                self._log(now, "inadmissible", job=decision.workload, reason=decision.reason)
+                self._apply(now, record, machine.reject(record.row, decision.reason, now))
+            # Pending: the reason is only kept by live runtimes (users read it).
         return preempted
 
-    # -- applying decisions -----------------------------------------------------
+    def _terminate(self, now: float, record: JobRecord) -> None:
+        """SIGTERM reached the victim's pods: they stop ``stop_seconds`` later."""
+        if self.stop_seconds <= 0:
+            self._handle(now, STOPPED, record.workload.name, record.row.attempts)
+        else:
+            self._push(now + self.stop_seconds, STOPPED, record.workload.name, record.row.attempts)
 
-    def _admit(self, now: float, decision: Admit) -> None:
-        record = self.jobs[decision.workload]
+    # -- applying the state machine's steps ----------------------------------------
+
+    def _admitted(self, now: float, record: JobRecord, decision: Admit) -> None:
+        name = decision.workload
         for binding in decision.bindings:
             self.state.bind(binding)
-        record.attempts += 1
         if record.first_start is None:
             record.first_start = now
+        record.bindings = tuple(decision.bindings)
         record.running = Running(
             workload=record.workload,
-            bindings=tuple(decision.bindings),
+            bindings=record.bindings,
             usage=dict(decision.usage),
             start_time=now,
-            checkpoint_interval=record.workload.checkpoint_interval or self.default_interval,
+            checkpoint_interval=self._interval(record),
         )
         self._charge(record.workload.tenant, decision.usage, +1)
-        self.pending.pop(decision.workload, None)
-        self.active[decision.workload] = record
-        self.running[decision.workload] = record.running
-        self.by_tenant.setdefault(record.workload.tenant, {})[decision.workload] = record.running
-        self.preempting.discard(decision.workload)
+        self.pending.pop(name, None)
+        self.running[name] = record.running
+        self.by_tenant.setdefault(record.workload.tenant, {})[name] = record.running
         self.timeline.start(record.workload.tenant, _gpu_milli(decision.bindings))
-        self._push(now + record.work_left, FINISH, decision.workload, record.attempts)
-        self._log(now, "admitted", job=decision.workload, tenant=decision.tenant,
-                  nodes=sorted({self.state.names[b.node] for b in decision.bindings}))
+        self._push(now + record.work_left, FINISH, name, record.row.attempts + 1)
 
-    def _stop(self, record: JobRecord) -> None:
+    def _apply(self, now: float, record: JobRecord, step: Step) -> None:
+        before = record.row.phase
+        record.row = step.job
+        after = step.job.phase
+        for effect in step.effects:
+            if isinstance(effect, Emit):
+                self._log(now, effect.kind, job=record.workload.name,
+                          tenant=record.workload.tenant, **_event_data(effect))
+        if before in HOLDING_PHASES and after not in HOLDING_PHASES:
+            self._release(record)
+            if after == "Pending":  # requeued: keep what was saved, charge what was lost
+                requeue = next(e for e in step.effects if isinstance(e, Emit))
+                kept, lost = float(requeue.data["kept_seconds"]), float(requeue.data["lost_seconds"])
+                record.work_left -= kept
+                record.lost_gpu_seconds += lost * record.gpu_milli_held / MILLI
+                self.pending[record.workload.name] = record.workload
+            elif after == "Succeeded":
+                record.finish, record.work_left = now, 0.0
+
+    def _release(self, record: JobRecord) -> None:
         running = record.running
         assert running is not None
-        for binding in running.bindings:
+        for binding in record.bindings:
             self.state.unbind(binding)
-        self.timeline.stop(record.workload.tenant, _gpu_milli(running.bindings))
+        record.gpu_milli_held = _gpu_milli(record.bindings)
+        self.timeline.stop(record.workload.tenant, record.gpu_milli_held)
         self._charge(record.workload.tenant, running.usage, -1)
-        record.running = None
-        self.active.pop(record.workload.name, None)
-        self.running.pop(record.workload.name, None)
-        self.by_tenant.get(record.workload.tenant, {}).pop(record.workload.name, None)
-
-    def _evict(self, now: float, record: JobRecord, reason: str) -> None:
-        """Stop a running job; keep progress up to its last checkpoint and requeue it."""
-        running = record.running
-        assert running is not None
-        ran = now - running.start_time
-        kept = running.saved_at(now) - running.start_time
-        record.work_left -= kept
-        lost = ran - kept
-        record.lost_gpu_seconds += lost * _gpu_milli(running.bindings) / MILLI
-        record.preemptions += 1
-        self._stop(record)
-        self.pending[record.workload.name] = record.workload
-        self._log(now, "preempted", job=record.workload.name, reason=reason,
-                  lost_seconds=round(lost, 3))
+        record.running, record.bindings = None, ()
+        name = record.workload.name
+        self.running.pop(name, None)
+        self.preempting.pop(name, None)
+        self.by_tenant.get(record.workload.tenant, {}).pop(name, None)
 
     def _charge(self, tenant: str, usage: Mapping[str, int], sign: int) -> None:
         held = self.usage.setdefault(tenant, {})
         for resource, amount in usage.items():
             held[resource] = held.get(resource, 0) + sign * amount
+
+
+def _event_data(effect: Emit) -> dict[str, Any]:
+    data = {k: v for k, v in effect.data.items() if v not in ("", None)}
+    if effect.kind in ("admitted", "requeued"):
+        # Keep the event compact: the trace replays can have millions of them.
+        data.pop("resumed", None)
+        data.pop("reason", None)
+    return data
 
 
 def _gpu_milli(bindings: Sequence[Binding]) -> int:
@@ -311,4 +371,3 @@ def run_replay(
     progress = options.pop("progress", None)
     engine = ReplayEngine(nodes, tenants, workloads, policy, seed, **options)
     return engine.run(progress)
-

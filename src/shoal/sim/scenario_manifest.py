@@ -64,6 +64,8 @@ def plan_from_simulation(
         checkpoint_interval=replay.checkpoint_interval_seconds,
         failures=failures_from(replay.failures, nodes),
         horizon=replay.horizon_seconds,
+        grace_seconds=replay.grace_period_seconds,
+        stop_seconds=replay.stop_seconds,
     )
 
 

@@ -12,6 +12,7 @@ from shoal.policy.placement.base import (
     scorer_names,
     typical_pods,
 )
+from shoal.policy.placement.factory import build_placer
 from shoal.policy.placement.gang import Placer
 
 del _fgd, _scorers
@@ -20,6 +21,7 @@ __all__ = [
     "Placer",
     "Scorer",
     "ScorerContext",
+    "build_placer",
     "make_scorer",
     "node_ranks",
     "place_pod",

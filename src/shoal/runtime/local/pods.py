@@ -13,9 +13,10 @@ import shutil
 import signal
 from pathlib import Path
 
-from shoal.control.records import PodSpec, PodStatus
+from shoal.control.records import PodStatus
 from shoal.errors import InputError
 from shoal.runtime.local.gpus import gpu_env, memory_mib
+from shoal.runtime.local.podspec import PodSpec
 
 # The control plane's environment may hold credentials: pods inherit only these.
 _INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ")
@@ -42,16 +43,19 @@ class WorkdirError(PodStartError):
 RUNNING = PodStatus("running", None, "running")
 
 
-def exit_status(returncode: int, *, sandboxed: bool, oom_kills: int, memory_mib: int) -> PodStatus:
-    """How a pod ended, from its main process's return code (Popen's: -n after signal n)."""
+def exit_status(returncode: int, *, signal_codes: bool, oom_kills: int, memory_mib: int) -> PodStatus:
+    """How a pod ended, from its main process's return code (Popen's: -n after signal n).
+
+    ``signal_codes``: the main process is a launcher (bwrap, the shell that records
+    the exit code) that reports its command's death by signal n as 128 + n.
+    """
     if returncode == 0:
         return PodStatus("succeeded", 0, "exited with code 0")
     code = 128 - returncode if returncode < 0 else returncode
     if oom_kills:
         limit = f": memory limit {memory_mib}Mi" if memory_mib else ""
         return PodStatus("oom_killed", code, f"OOMKilled{limit}")
-    # bwrap reports a command killed by signal n as exit code 128 + n.
-    signum = -returncode if returncode < 0 else (returncode - 128 if sandboxed else 0)
+    signum = -returncode if returncode < 0 else (returncode - 128 if signal_codes else 0)
     if 0 < signum < signal.NSIG:
         return PodStatus("signalled", code, f"killed by signal {_signal_name(signum)}")
     return PodStatus("failed", code, f"exited with code {code}")

@@ -3,16 +3,21 @@
 Each pod runs in its own session and process group, with stdin from /dev/null,
 stdout and stderr appended to its log file, and its own cgroup (``cgroups.py``)
 when the machine allows it: a tiny ``sh`` launcher joins the cgroup and then
-execs the command, so the limits hold from its first instruction and the pod's
-PID is the command's (in a sandbox, bwrap's; see ``sandbox.py``).
+execs the rest, so the limits hold from its first instruction. The rest,
+outermost first: the exit recorder (below) when the spec has an
+``exit_file``; in a sandbox, bwrap (see ``sandbox.py``); the command. The
+pod's PID is the outermost one's, which stays the same for the pod's life.
 
 Exit status: only a parent can collect one. For the pods it started, this
 runtime reaps them and reports ``succeeded``/``failed``/``signalled``/
 ``oom_killed`` with the exit code (128 + n after signal n). After a
 control-plane restart it *adopts* its pods by PID and start time; they are no
 longer its children, so when an adopted pod ends its exit code is gone (init
-collected it): it is reported ``lost``, or ``oom_killed`` when its cgroup
-counted an OOM kill.
+collected it). Hence the exit recorder: a small ``sh`` that runs the rest as
+its child and writes the exit code to ``exit_file`` before it exits, outside
+any sandbox, so sandboxed pods get it too and cannot write that file. An
+adopted pod that ended is reported from that file, else ``oom_killed`` when
+its cgroup counted an OOM kill, else ``lost``.
 
 A pod ends with its main process: what it leaves behind in its process group
 or cgroup is killed then, as Kubernetes does with a container's processes.
@@ -28,7 +33,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from shoal.control.records import PodHandle, PodSpec, PodStatus
+from shoal.control.records import PodStatus
 from shoal.errors import InternalError
 from shoal.runtime.local import sandbox
 from shoal.runtime.local.cgroups import Cgroups, Limits, cgroup_name, join_then_exec
@@ -43,7 +48,8 @@ from shoal.runtime.local.pods import (
     pod_name,
     resolve_command,
 )
-from shoal.runtime.local.procfs import group_members, in_group, read_stat, wait_exits
+from shoal.runtime.local.podspec import PodHandle, PodSpec
+from shoal.runtime.local.procfs import children, group_members, in_group, read_stat, wait_exits
 
 __all__ = [
     "CommandNotFoundError",
@@ -64,6 +70,8 @@ _LOST = "exited while Shoal was not its parent (after a restart); exit code unkn
 # Runs the command as a child and writes its exit code to a file, so that a
 # control plane restarted after the pod ended still knows how it ended.  The
 # group's SIGTERM reaches the command directly; the shell only waits it out.
+# In a sandbox it runs bwrap (outside it, so that the pod cannot write the file),
+# and what it records is bwrap's status: the command's, 128 + n after signal n.
 _RECORD_EXIT = """exit_file=$1; shift
 "$@" &
 child=$!
@@ -75,6 +83,11 @@ done
 echo "$code" > "$exit_file.tmp" && mv "$exit_file.tmp" "$exit_file"
 exit "$code"
 """
+
+
+def _signal_codes(spec: PodSpec) -> bool:
+    """Whether the pod's main process reports its command's death by signal n as 128 + n."""
+    return spec.isolation == "sandbox" or spec.exit_file is not None  # bwrap, the sh recorder
 
 
 def _recorded_exit(path: Path | None) -> int | None:
@@ -107,18 +120,17 @@ class LocalProcesses:
         self._collect()
         env = environment(spec)
         argv = [resolve_command(spec, env), *spec.command[1:]]
-        for path in (spec.workdir, spec.log_path.parent, *spec.writable):
+        records = () if spec.exit_file is None else (spec.exit_file.parent,)
+        for path in (spec.workdir, spec.log_path.parent, *spec.writable, *records):
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise WorkdirError(f"pod {pod_name(spec)}: cannot create {path}: {exc.strerror}") from exc
-        if spec.exit_file is not None and spec.isolation == "process":
-            argv = ["/bin/sh", "-c", _RECORD_EXIT, "shoal-pod", str(spec.exit_file), *argv]
         if spec.isolation == "sandbox":
-            argv = sandbox.sandbox_argv(
-                argv, workdir=spec.workdir, hostname=hostname(spec), writable=spec.writable,
-                jobs_root=self.jobs_root, network=spec.network, gpus=bool(spec.gpus),
-            )
+            argv = self._sandboxed(spec, argv, env)
+        if spec.exit_file is not None:
+            # Outside any sandbox: the pod gets no write access for it.
+            argv = ["/bin/sh", "-c", _RECORD_EXIT, "shoal-pod", str(spec.exit_file), *argv]
         cgroup = self._cgroup_for(spec)
         if cgroup is not None:
             try:
@@ -146,6 +158,16 @@ class LocalProcesses:
         self._children[child.pid] = child
         return PodHandle(child.pid, stat.start_ticks, cgroup, spec)
 
+    def _sandboxed(self, spec: PodSpec, argv: list[str], env: dict[str, str]) -> list[str]:
+        try:
+            return sandbox.sandbox_argv(
+                argv, workdir=spec.workdir, hostname=hostname(spec), writable=spec.writable,
+                jobs_root=self.jobs_root, network=spec.network, gpus=bool(spec.gpus),
+                search_path=env.get("PATH", os.defpath),
+            )
+        except sandbox.SandboxPathError as exc:
+            raise sandbox.SandboxPathError(f"pod {pod_name(spec)}: {exc.message}", hint=exc.hint) from None
+
     def poll(self, handle: PodHandle) -> PodStatus:
         """Where the pod stands, without blocking; reaps it once it has ended."""
         self._collect()
@@ -162,9 +184,10 @@ class LocalProcesses:
         self._signal(handle, signal.SIGKILL)
         recorded = _recorded_exit(handle.spec.exit_file)
         if recorded is not None:
-            if recorded == 0:
-                return self._ended(handle, PodStatus("succeeded", 0, ""))
-            return self._ended(handle, PodStatus("failed", recorded, f"exit code {recorded}"))
+            return self._ended(handle, exit_status(
+                recorded, signal_codes=True, oom_kills=self._oom_kills(handle),
+                memory_mib=handle.spec.memory_mib,
+            ))
         if self._oom_kills(handle):
             limit = handle.spec.memory_mib
             return self._ended(handle, PodStatus("oom_killed", None, f"OOMKilled: memory limit {limit}Mi"))
@@ -182,7 +205,7 @@ class LocalProcesses:
             return self._ended(handle, PodStatus("lost", None, "reaped elsewhere; exit code unknown"))
         self._signal(handle, signal.SIGKILL)
         status = exit_status(
-            child.wait(), sandboxed=handle.spec.isolation == "sandbox",
+            child.wait(), signal_codes=_signal_codes(handle.spec),
             oom_kills=self._oom_kills(handle), memory_mib=handle.spec.memory_mib,
         )
         del self._children[handle.pid]
@@ -198,8 +221,9 @@ class LocalProcesses:
         """Send SIGTERM now; the caller calls :meth:`kill` if it still runs after ``grace_s``."""
         del grace_s  # the caller owns the clock; every runtime takes the same arguments
         # bwrap's monitor would die at once on SIGTERM, and the pod would look gone while
-        # its command still shuts down: spare it, it exits after the command.
-        self._signal(handle, signal.SIGTERM, spare_leader=handle.spec.isolation == "sandbox")
+        # its command still shuts down: spare it (the leader, or the exit recorder's
+        # child), it exits after the command.
+        self._signal(handle, signal.SIGTERM, spare_launcher=handle.spec.isolation == "sandbox")
 
     def kill(self, handle: PodHandle) -> None:
         """SIGKILL every process of the pod; its cgroup goes as soon as they are gone."""
@@ -225,16 +249,24 @@ class LocalProcesses:
             return done
         return [handles[i] for i in wait_exits([(h.pid, h.start_ticks) for h in handles], timeout_s)]
 
-    def _signal(self, handle: PodHandle, sig: signal.Signals, *, spare_leader: bool = False) -> None:
-        """Signal the pod's process group and every process in its cgroup, once each."""
+    def _signal(self, handle: PodHandle, sig: signal.Signals, *, spare_launcher: bool = False) -> None:
+        """Signal the pod's process group and every process in its cgroup, once each.
+
+        ``spare_launcher``: not the group's leader nor the leader's children (in a
+        sandbox, bwrap's monitor is one of them: the leader, or the child of the
+        exit recorder that leads the group).
+        """
         if (handle.pid, handle.start_ticks) in self._final:
             return
         # The group is named after the leader's PID: use it only while that PID is
         # provably ours (an unreaped child, or the same start time) or used by nobody.
         stat = read_stat(handle.pid)
         owned = handle.pid in self._children or stat is None or stat.start_ticks == handle.start_ticks
-        targets = group_members(handle.pid) if owned and spare_leader else set()
-        if owned and not spare_leader:
+        targets, spared = set(), set()
+        if owned and spare_launcher:
+            targets = group_members(handle.pid)
+            spared = {handle.pid} | children(handle.pid, targets)
+        elif owned:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(handle.pid, sig)
         if handle.cgroup is not None and self.cgroups.available:
@@ -243,7 +275,7 @@ class LocalProcesses:
             # reading and killing is the race left (v1 has no atomic cgroup kill).
             members = self.cgroups.pids(handle.cgroup)
             targets |= {p for p in members if not (owned and in_group(p, handle.pid))}
-        for pid in targets - ({handle.pid} if spare_leader else set()):
+        for pid in targets - spared:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
 
@@ -264,8 +296,9 @@ class LocalProcesses:
         return cgroup
 
     def _limits(self, spec: PodSpec) -> Limits:
-        extra = _SANDBOX_PIDS if spec.isolation == "sandbox" and spec.pids_limit else 0
-        return Limits(spec.cpu_milli, spec.memory_mib, spec.pids_limit + extra)
+        # The launcher's own processes do not count against the pod's PID limit.
+        extra = (_SANDBOX_PIDS if spec.isolation == "sandbox" else 0) + int(spec.exit_file is not None)
+        return Limits(spec.cpu_milli, spec.memory_mib, spec.pids_limit + extra if spec.pids_limit else 0)
 
     def _oom_kills(self, handle: PodHandle) -> int:
         if handle.cgroup is None or not self.cgroups.available:

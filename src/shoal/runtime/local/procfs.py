@@ -1,4 +1,4 @@
-"""What ``/proc`` says about a process: state, process group and start time.
+"""What ``/proc`` says about a process: state, parent, process group and start time.
 
 The start time (field 22 of ``/proc/<pid>/stat``, in clock ticks since boot)
 together with the PID names one process for the machine's uptime: a PID that
@@ -21,6 +21,7 @@ class ProcStat:
 
     pid: int
     state: str  # R, S, D, Z (exited, not yet reaped), X, ...
+    ppid: int
     pgid: int
     start_ticks: int
 
@@ -38,7 +39,7 @@ def read_stat(pid: int) -> ProcStat | None:
         return None
     # comm (field 2) may contain spaces and parentheses: split after its last ")".
     fields = raw[raw.rindex(b")") + 2 :].split()
-    return ProcStat(pid, fields[0].decode(), int(fields[2]), int(fields[19]))
+    return ProcStat(pid, fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[19]))
 
 
 def start_ticks(pid: int) -> int | None:
@@ -63,6 +64,16 @@ def group_members(pgid: int) -> set[int]:
                 if stat is not None and stat.pgid == pgid and not stat.exited:
                     members.add(stat.pid)
     return members
+
+
+def children(parent: int, candidates: set[int]) -> set[int]:
+    """Those of ``candidates`` that are live children of ``parent``."""
+    found = set()
+    for pid in candidates:
+        stat = read_stat(pid)
+        if stat is not None and stat.ppid == parent and not stat.exited:
+            found.add(pid)
+    return found
 
 
 def wait_exits(processes: Sequence[tuple[int, int]], timeout_s: float | None) -> list[int]:

@@ -9,6 +9,17 @@ A sandboxed pod gets:
   (e.g. the checkpoint directory) are bound read-write;
 - an empty tmpfs over the runtime's jobs root, with only its own workdir bound
   back, so that it cannot read other tenants' workdirs;
+- read-only binds of what it needs to run where the two tmpfs would hide it:
+  the program, its ``#!`` interpreters (and what ``#!/usr/bin/env NAME``
+  finds on the pod's PATH), the virtual environment around either (the folder
+  of the ``pyvenv.cfg`` next to or above its ``bin``) and the Python
+  installation that the venv's ``home`` names or that an interpreter lives
+  in (see :class:`Exposure`). Links on the way are recreated as links
+  (``--symlink``), never followed into a bind: only real paths are bound.
+  Nothing under the jobs root is bound but the pod's own folders, and what a
+  link, script or ``pyvenv.cfg`` in the pod's own (tenant-writable) folders
+  names is never bound: :class:`SandboxPathError` says what cannot be shown
+  and why, instead of bwrap failing to exec it;
 - no capabilities (``--cap-drop ALL``) even when Shoal runs as root;
 - the ``/dev/nvidia*`` device nodes only when it was given GPUs;
 - networking: the pods of one gang share the namespace ``shoal-<network>``
@@ -22,31 +33,45 @@ SIGKILL of the control plane, which re-adopts them after its restart. Nor is
 (so TIOCSTI is moot), and staying in the launcher's process group lets the
 runtime signal the whole pod at once.
 
-bwrap's outer process dies at once on SIGTERM instead of waiting for the
-sandboxed command, so the runtime sends SIGTERM to the pod's other processes
-only (see ``process.py``); bwrap then exits with the command's exit status
-(128 + n when the command died of signal n).
+bwrap's outer process (its monitor) dies at once on SIGTERM instead of
+waiting for the sandboxed command, so the runtime sends SIGTERM neither to it
+nor to the pod's leader (the monitor itself, or the exit recorder that runs
+it), only to the pod's other processes (see ``process.py``); bwrap then exits
+with the command's exit status (128 + n when the command died of signal n).
 """
 
 from __future__ import annotations
 
 import glob
+import os
 import re
 import shutil
+import stat
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 from shoal.errors import ShoalError
+from shoal.runtime.local.pods import PodStartError
 
 NETNS_DIR = Path("/run/netns")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_MAX_LINKS = 40  # the kernel's limit before ELOOP
+_MAX_INTERPRETERS = 4  # the kernel's limit on nested #! interpreters
+_SHEBANG_BYTES = 256  # how much of a script the kernel reads for its #! line
+_CONFIG_BYTES = 65536  # a pyvenv.cfg is a few lines
 
 
 class SandboxUnavailableError(ShoalError):
     """Sandbox isolation was asked for but this machine cannot provide it."""
 
     code = "sandbox_unavailable"
+
+
+class SandboxPathError(PodStartError):
+    """Something the pod needs to run cannot be shown inside its sandbox."""
+
+    code = "sandbox_path_hidden"
 
 
 def bwrap_path() -> str | None:
@@ -101,18 +126,28 @@ def sandbox_argv(
     jobs_root: Path | None = None,
     network: str | None = None,
     gpus: bool = False,
+    search_path: str = os.defpath,
 ) -> list[str]:
-    """The argv that runs ``command`` (already resolved) inside a sandbox."""
+    """The argv that runs ``command`` (its program already resolved) inside a sandbox.
+
+    ``search_path`` is the pod's PATH, where ``#!/usr/bin/env NAME`` finds NAME.
+    :class:`SandboxPathError` when what the pod runs cannot be shown to it.
+    """
     bwrap = bwrap_path()
     if bwrap is None:
         raise SandboxUnavailableError(
             "sandbox isolation needs bubblewrap", hint="apt-get install -y bubblewrap"
         )
+    exposure = Exposure(workdir, (workdir, *writable), jobs_root, search_path)
+    exposure.program(Path(command[0]))
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     if gpus:
         # --dev gives a fresh /dev without GPUs; pods that were given some get the nodes back.
         for node in sorted(glob.glob("/dev/nvidia*")):
             argv += ["--dev-bind", node, node]
+    # After the tmpfs on /tmp that would hide them; before the one on the jobs root,
+    # which hides again whatever of it lies inside a bind.
+    argv += exposure.argv()
     if jobs_root is not None:
         # Hide every tenant's workdir; the pod's own is bound back below.
         argv += ["--tmpfs", str(jobs_root)]
@@ -131,3 +166,196 @@ def sandbox_argv(
     # ip execs bwrap in place (no fork), so the pod's PID stays the launcher's.
     ip = shutil.which("ip") or "ip"
     return [ip, "netns", "exec", netns_name(network), *argv]
+
+
+class Exposure:
+    """Plans what a sandbox must show of the hidden ``/tmp`` for a pod's program to run.
+
+    bwrap mounts, in order: the host read-only, a tmpfs on /tmp, the binds and
+    links planned here, a tmpfs on the jobs root, the pod's own folders
+    read-write. A path is shown when the last of those covering it is not a
+    tmpfs. Paths are planned by walking them one component at a time, as the
+    kernel does: a link in a hidden place is recreated as a link (which shows
+    nothing by itself) and only the real file or folder at the end is bound.
+
+    The pod's own folders are the tenant's to write, so whatever is named by a
+    link, a ``#!`` line or a ``pyvenv.cfg`` found there is *untrusted*: the pod
+    sees it as the sandbox shows it anyway, and needing it bound is an error.
+    """
+
+    def __init__(self, workdir: Path, own: Sequence[Path], jobs_root: Path | None,
+                 search_path: str) -> None:
+        self.workdir = workdir
+        self.own = [_real(path) for path in own]
+        self.jobs_root = None if jobs_root is None else _real(jobs_root)
+        self.tmp = _real(Path("/tmp"))
+        self.search_path = search_path
+        self.binds: list[Path] = []
+        self.links: dict[Path, str] = {}  # where -> what the link says
+
+    def argv(self) -> list[str]:
+        """bwrap's arguments for the planned binds (read-only) and links."""
+        args: list[str] = []
+        for path in self.binds:
+            if not any(path != other and _under(path, other) for other in self.binds):
+                args += ["--ro-bind", str(path), str(path)]
+        for where, target in self.links.items():
+            if not self._bound(where):  # a bind planned later shows it already
+                args += ["--symlink", target, str(where)]
+        return args
+
+    def program(self, path: Path, what: str = "command", trusted: bool = True,
+                depth: int = 0) -> None:
+        """Show the program at ``path``, its virtual environment and its interpreters."""
+        path = self.workdir / path  # relative to the pod's cwd, as the kernel does
+        self._venv(path, trusted)
+        real, trusted = self.show(path, what, trusted)
+        if real.name.startswith("python") and real.parent.name == "bin":
+            self._python(real.parent, trusted)  # a base interpreter needs its library
+        interpreter = _shebang(real) if depth < _MAX_INTERPRETERS else None
+        if interpreter is None:
+            return
+        program, argument = interpreter
+        self.program(Path(program), "interpreter", trusted, depth + 1)
+        if Path(program).name == "env" and argument:
+            # #!/usr/bin/env NAME: env looks NAME up on the pod's PATH.
+            names = [word for word in argument.split() if not word.startswith("-") and "=" not in word]
+            found = shutil.which(names[0], path=self.search_path) if names else None
+            if found is not None:
+                self.program(Path(found).absolute(), "interpreter", trusted, depth + 1)
+
+    def show(self, path: Path, what: str, trusted: bool) -> tuple[Path, bool]:
+        """Make ``path`` resolve in the sandbox as on the host.
+
+        Returns its real path, and whether what is read from it may name more
+        to show: not when it lies in, or was reached through a link in, the
+        pod's own folders.
+        """
+        path = self.workdir / path  # as the kernel does: relative to the pod's cwd
+        current, pending, hops = Path("/"), list(path.parts[1:]), 0
+        while pending:
+            part = pending.pop(0)
+            if part == "..":
+                current = current.parent  # of the real folder, as the kernel does
+                continue
+            step = current / part
+            if not step.is_symlink():
+                current = step
+                continue
+            hops += 1
+            if hops > _MAX_LINKS:
+                raise SandboxPathError(f"{what} {path}: too many levels of symbolic links")
+            try:
+                target = os.readlink(step)
+            except OSError as exc:  # replaced meanwhile
+                raise SandboxPathError(f"{what} {path}: cannot read the link {step}: {exc.strerror}") from exc
+            if self._owned(step):
+                trusted = False  # the tenant wrote this link; the pod sees it as it is
+            elif not self._shown(step):
+                self._check(step, path, what, trusted)
+                self.links[step] = target
+            parts = Path(target).parts
+            if parts and parts[0] == "/":
+                current, parts = Path("/"), parts[1:]
+            pending[:0] = parts
+        if os.path.lexists(current) and not self._shown(current):
+            self._check(current, path, what, trusted)
+            self.binds.append(current)
+        return current, trusted and not self._owned(current)
+
+    def _venv(self, program: Path, trusted: bool) -> None:
+        """Show the virtual environment around ``program``, found as Python finds it."""
+        for folder in (program.parent, program.parent.parent):
+            if (folder / "pyvenv.cfg").is_file():
+                real, trusted = self.show(folder, "virtual environment", trusted)
+                home = _venv_home(real / "pyvenv.cfg")
+                if home is not None:
+                    self._python(home, trusted)
+                return
+
+    def _python(self, bin_dir: Path, trusted: bool) -> None:
+        """Show the Python installation whose executables are in ``bin_dir``."""
+        prefix = bin_dir.parent
+        if any(prefix.glob("lib/python3*/os.py")):
+            self.show(prefix, "Python installation", trusted)
+        else:
+            self.show(bin_dir, "Python installation", trusted)
+
+    def _check(self, real: Path, path: Path, what: str, trusted: bool) -> None:
+        """Refuse to bind (or link) ``real``, reached from ``path``, unless that is safe."""
+        named = f"{what} {path}" + ("" if real == path else f" (at {real})")
+        if self.jobs_root is not None and _under(real, self.jobs_root):
+            raise SandboxPathError(
+                f"{named} is inside {self.jobs_root}, which the sandbox hides but for the "
+                "pod's own folders", hint="install it outside the control plane's state folder",
+            )
+        if not trusted:
+            raise SandboxPathError(
+                f"{named} is hidden by the sandbox, and was named by a file written in the "
+                "pod's own folders: only what the sandbox shows anyway may be named there",
+                hint="name it in the job's command, not through a link, script or pyvenv.cfg there",
+            )
+        if real == self.tmp:
+            raise SandboxPathError(
+                f"{named} would show all of {self.tmp} to the pod", hint="move it to a folder of its own"
+            )
+
+    def _owned(self, path: Path) -> bool:
+        return any(_under(path, own) for own in self.own)
+
+    def _bound(self, path: Path) -> bool:
+        return any(_under(path, bind) for bind in self.binds)
+
+    def _shown(self, path: Path) -> bool:
+        """Whether the sandbox shows the host's ``path`` (the last mount covering it wins)."""
+        if self._owned(path):
+            return True
+        if self.jobs_root is not None and _under(path, self.jobs_root):
+            return False
+        return not _under(path, self.tmp) or self._bound(path)
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _under(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _head(path: Path, size: int) -> bytes | None:
+    """The first ``size`` bytes of a regular file; None for anything else.
+
+    Non-blocking and checked after opening: a FIFO named by a tenant must not
+    hang the control plane.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:  # unreadable or gone: nothing to show
+        return None
+    try:
+        return os.read(fd, size) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _shebang(path: Path) -> tuple[str, str] | None:
+    """A script's interpreter and its one optional argument, as the kernel splits them."""
+    head = _head(path, _SHEBANG_BYTES)
+    if head is None or not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].decode(errors="replace").strip()
+    words = line.split(None, 1)  # the kernel splits at the first space or tab
+    return (words[0], words[1] if len(words) > 1 else "") if words else None
+
+
+def _venv_home(config: Path) -> Path | None:
+    """The ``home`` (the base interpreter's folder) that a ``pyvenv.cfg`` names."""
+    text = _head(config, _CONFIG_BYTES)
+    for line in (text or b"").decode(errors="replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "home" and value.strip():
+            return Path(value.strip())
+    return None

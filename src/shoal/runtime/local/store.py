@@ -32,7 +32,13 @@ from shoal.runtime.local.store_db import (
     StoreConflict,
     StoreError,
 )
-from shoal.runtime.local.store_schema import JOB_COLUMNS, encode_changes, job_from_row, migrate
+from shoal.runtime.local.store_schema import (
+    JOB_COLUMNS,
+    MUTABLE_FIELDS,
+    encode_changes,
+    job_from_row,
+    migrate,
+)
 from shoal.runtime.local.store_tokens import Role, find_principal, insert_token, load_salt, revoke
 
 __all__ = [
@@ -163,6 +169,12 @@ class SqliteStore(Database):
         with self.transaction():
             self._fenced(name, expected_version, assignments, list(columns.values()))
             return self.get_job(name)
+
+    def save_job(self, job: JobRow) -> JobRow:
+        """Write every mutable field of ``job``, fenced by ``job.version`` (see ``update_job``)."""
+        return self.update_job(
+            job.name, job.version, **{f: getattr(job, f) for f in sorted(MUTABLE_FIELDS)}
+        )
 
     def finalize_job(self, name: str, expected_version: int) -> None:
         """Retire a job once its pods are gone: the row stays for audit, the name is freed."""

@@ -15,33 +15,39 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
-from shoal.errors import ConflictError, InputError, NotFoundError, ShoalError
+from shoal.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    NotFoundError,
+    ShoalError,
+    StoreBusyError,
+)
 
 _BUSY_TIMEOUT_MS = 10_000
 
 
+# The store's errors are the tree's own classes (``shoal.errors``), named for
+# where they come from; callers catch the tree's types.
 class StoreConflict(ConflictError):
     """The version token did not match: someone changed the row since it was read."""
-
-    code = "conflict"
 
 
 class NotFound(NotFoundError):
     """The named job, tenant or node does not exist (or is not the caller's)."""
 
-    code = "not_found"
 
-
-class AlreadyExists(InputError, ConflictError):
-    """A live object already has that name: bad input (exit 2), and a conflict (HTTP 409)."""
-
-    code = "already_exists"
+class AlreadyExists(AlreadyExistsError):
+    """A live object already has that name (HTTP 409, exit 2, not worth retrying)."""
 
 
 class StoreError(ShoalError):
-    """The state file cannot be used: unreadable, from a newer Shoal, or locked too long."""
+    """The state file cannot be used: unreadable, or from a newer Shoal."""
 
     code = "store_error"
+
+
+class StoreBusy(StoreBusyError):
+    """Another writer held the state store's lock for longer than the busy timeout."""
 
 
 class Database:
@@ -103,7 +109,8 @@ class Database:
             # true until it commits (no lock upgrade failing half-way).
             conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
         except sqlite3.OperationalError as exc:
-            raise StoreError(f"the state store {self.path} is busy: {exc}") from exc
+            raise StoreBusy(f"the state store {self.path} is busy: {exc}",
+                            retry_after_s=1.0) from exc
         self._local.depth = depth + 1
         try:
             yield

@@ -15,13 +15,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shoal.control.records import PHASES, JobRow
+from shoal.control.records import PHASES, JobRow, PodRecord
 from shoal.runtime.local.store_db import StoreError
 
 MUTABLE_FIELDS = frozenset(
     {
         "manifest", "phase", "attempts", "preemptions", "lost_seconds", "start_time",
         "finish_time", "reason", "pods", "checkpoint_dir", "next_attempt_at", "deleted",
+        "stop_cause", "stop_deadline", "preemptor", "checkpoint_time", "checkpoint_step",
+        "resumed_from", "failures",
     }
 )
 """What ``update_job`` may change: identity, version and submit time are fixed."""
@@ -30,7 +32,9 @@ _JSON_FIELDS = frozenset({"manifest", "pods"})
 
 JOB_COLUMNS = (
     "name, tenant, manifest, phase, version, attempts, preemptions, lost_seconds, submit_time, "
-    "start_time, finish_time, reason, pods, checkpoint_dir, next_attempt_at, deleted"
+    "start_time, finish_time, reason, pods, checkpoint_dir, next_attempt_at, deleted, "
+    "stop_cause, stop_deadline, preemptor, checkpoint_time, checkpoint_step, resumed_from, "
+    "failures"
 )
 
 
@@ -95,7 +99,22 @@ _V1 = (
     "CREATE INDEX tokens_tenant ON tokens (tenant)",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "jobs, tenants, nodes, events, tokens", _V1),)
+# The shared state machine's bookkeeping: why and until when pods are being
+# stopped, for whom, the newest checkpoint seen, and failed attempts.
+_V2 = (
+    "ALTER TABLE jobs ADD COLUMN stop_cause TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE jobs ADD COLUMN stop_deadline REAL",
+    "ALTER TABLE jobs ADD COLUMN preemptor TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE jobs ADD COLUMN checkpoint_time REAL",
+    "ALTER TABLE jobs ADD COLUMN checkpoint_step INTEGER",
+    "ALTER TABLE jobs ADD COLUMN resumed_from INTEGER",
+    "ALTER TABLE jobs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "jobs, tenants, nodes, events, tokens", _V1),
+    Migration(2, "job stop cause, deadline, preemptor, checkpoint, failures", _V2),
+)
 LATEST = MIGRATIONS[-1].version
 
 
@@ -149,10 +168,17 @@ def job_from_row(row: sqlite3.Row) -> JobRow:
         start_time=row["start_time"],
         finish_time=row["finish_time"],
         reason=row["reason"],
-        pods=json.loads(row["pods"]),
+        pods=tuple(PodRecord.from_json(p) for p in json.loads(row["pods"])),
         checkpoint_dir=row["checkpoint_dir"],
         next_attempt_at=row["next_attempt_at"],
         deleted=bool(row["deleted"]),
+        stop_cause=row["stop_cause"],
+        stop_deadline=row["stop_deadline"],
+        preemptor=row["preemptor"],
+        checkpoint_time=row["checkpoint_time"],
+        checkpoint_step=row["checkpoint_step"],
+        resumed_from=row["resumed_from"],
+        failures=row["failures"],
     )
 
 
@@ -168,7 +194,11 @@ def encode_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown job phase {changes['phase']!r}")
     encoded: dict[str, Any] = {}
     for key, value in changes.items():
-        if key in _JSON_FIELDS:
+        if key == "pods":
+            encoded[key] = json.dumps(
+                [p.to_json() if isinstance(p, PodRecord) else p for p in value], sort_keys=True
+            )
+        elif key in _JSON_FIELDS:
             encoded[key] = json.dumps(value, sort_keys=True)
         elif key == "deleted":
             encoded[key] = int(bool(value))

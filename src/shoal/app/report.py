@@ -58,6 +58,7 @@ def build_report(
             "jct_s": (round(job["finish_time"] - job["submit_time"], 3)
                       if job.get("finish_time") is not None else None),
             "reason": job.get("reason", ""),
+            **_resume(job["name"], ordered),
         }
         for job in sorted(jobs, key=lambda j: (j["submit_time"], j["name"]))
     ]
@@ -71,6 +72,14 @@ def build_report(
         "tenants": tenant_rows,
         "duration_s": round(end - start, 3),
     }
+
+
+def _resume(job: str, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Whether the job's last attempt resumed from a checkpoint, and from which step."""
+    admitted = [e.get("data") or {} for e in events
+                if e["kind"] == "admitted" and e.get("job") == job]
+    last = admitted[-1] if admitted else {}
+    return {"resumed": bool(last.get("resumed")), "resumed_from": last.get("resumed_from")}
 
 
 def _gpu_seconds(

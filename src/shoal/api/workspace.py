@@ -1,0 +1,114 @@
+"""The embedded runtime's ``Workspace``: a job's files under ``<state>/jobs/<job>/``.
+
+Checks made before a job is accepted (command, working folder, checkpoint
+folder) look at this machine and create nothing, so a rejected apply leaves
+no trace; the control loop creates the folders when the pods start.
+(Belongs to the embedded runtime; kept here until it moves there.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from shoal.domain.job import TrainingJob
+from shoal.errors import InputError
+
+
+class LocalWorkspace:
+    """Paths come from the runtime (``checkpoints``, ``logs``); everything of a
+    job lives under ``<state>/jobs/<job>/``."""
+
+    def __init__(self, state_dir: Path, checkpoints: Callable[[str], Path],
+                 logs: Callable[[str, int], Path]) -> None:
+        self.state_dir = state_dir
+        self._checkpoints = checkpoints
+        self._logs = logs
+
+    def job_dir(self, job: str) -> Path:
+        return self.state_dir / "jobs" / job
+
+    def checkpoint_dir(self, job: str) -> str:
+        return str(self._checkpoints(job))
+
+    def log_path(self, job: str, pod: int) -> Path:
+        return self._logs(job, pod)
+
+    def check(self, job: TrainingJob, tenant: Mapping[str, Any]) -> None:
+        check_host(job, tenant, self.state_dir)
+        name = job.metadata.name
+        _check_creatable(name, Path(self.checkpoint_dir(name)))
+
+    def forget(self, job: str) -> None:
+        folder = self.job_dir(job)
+        if folder.exists():
+            shutil.rmtree(folder)
+
+    def read_log(self, job: str, pod: int, offset: int = 0) -> bytes:
+        try:
+            with self.log_path(job, pod).open("rb") as handle:
+                handle.seek(offset)
+                return handle.read()
+        except FileNotFoundError:
+            return b""
+
+
+def check_host(job: TrainingJob, tenant: Mapping[str, Any], state_dir: Path | None) -> None:
+    """The job's working folder and command exist on this machine."""
+    name, spec = job.metadata.name, job.spec
+    if spec.working_dir:
+        _check_working_dir(name, Path(spec.working_dir), state_dir, spec.tenant, tenant)
+    if spec.command:
+        base = Path(spec.working_dir) if spec.working_dir else state_dir or Path.cwd()
+        _check_command(name, spec.command[0], base)
+
+
+def _check_working_dir(
+    name: str, folder: Path, state_dir: Path | None, tenant_name: str,
+    tenant: Mapping[str, Any],
+) -> None:
+    if not folder.is_dir():
+        raise InputError(f"TrainingJob {name}: workingDir {folder} is not a directory")
+    if state_dir is not None and folder.resolve().is_relative_to(state_dir.resolve()):
+        raise InputError(
+            f"TrainingJob {name}: workingDir {folder} is inside the control plane's state folder"
+        )
+    if tenant.get("isolation") == "sandbox":
+        # A sandbox mounts its working folder writable: a host folder would be
+        # exposed to the pod.
+        raise InputError(
+            f"TrainingJob {name}: tenant {tenant_name} runs sandboxed pods, which work "
+            "in a private folder; remove workingDir and use absolute paths to read-only code"
+        )
+
+
+def _check_command(name: str, program: str, workdir: Path) -> None:
+    if os.sep in program:
+        path = Path(program) if Path(program).is_absolute() else workdir / program
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise InputError(
+                f"TrainingJob {name}: command {program!r} does not exist or is not executable"
+            )
+    elif shutil.which(program) is None:
+        raise InputError(f"TrainingJob {name}: command {program!r} was not found on PATH")
+
+
+def _check_creatable(name: str, directory: Path) -> None:
+    """The folder exists and is writable, or could be created: without creating it."""
+    probe = directory
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    problem = None
+    if not probe.is_dir():
+        problem = f"{probe} is not a directory"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        problem = f"{probe} is not writable"
+    if problem is not None:
+        raise InputError(
+            f"TrainingJob {name}: checkpoint directory {directory} is not writable ({problem})"
+        )

@@ -1,0 +1,109 @@
+"""Reads and deletes on behalf of a caller, with the tenancy rules in one place.
+
+What a tenant's token sees: its own jobs, their logs and events; its own
+tenant's quota and usage; of the nodes only the cluster's total capacity,
+not their names.  Another tenant's job reads as missing (404), whatever the
+verb, so job names stay private.  An admin token sees everything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoal.app.core import App
+from shoal.app.ports import Caller, JobRecord, Role
+from shoal.app.usage import capacity, tenant_status
+from shoal.app.views import job_detail, job_summary, pod_count
+from shoal.errors import Forbidden, InputError, NotFoundError
+
+MAX_EVENT_ID = 2**62
+MAX_POD_INDEX = 100_000
+
+
+def _scope(caller: Caller) -> str | None:
+    """The tenant a caller is limited to; None for an admin."""
+    return None if caller.role == "admin" else caller.tenant or ""
+
+
+def visible_job(app: App, caller: Caller, name: str) -> JobRecord:
+    row = app.store.get_job(name)  # NotFoundError when there is none
+    scope = _scope(caller)
+    if scope is not None and row.tenant != scope:
+        raise NotFoundError(f"job '{name}' not found")
+    return row
+
+
+def list_jobs(app: App, caller: Caller) -> list[dict[str, Any]]:
+    return [job_summary(row) for row in app.store.list_jobs(tenant=_scope(caller))]
+
+
+def get_job(app: App, caller: Caller, name: str) -> dict[str, Any]:
+    row = visible_job(app, caller, name)
+    # Only this job's events: the name may have been used before.
+    events = [e for e in app.store.events(job=name, tenant=row.tenant)
+              if e["time"] >= row.submit_time]
+    return job_detail(row, events)
+
+
+def delete_job(app: App, caller: Caller, name: str) -> dict[str, Any]:
+    visible_job(app, caller, name)
+    row = app.store.request_delete(name, _scope(caller))
+    app.wake()
+    return job_summary(row)
+
+
+def check_pod(row: JobRecord, pod: int) -> None:
+    """NotFoundError naming the valid indices when the job has no pod ``pod``."""
+    count = pod_count(row.manifest)
+    if not 0 <= pod < count:
+        valid = "0" if count == 1 else f"0 to {count - 1}"
+        raise NotFoundError(f"job '{row.name}' has no pod {pod} (pods: {valid})")
+
+
+def read_log(app: App, caller: Caller, name: str, pod: int, offset: int = 0) -> bytes:
+    check_pod(visible_job(app, caller, name), pod)
+    return app.workspace.read_log(name, pod, offset)
+
+
+def job_phase(app: App, name: str) -> str:
+    return app.store.get_job(name).phase
+
+
+def events(app: App, caller: Caller, since: int = 0) -> list[dict[str, Any]]:
+    if not 0 <= since <= MAX_EVENT_ID:
+        raise InputError(f"since: expected an event id from 0 to {MAX_EVENT_ID}, got {since}")
+    return app.store.events(since_id=since, tenant=_scope(caller))
+
+
+def tenants(app: App, caller: Caller) -> dict[str, Any]:
+    """Specs and status (quota, usage, borrowed, pending) of the tenants the caller may see."""
+    scope = _scope(caller)
+    specs = {k: v for k, v in app.store.tenants().items() if scope is None or k == scope}
+    jobs = app.store.list_jobs(phases=("Pending", "Running", "Preempting"))
+    status = tenant_status(specs, app.store.nodes(), jobs)
+    return {"tenants": specs, "status": status}
+
+
+def nodes(app: App, caller: Caller) -> dict[str, Any]:
+    specs = app.store.nodes()
+    summary = capacity(specs)
+    if _scope(caller) is not None:
+        return {"nodes": {}, **summary}  # names and shapes are the admin's business
+    return {"nodes": specs, **summary}
+
+
+def create_token(app: App, caller: Caller, tenant: str | None, role: Role) -> dict[str, Any]:
+    if caller.role != "admin":
+        raise Forbidden("only an admin token may create tokens")
+    if role == "tenant" and not tenant:
+        raise InputError("a tenant token needs a tenant: pass {\"tenant\": \"<name>\"}")
+    if role == "admin" and tenant:
+        raise InputError("an admin token belongs to no tenant: leave out \"tenant\"")
+    if role == "tenant" and tenant not in app.store.tenants():
+        raise NotFoundError(f"tenant '{tenant}' not found")
+    token = app.store.create_token(tenant or "admin", role, tenant)
+    return {"token": token, "tenant": tenant, "role": role}
+
+
+def resolve(app: App, token: str) -> Caller | None:
+    return app.store.resolve_token(token)

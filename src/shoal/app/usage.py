@@ -1,0 +1,81 @@
+"""What each tenant uses, borrows and waits for, as ``kubectl get clusterqueues`` shows it.
+
+Usage is counted as the control loop counts it: the quota vector of every
+pod bound to a node (``policy.flavors.usage_of``), for jobs that hold
+resources (Running, Preempting).  Borrowed is usage above nominal quota.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from shoal.app.ports import JobRecord
+from shoal.app.views import pod_field
+from shoal.domain.cluster import Binding, ClusterState
+from shoal.domain.job import TrainingJob
+from shoal.domain.nodes import NodePoolSpec, expand_pool
+from shoal.domain.resources import total
+from shoal.domain.tenant import TenantSpec
+from shoal.domain.workload import from_training_job
+from shoal.policy.flavors import usage_of
+from shoal.policy.quota import TenantQuota
+
+HOLDING = ("Running", "Preempting")
+
+
+def tenant_status(
+    tenants: Mapping[str, dict[str, Any]],
+    nodes: Mapping[str, dict[str, Any]],
+    jobs: Sequence[JobRecord],
+) -> list[dict[str, Any]]:
+    """Per tenant: cohort, weight, nominal quota, usage, borrowed, pending and running jobs."""
+    state = ClusterState([
+        node for name, spec in sorted(nodes.items())
+        for node in expand_pool(name, NodePoolSpec.model_validate(spec))
+    ])
+    used: dict[str, list[dict[str, int]]] = {}
+    for row in jobs:
+        if row.phase in HOLDING:
+            used.setdefault(row.tenant, []).append(_usage(row, state))
+    out = []
+    for name, spec in sorted(tenants.items()):
+        quota = TenantQuota.from_spec(name, TenantSpec.model_validate(spec))
+        usage = total(used.get(name, []))
+        borrowed = {r: a - quota.nominal.get(r, 0) for r, a in usage.items()
+                    if a > quota.nominal.get(r, 0)}
+        out.append({
+            "name": name, "cohort": quota.cohort, "weight": quota.weight,
+            "nominal": dict(quota.nominal), "usage": usage, "borrowed": borrowed,
+            "pending": sum(1 for r in jobs if r.tenant == name and r.phase == "Pending"),
+            "running": len(used.get(name, [])),
+        })
+    return out
+
+
+def capacity(nodes: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """The cluster's total capacity, without node names (what a tenant may see)."""
+    count, vector = 0, dict[str, int]()
+    for name, spec in nodes.items():
+        for node in expand_pool(name, NodePoolSpec.model_validate(spec)):
+            count += 1
+            vector = total([vector, {"cpu": node.cpu, "memory": node.memory}])
+            if node.gpu_count:
+                key = f"gpu/{node.gpu_model}"
+                vector[key] = vector.get(key, 0) + node.gpu_count * 1000
+    return {"node_count": count, "capacity": vector}
+
+
+def _usage(row: JobRecord, state: ClusterState) -> dict[str, int]:
+    workload = from_training_job(TrainingJob.model_validate(row.manifest), row.submit_time)
+    bindings = []
+    for pod in row.pods:
+        node = state.index.get(str(pod_field(pod, "node")))
+        index = int(pod_field(pod, "index", 0))
+        gpus = tuple(int(g) for g in pod_field(pod, "gpus", ()) or ())
+        if node is None or index >= len(workload.pods):
+            continue  # its node was removed; it holds nothing countable
+        if any(g >= state.gpu_count[node] for g in gpus):
+            continue
+        bindings.append(Binding(node=node, gpus=gpus, shape=workload.pods[index]))
+    return usage_of(state, bindings)

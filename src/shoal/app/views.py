@@ -1,0 +1,49 @@
+"""Plain-data views of stored records, as the API returns them.
+
+Pods may be records (dataclasses) or mappings depending on the store's
+version; both serialise to the same dictionaries here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from shoal.app.ports import JobRecord
+
+_HIDDEN = ("manifest", "pods", "checkpoint_dir", "version")
+
+
+def plain(record: Any) -> dict[str, Any]:
+    """A dataclass record or a mapping as a new dict."""
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return dataclasses.asdict(record)
+    if isinstance(record, Mapping):
+        return dict(record)
+    raise TypeError(f"cannot serialise {type(record).__name__}")
+
+
+def pod_field(pod: Any, key: str, default: Any = None) -> Any:
+    if isinstance(pod, Mapping):
+        return pod.get(key, default)
+    return getattr(pod, key, default)
+
+
+def job_summary(row: JobRecord) -> dict[str, Any]:
+    """One line of ``get jobs``: everything but the manifest and the pods' details."""
+    data = {k: v for k, v in plain(row).items() if k not in _HIDDEN}
+    data["pods"] = len(row.pods)
+    data["pod_count"] = pod_count(row.manifest)
+    return data
+
+
+def job_detail(row: JobRecord, events: list[dict[str, Any]]) -> dict[str, Any]:
+    return {**job_summary(row), "manifest": row.manifest,
+            "pods": [plain(pod) for pod in row.pods], "events": events}
+
+
+def pod_count(manifest: Mapping[str, Any]) -> int:
+    """How many pods the job's spec asks for (a stored manifest is valid)."""
+    pod_sets = manifest.get("spec", {}).get("podSets", [])
+    return sum(int(p.get("count", 1)) for p in pod_sets)

@@ -1,0 +1,320 @@
+"""The job state machine that every runtime applies: pure transitions on ``JobRow``.
+
+::
+
+    Pending --admit--> Running --all pods succeeded--> Succeeded
+       ^                 |  \\--a pod failed--> Stopping(failed) --pods gone--> Pending (retry,
+       |                 |                                                     backoff) | Failed
+       |                 +--preempt--> Preempting --pods gone--> Pending (requeued, lost work)
+       |                 |                 \\--all exited 0 in the grace period--> Succeeded
+       |                 +--delete--> Stopping(deleted) --pods gone--> Cancelled
+       +--(Pending, deleted)--> Cancelled;  inadmissible --> Failed
+
+A transition takes a record (and what was observed: pod statuses, the newest
+checkpoint, the clock's ``now``) and returns a ``Step``: the new record and
+the *effects* the runtime must carry out (start, terminate or kill a pod,
+release an attempt's resources, record an event).  The embedded controller,
+the Kubernetes operator and the replay engine all call these functions, so
+grace periods, checkpoint bookkeeping, lost-work accounting and retries with
+backoff are one piece of code in every runtime.
+
+Resources are held in Running, Preempting and Stopping: a job's pods keep
+their GPUs until every pod has been *seen* gone, never merely signalled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from shoal.control.records import (
+    Checkpoint,
+    JobRow,
+    PodRecord,
+    PodStatus,
+    StopCause,
+)
+from shoal.policy.snapshot import progress_saved
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Grace period and retry backoff (the same defaults in every runtime)."""
+
+    grace_seconds: float = 10.0
+    backoff_seconds: float = 1.0
+    backoff_max_seconds: float = 60.0
+
+    def backoff(self, failures: int) -> float:
+        """Delay before the next attempt after ``failures`` failed attempts (>= 1)."""
+        return float(min(self.backoff_seconds * 2 ** (failures - 1), self.backoff_max_seconds))
+
+
+# -- effects ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Start this pod of the job's current attempt."""
+
+    pod: PodRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Terminate:
+    """Ask the pod to stop (SIGTERM); it is killed if it still runs at the deadline."""
+
+    pod: PodRecord
+    grace_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    pod: PodRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The attempt is over and its pods are gone: free what the runtime kept for it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Record an event about the job."""
+
+    kind: str
+    data: Mapping[str, Any]
+
+
+Effect = Start | Terminate | Kill | Release | Emit
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    job: JobRow
+    effects: tuple[Effect, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.effects)
+
+
+def _emit(kind: str, **data: Any) -> Emit:
+    return Emit(kind, data)
+
+
+# -- transitions ------------------------------------------------------------------
+
+
+def admit(
+    job: JobRow,
+    placement: Sequence[tuple[str, tuple[int, ...]]],
+    uids: Sequence[str],
+    now: float,
+    checkpoint: Checkpoint | None,
+) -> Step:
+    """Admit a pending job: its pods (one per ``(node, gpus)``) are to be started."""
+    pods = tuple(
+        PodRecord(index=i, node=node, gpus=tuple(gpus), uid=uid, started_at=now)
+        for i, ((node, gpus), uid) in enumerate(zip(placement, uids, strict=True))
+    )
+    attempt = job.attempts + 1
+    resumed = checkpoint is not None
+    new = replace(
+        job, phase="Running", pods=pods, attempts=attempt,
+        start_time=job.start_time if job.start_time is not None else now,
+        reason="", next_attempt_at=None, stop_cause="", stop_deadline=None, preemptor="",
+        resumed_from=checkpoint.step if checkpoint is not None else None,
+    )
+    event = _emit(
+        "admitted", attempt=attempt, nodes=sorted({node for node, _ in placement}),
+        placement=[[node, list(gpus)] for node, gpus in placement],
+        resumed=resumed, resumed_from=new.resumed_from,
+    )
+    return Step(new, (*(Start(pod) for pod in pods), event))
+
+
+def started(job: JobRow, uid: str, handle: str) -> JobRow:
+    """Record the runtime's handle of a pod that now runs."""
+    pods = tuple(
+        replace(p, state="running", handle=handle) if p.uid == uid else p for p in job.pods
+    )
+    return replace(job, pods=pods)
+
+
+def start_failed(job: JobRow, message: str, now: float) -> Step:
+    """A pod could not start (a missing command, no sandbox): the job fails for good.
+
+    Pods that did start are killed first; the job holds its resources until
+    they are gone.
+    """
+    started_pods = [p for p in job.pods if p.handle is not None and not p.done]
+    if not started_pods:
+        return _final(replace(job, pods=()), "Failed", message, now)
+    new = replace(job, phase="Stopping", stop_cause="failed", reason=message,
+                  stop_deadline=None, failures=_NEVER_RETRY)
+    return Step(new, tuple(Kill(p) for p in started_pods))
+
+
+# A failure count no maxRetries reaches: the failure is permanent (bad input).
+_NEVER_RETRY = 1 << 30
+
+
+def preempt(job: JobRow, now: float, grace: float, preemptor: str, reason: str) -> Step:
+    """Evict a running job for ``preemptor``: SIGTERM now, SIGKILL after ``grace``."""
+    new = replace(
+        job, phase="Preempting", stop_cause="preempted", stop_deadline=now + grace,
+        preemptor=preemptor, reason=reason,
+    )
+    alive = [p for p in job.pods if not p.done]
+    return Step(new, (*(Terminate(p, grace) for p in alive), _emit("preempted", reason=reason)))
+
+
+def delete(job: JobRow, now: float, grace: float) -> Step:
+    """The user deleted the job: cancel it, stopping its pods first."""
+    if job.phase == "Pending":
+        return _final(job, "Cancelled", "deleted", now)
+    if job.phase == "Running":
+        new = replace(job, phase="Stopping", stop_cause="deleted", stop_deadline=now + grace,
+                      reason="deleted")
+        return Step(new, tuple(Terminate(p, grace) for p in job.pods if not p.done))
+    if job.stop_cause != "deleted":  # already stopping: it ends Cancelled instead
+        return Step(replace(job, stop_cause="deleted", reason="deleted"), ())
+    return Step(job)
+
+
+def reject(job: JobRow, reason: str, now: float) -> Step:
+    """The job can never run as written."""
+    return _final(job, "Failed", f"inadmissible: {reason}", now)
+
+
+def wait(job: JobRow, reason: str) -> Step:
+    """Still pending; only the reason may change (no event: reasons change often)."""
+    if job.reason == reason:
+        return Step(job)
+    return Step(replace(job, reason=reason))
+
+
+def observe(
+    job: JobRow,
+    statuses: Mapping[str, PodStatus],
+    now: float,
+    checkpoint: Checkpoint | None,
+    policy: RetryPolicy,
+    max_retries: int,
+    checkpoint_interval: float | None = None,
+) -> Step:
+    """Fold what the runtime saw of the pods into the record and move on from there."""
+    job = _with_statuses(job, statuses)
+    if checkpoint is not None and checkpoint.time >= job.attempt_start:
+        job = replace(job, checkpoint_time=checkpoint.time, checkpoint_step=checkpoint.step)
+    if job.phase == "Pending":
+        return delete(job, now, policy.grace_seconds) if job.deleted else Step(job)
+    if job.phase == "Running" and job.deleted:
+        return delete(job, now, policy.grace_seconds)
+    alive = [p for p in job.pods if not p.done]
+    if job.phase == "Running":
+        failed = [p for p in job.pods if p.done and p.state != "succeeded"]
+        if failed:
+            # One member failed: the gang cannot go on. Its pods are killed at
+            # once; the job holds its resources until they are seen gone.
+            why = failed[0].message or failed[0].state
+            # The deadline is spent (None): SIGKILL goes out once, here.
+            stopping = replace(job, phase="Stopping", stop_cause="failed", reason=why,
+                               stop_deadline=None)
+            if alive:
+                return Step(stopping, tuple(Kill(p) for p in alive))
+            return _settle(stopping, now, policy, max_retries, checkpoint_interval)
+        if not alive:
+            return _final(job, "Succeeded", "", now)
+        return Step(job)
+    # Preempting or Stopping: wait for the pods, kill them at the deadline.
+    if alive:
+        if job.stop_deadline is not None and now >= job.stop_deadline:
+            # SIGKILL once; the pods still hold their resources until seen gone.
+            return Step(replace(job, stop_deadline=None), tuple(Kill(p) for p in alive))
+        return Step(job)
+    return _settle(job, now, policy, max_retries, checkpoint_interval)
+
+
+def disrupt(
+    job: JobRow, now: float, why: str, checkpoint_interval: float | None = None
+) -> Step:
+    """The job's pods were lost through no fault of its own (its node failed)."""
+    pods = tuple(replace(p, state="lost", message=why) if not p.done else p for p in job.pods)
+    stopped = replace(job, pods=pods, phase="Preempting", stop_cause="disrupted", reason=why)
+    return _requeue(stopped, now, checkpoint_interval, "disrupted")
+
+
+def _settle(
+    job: JobRow,
+    now: float,
+    policy: RetryPolicy,
+    max_retries: int,
+    checkpoint_interval: float | None,
+) -> Step:
+    """Every pod of a stopping job is gone: decide what comes next."""
+    cause: StopCause = job.stop_cause
+    if job.deleted or cause == "deleted":
+        return _final(job, "Cancelled", "deleted", now)
+    if cause in ("preempted", "disrupted"):
+        if job.pods and all(p.state == "succeeded" for p in job.pods):
+            return _final(job, "Succeeded", "", now)  # it finished within its grace period
+        return _requeue(job, now, checkpoint_interval, "requeued")
+    return _retry_or_fail(job, now, policy, max_retries)
+
+
+def _requeue(job: JobRow, now: float, interval: float | None, kind: str) -> Step:
+    start = job.attempt_start
+    saved = progress_saved(start, now, job.checkpoint_time, interval)
+    lost = max(now - saved, 0.0)
+    new = replace(
+        job, phase="Pending", pods=(), preemptions=job.preemptions + 1,
+        lost_seconds=job.lost_seconds + lost, next_attempt_at=now, stop_cause="",
+        stop_deadline=None, preemptor="",
+    )
+    event = _emit(kind, lost_seconds=round(lost, 3), kept_seconds=round(saved - start, 3),
+                  reason=job.reason)
+    return Step(new, (Release(), event))
+
+
+def _retry_or_fail(job: JobRow, now: float, policy: RetryPolicy, max_retries: int) -> Step:
+    failures = job.failures + 1
+    why = job.reason
+    if failures > max_retries:
+        return _final(replace(job, failures=min(failures, _NEVER_RETRY)), "Failed", why, now)
+    delay = policy.backoff(failures)
+    new = replace(
+        job, phase="Pending", pods=(), failures=failures, reason=f"retrying after: {why}",
+        next_attempt_at=now + delay, stop_cause="", stop_deadline=None, preemptor="",
+    )
+    return Step(new, (Release(), _emit("retrying", reason=why, delay_seconds=delay)))
+
+
+def _final(job: JobRow, phase: str, reason: str, now: float) -> Step:
+    new = replace(job, phase=phase, reason=reason, finish_time=now, stop_cause="",
+                  stop_deadline=None, preemptor="", next_attempt_at=None)
+    return Step(new, (Release(), _emit(phase.lower(), reason=reason)))
+
+
+def _with_statuses(job: JobRow, statuses: Mapping[str, PodStatus]) -> JobRow:
+    if not statuses:
+        return job
+    pods = []
+    changed = False
+    for pod in job.pods:
+        status = statuses.get(pod.uid)
+        if status is None or pod.done:
+            pods.append(pod)
+        elif status.state == "running":
+            if pod.state != "running":
+                pods.append(replace(pod, state="running"))
+                changed = True
+            else:
+                pods.append(pod)
+        else:
+            pods.append(replace(pod, state=status.state, exit_code=status.exit_code,
+                                message=status.message))
+            changed = True
+    return replace(job, pods=tuple(pods)) if changed else job

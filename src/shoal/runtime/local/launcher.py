@@ -1,0 +1,187 @@
+"""The embedded runtime's pods port: pods of jobs as local processes.
+
+Everything the control core must not know lives here: the pod's command,
+environment and folders, the gang's rendezvous address and port, sandbox
+network namespaces, and the handle (pid, start time, cgroup) that finds a
+pod again after a control-plane restart.
+
+Handles are JSON text, opaque to the control core.  A pod saved as
+``starting`` without a handle (the plane died between recording the intent
+and starting it) is looked up by the unique id in its environment.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from shoal.control.records import JobRow, PodRecord, PodStatus
+from shoal.domain.job import TrainingJob
+from shoal.runtime.local import sandbox
+from shoal.runtime.local.discover import find_pod
+from shoal.runtime.local.podspec import PodHandle, PodSpec
+from shoal.runtime.local.process import LocalProcesses
+
+DEFAULT_COMMAND = ["sleep", "infinity"]
+_LOST = PodStatus("lost", None, "the pod's process is gone (control plane restart)")
+
+
+class LocalPods:
+    """Implements ``control.ports.Pods`` with :class:`LocalProcesses`."""
+
+    def __init__(
+        self,
+        processes: LocalProcesses,
+        state_dir: Path,
+        tenant_isolation: Callable[[str], str],
+        find: Callable[[str], tuple[int, int] | None] = find_pod,
+    ) -> None:
+        self.processes = processes
+        self.state_dir = state_dir
+        self.isolation_of = tenant_isolation
+        self.find = find
+        self.handles: dict[str, PodHandle] = {}  # pod uid -> live handle
+        self._ports: dict[tuple[str, int], int] = {}  # (job, attempt) -> rendezvous port
+
+    # -- folders ----------------------------------------------------------------------
+
+    # Everything of a job lives under jobs/<job>/, which sandboxes hide from
+    # other jobs (only the pod's own folders are mounted back).
+    def job_dir(self, job: str) -> Path:
+        return self.state_dir / "jobs" / job
+
+    def checkpoint_dir(self, job: str) -> Path:
+        return self.job_dir(job) / "checkpoints"
+
+    def log_path(self, job: str, index: int) -> Path:
+        return self.job_dir(job) / "logs" / f"pod-{index}.log"
+
+    # -- the port ---------------------------------------------------------------------
+
+    def start(self, job: JobRow, pod: PodRecord) -> str:
+        handle = self.processes.start(self.spec(job, pod))
+        self.handles[pod.uid] = handle
+        return _encode(handle)
+
+    def observe(self, job: JobRow, pod: PodRecord) -> PodStatus:
+        handle = self.handles.get(pod.uid) or self._adopt(job, pod)
+        if handle is None:
+            return _LOST
+        self.handles[pod.uid] = handle
+        return self.processes.poll(handle)
+
+    def stop(self, job: JobRow, pod: PodRecord, grace_seconds: float) -> None:
+        handle = self.handles.get(pod.uid) or self._adopt(job, pod)
+        if handle is not None:
+            self.processes.terminate(handle, grace_seconds)
+
+    def kill(self, job: JobRow, pod: PodRecord) -> None:
+        handle = self.handles.get(pod.uid) or self._adopt(job, pod)
+        if handle is not None:
+            self.processes.kill(handle)
+
+    def release(self, job: JobRow, pods: Sequence[PodRecord]) -> None:
+        for pod in pods:
+            self.handles.pop(pod.uid, None)
+        self._ports.pop((job.name, job.attempts), None)
+        if sandbox.network_exists(job.name):
+            sandbox.delete_network(job.name)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _adopt(self, job: JobRow, pod: PodRecord) -> PodHandle | None:
+        """Find a pod this process did not start (a restart, or a crash mid-start)."""
+        found = _decode(pod.handle)
+        if found is None:
+            located = self.find(pod.uid)
+            if located is None:
+                return None
+            found = (located[0], located[1], None)
+        pid, ticks, cgroup = found
+        spec = self.spec(job, pod, rendezvous_port=0)
+        handle = self.processes.adopt(pid, ticks, spec, cgroup)
+        # One that ended while nobody watched may have left its exit code behind.
+        return handle if handle is not None else PodHandle(pid, ticks, cgroup, spec)
+
+    def _port(self, job: JobRow) -> int:
+        key = (job.name, job.attempts)
+        if key not in self._ports:
+            self._ports[key] = _free_port()
+        return self._ports[key]
+
+    def spec(self, job: JobRow, pod: PodRecord, rendezvous_port: int | None = None) -> PodSpec:
+        """The process that runs ``pod``: command, environment, folders, limits, isolation."""
+        manifest = TrainingJob.model_validate(job.manifest)
+        world = sum(p.count for p in manifest.spec.pod_sets)
+        port = self._port(job) if rendezvous_port is None else rendezvous_port
+        checkpoint_dir = Path(job.checkpoint_dir) if job.checkpoint_dir else \
+            self.checkpoint_dir(job.name)
+        env = {
+            "RANK": str(pod.index), "WORLD_SIZE": str(world), "LOCAL_RANK": str(pod.index),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "SHOAL_JOB": job.name, "SHOAL_TENANT": job.tenant,
+            "SHOAL_ATTEMPT": str(job.attempts), "SHOAL_POD_UID": pod.uid,
+            "SHOAL_CHECKPOINT_DIR": str(checkpoint_dir),
+        }
+        shape = _pod_resources(manifest, pod.index)
+        gpu = shape.gpu
+        isolation = self.isolation_of(job.tenant)
+        network = job.name if world > 1 and isolation == "sandbox" else None
+        if network is not None and not sandbox.network_exists(network):
+            # One network namespace per gang, so its workers can rendezvous.
+            sandbox.create_network(network)
+        fraction = gpu.fraction if gpu is not None and gpu.fraction is not None else None
+        log = self.log_path(job.name, pod.index)
+        return PodSpec(
+            job=job.name,
+            tenant=job.tenant,
+            index=pod.index,
+            command=list(manifest.spec.command or DEFAULT_COMMAND),
+            workdir=(
+                Path(manifest.spec.working_dir) if manifest.spec.working_dir
+                else self.job_dir(job.name) / f"pod-{pod.index}"
+            ),
+            log_path=log,
+            env={**manifest.spec.env, **env},
+            cpu_milli=shape.cpu,
+            memory_mib=shape.memory,
+            gpus=pod.gpus,
+            gpu_fraction=fraction if fraction is not None and fraction < 1 else None,
+            gpu_memory_mib=gpu.memory if gpu is not None else 0,
+            isolation="sandbox" if isolation == "sandbox" else "process",
+            network=network,
+            writable=(checkpoint_dir,),
+            exit_file=log.with_suffix(f".{pod.uid}.exit"),
+        )
+
+
+def _encode(handle: PodHandle) -> str:
+    return json.dumps({"pid": handle.pid, "start_ticks": handle.start_ticks,
+                       "cgroup": handle.cgroup})
+
+
+def _decode(handle: str | None) -> tuple[int, int, str | None] | None:
+    if not handle:
+        return None
+    data: dict[str, Any] = json.loads(handle)
+    return int(data["pid"]), int(data["start_ticks"]), data.get("cgroup")
+
+
+def _free_port() -> int:
+    # The rendezvous port of a gang; picked per attempt on loopback.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pod_resources(job: TrainingJob, index: int) -> Any:
+    seen = 0
+    for pod_set in job.spec.pod_sets:
+        if index < seen + pod_set.count:
+            return pod_set.resources
+        seen += pod_set.count
+    raise IndexError(index)

@@ -1,0 +1,44 @@
+"""What the embedded runtime needs to start one pod as a local process, and its handle.
+
+Only ``runtime/local`` knows these: the control core sees pods as
+``PodRecord``s with an opaque handle (see ``launcher.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    """Everything needed to start one pod as a local process."""
+
+    job: str
+    tenant: str
+    index: int
+    command: list[str]
+    workdir: Path
+    log_path: Path
+    env: Mapping[str, str]
+    cpu_milli: int = 0
+    memory_mib: int = 0
+    pids_limit: int = 0
+    gpus: tuple[int, ...] = ()
+    gpu_fraction: float | None = None
+    gpu_memory_mib: int = 0
+    isolation: Literal["process", "sandbox"] = "process"
+    network: str | None = None
+    writable: tuple[Path, ...] = field(default_factory=tuple)
+    exit_file: Path | None = None
+    """Where the pod's exit code is written, so it is known even after a restart."""
+
+
+@dataclass(frozen=True)
+class PodHandle:
+    pid: int
+    start_ticks: int
+    cgroup: str | None
+    spec: PodSpec

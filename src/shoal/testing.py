@@ -1,0 +1,253 @@
+"""Fakes of every control port, for testing control logic (and your own policies).
+
+``FakeClock`` only moves when told; ``MemoryStore`` fences writes like the
+SQLite store; ``FakePods`` records what the controller asked for and lets the
+test decide when each pod ends (and whether it honours SIGTERM);
+``FakeCheckpoints`` reports what the test says a job saved;
+``FakeInventory`` serves a fixed list of nodes.  ``fake_controller`` wires
+them to a real ``Controller``::
+
+    from shoal.testing import fake_controller
+    world = fake_controller(nodes, tenants)
+    world.submit(manifest)
+    world.controller.step()
+    world.pods.finish("job", 0)        # its pod exits 0
+    world.clock.advance(10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from shoal.control.controller import ControlConfig, Controller
+from shoal.control.machine import RetryPolicy
+from shoal.control.ports import NodeSet
+from shoal.control.records import Checkpoint, JobRow, PodRecord, PodStatus
+from shoal.domain.nodes import Node
+from shoal.errors import ConflictError, NotFoundError
+
+__all__ = [
+    "FakeCheckpoints",
+    "FakeClock",
+    "FakeInventory",
+    "FakePods",
+    "FakeWorld",
+    "MemoryStore",
+    "fake_controller",
+]
+
+
+class FakeClock:
+    """A clock that stands still until ``advance`` or ``set``."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.time = start
+
+    def now(self) -> float:
+        return self.time
+
+    def advance(self, seconds: float) -> None:
+        self.time += seconds
+
+    def set(self, time: float) -> None:
+        self.time = time
+
+
+class FakeInventory:
+    def __init__(self, nodes: Sequence[Node]) -> None:
+        self.set(nodes)
+
+    def set(self, nodes: Sequence[Node]) -> None:
+        key = "|".join(node.model_dump_json() for node in nodes)
+        self._nodes = NodeSet(key, tuple(nodes))
+
+    def nodes(self) -> NodeSet:
+        return self._nodes
+
+
+class MemoryStore:
+    """Jobs, tenants and events in memory, with the SQLite store's fencing rules."""
+
+    def __init__(self, tenants: Mapping[str, dict[str, Any]] | None = None) -> None:
+        self._tenants = dict(tenants or {})
+        self.jobs: dict[str, JobRow] = {}
+        self.events: list[dict[str, Any]] = []
+
+    def tenants(self) -> dict[str, dict[str, Any]]:
+        return dict(self._tenants)
+
+    def create_job(self, name: str, tenant: str, manifest: Mapping[str, Any],
+                   now: float) -> JobRow:
+        job = JobRow(name=name, tenant=tenant, manifest=dict(manifest), phase="Pending",
+                     version=1, submit_time=now)
+        self.jobs[name] = job
+        return job
+
+    def list_jobs(
+        self, tenant: str | None = None, phases: Collection[str] | None = None
+    ) -> list[JobRow]:
+        return [
+            job for job in sorted(self.jobs.values(), key=lambda j: (j.submit_time, j.name))
+            if (tenant is None or job.tenant == tenant) and (phases is None or job.phase in phases)
+        ]
+
+    def get_job(self, name: str) -> JobRow:
+        try:
+            return self.jobs[name]
+        except KeyError:
+            raise NotFoundError(f"job {name!r} not found") from None
+
+    def save_job(self, job: JobRow) -> JobRow:
+        current = self.get_job(job.name)
+        if current.version != job.version:
+            raise ConflictError(f"job {job.name!r} changed since it was read")
+        saved = replace(job, version=job.version + 1)
+        self.jobs[job.name] = saved
+        return saved
+
+    def request_delete(self, name: str) -> JobRow:
+        job = self.get_job(name)
+        return self.save_job(replace(job, deleted=True))
+
+    def append_event(
+        self, time: float, kind: str, job: str | None, tenant: str | None, data: dict[str, Any]
+    ) -> int:
+        self.events.append({"id": len(self.events) + 1, "time": time, "kind": kind, "job": job,
+                            "tenant": tenant, "data": data})
+        return len(self.events)
+
+
+@dataclass
+class _FakePod:
+    job: str
+    index: int
+    status: PodStatus = field(default_factory=lambda: PodStatus("running", None, "running"))
+    terminated: bool = False
+    killed: bool = False
+
+
+class FakePods:
+    """Pods that run until the test ends them; SIGTERM ends them unless told otherwise."""
+
+    def __init__(self) -> None:
+        self.pods: dict[str, _FakePod] = {}
+        self.started: list[tuple[str, int]] = []
+        self.released: list[str] = []
+        self.ignore_sigterm: set[str] = set()
+        """Jobs whose pods keep running after SIGTERM (killed at the deadline)."""
+        self.fail_start: dict[str, str] = {}
+        """Jobs whose pods cannot start, with the reason (an InputError)."""
+        self.linger: set[str] = set()
+        """Jobs whose pods take their time to exit even after SIGKILL (until ``finish``)."""
+
+    def start(self, job: JobRow, pod: PodRecord) -> str:
+        from shoal.errors import InputError
+
+        if job.name in self.fail_start:
+            raise InputError(self.fail_start[job.name])
+        self.pods[pod.uid] = _FakePod(job.name, pod.index)
+        self.started.append((job.name, pod.index))
+        return f"fake:{pod.uid}"
+
+    def observe(self, job: JobRow, pod: PodRecord) -> PodStatus:
+        found = self.pods.get(pod.uid)
+        if found is None:
+            return PodStatus("lost", None, "no such pod")
+        return found.status
+
+    def stop(self, job: JobRow, pod: PodRecord, grace_seconds: float) -> None:
+        found = self.pods.get(pod.uid)
+        if found is None or found.status.state != "running":
+            return
+        found.terminated = True
+        if job.name not in self.ignore_sigterm:
+            found.status = PodStatus("signalled", 143, "killed by signal SIGTERM")
+
+    def kill(self, job: JobRow, pod: PodRecord) -> None:
+        found = self.pods.get(pod.uid)
+        if found is not None and found.status.state == "running":
+            found.killed = True
+            if job.name not in self.linger:
+                found.status = PodStatus("signalled", 137, "killed by signal SIGKILL")
+
+    def release(self, job: JobRow, pods: Sequence[PodRecord]) -> None:
+        self.released.append(job.name)
+
+    # -- for the test ------------------------------------------------------------------
+
+    def _current(self, job: str, index: int) -> _FakePod:
+        for pod in reversed(list(self.pods.values())):
+            if pod.job == job and pod.index == index:
+                return pod
+        raise KeyError(f"{job}[{index}] was never started")
+
+    def finish(self, job: str, index: int, code: int = 0) -> None:
+        """The pod's process exits with ``code``."""
+        pod = self._current(job, index)
+        pod.status = (PodStatus("succeeded", 0, "exited with code 0") if code == 0
+                      else PodStatus("failed", code, f"exited with code {code}"))
+
+    def running(self, job: str, index: int) -> bool:
+        return self._current(job, index).status.state == "running"
+
+
+class FakeCheckpoints:
+    def __init__(self) -> None:
+        self.saved: dict[str, Checkpoint] = {}
+
+    def save(self, job: str, time: float, step: int | None = None) -> None:
+        self.saved[job] = Checkpoint(time, step)
+
+    def latest(self, job: JobRow) -> Checkpoint | None:
+        return self.saved.get(job.name)
+
+
+@dataclass
+class FakeWorld:
+    """A controller over fakes, with the fakes at hand."""
+
+    controller: Controller
+    store: MemoryStore
+    pods: FakePods
+    clock: FakeClock
+    checkpoints: FakeCheckpoints
+    inventory: FakeInventory
+
+    def submit(self, manifest: Mapping[str, Any]) -> JobRow:
+        metadata, spec = manifest["metadata"], manifest["spec"]
+        return self.store.create_job(metadata["name"], spec["tenant"], manifest, self.clock.now())
+
+    def settle(self, max_steps: int = 50) -> None:
+        """Step until nothing changes."""
+        for _ in range(max_steps):
+            if not self.controller.step():
+                return
+        raise AssertionError(f"the controller kept changing things after {max_steps} steps")
+
+    def phase(self, job: str) -> str:
+        return self.store.get_job(job).phase
+
+    def event_kinds(self, job: str | None = None) -> list[str]:
+        return [e["kind"] for e in self.store.events if job is None or e["job"] == job]
+
+
+def fake_controller(
+    nodes: Iterable[Node],
+    tenants: Mapping[str, dict[str, Any]],
+    *,
+    policy: str = "most-allocated",
+    seed: int = 0,
+    grace_seconds: float = 10.0,
+    start: float = 0.0,
+) -> FakeWorld:
+    """A real ``Controller`` over fakes of every port."""
+    store, pods, clock = MemoryStore(tenants), FakePods(), FakeClock(start)
+    checkpoints, inventory = FakeCheckpoints(), FakeInventory(list(nodes))
+    config = ControlConfig(policy=policy, seed=seed,
+                           retry=RetryPolicy(grace_seconds=grace_seconds))
+    counter = iter(range(1, 1 << 62))
+    controller = Controller(store, inventory, pods, checkpoints, clock, config,
+                            new_uid=lambda: f"uid-{next(counter)}")
+    return FakeWorld(controller, store, pods, clock, checkpoints, inventory)

@@ -1,0 +1,197 @@
+"""The runtime-neutral controller on fakes of every port (``shoal.testing``), on a fake clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shoal.domain.nodes import GpuSpec, NodePoolSpec, expand_pool
+from shoal.testing import FakeWorld, fake_controller
+
+TENANTS = {
+    name: {"cohort": "lab", "quota": {"cpu": {"nominal": 8}, "memory": {"nominal": "32Gi"},
+                                      "gpus": {"A100": {"nominal": 2}}}}
+    for name in ("team-a", "team-b")
+}
+TENANTS["team-b"]["preemption"] = {"reclaimWithinCohort": "Any"}
+
+
+def job(name: str, tenant: str = "team-a", *, gpus: int = 1, pods: int = 1,
+        priority: str = "normal", retries: int = 0, checkpoint: float | None = None
+        ) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "tenant": tenant, "priority": priority, "maxRetries": retries,
+        "podSets": [{"count": pods, "resources": {"cpu": 1, "memory": "1Gi", "gpu": gpus}}],
+    }
+    if checkpoint is not None:
+        spec["checkpointIntervalSeconds"] = checkpoint
+    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": name}, "spec": spec}
+
+
+@pytest.fixture
+def world() -> FakeWorld:
+    nodes = expand_pool("gpu", NodePoolSpec(count=1, cpu=16, memory="64Gi",
+                                            gpus=GpuSpec(model="A100", count=4)))
+    return fake_controller(nodes, TENANTS, grace_seconds=10)
+
+
+def test_a_gang_member_failing_fails_the_attempt_and_holds_gpus_until_all_pods_are_gone(
+        world: FakeWorld) -> None:
+    world.submit(job("gang", gpus=2, pods=2, retries=1))
+    world.settle()
+    assert world.phase("gang") == "Running"
+    world.pods.linger.add("gang")  # the killed worker takes its time to exit
+    world.pods.finish("gang", 0, code=1)
+    world.settle()
+    assert world.phase("gang") == "Stopping"
+    world.submit(job("b-big", "team-b", gpus=2))
+    world.settle()
+    assert world.phase("b-big") == "Pending", "the gang's GPUs are held until its pods are gone"
+    world.pods.finish("gang", 1, code=137)
+    world.settle()
+    gang = world.store.get_job("gang")
+    assert gang.phase == "Pending" and gang.reason == "retrying after: exited with code 1"
+    assert gang.next_attempt_at == pytest.approx(1.0)  # backoff 1 s after the first failure
+    assert world.phase("b-big") == "Running"
+
+
+def test_retries_back_off_exponentially_then_fail(world: FakeWorld) -> None:
+    world.submit(job("flaky", retries=2))
+    delays = []
+    for _ in range(3):
+        world.settle()
+        world.pods.finish("flaky", 0, code=3)
+        world.settle()
+        row = world.store.get_job("flaky")
+        if row.phase == "Failed":
+            break
+        assert row.next_attempt_at is not None
+        delays.append(row.next_attempt_at - world.clock.now())
+        world.clock.set(row.next_attempt_at)
+    assert delays == [1.0, 2.0]
+    failed = world.store.get_job("flaky")
+    assert (failed.phase, failed.reason, failed.attempts) == ("Failed", "exited with code 3", 3)
+
+
+def test_a_victim_that_exits_zero_in_its_grace_period_succeeds(world: FakeWorld) -> None:
+    world.pods.ignore_sigterm.add("a-big")
+    world.submit(job("a-big", gpus=4, priority="low"))
+    world.settle()
+    world.clock.advance(5)
+    world.submit(job("b-small", "team-b", gpus=2))
+    world.settle()
+    assert world.phase("a-big") == "Preempting"
+    world.pods.finish("a-big", 0, code=0)  # it finished its work before the deadline
+    world.settle()
+    assert world.phase("a-big") == "Succeeded"
+    assert world.store.get_job("a-big").preemptions == 0
+    assert world.phase("b-small") == "Running"
+
+
+def test_a_victim_ignoring_sigterm_is_killed_at_the_deadline_and_loses_work_since_its_checkpoint(
+        world: FakeWorld) -> None:
+    world.pods.ignore_sigterm.add("a-big")
+    world.submit(job("a-big", gpus=4, priority="low"))
+    world.settle()
+    world.checkpoints.save("a-big", time=30.0, step=300)
+    world.clock.set(42)
+    world.submit(job("b-small", "team-b", gpus=2))
+    world.settle()
+    world.clock.set(51.9)
+    world.settle()
+    assert world.phase("a-big") == "Preempting", "not killed before the grace period ends"
+    world.clock.set(52)  # 42 + 10 s grace
+    world.settle()
+    victim = world.store.get_job("a-big")
+    assert victim.phase == "Pending" and victim.preemptions == 1
+    assert victim.lost_seconds == pytest.approx(52 - 30)
+    assert world.phase("b-small") == "Running"
+    # When it runs again, the report knows it resumed from step 300.
+    world.pods.finish("b-small", 0)
+    world.settle()
+    resumed = [e["data"] for e in world.store.events
+               if e["kind"] == "admitted" and e["job"] == "a-big"][-1]
+    assert (resumed["attempt"], resumed["resumed"], resumed["resumed_from"]) == (2, True, 300)
+
+
+def test_without_a_checkpoint_the_declared_interval_counts(world: FakeWorld) -> None:
+    world.submit(job("a-big", gpus=4, priority="low", checkpoint=20))
+    world.settle()
+    world.clock.set(70)  # saved at 20, 40, 60
+    world.submit(job("b-small", "team-b", gpus=2))
+    world.settle()
+    assert world.store.get_job("a-big").lost_seconds == pytest.approx(10)
+
+
+def test_a_pod_that_cannot_start_fails_the_job_with_the_reason(world: FakeWorld) -> None:
+    world.pods.fail_start["bad"] = "command 'nope' not found"
+    world.submit(job("bad"))
+    world.settle()
+    bad = world.store.get_job("bad")
+    assert (bad.phase, bad.reason) == ("Failed", "command 'nope' not found")
+
+
+def test_deleting_a_running_job_stops_its_pods_then_cancels_it(world: FakeWorld) -> None:
+    world.pods.ignore_sigterm.add("doomed")
+    world.submit(job("doomed"))
+    world.settle()
+    world.store.request_delete("doomed")
+    world.settle()
+    assert world.phase("doomed") == "Stopping"
+    world.clock.advance(10)
+    world.settle()
+    assert world.phase("doomed") == "Cancelled"
+    assert world.event_kinds("doomed") == ["admitted", "cancelled"]
+    assert "doomed" in world.pods.released
+
+
+def test_a_conflicting_write_changes_nothing_and_the_next_pass_decides_again(
+        world: FakeWorld) -> None:
+    world.submit(job("raced"))
+    stale = world.store.get_job("raced")
+    world.store.request_delete("raced")  # a user's delete lands first
+    from shoal.control import machine
+
+    step = machine.admit(stale, [("gpu-000", (0,))], ["u1"], 0.0, None)
+    assert world.controller._apply(stale, step) is True
+    assert world.pods.started == [], "nothing started on a stale decision"
+    world.settle()
+    assert world.phase("raced") == "Cancelled"
+
+
+def test_fgd_on_the_live_controller_knows_the_pod_mix(world: FakeWorld) -> None:
+    world.controller.config = type(world.controller.config)(policy="fgd", seed=0)
+    world.submit(job("one", gpus=1))
+    world.submit(job("two", gpus=2))
+    world.settle()
+    placer = world.controller.placers.current
+    assert placer is not None
+    mix = placer.scorer.context.typical_pods  # type: ignore[attr-defined]
+    assert {shape.gpu_count for shape, _ in mix} == {1, 2}, "FGD measures against the jobs' pods"
+
+
+def test_relabelled_nodes_with_the_same_names_are_placed_by_their_new_labels(
+        world: FakeWorld) -> None:
+    def pool(label: str) -> list[Any]:
+        spec = NodePoolSpec(count=1, cpu=16, memory="64Gi", labels={"disk": label},
+                            gpus=GpuSpec(model="A100", count=4))
+        return expand_pool("gpu", spec)
+
+    world.inventory.set(pool("hdd"))
+    first = job("first")
+    first["spec"]["nodeSelector"] = {"disk": "hdd"}
+    world.submit(first)
+    world.settle()
+    assert world.phase("first") == "Running"
+    world.inventory.set(pool("ssd"))  # the pool is re-applied: same node names, new labels
+    second = job("second")
+    second["spec"]["nodeSelector"] = {"disk": "ssd"}
+    world.submit(second)
+    stale = job("stale")
+    stale["spec"]["nodeSelector"] = {"disk": "hdd"}
+    world.submit(stale)
+    world.settle()
+    assert world.phase("second") == "Running"
+    assert world.phase("stale") == "Failed", "no node is labelled hdd any more"
