@@ -66,6 +66,7 @@ def _check_isolation(
         bad.jobs()
     a.delete("mine")
     wait_for(lambda: phase(admin, "mine") == "Cancelled")
+    assert [p["state"] for p in admin.job("mine")["pods"]] == ["signalled"]
 
 
 def test_reclaim_preempts_the_borrower_which_resumes(admin: ShoalClient) -> None:
@@ -167,6 +168,8 @@ def test_restart_after_sigkill_readopts_running_pods(
     api.delete("survivor")
     wait_for(lambda: api.job("survivor")["phase"] == "Cancelled")
     assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+    # describe tells how the adopted pod ended, not "running" forever.
+    assert [p["state"] for p in api.job("survivor")["pods"]] == ["signalled"]
 
 
 def _zombie(pid: int) -> bool:

@@ -95,7 +95,8 @@ def test_cohort_borrowing_and_lending_limit_in_a_cycle() -> None:
     ]
     assert kinds(result)["w3"] == "Pending"
     assert (
-        "4 GPU beyond its guaranteed 0 GPU, but cohort c's pool has only 3 GPU for it"
+        "needs 1 GPU, a can get 0 GPU now (2 GPU nominal, 3 GPU in use, 1 GPU borrowable "
+        "from cohort c)"
         in result.pending[0].reason
     )
 

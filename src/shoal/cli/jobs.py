@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import threading
 from collections.abc import Callable
@@ -200,6 +201,17 @@ _RENDER: dict[str, Callable[[Any, bool], Any]] = {
 }
 
 
+def _handle(handle: str | None) -> str:
+    """The runtime's handle of a pod (a pid and cgroup on this machine), as ``key=value``."""
+    try:
+        data = json.loads(handle) if handle else None
+    except ValueError:
+        return f"handle={handle} "
+    if not isinstance(data, dict):
+        return ""
+    return "".join(f"{key}={value} " for key, value in data.items() if value is not None)
+
+
 def describe(
     what: Annotated[str, typer.Argument(help="job")],
     name: Annotated[str, typer.Argument(help="the job's name")],
@@ -245,8 +257,9 @@ def _print_job(job: dict[str, Any]) -> None:
                   highlight=False)
     out.print("[bold]Pods:[/]" + ("" if job["pods"] else " none running"))
     for pod in job["pods"]:
+        exit_code = "" if pod.get("exit_code") is None else f" exit={pod['exit_code']}"
         out.print(f"  pod {pod.get('index')}: node={pod.get('node')} gpus={pod.get('gpus')} "
-                  f"pid={pod.get('pid')} state={pod.get('state')} "
+                  f"state={pod.get('state')}{exit_code} {_handle(pod.get('handle'))}"
                   f"started={age(pod.get('started_at'))} ago", highlight=False)
     out.print("[bold]Events:[/]" + ("" if job["events"] else " none"))
     rows = [[age(e["time"]) + " ago", clock(e["time"]), e["kind"],

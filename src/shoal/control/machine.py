@@ -101,7 +101,9 @@ class Step:
 
 
 def _emit(kind: str, **data: Any) -> Emit:
-    return Emit(kind, data)
+    # Empty fields are left out: events are read by people and kept forever.
+    return Emit(kind, {k: v for k, v in data.items()
+                       if v is not None and v is not False and v != ""})
 
 
 # -- transitions ------------------------------------------------------------------

@@ -166,28 +166,25 @@ def check(
         nominal = tenant.nominal[resource]
         borrowing = borrowing or after > nominal
 
-        def what(resource: str = resource, used: int = used, amount: int = amount) -> str:
-            # Built only when the check fails: this runs in the scheduler's hot loop.
-            after = used + amount
-            return (
-                f"{name} would use {amount_text(resource, after)} "
-                f"({amount_text(resource, used)} used + {amount_text(resource, amount)} requested)"
+        def short(free: int, why: str, resource: str = resource, used: int = used,
+                  amount: int = amount, nominal: int = nominal) -> QuotaCheck:
+            # Worded like "needs 6 CPU; team-a can get 2 now (2 nominal, 0 in use, 0
+            # borrowable)": built only when the check fails, as it runs in the hot loop.
+            text = (
+                f"{resource}: needs {amount_text(resource, amount)}, {name} can get "
+                f"{amount_text(resource, max(0, free))} now ({amount_text(resource, nominal)} "
+                f"nominal, {amount_text(resource, used)} in use, {why})"
             )
+            return _no(text, resource)
+
         if tenant.cohort is None:
             if after > nominal:
-                return _no(
-                    f"{resource}: {what()} > nominal {amount_text(resource, nominal)} "
-                    "and it has no cohort to borrow from",
-                    resource,
-                )
+                return short(nominal - used, "no cohort to borrow from")
             continue
         limit = tenant.borrowing_limit.get(resource)
         if limit is not None and after > nominal + limit:
-            return _no(
-                f"{resource}: {what()} > nominal {amount_text(resource, nominal)} "
-                f"+ borrowing limit {amount_text(resource, limit)}",
-                resource,
-            )
+            return short(nominal + limit - used,
+                         f"borrowingLimit {amount_text(resource, limit)}")
         need = max(0, after - tenant.guaranteed(resource))
         # A tenant within its guaranteed part never waits for the cohort.
         if need == 0:
@@ -199,12 +196,14 @@ def check(
         )
         available = pool(tenants, name, resource) - others
         if need > available:
-            return _no(
-                f"{resource}: {what()}, {amount_text(resource, need)} beyond its guaranteed "
-                f"{amount_text(resource, tenant.guaranteed(resource))}, but cohort {tenant.cohort}'s "
-                f"pool has only {amount_text(resource, max(0, available))} for it",
-                resource,
-            )
+            reachable = tenant.guaranteed(resource) + available
+            if reachable >= nominal:
+                why = (f"{amount_text(resource, reachable - nominal)} borrowable from "
+                       f"cohort {tenant.cohort}")
+            else:
+                why = (f"{amount_text(resource, nominal - reachable)} of it lent to others "
+                       f"in cohort {tenant.cohort}")
+            return short(reachable - used, why)
     return QuotaCheck(fits=True, borrowing=borrowing)
 
 

@@ -315,7 +315,7 @@ class ReplayEngine:
         for effect in step.effects:
             if isinstance(effect, Emit):
                 self._log(now, effect.kind, job=record.workload.name,
-                          tenant=record.workload.tenant, **_event_data(effect))
+                          tenant=record.workload.tenant, **effect.data)
         if before in HOLDING_PHASES and after not in HOLDING_PHASES:
             self._release(record)
             if after == "Pending":  # requeued: keep what was saved, charge what was lost
@@ -345,15 +345,6 @@ class ReplayEngine:
         held = self.usage.setdefault(tenant, {})
         for resource, amount in usage.items():
             held[resource] = held.get(resource, 0) + sign * amount
-
-
-def _event_data(effect: Emit) -> dict[str, Any]:
-    data = {k: v for k, v in effect.data.items() if v not in ("", None)}
-    if effect.kind in ("admitted", "requeued"):
-        # Keep the event compact: the trace replays can have millions of them.
-        data.pop("resumed", None)
-        data.pop("reason", None)
-    return data
 
 
 def _gpu_milli(bindings: Sequence[Binding]) -> int:
