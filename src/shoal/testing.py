@@ -24,9 +24,9 @@ from typing import Any
 from shoal.control.controller import ControlConfig, Controller
 from shoal.control.machine import RetryPolicy
 from shoal.control.ports import NodeSet
-from shoal.control.records import Checkpoint, JobRow, PodRecord, PodStatus
+from shoal.control.records import FINAL_PHASES, Checkpoint, JobRow, PodRecord, PodStatus
 from shoal.domain.nodes import Node
-from shoal.errors import ConflictError, NotFoundError
+from shoal.errors import AlreadyExistsError, ConflictError, NotFoundError
 
 __all__ = [
     "FakeCheckpoints",
@@ -80,6 +80,9 @@ class MemoryStore:
 
     def create_job(self, name: str, tenant: str, manifest: Mapping[str, Any],
                    now: float) -> JobRow:
+        live = self.jobs.get(name)
+        if live is not None and not (live.deleted and live.phase in FINAL_PHASES):
+            raise AlreadyExistsError(f"job '{name}' already exists")
         job = JobRow(name=name, tenant=tenant, manifest=dict(manifest), phase="Pending",
                      version=1, submit_time=now)
         self.jobs[name] = job
@@ -103,13 +106,18 @@ class MemoryStore:
         current = self.get_job(job.name)
         if current.version != job.version:
             raise ConflictError(f"job {job.name!r} changed since it was read")
-        saved = replace(job, version=job.version + 1)
+        # As the SQLite store: identity and submit time never change.
+        saved = replace(job, version=job.version + 1, tenant=current.tenant,
+                        submit_time=current.submit_time, manifest=current.manifest)
         self.jobs[job.name] = saved
         return saved
 
-    def request_delete(self, name: str) -> JobRow:
+    def request_delete(self, name: str, tenant: str | None = None) -> JobRow:
+        """Mark deleted (idempotent); another tenant's job reads as missing."""
         job = self.get_job(name)
-        return self.save_job(replace(job, deleted=True))
+        if tenant is not None and job.tenant != tenant:
+            raise NotFoundError(f"job {name!r} not found")
+        return job if job.deleted else self.save_job(replace(job, deleted=True))
 
     def append_event(
         self, time: float, kind: str, job: str | None, tenant: str | None, data: dict[str, Any]
@@ -139,6 +147,8 @@ class FakePods:
         """Jobs whose pods keep running after SIGTERM (killed at the deadline)."""
         self.fail_start: dict[str, str] = {}
         """Jobs whose pods cannot start, with the reason (an InputError)."""
+        self.transient_start: dict[str, str] = {}
+        """Jobs whose pods fail to start for a passing reason (an OSError, retried)."""
         self.linger: set[str] = set()
         """Jobs whose pods take their time to exit even after SIGKILL (until ``finish``)."""
 
@@ -147,6 +157,8 @@ class FakePods:
 
         if job.name in self.fail_start:
             raise InputError(self.fail_start[job.name])
+        if job.name in self.transient_start:
+            raise OSError(self.transient_start[job.name])
         self.pods[pod.uid] = _FakePod(job.name, pod.index)
         self.started.append((job.name, pod.index))
         return f"fake:{pod.uid}"

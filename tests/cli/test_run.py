@@ -122,3 +122,11 @@ def test_ctrl_c_stops_the_jobs_and_exits_130(tmp_path: Path) -> None:
     except (ProcessLookupError, FileNotFoundError):
         alive = False
     assert not alive, "the scenario's pod was stopped"
+
+
+def test_the_last_job_to_arrive_on_an_event_runs_and_is_reported(tmp_path: Path) -> None:
+    text = CLUSTER + job("a", "pass") + job("b", "pass", {"shoal.dev/submit-when": "a finished"})
+    done = run(tmp_path, text, "-o", "json")
+    assert done.returncode == 0, done.stderr
+    phases = {j["name"]: j["phase"] for j in json.loads(done.stdout)["jobs"]}
+    assert phases == {"a": "Succeeded", "b": "Succeeded"}

@@ -195,3 +195,76 @@ def test_relabelled_nodes_with_the_same_names_are_placed_by_their_new_labels(
     world.settle()
     assert world.phase("second") == "Running"
     assert world.phase("stale") == "Failed", "no node is labelled hdd any more"
+
+
+def test_a_lost_pod_requeues_the_job_without_using_a_retry(world: FakeWorld) -> None:
+    world.submit(job("gone", retries=0))
+    world.settle()
+    pod = world.store.get_job("gone").pods[0]
+    del world.pods.pods[pod.uid]  # the runtime cannot find it any more (a restart)
+    world.settle()
+    row = world.store.get_job("gone")
+    assert (row.phase, row.failures, row.attempts) == ("Running", 0, 2), "started again"
+    assert row.preemptions == 1 and "requeued" in world.event_kinds("gone")
+    assert "retrying" not in world.event_kinds("gone")
+
+
+def test_sigkill_is_sent_again_until_the_pods_are_gone(world: FakeWorld) -> None:
+    world.pods.ignore_sigterm.add("a-big")
+    world.pods.linger.add("a-big")  # the first SIGKILL is lost (the plane crashed)
+    world.submit(job("a-big", gpus=4, priority="low"))
+    world.settle()
+    world.submit(job("b-small", "team-b", gpus=2))
+    world.settle()
+    world.clock.advance(10)
+    world.settle()
+    assert world.phase("a-big") == "Preempting"
+    world.pods.linger.clear()
+    world.settle()  # the next pass kills it again (no progress to report yet) ...
+    world.settle()  # ... and the one after sees it gone
+    assert world.phase("a-big") == "Pending" and world.phase("b-small") == "Running"
+
+
+def test_a_restarted_controller_sends_sigterm_to_a_job_left_stopping(world: FakeWorld) -> None:
+    from shoal.control import machine
+    from shoal.control.controller import Controller
+
+    world.submit(job("victim", gpus=4, priority="low"))
+    world.settle()
+    # The plane saved "Preempting" and died before sending SIGTERM.
+    row = world.store.get_job("victim")
+    world.store.save_job(machine.preempt(row, 0.0, 10.0, "someone", "preempted").job)
+    pod = world.pods.pods[row.pods[0].uid]
+    assert not pod.terminated
+    restarted = Controller(world.store, world.inventory, world.pods, world.checkpoints,
+                           world.clock, world.controller.config)
+    restarted.step()
+    assert pod.terminated and not pod.killed, "SIGTERM after the restart, before the deadline"
+    assert world.store.get_job("victim").preemptions == 1
+
+
+def test_one_broken_record_does_not_stop_the_other_jobs(world: FakeWorld) -> None:
+    from dataclasses import replace
+
+    world.submit(job("good"))
+    world.submit(job("bad"))
+    world.settle()
+    bad = world.store.get_job("bad")
+    world.store.jobs["bad"] = replace(bad, manifest={"spec": "not a manifest"})
+    world.pods.finish("good", 0)
+    world.settle()
+    assert world.phase("good") == "Succeeded"
+    errors = [e for e in world.store.events if e["kind"] == "error"]
+    assert [e["job"] for e in errors] == ["bad"], "reported once, as an event"
+    assert "bad" in world.controller.job_errors
+
+
+def test_a_transient_start_error_is_retried_but_bad_input_is_not(world: FakeWorld) -> None:
+    world.pods.fail_start["bad"] = "command 'nope' not found"
+    world.pods.transient_start["full"] = "No space left on device"
+    world.submit(job("bad", retries=3))
+    world.submit(job("full", retries=3))
+    world.settle()
+    assert world.phase("bad") == "Failed"
+    full = world.store.get_job("full")
+    assert full.phase == "Pending" and full.reason == "retrying after: No space left on device"

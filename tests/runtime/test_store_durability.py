@@ -5,6 +5,7 @@ Nothing committed is lost, nothing is torn, and a file it cannot use is a clear 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -182,3 +183,25 @@ def test_threads_racing_on_one_version_exactly_one_wins(tmp_path: Path) -> None:
             thread.join()
         assert sorted(outcomes) == ["fenced"] * 7 + ["won"]
         assert store.get_job("a").version == 2
+
+
+def test_a_version_1_store_upgrades_with_jobs_mid_preemption(tmp_path: Path) -> None:
+    path = tmp_path / "shoal.db"
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("BEGIN IMMEDIATE")
+    store_schema.migrate(raw, store_schema.MIGRATIONS[:1])
+    pods = json.dumps([{"index": 0, "node": "n", "gpus": [0], "uid": "u0", "pid": 4242,
+                        "start_ticks": 99, "cgroup": "shoal/v-0", "state": "running",
+                        "deadline": 50.0, "preemptor": "b"}])
+    raw.execute(
+        "INSERT INTO jobs (name, tenant, manifest, phase, version, attempts, preemptions, "
+        "submit_time, checkpoint_dir, pods) VALUES ('v', 't', '{}', 'Preempting', 3, 3, 1, 0, "
+        "'/ck', ?)", (pods,))
+    raw.execute("COMMIT")
+    raw.close()
+    with SqliteStore(path) as store:
+        job = store.get_job("v")
+    assert (job.stop_cause, job.stop_deadline, job.preemptor) == ("preempted", 50.0, "b")
+    assert job.failures == 1, "attempt 1 failed, one was preempted, the third still runs"
+    assert json.loads(job.pods[0].handle or "{}") == {
+        "pid": 4242, "start_ticks": 99, "cgroup": "shoal/v-0"}

@@ -129,3 +129,15 @@ def test_a_victim_ignoring_sigterm_is_killed_at_the_grace_deadline() -> None:
     run = run_replay(pool(1, 4), tenants, jobs, "best-fit", seed=1,
                      grace_seconds=10, stop_seconds=1e9)
     assert run.jobs["b1"].first_start == 710
+
+
+def test_a_victim_still_stopping_is_never_chosen_again() -> None:
+    tenants = {"a": quota("a", 0), "b": quota("b", 4)}
+    jobs = [job("a1", "a", 4, at=0, duration=5000, priority=0),
+            job("b1", "b", 2, at=10, duration=100),
+            job("b2", "b", 2, at=15, duration=100)]
+    run = run_replay(pool(1, 4), tenants, jobs, "best-fit", seed=1, record_events=True,
+                     grace_seconds=30, stop_seconds=20)
+    preempted = [(e["time_s"], e["job"]) for e in run.events if e["event"] == "preempted"]
+    assert preempted == [(10, "a1")], "one preemption, as the live controller decides"
+    assert (run.jobs["b1"].first_start, run.jobs["b2"].first_start) == (30, 30)

@@ -88,8 +88,10 @@ def run(
     api = ShoalClient(running.url, running.token)
     try:
         report = _drive(api, infra, arrivals, timeout, quiet=output == "json")
-    except KeyboardInterrupt:
-        err.print("interrupted: stopping the scenario's jobs")
+    except BaseException as exc:
+        # Pods outlive their control plane: stop the scenario's before leaving.
+        if isinstance(exc, KeyboardInterrupt):
+            err.print("interrupted: stopping the scenario's jobs")
         _cancel(api)
         _wait_final(api, grace + 10)
         raise
@@ -183,19 +185,21 @@ def _drive(api: ShoalClient, infra: list[dict[str, Any]], arrivals: list[Arrival
         while True:
             elapsed = time.time() - start
             rows = {row["name"]: row for row in api.jobs()}
-            for arrival in list(queue):
-                if _due(arrival, rows, elapsed):
-                    api.apply_text(yaml.safe_dump(arrival.doc, sort_keys=False), "scenario")
-                    queue.remove(arrival)
+            due = [arrival for arrival in queue if _due(arrival, rows, elapsed)]
+            for arrival in due:
+                api.apply_text(yaml.safe_dump(arrival.doc, sort_keys=False), "scenario")
+                queue.remove(arrival)
             if not quiet:
                 live.update(_progress(list(rows.values()), elapsed))
-            if not queue and rows and all(r["phase"] in FINAL_PHASES for r in rows.values()):
+            # ``rows`` predates what was just submitted: decide on the next look.
+            if not due and not queue and rows and all(
+                    r["phase"] in FINAL_PHASES for r in rows.values()):
                 break
             if elapsed > timeout:
                 _cancel(api)
                 raise ShoalError(f"the scenario did not finish within {timeout:.0f} s")
             tick.wait(0.2)  # the scenario's own pace; the control loop runs independently
-    details = [api.job(name) for name in rows]
+    details = [api.job(row["name"]) for row in api.jobs()]
     report = build_report(details, api.events(), api.tenants(), api.nodes(), start)
     for job in report["jobs"]:
         job["result"] = _last_line(api.logs(job["name"], 0))

@@ -30,9 +30,9 @@ from shoal.control import cluster_view as view
 from shoal.control import machine
 from shoal.control.machine import Emit, Kill, Release, RetryPolicy, Start, Step, Terminate
 from shoal.control.ports import Checkpoints, Clock, Inventory, NodeSet, Pods, Store
-from shoal.control.records import ACTIVE_PHASES, HOLDING_PHASES, JobRow, PodRecord, PodStatus
+from shoal.control.records import ACTIVE_PHASES, HOLDING_PHASES, JobRow, PodRecord
 from shoal.domain.workload import Workload
-from shoal.errors import ConflictError, InputError
+from shoal.errors import ConflictError, InputError, ShoalError
 from shoal.policy.admission import Snapshot, schedule
 from shoal.policy.decisions import Admit, Decision, Inadmissible, Pending, Preempt
 from shoal.policy.placement import Placer, build_placer
@@ -88,6 +88,12 @@ class Controller:
         self.checkpoints, self.clock, self.config = checkpoints, clock, config
         self.new_uid = new_uid
         self.placers = Placers()
+        # Pods this process has sent SIGTERM: after a restart the set is empty,
+        # so pods of a job already stopping get theirs (again) once.
+        self._terminated: set[str] = set()
+        self._killed: set[str] = set()  # SIGKILL sent: sending it again is not progress
+        self.job_errors: dict[str, str] = {}
+        """Jobs whose last pass failed unexpectedly (the others go on), with the error."""
 
     def step(self) -> bool:
         """One reconcile pass; True when anything changed (call again soon)."""
@@ -101,18 +107,39 @@ class Controller:
         for job in self.store.list_jobs(phases=ACTIVE_PHASES):
             if job.phase == "Pending" and not job.deleted:
                 continue
-            statuses = {p.uid: self._status(job, p) for p in job.pods if not p.done}
-            workload = view.workload_of(job)
-            step = machine.observe(
-                job, statuses, self.clock.now(), self.checkpoints.latest(job),
-                self.config.retry, view.manifest_of(job).spec.max_retries,
-                workload.checkpoint_interval,
-            )
-            changed |= self._apply(job, step)
+            try:
+                changed |= self._observe(job)
+            except Exception as exc:  # one bad record must not stop every other job
+                self._failed(job, exc)
+            else:
+                self.job_errors.pop(job.name, None)
         return changed
 
-    def _status(self, job: JobRow, pod: PodRecord) -> PodStatus:
-        return self.pods.observe(job, pod)
+    def _observe(self, job: JobRow) -> bool:
+        now = self.clock.now()
+        self._terminate_once(job, now)
+        statuses = {p.uid: self.pods.observe(job, p) for p in job.pods if not p.done}
+        step = machine.observe(
+            job, statuses, now, self.checkpoints.latest(job), self.config.retry,
+            view.manifest_of(job).spec.max_retries, view.workload_of(job).checkpoint_interval,
+        )
+        return self._apply(job, step)
+
+    def _terminate_once(self, job: JobRow, now: float) -> None:
+        """SIGTERM the pods of a stopping job that this process has not signalled yet."""
+        if job.phase == "Running" or job.stop_deadline is None or now >= job.stop_deadline:
+            return
+        for pod in job.pods:
+            if not pod.done and pod.uid not in self._terminated:
+                self.pods.stop(job, pod, job.stop_deadline - now)
+                self._terminated.add(pod.uid)
+
+    def _failed(self, job: JobRow, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        if self.job_errors.get(job.name) != message:  # one event per distinct error
+            self.job_errors[job.name] = message
+            self.store.append_event(self.clock.now(), "error", job.name, job.tenant,
+                                    {"reason": message})
 
     # -- 2. decide ----------------------------------------------------------------------
 
@@ -152,7 +179,10 @@ class Controller:
         changed = False
         for decision in schedule(snapshot, placer).decisions:
             job = by_name[_subject(decision)]
-            changed |= self._apply(job, self._transition(decision, job, state.names, now))
+            try:
+                changed |= self._apply(job, self._transition(decision, job, state.names, now))
+            except Exception as exc:  # one bad record must not stop every other job
+                self._failed(job, exc)
         return changed
 
     def _transition(self, decision: Decision, job: JobRow, names: Sequence[str],
@@ -173,9 +203,18 @@ class Controller:
     # -- 3. apply -----------------------------------------------------------------------
 
     def _apply(self, before: JobRow, step: Step) -> bool:
-        """Save the step's record (fenced), then carry out its effects in order."""
-        if step.job == before and not step.effects:
-            return False
+        """Save the step's record (fenced), then carry out its effects in order.
+
+        True when the record changed.  Effects of an unchanged record (SIGKILL
+        sent again to pods past their deadline) are carried out but are not
+        progress: the loop does not spin on them.
+        """
+        if step.job == before:
+            fresh = any(isinstance(e, Kill) and e.pod.uid not in self._killed
+                        for e in step.effects)
+            for effect in step.effects:
+                self._effect(before, before, effect)
+            return fresh
         try:
             job = self.store.save_job(step.job)
         except ConflictError:
@@ -197,10 +236,15 @@ class Controller:
         try:
             for pod in pods:
                 job = machine.started(job, pod.uid, self.pods.start(job, pod))
-        except InputError as exc:
-            # A pod that can never start as written (a missing command): stop
-            # what did start and fail the job.
-            self._apply(job, machine.start_failed(job, str(exc), self.clock.now()))
+        except (ShoalError, OSError) as exc:
+            # Stop what did start.  A pod that can never start as written (a
+            # missing command) fails the job; anything else (a full disk) fails
+            # this attempt, which is retried with backoff.
+            step = machine.start_failed(
+                job, str(exc), self.clock.now(), permanent=isinstance(exc, InputError),
+                policy=self.config.retry, max_retries=view.manifest_of(job).spec.max_retries,
+            )
+            self._apply(job, step)
             return None
         try:
             return self.store.save_job(job)
@@ -212,10 +256,15 @@ class Controller:
     def _effect(self, job: JobRow, before: JobRow, effect: machine.Effect) -> None:
         if isinstance(effect, Terminate):
             self.pods.stop(job, effect.pod, effect.grace_seconds)
+            self._terminated.add(effect.pod.uid)
         elif isinstance(effect, Kill):
             self.pods.kill(job, effect.pod)
+            self._killed.add(effect.pod.uid)
         elif isinstance(effect, Release):
             self.pods.release(job, before.pods)
+            for pod in before.pods:
+                self._terminated.discard(pod.uid)
+                self._killed.discard(pod.uid)
         elif isinstance(effect, Emit):
             self.store.append_event(self.clock.now(), effect.kind, job.name, job.tenant,
                                     dict(effect.data))

@@ -37,12 +37,16 @@ from shoal.control.records import (
 )
 from shoal.policy.snapshot import progress_saved
 
+DEFAULT_GRACE_SECONDS = 10.0
+"""Between SIGTERM and SIGKILL, in every runtime (``--grace`` live, ``gracePeriodSeconds``
+in a Simulation)."""
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Grace period and retry backoff (the same defaults in every runtime)."""
 
-    grace_seconds: float = 10.0
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
     backoff_seconds: float = 1.0
     backoff_max_seconds: float = 60.0
 
@@ -108,6 +112,10 @@ def _emit(kind: str, **data: Any) -> Emit:
 
 # -- transitions ------------------------------------------------------------------
 
+# A failure count no maxRetries reaches: the failure is permanent (bad input).
+_NEVER_RETRY = 1 << 30
+
+
 
 def admit(
     job: JobRow,
@@ -145,26 +153,37 @@ def started(job: JobRow, uid: str, handle: str) -> JobRow:
     return replace(job, pods=pods)
 
 
-def start_failed(job: JobRow, message: str, now: float) -> Step:
-    """A pod could not start (a missing command, no sandbox): the job fails for good.
+def start_failed(
+    job: JobRow,
+    message: str,
+    now: float,
+    *,
+    permanent: bool,
+    policy: RetryPolicy | None = None,
+    max_retries: int = 0,
+) -> Step:
+    """A pod could not start.
 
-    Pods that did start are killed first; the job holds its resources until
-    they are gone.
+    ``permanent``: it never will as written (a missing command, no sandbox on
+    this machine): the job fails for good.  Otherwise (a full disk, say) the
+    attempt counts as a failed one and is retried with backoff.  Pods that
+    did start are killed first; the job holds its resources until they are gone.
     """
     started_pods = [p for p in job.pods if p.handle is not None and not p.done]
+    failing = replace(job, failures=_NEVER_RETRY) if permanent else job
     if not started_pods:
-        return _final(replace(job, pods=()), "Failed", message, now)
-    new = replace(job, phase="Stopping", stop_cause="failed", reason=message,
-                  stop_deadline=None, failures=_NEVER_RETRY)
+        stopped = replace(failing, pods=(), phase="Stopping", stop_cause="failed",
+                          reason=message)
+        return _retry_or_fail(stopped, now, policy or RetryPolicy(), max_retries)
+    new = replace(failing, phase="Stopping", stop_cause="failed", reason=message,
+                  stop_deadline=now)
     return Step(new, tuple(Kill(p) for p in started_pods))
-
-
-# A failure count no maxRetries reaches: the failure is permanent (bad input).
-_NEVER_RETRY = 1 << 30
 
 
 def preempt(job: JobRow, now: float, grace: float, preemptor: str, reason: str) -> Step:
     """Evict a running job for ``preemptor``: SIGTERM now, SIGKILL after ``grace``."""
+    if job.phase != "Running":
+        return Step(job)  # already stopping: never a victim twice
     new = replace(
         job, phase="Preempting", stop_cause="preempted", stop_deadline=now + grace,
         preemptor=preemptor, reason=reason,
@@ -217,25 +236,30 @@ def observe(
         return delete(job, now, policy.grace_seconds)
     alive = [p for p in job.pods if not p.done]
     if job.phase == "Running":
-        failed = [p for p in job.pods if p.done and p.state != "succeeded"]
-        if failed:
-            # One member failed: the gang cannot go on. Its pods are killed at
-            # once; the job holds its resources until they are seen gone.
-            why = failed[0].message or failed[0].state
-            # The deadline is spent (None): SIGKILL goes out once, here.
-            stopping = replace(job, phase="Stopping", stop_cause="failed", reason=why,
-                               stop_deadline=None)
+        failed = [p for p in job.pods if p.done and p.state not in ("succeeded", "lost")]
+        lost = [p for p in job.pods if p.state == "lost"]
+        if failed or lost:
+            # One member failed (or vanished): the gang cannot go on. Its pods
+            # are killed at once; the job holds its resources until they are
+            # seen gone.  A pod the runtime lost (it ended while no control
+            # plane watched, and how is unknown) is no fault of the job: the
+            # attempt is requeued like a preempted one, using no retry.
+            first = (failed or lost)[0]
+            stopping = replace(job, phase="Stopping", stop_cause="failed" if failed else "disrupted",
+                               reason=first.message or first.state, stop_deadline=now)
             if alive:
                 return Step(stopping, tuple(Kill(p) for p in alive))
             return _settle(stopping, now, policy, max_retries, checkpoint_interval)
         if not alive:
             return _final(job, "Succeeded", "", now)
         return Step(job)
-    # Preempting or Stopping: wait for the pods, kill them at the deadline.
+    # Preempting or Stopping: wait for the pods, kill them from the deadline on.
     if alive:
-        if job.stop_deadline is not None and now >= job.stop_deadline:
-            # SIGKILL once; the pods still hold their resources until seen gone.
-            return Step(replace(job, stop_deadline=None), tuple(Kill(p) for p in alive))
+        if job.stop_deadline is None or now >= job.stop_deadline:
+            # SIGKILL, again on every pass until the pods are seen gone (a crash
+            # right after the first must not leave them running): the record
+            # does not change, so the runtime does not count it as progress.
+            return Step(job, tuple(Kill(p) for p in alive))
         return Step(job)
     return _settle(job, now, policy, max_retries, checkpoint_interval)
 
@@ -257,7 +281,9 @@ def _settle(
     checkpoint_interval: float | None,
 ) -> Step:
     """Every pod of a stopping job is gone: decide what comes next."""
-    cause: StopCause = job.stop_cause
+    cause: StopCause = job.stop_cause or (
+        "preempted" if job.phase == "Preempting" else "failed"  # a record from before causes
+    )
     if job.deleted or cause == "deleted":
         return _final(job, "Cancelled", "deleted", now)
     if cause in ("preempted", "disrupted"):

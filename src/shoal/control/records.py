@@ -16,6 +16,7 @@ importing the other.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,6 +32,7 @@ PodState = Literal[
     "starting", "running", "succeeded", "failed", "oom_killed", "signalled", "lost"
 ]
 DONE_STATES: tuple[PodState, ...] = ("succeeded", "failed", "oom_killed", "signalled", "lost")
+_STATES = ("starting", "running", *DONE_STATES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +63,18 @@ class PodRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PodRecord:
+        handle = data.get("handle")
+        if handle is None and data.get("pid") is not None:
+            # Written before handles were opaque: the embedded runtime's fields.
+            handle = json.dumps({"pid": data["pid"], "start_ticks": data.get("start_ticks", 0),
+                                 "cgroup": data.get("cgroup")})
+        state = data.get("state", "starting")
         return cls(
             index=int(data["index"]), node=str(data["node"]),
             gpus=tuple(int(g) for g in data.get("gpus", ())), uid=str(data["uid"]),
-            started_at=float(data.get("started_at") or 0.0), state=data.get("state", "starting"),
-            handle=data.get("handle"), exit_code=data.get("exit_code"),
+            started_at=float(data.get("started_at") or 0.0),
+            state=state if state in _STATES else "starting",
+            handle=handle, exit_code=data.get("exit_code"),
             message=str(data.get("message", "")),
         )
 

@@ -197,7 +197,7 @@ class ReplaySpec(Spec):
     )
     failures: list[Failure] = Field(default_factory=list, description="node failures")
     grace_period_seconds: float = Field(
-        default=30.0, ge=0,
+        default=10.0, ge=0,
         description="a victim's pods are killed this long after SIGTERM (as `--grace` live)",
     )
     stop_seconds: float = Field(

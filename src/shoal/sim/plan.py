@@ -37,7 +37,7 @@ class SimPlan:
     checkpoint_interval: float | None = None
     failures: Sequence[NodeFailure] = ()
     horizon: float | None = None
-    grace_seconds: float = 30.0
+    grace_seconds: float = 10.0
     stop_seconds: float = 0.0
 
     def check(self) -> None:

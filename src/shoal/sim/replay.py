@@ -14,6 +14,7 @@ SIGTERM, at most at the grace deadline) and keeps incremental views
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import time
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.control import machine
-from shoal.control.machine import Emit, RetryPolicy, Step
+from shoal.control.machine import DEFAULT_GRACE_SECONDS, Emit, RetryPolicy, Step
 from shoal.control.records import HOLDING_PHASES, JobRow, PodStatus
 from shoal.domain.cluster import Binding, ClusterState
 from shoal.domain.nodes import Node
@@ -106,7 +107,7 @@ class ReplayEngine:
         failures: Sequence[NodeFailure] = (),
         record_events: bool = False,
         horizon: float | None = None,
-        grace_seconds: float = 30.0,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
         stop_seconds: float = 0.0,
     ) -> None:
         self.horizon = horizon
@@ -264,10 +265,13 @@ class ReplayEngine:
                 self._apply(now, record, step)
             elif isinstance(decision, Preempt):
                 record = self.jobs[decision.victim]
+                if record.row.phase != "Running":
+                    continue  # already stopping: never a victim twice
                 why = f"preempted: {PREEMPT_REASONS[decision.reason]}"
                 self.preempting[decision.victim] = decision.preemptor
                 self._apply(now, record, machine.preempt(
                     record.row, now, self.retry.grace_seconds, decision.preemptor, why))
+                self._stopping(record)
                 self._terminate(now, record)
                 preempted = True
             elif isinstance(decision, Inadmissible):
@@ -277,6 +281,18 @@ class ReplayEngine:
                 self._apply(now, record, machine.reject(record.row, decision.reason, now))
             # Pending: the reason is only kept by live runtimes (users read it).
         return preempted
+
+    def _stopping(self, record: JobRecord) -> None:
+        """A victim holds its resources until it stops, but is never chosen again (as live)."""
+        running = record.running
+        if running is None or not running.workload.preemptible:
+            return
+        frozen = dataclasses.replace(
+            running, workload=dataclasses.replace(running.workload, preemptible=False))
+        record.running = frozen
+        name = record.workload.name
+        self.running[name] = frozen
+        self.by_tenant[record.workload.tenant][name] = frozen
 
     def _terminate(self, now: float, record: JobRecord) -> None:
         """SIGTERM reached the victim's pods: they stop ``stop_seconds`` later."""

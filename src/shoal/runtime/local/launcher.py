@@ -164,10 +164,19 @@ def _encode(handle: PodHandle) -> str:
 
 
 def _decode(handle: str | None) -> tuple[int, int, str | None] | None:
+    """``(pid, start ticks, cgroup)``; None for a missing or unreadable handle.
+
+    An unreadable one (hand-edited, or from another Shoal) falls back to
+    finding the pod by its uid, rather than failing the job.
+    """
     if not handle:
         return None
-    data: dict[str, Any] = json.loads(handle)
-    return int(data["pid"]), int(data["start_ticks"]), data.get("cgroup")
+    try:
+        data: Any = json.loads(handle)
+        cgroup = data.get("cgroup")
+        return int(data["pid"]), int(data["start_ticks"]), cgroup if isinstance(cgroup, str) else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def _free_port() -> int:

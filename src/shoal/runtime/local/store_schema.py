@@ -109,6 +109,15 @@ _V2 = (
     "ALTER TABLE jobs ADD COLUMN checkpoint_step INTEGER",
     "ALTER TABLE jobs ADD COLUMN resumed_from INTEGER",
     "ALTER TABLE jobs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
+    # Jobs caught mid-preemption by the upgrade keep their deadline and
+    # preemptor, which version 1 kept on each pod.
+    "UPDATE jobs SET stop_cause = 'preempted', "
+    "stop_deadline = json_extract(pods, '$[0].deadline'), "
+    "preemptor = COALESCE(json_extract(pods, '$[0].preemptor'), '') "
+    "WHERE phase = 'Preempting' AND finalized = 0",
+    # Failed attempts so far: the current attempt of a running job has not failed.
+    "UPDATE jobs SET failures = MAX(attempts - preemptions - (phase <> 'Pending'), 0) "
+    "WHERE finalized = 0",
 )
 
 MIGRATIONS: tuple[Migration, ...] = (
