@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.control.conftest import wait_for
+from tests.control.conftest import wait_for, zombie
 
 from shoal.api.client import ShoalClient
 
@@ -64,15 +64,8 @@ def stop_background(home: Path) -> None:
                 api.delete(row["name"])
         wait_for(lambda: all(r["phase"] not in ("Running", "Preempting") for r in api.jobs()))
     os.kill(data["pid"], signal.SIGTERM)
-    wait_for(lambda: not _alive(data["pid"]) or _zombie(data["pid"]))
+    wait_for(lambda: not _alive(data["pid"]) or zombie(data["pid"]))
 
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ")[1].startswith("Z")
-    except OSError:
-        return True
 
 
 @pytest.fixture

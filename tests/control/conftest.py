@@ -87,3 +87,12 @@ def admin(plane: launch.Running) -> Iterator[ShoalClient]:
 
 def phase(client: ShoalClient, name: str) -> str:
     return str(client.job(name)["phase"])
+
+
+def zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie not yet reaped, or gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ")[1].startswith("Z")
+    except OSError:
+        return True

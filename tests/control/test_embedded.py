@@ -15,7 +15,7 @@ import pytest
 from shoal.api import launch
 from shoal.api.client import ShoalClient
 from shoal.errors import Forbidden, ImmutableError, InputError, NotFoundError, Unauthorized
-from tests.control.conftest import CLUSTER, job, phase, wait_for
+from tests.control.conftest import CLUSTER, job, phase, wait_for, zombie
 
 QUICK_EXIT = ["python", "-c", "pass"]
 SLEEPER = ["python", "-c", "import signal, sys; signal.sigwait({signal.SIGTERM}); sys.exit(0)"]
@@ -167,17 +167,10 @@ def test_restart_after_sigkill_readopts_running_pods(
     assert pod_pid(record) == pid and os.path.exists(f"/proc/{pid}")
     api.delete("survivor")
     wait_for(lambda: api.job("survivor")["phase"] == "Cancelled")
-    assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+    assert not os.path.exists(f"/proc/{pid}") or zombie(pid)
     # describe tells how the adopted pod ended, not "running" forever.
     assert [p["state"] for p in api.job("survivor")["pods"]] == ["signalled"]
 
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ")[1].startswith("Z")
-    except OSError:
-        return True
 
 
 @pytest.mark.parametrize(("code", "final"), [(0, "Succeeded"), (3, "Failed")])

@@ -143,3 +143,20 @@ def fifo(tmp_path: Path) -> Iterator[Callable[[Path], Fifo]]:
     yield make
     for each in made:
         each.close()
+
+
+# Reports that it runs, then ends as the test says: an exit code, or SIGKILL.
+_END_AS_TOLD = """
+import os, sys
+open(sys.argv[1], "w").write("ready\\n")
+told = open(sys.argv[2]).readline().strip()
+if told == "kill":
+    os.kill(os.getpid(), 9)
+sys.exit(int(told))
+"""
+
+
+@pytest.fixture
+def end_as_told() -> str:
+    """A pod program: writes "ready" to argv[1], then exits as argv[2] (a FIFO) says."""
+    return _END_AS_TOLD

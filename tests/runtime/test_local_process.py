@@ -182,16 +182,9 @@ def test_adopt_after_a_restart(pods: LocalProcesses, spec: Spec, finish: Finish,
 )
 def test_an_adopted_pod_that_ended_reports_its_recorded_exit(
     pods: LocalProcesses, spec: Spec, finish: Finish, fifo: Callable, tmp_path: Path,
-    told: str, expected: PodStatus,
+    told: str, expected: PodStatus, end_as_told: str,
 ) -> None:
-    code = """
-import os, sys
-open(sys.argv[1], "w").write("ready\\n")
-told = open(sys.argv[2]).readline().strip()
-if told == "kill":
-    os.kill(os.getpid(), 9)
-sys.exit(int(told))
-"""
+    code = end_as_told
     exit_file = tmp_path / "logs" / "pod.exit"
     pod = spec([PY, "-c", code, "ready", "told"], exit_file=exit_file)
     ready, tell = fifo(pod.workdir / "ready"), fifo(pod.workdir / "told")

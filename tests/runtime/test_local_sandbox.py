@@ -198,15 +198,6 @@ open(sys.argv[2]).readline()
         assert exit_file.read_text() == "0\n"
 
 
-# Reports that it runs, then ends as the test says: an exit code, or SIGKILL.
-END_AS_TOLD = """
-import os, sys
-open(sys.argv[1], "w").write("ready\\n")
-told = open(sys.argv[2]).readline().strip()
-if told == "kill":
-    os.kill(os.getpid(), 9)
-sys.exit(int(told))
-"""
 
 
 @pytest.mark.parametrize(
@@ -222,9 +213,10 @@ sys.exit(int(told))
 def test_a_pod_that_ends_while_no_control_plane_runs(
     pods: LocalProcesses, sandboxed: Spec, finish: Finish, fifo: Callable,
     network: Callable[[], str], tmp_path: Path, told: str, expected: PodStatus, gang: bool,
+    end_as_told: str,
 ) -> None:
     exit_file = tmp_path / "logs" / "pod.exit"
-    pod = sandboxed([PY, "-c", END_AS_TOLD, "ready", "told"], exit_file=exit_file,
+    pod = sandboxed([PY, "-c", end_as_told, "ready", "told"], exit_file=exit_file,
                     network=network() if gang else None)
     ready, tell = fifo(pod.workdir / "ready"), fifo(pod.workdir / "told")
     handle = pods.start(pod)
