@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,3 +131,32 @@ def test_the_last_job_to_arrive_on_an_event_runs_and_is_reported(tmp_path: Path)
     assert done.returncode == 0, done.stderr
     phases = {j["name"]: j["phase"] for j in json.loads(done.stdout)["jobs"]}
     assert phases == {"a": "Succeeded", "b": "Succeeded"}
+
+
+def test_the_report_names_the_runs_folder_and_rm_removes_it(tmp_path: Path) -> None:
+    import shutil
+    import tempfile
+
+    path = tmp_path / "scenario.yaml"
+    path.write_text(CLUSTER + job("only", "pass"))
+
+    def folders() -> set[Path]:
+        return set(Path(tempfile.gettempdir()).glob("shoal-run-scenario-*"))
+
+    def shoal_run(*extra: str) -> dict[str, Any]:
+        done = subprocess.run([sys.executable, "-m", "shoal", "run", str(path), "-o", "json",
+                               *extra], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
+
+    before = folders()
+    kept = Path(shoal_run()["state_dir"])
+    try:
+        assert folders() - before == {kept}
+        assert (kept / "jobs" / "only" / "logs" / "pod-0.log").exists()
+        assert shoal_run("--rm")["state_dir"] is None
+        assert folders() - before == {kept}, "--rm leaves no folder behind"
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -35,7 +36,6 @@ from rich.table import Table
 
 from shoal.api.client import ShoalClient
 from shoal.app.report import build_report
-from shoal.cli.connect import state_dir
 from shoal.cli.manifests import resolve_working_dirs
 from shoal.cli.tables import show, table
 from shoal.domain.phases import FINAL_PHASES
@@ -66,7 +66,8 @@ def run(
     file: Annotated[Path, typer.Argument(help="scenario: NodePools, Tenants, TrainingJobs")],
     output: Annotated[str, typer.Option("--output", "-o", help="table or json")] = "table",
     home: Annotated[Path | None, typer.Option(
-        "--state-dir", help="keep state here (default: a new folder under ~/.shoal/runs)")] = None,
+        "--state-dir", help="keep state here (default: a new temporary folder, named in the "
+        "report)")] = None,
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 900,
     grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 10.0,
     remove: Annotated[bool, typer.Option(
@@ -75,6 +76,8 @@ def run(
     """Run a scenario on this machine with real processes, then print the report."""
     if output not in ("table", "json"):
         raise InputError(f"--output: expected table or json, got {output!r}")
+    if file.is_dir():
+        raise InputError(f"{file}: is a folder; shoal run takes one scenario file")
     if not file.is_file():
         raise InputError(f"{file}: file not found")
     text = resolve_working_dirs(file)  # every error, located, before anything starts
@@ -83,7 +86,10 @@ def run(
     arrivals = plan_arrivals(file, [d for d in docs if d.get("kind") == "TrainingJob"])
     from shoal.api import launch
 
-    directory = home or state_dir() / "runs" / f"{file.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    # A temporary folder by default: every sandbox hides /tmp behind a private
+    # one, so no pod can read another run's admin token, logs or checkpoints.
+    directory = home or Path(tempfile.mkdtemp(
+        prefix=f"shoal-run-{file.stem}-{datetime.now():%Y%m%d-%H%M%S}-"))
     running = launch.start(directory, grace_seconds=grace)
     api = ShoalClient(running.url, running.token)
     try:
