@@ -103,6 +103,16 @@ def test_what_a_tenant_token_sees(plane: launch.Running, admin: ShoalClient) -> 
         admin.apply_text(job("b-job", "team-b", SLEEPER), "b.yaml")
         assert all(e["tenant"] == "team-a" for e in a.events())
         assert a.jobs() == []
+        # Its own job: how it runs, but not on which node nor for whom it was preempted.
+        a.apply_text(job("a-job", "team-a", SLEEPER), "a.yaml")
+        wait_for(lambda: phase(admin, "a-job") == "Running")
+        mine = a.job("a-job")
+        assert mine["pods"] and all("node" not in p and "handle" not in p for p in mine["pods"])
+        assert "preemptor" not in mine
+        admitted = [e for e in a.events() if e["kind"] == "admitted"]
+        assert admitted and all("nodes" not in e["data"] and "placement" not in e["data"]
+                                for e in admitted)
+        assert admin.job("a-job")["pods"][0]["node"] == "local-000", "the admin sees it all"
 
 
 def test_following_a_log_reads_off_the_event_loop(

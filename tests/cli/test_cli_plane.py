@@ -124,3 +124,25 @@ def test_ctrl_c_on_watch_says_the_jobs_keep_running(sh: Shell) -> None:
     _, err = watcher.communicate(timeout=60)
     assert watcher.returncode == 130
     assert "the jobs keep running" in err and "Traceback" not in err
+
+
+def test_odd_names_and_state_folders_get_one_clear_line(sh: Shell, tmp_path: Path) -> None:
+    sh("apply", "-f", str(write(tmp_path, "c.yaml", CLUSTER + "---\n" + job("a", "team-a", QUICK))))
+    found = sh("describe", "job", "a?b")  # must not read job "a"
+    assert found.returncode == 2 and "job 'a?b' not found" in found.stderr
+    assert sh("delete", "job", "a?b").returncode == 2
+    assert "a" in phases(sh), "nothing deleted"
+    file_home = tmp_path / "not-a-folder"
+    file_home.write_text("x")
+    odd = Shell(file_home)
+    result = odd("get", "jobs")
+    assert result.returncode == 2 and "cannot use" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_malformed_server_record_is_treated_as_stale(sh: Shell) -> None:
+    sh.home.mkdir(parents=True, exist_ok=True)
+    (sh.home / "server.json").write_text('{"url": "http://[::1", "pid": -1}')
+    result = sh("get", "jobs")
+    assert result.returncode == 0, result.stderr
+    assert STARTED in result.stderr

@@ -204,6 +204,10 @@ def test_a_lost_pod_requeues_the_job_without_using_a_retry(world: FakeWorld) -> 
     del world.pods.pods[pod.uid]  # the runtime cannot find it any more (a restart)
     world.settle()
     row = world.store.get_job("gone")
+    assert (row.phase, row.next_attempt_at) == ("Pending", 1.0), "after a pause: no hot loop"
+    world.clock.advance(1)
+    world.settle()
+    row = world.store.get_job("gone")
     assert (row.phase, row.failures, row.attempts) == ("Running", 0, 2), "started again"
     assert row.preemptions == 1 and "requeued" in world.event_kinds("gone")
     assert "retrying" not in world.event_kinds("gone")
@@ -268,3 +272,22 @@ def test_a_transient_start_error_is_retried_but_bad_input_is_not(world: FakeWorl
     assert world.phase("bad") == "Failed"
     full = world.store.get_job("full")
     assert full.phase == "Pending" and full.reason == "retrying after: No space left on device"
+
+
+def test_a_victim_that_stopped_first_does_not_take_back_the_room(world: FakeWorld) -> None:
+    for name in ("v1", "v2", "v3", "v4"):
+        world.submit(job(name, gpus=1, priority="low"))
+    world.settle()  # team-a borrows all four GPUs, two of them team-b's
+    world.pods.ignore_sigterm.update({"v1", "v2", "v3", "v4"})
+    world.submit(job("b-pair", "team-b", gpus=2))
+    world.settle()
+    victims = [n for n in ("v1", "v2", "v3", "v4") if world.phase(n) == "Preempting"]
+    assert len(victims) == 2
+    world.pods.finish(victims[0], 0, code=143)  # one stops at once, the other takes its time
+    world.settle()
+    assert world.phase(victims[0]) == "Pending", "not admitted again into the GPU it left"
+    world.clock.advance(10)  # the other is killed at the deadline
+    world.settle()
+    world.settle()
+    assert world.phase("b-pair") == "Running"
+    assert all(world.store.get_job(v).preemptions == 1 for v in victims), "preempted once"

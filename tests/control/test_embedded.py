@@ -219,3 +219,14 @@ def test_a_reused_name_starts_clean(admin: ShoalClient) -> None:
     assert record["tenant"] == "team-b"
     assert "secret" not in admin.logs("reused") and "team-b here" in admin.logs("reused")
     assert [e["kind"] for e in record["events"]] == ["submitted", "admitted", "succeeded"]
+
+
+def test_arguments_no_process_can_take_are_refused_at_apply(admin: ShoalClient) -> None:
+    for field, value in (("command", '["python", "a\\0b"]'), ("env", '{"A=B": "1"}'),
+                         ("env", '{"A": "x\\0y"}')):
+        text = job("odd", "team-a", ["python", "-c", "pass"]) + f"  {field}: {value}\n"
+        if field == "command":
+            text = text.replace('  command: ["python", "-c", "pass"]\n', "")
+        with pytest.raises(InputError, match=f"spec.{field}"):
+            admin.apply_text(text, "odd.yaml")
+    assert admin.jobs() == []

@@ -168,6 +168,7 @@ def live_plane(tmp_path: Path) -> Iterator[tuple[EmbeddedPlane, FakeClock]]:
     for job in plane.store.list_jobs(phases=HOLDING_PHASES):
         for pod in job.pods:
             plane.pods.kill(job, pod)
+    plane.stop()
     plane.store.close()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -24,7 +25,10 @@ for _cls in errors.error_classes():  # base classes come first: the most general
 class ShoalClient:
     def __init__(self, base_url: str, token: str | None, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        try:
+            self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise errors.InputError(f"invalid control plane URL {base_url!r}: {exc}") from exc
 
     def close(self) -> None:
         self.http.close()
@@ -38,6 +42,9 @@ class ShoalClient:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self.http.request(method, path, **kwargs)
+        except httpx.InvalidURL as exc:
+            raise errors.InputError(
+                f"invalid control plane URL {self.http.base_url}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise errors.UnreachableError(
                 f"cannot reach the control plane at {self.http.base_url}: {exc}"
@@ -69,22 +76,22 @@ class ShoalClient:
         return jobs
 
     def job(self, name: str) -> dict[str, Any]:
-        job: dict[str, Any] = self._call("GET", f"/v1/jobs/{name}")
+        job: dict[str, Any] = self._call("GET", f"/v1/jobs/{_segment(name)}")
         return job
 
     def delete(self, name: str) -> dict[str, Any]:
-        job: dict[str, Any] = self._call("DELETE", f"/v1/jobs/{name}")
+        job: dict[str, Any] = self._call("DELETE", f"/v1/jobs/{_segment(name)}")
         return job
 
     def logs(self, name: str, pod: int = 0) -> str:
-        text: str = self._call("GET", f"/v1/jobs/{name}/logs", params={"pod": pod})
+        text: str = self._call("GET", f"/v1/jobs/{_segment(name)}/logs", params={"pod": pod})
         return text
 
     def follow_logs(self, name: str, pod: int = 0) -> Iterator[str]:
         params: dict[str, str | int] = {"pod": pod, "follow": "true"}
         try:
             with self.http.stream(
-                "GET", f"/v1/jobs/{name}/logs", params=params, timeout=None
+                "GET", f"/v1/jobs/{_segment(name)}/logs", params=params, timeout=None
             ) as r:
                 if r.status_code >= 400:
                     r.read()
@@ -124,6 +131,11 @@ class ShoalClient:
         body = {"tenant": tenant, "role": role}
         token: str = self._call("POST", "/v1/tokens", json=body)["token"]
         return token
+
+
+def _segment(name: str) -> str:
+    """A name as one URL path segment: ``a?b`` or ``../x`` cannot reach another route."""
+    return quote(name, safe="")
 
 
 def error_from(response: httpx.Response) -> errors.ShoalError:

@@ -13,7 +13,7 @@ from typing import Any
 from shoal.app.core import App
 from shoal.app.ports import Caller, JobRecord, Role
 from shoal.app.usage import capacity, tenant_status
-from shoal.app.views import job_detail, job_summary, pod_count
+from shoal.app.views import for_tenant_event, for_tenant_job, job_detail, job_summary, pod_count
 from shoal.errors import Forbidden, InputError, NotFoundError
 
 MAX_EVENT_ID = 2**62
@@ -34,7 +34,9 @@ def visible_job(app: App, caller: Caller, name: str) -> JobRecord:
 
 
 def list_jobs(app: App, caller: Caller) -> list[dict[str, Any]]:
-    return [job_summary(row) for row in app.store.list_jobs(tenant=_scope(caller))]
+    scope = _scope(caller)
+    views = [job_summary(row) for row in app.store.list_jobs(tenant=scope)]
+    return views if scope is None else [for_tenant_job(v) for v in views]
 
 
 def get_job(app: App, caller: Caller, name: str) -> dict[str, Any]:
@@ -42,7 +44,8 @@ def get_job(app: App, caller: Caller, name: str) -> dict[str, Any]:
     # Only this job's events: the name may have been used before.
     events = [e for e in app.store.events(job=name, tenant=row.tenant)
               if e["time"] >= row.submit_time]
-    return job_detail(row, events)
+    view = job_detail(row, events)
+    return view if _scope(caller) is None else for_tenant_job(view)
 
 
 def delete_job(app: App, caller: Caller, name: str) -> dict[str, Any]:
@@ -72,7 +75,9 @@ def job_phase(app: App, name: str) -> str:
 def events(app: App, caller: Caller, since: int = 0) -> list[dict[str, Any]]:
     if not 0 <= since <= MAX_EVENT_ID:
         raise InputError(f"since: expected an event id from 0 to {MAX_EVENT_ID}, got {since}")
-    return app.store.events(since_id=since, tenant=_scope(caller))
+    scope = _scope(caller)
+    found = app.store.events(since_id=since, tenant=scope)
+    return found if scope is None else [for_tenant_event(e) for e in found]
 
 
 def tenants(app: App, caller: Caller) -> dict[str, Any]:

@@ -43,6 +43,31 @@ def job_detail(row: JobRecord, events: list[dict[str, Any]]) -> dict[str, Any]:
             "pods": [plain(pod) for pod in row.pods], "events": events}
 
 
+# What only an admin sees: where pods run and how the runtime finds them, and
+# which job (possibly another tenant's) a preempted job made room for.
+_ADMIN_JOB_FIELDS = ("preemptor",)
+_ADMIN_POD_FIELDS = ("node", "handle")
+_ADMIN_EVENT_FIELDS = ("nodes", "placement", "preemptor")
+
+
+def for_tenant_job(view: dict[str, Any]) -> dict[str, Any]:
+    """A job view without what only an admin may see."""
+    data = {k: v for k, v in view.items() if k not in _ADMIN_JOB_FIELDS}
+    if isinstance(data.get("pods"), list):
+        data["pods"] = [{k: v for k, v in pod.items() if k not in _ADMIN_POD_FIELDS}
+                        for pod in data["pods"]]
+    if "events" in data:
+        data["events"] = [for_tenant_event(e) for e in data["events"]]
+    return data
+
+
+def for_tenant_event(event: dict[str, Any]) -> dict[str, Any]:
+    details = event.get("data")
+    if not isinstance(details, Mapping):
+        return event
+    return {**event, "data": {k: v for k, v in details.items() if k not in _ADMIN_EVENT_FIELDS}}
+
+
 def pod_count(manifest: Mapping[str, Any]) -> int:
     """How many pods the job's spec asks for (a stored manifest is valid)."""
     pod_sets = manifest.get("spec", {}).get("podSets", [])

@@ -22,10 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 
 from shoal.api.client import ShoalClient
-from shoal.errors import ShoalError, UnreachableError
+from shoal.errors import InputError, ShoalError, UnreachableError
 
 SERVER_FILE = "server.json"
 LOCK_FILE = "server.lock"
@@ -78,7 +79,7 @@ def answering(directory: Path) -> str | None:
     try:
         with ShoalClient(url, None, timeout=2.0) as probe:
             probe.health()
-    except ShoalError:
+    except (ShoalError, ValueError, httpx.HTTPError, httpx.InvalidURL):  # dead or malformed: stale
         return None
     return url
 
@@ -88,13 +89,17 @@ def ensure_local(directory: Path) -> str:
     url = answering(directory)
     if url is not None:
         return url
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot use {directory} as Shoal's state folder: "
+                         f"{exc.strerror or exc}", hint="set SHOAL_HOME or --state-dir") from exc
     with _locked(directory / LOCK_FILE):
         url = answering(directory)  # another command may have started it meanwhile
         if url is None:
             url = _start_background(directory)
             err.print(f"started a background control plane at {url} "
-                      "(stop it with `shoal server stop`)", highlight=False)
+                      "(stop it with `shoal server stop`)", highlight=False, soft_wrap=True)
     return url
 
 

@@ -71,7 +71,10 @@ def stop(directory: Path) -> None:
     """SIGTERM the server recorded in the state dir and wait until it is gone."""
     record = recorded(directory)
     pid = record.get("pid") if record else None
-    if not isinstance(pid, int) or not _alive(pid) or not _is_shoal(pid):
+    # Only a real process id: kill(0) or kill(-1) would signal a whole group
+    # or every process this user may signal (a hand-edited or corrupt record).
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 \
+            or not _alive(pid) or not _is_shoal(pid):
         (directory / SERVER_FILE).unlink(missing_ok=True)
         out.print(f"no control plane is running for {directory}", highlight=False)
         return
@@ -93,7 +96,8 @@ def _is_shoal(pid: int) -> bool:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             return b"shoal" in handle.read()
     except OSError:
-        return True  # no /proc: trust the record
+        # Without /proc at all, trust the record; with it, the process is gone.
+        return not os.path.isdir("/proc/self")
 
 
 def _alive(pid: int) -> bool:

@@ -32,7 +32,7 @@ from shoal.control.machine import Emit, Kill, Release, RetryPolicy, Start, Step,
 from shoal.control.ports import Checkpoints, Clock, Inventory, NodeSet, Pods, Store
 from shoal.control.records import ACTIVE_PHASES, HOLDING_PHASES, JobRow, PodRecord
 from shoal.domain.workload import Workload
-from shoal.errors import ConflictError, InputError, ShoalError
+from shoal.errors import ConflictError, InputError
 from shoal.policy.admission import Snapshot, schedule
 from shoal.policy.decisions import Admit, Decision, Inadmissible, Pending, Preempt
 from shoal.policy.placement import Placer, build_placer
@@ -236,12 +236,14 @@ class Controller:
         try:
             for pod in pods:
                 job = machine.started(job, pod.uid, self.pods.start(job, pod))
-        except (ShoalError, OSError) as exc:
+        except Exception as exc:
             # Stop what did start.  A pod that can never start as written (a
-            # missing command) fails the job; anything else (a full disk) fails
-            # this attempt, which is retried with backoff.
+            # missing command, an argument the OS refuses) fails the job;
+            # anything else (a full disk) fails this attempt, which is retried
+            # with backoff.
+            permanent = isinstance(exc, InputError | ValueError | TypeError)
             step = machine.start_failed(
-                job, str(exc), self.clock.now(), permanent=isinstance(exc, InputError),
+                job, str(exc) or type(exc).__name__, self.clock.now(), permanent=permanent,
                 policy=self.config.retry, max_retries=view.manifest_of(job).spec.max_retries,
             )
             self._apply(job, step)

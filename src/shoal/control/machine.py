@@ -289,17 +289,22 @@ def _settle(
     if cause in ("preempted", "disrupted"):
         if job.pods and all(p.state == "succeeded" for p in job.pods):
             return _final(job, "Succeeded", "", now)  # it finished within its grace period
-        return _requeue(job, now, checkpoint_interval, "requeued")
+        # Pods the runtime lost are started again after a pause, so that a pod
+        # that is lost at every start cannot spin the control loop.
+        delay = policy.backoff_seconds if cause == "disrupted" else 0.0
+        return _requeue(job, now, checkpoint_interval, "requeued", delay)
     return _retry_or_fail(job, now, policy, max_retries)
 
 
-def _requeue(job: JobRow, now: float, interval: float | None, kind: str) -> Step:
+def _requeue(
+    job: JobRow, now: float, interval: float | None, kind: str, delay: float = 0.0
+) -> Step:
     start = job.attempt_start
     saved = progress_saved(start, now, job.checkpoint_time, interval)
     lost = max(now - saved, 0.0)
     new = replace(
         job, phase="Pending", pods=(), preemptions=job.preemptions + 1,
-        lost_seconds=job.lost_seconds + lost, next_attempt_at=now, stop_cause="",
+        lost_seconds=job.lost_seconds + lost, next_attempt_at=now + delay, stop_cause="",
         stop_deadline=None, preemptor="",
     )
     event = _emit(kind, lost_seconds=round(lost, 3), kept_seconds=round(saved - start, 3),

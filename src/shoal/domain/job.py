@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
@@ -10,6 +11,8 @@ from shoal.domain import priority as priorities
 from shoal.domain.base import Metadata, Name, Spec
 from shoal.domain.quantity import CpuMilli, MemoryMiB
 from shoal.domain.resources import MILLI
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _gpu_request(value: object) -> object:
@@ -185,6 +188,27 @@ class TrainingJobSpec(Spec):
     max_retries: int = Field(
         default=3, ge=0, description="times a failed job is started again before it fails"
     )
+
+    @field_validator("command", "working_dir")
+    @classmethod
+    def _no_nul(cls, value: list[str] | str | None) -> list[str] | str | None:
+        # A NUL cannot be passed to a process: the pod could never start.
+        items = [value] if isinstance(value, str) else (value or [])
+        if any("\0" in item for item in items):
+            raise ValueError("must not contain a NUL character")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _environment_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            if not _ENV_NAME.fullmatch(key):
+                raise ValueError(
+                    f"{key!r} is not a variable name: letters, digits and _, not starting "
+                    "with a digit")
+            if "\0" in text:
+                raise ValueError(f"the value of {key} must not contain a NUL character")
+        return value
 
     @field_validator("priority")
     @classmethod

@@ -62,7 +62,11 @@ def load_manifest_file(path: Path) -> list[Manifest]:
 
 def _documents(text: str, source: str) -> list[tuple[yaml.Node, Any]]:
     """``(node, data)`` per document; YAML syntax errors become ManifestErrors."""
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader checks the characters here already (NUL, lone surrogates).
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{source}: invalid YAML: {_one_line(exc)}") from exc
     documents: list[tuple[yaml.Node, Any]] = []
     try:
         while loader.check_node():
@@ -78,10 +82,16 @@ def _documents(text: str, source: str) -> list[tuple[yaml.Node, Any]]:
         context = f" ({exc.context})" if exc.context and exc.problem else ""
         raise ManifestError(f"{where}: invalid YAML: {problem}{context}") from exc
     except yaml.YAMLError as exc:  # reader errors (bad bytes) carry no mark
-        raise ManifestError(f"{source}: invalid YAML: {exc}") from exc
+        raise ManifestError(f"{source}: invalid YAML: {_one_line(exc)}") from exc
+    except RecursionError:
+        raise ManifestError(f"{source}: invalid YAML: nested too deeply") from None
     finally:
         loader.dispose()
     return documents
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def _reject_duplicate_keys(node: yaml.Node, source: str) -> None:

@@ -207,6 +207,11 @@ class _Cycle:
         self.blocked.setdefault(tenant.name, workload.name)
         if workload.name in self.snap.preempting:
             reason = "waiting for preempted workloads to stop"
+            # Keep its quota while its victims stop, as in the cycle that
+            # preempted them: else a victim that stopped first is admitted
+            # again into the room it just left, and preempted again.
+            request = flavors.request(workload, entry.flavors[0])
+            self.usage = usage_after(self.usage, workload.tenant, add=request)
         elif tenant.name in self.preempt_tried or not self.preempt(entry):
             reason = reasons[0]
         else:

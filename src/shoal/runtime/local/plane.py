@@ -9,6 +9,8 @@ themselves instead of starting the thread.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 from pathlib import Path
@@ -16,11 +18,34 @@ from pathlib import Path
 from shoal.control.controller import ControlConfig, Controller
 from shoal.control.machine import RetryPolicy
 from shoal.control.ports import Clock
+from shoal.errors import ShoalError
 from shoal.runtime.local.checkpoints import LocalCheckpoints
 from shoal.runtime.local.inventory import PoolInventory
 from shoal.runtime.local.launcher import LocalPods
 from shoal.runtime.local.process import LocalProcesses
-from shoal.runtime.local.store import SqliteStore
+from shoal.runtime.local.store import SqliteStore, StoreError
+
+LOCK_FILE = "plane.lock"
+
+
+class PlaneRunningError(ShoalError):
+    """Another control plane already runs on this state folder."""
+
+    code = "plane_running"
+
+
+def _exclusive(path: Path) -> int | None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise PlaneRunningError(
+            f"another Shoal control plane already runs on {path.parent}",
+            hint="use it (shoal get ...), stop it (shoal server stop) or pick another "
+            "--state-dir",
+        ) from None
+    return fd
 
 
 class SystemClock:
@@ -33,7 +58,14 @@ class EmbeddedPlane:
                  grace_seconds: float = 10.0, tick_seconds: float = 0.05,
                  clock: Clock | None = None, seed: int = 0) -> None:
         self.state_dir = state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot use {state_dir} as the state folder: "
+                             f"{exc.strerror or exc}") from exc
+        # One control plane per state folder: two would both start and stop
+        # the same jobs' pods.  The kernel drops the lock when the process dies.
+        self._lock = _exclusive(state_dir / LOCK_FILE)
         self.store = SqliteStore(state_dir / "state.db")
         # Sandboxes hide the whole state folder (database, admin token, every
         # job's files) and mount back only the pod's own folders.
@@ -72,10 +104,14 @@ class EmbeddedPlane:
         self._wake.set()
 
     def stop(self) -> None:
+        """Stop the loop and let another control plane use this state folder."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def step(self) -> bool:
         """One pass of the control loop (for callers that drive it themselves)."""
