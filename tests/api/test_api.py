@@ -10,7 +10,7 @@ import pytest
 
 from shoal.api import launch
 from shoal.api.client import ShoalClient
-from shoal.errors import ImmutableError, InputError, NotFoundError
+from shoal.errors import Forbidden, ImmutableError, InputError, NotFoundError
 from tests.control.conftest import CLUSTER, job, phase, wait_for
 
 SLEEPER = ["python", "-c", "import signal, sys; signal.sigwait({signal.SIGTERM}); sys.exit(0)"]
@@ -131,3 +131,19 @@ def test_following_a_log_reads_off_the_event_loop(
     wait_for(lambda: phase(admin, "chatty") == "Succeeded")
     assert "hello" in "".join(admin.follow_logs("chatty"))
     assert len(threads) >= 2 and plane.thread.name not in threads
+
+
+def test_healthz_says_only_whether_the_plane_is_up(plane: launch.Running,
+                                                    admin: ShoalClient) -> None:
+    errors = plane.plane.controller.job_errors
+    errors["someones-job"] = "ValueError: secret detail"  # as a failing pass records it
+    try:
+        with ShoalClient(plane.url, None) as anonymous:
+            assert anonymous.health() == {"status": "degraded"}
+        details = admin._call("GET", "/v1/health")
+        assert details["job_errors"] == {"someones-job": "ValueError: secret detail"}
+        with ShoalClient(plane.url, admin.create_token("team-a")) as tenant, \
+                pytest.raises(Forbidden):
+            tenant._call("GET", "/v1/health")
+    finally:
+        errors.clear()

@@ -230,3 +230,38 @@ def test_arguments_no_process_can_take_are_refused_at_apply(admin: ShoalClient) 
         with pytest.raises(InputError, match=f"spec.{field}"):
             admin.apply_text(text, "odd.yaml")
     assert admin.jobs() == []
+
+
+FORKS = """
+import os, time
+started = 0
+for _ in range(100):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    started += 1
+print("started", started, flush=True)
+"""
+
+
+def test_every_pod_has_a_pid_limit_a_fork_bomb_hits(admin: ShoalClient) -> None:
+    if not Path("/sys/fs/cgroup/pids").is_dir() and not Path(
+            "/sys/fs/cgroup/cgroup.controllers").is_file():
+        pytest.skip("no pids cgroup controller on this machine")
+    text = job("bomb", "team-a", ["python", "-c", FORKS]) + "  pidsLimit: 32\n"
+    admin.apply_text(text, "bomb.yaml")
+    wait_for(lambda: "started" in admin.logs("bomb"))
+    started = int(admin.logs("bomb").split()[-1])
+    assert started < 32, f"{started} forks: pids.max must stop the pod at 32"
+    # Without pidsLimit a pod still gets the default limit (1024), never "max".
+    admin.apply_text(job("plain", "team-a", SLEEPER), "plain.yaml")
+    handle = wait_for(lambda: (admin.job("plain")["pods"] or [{}])[0].get("handle"))
+    cgroup = json.loads(handle)["cgroup"]
+    limits = [p for p in (Path("/sys/fs/cgroup/pids") / cgroup / "pids.max",
+                          Path("/sys/fs/cgroup") / cgroup / "pids.max") if p.exists()]
+    # (plus the processes the runtime itself puts there: the exit-code wrapper)
+    assert limits and 1024 <= int(limits[0].read_text()) <= 1027

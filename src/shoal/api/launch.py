@@ -95,8 +95,10 @@ def wire(plane: EmbeddedPlane) -> App:
 
 def _health(plane: EmbeddedPlane) -> dict[str, Any]:
     error = plane.error
-    return {"status": "ok" if error is None else "degraded",
-            "loop_error": None if error is None else repr(error), "pid": os.getpid()}
+    jobs = dict(plane.controller.job_errors)
+    return {"status": "ok" if error is None and not jobs else "degraded",
+            "loop_error": None if error is None else repr(error), "job_errors": jobs,
+            "pid": os.getpid()}
 
 
 def start(state_dir: Path, host: str = "127.0.0.1", port: int = 0,

@@ -1,8 +1,8 @@
 """REST API of the control plane (FastAPI; OpenAPI at ``/openapi.json``).
 
 Routes are thin: they authenticate the caller and call the application layer
-(``shoal.app``), which holds every rule.  Every route but ``/healthz`` needs a
-bearer token.  Every error is ``{"error": {"code", "message", "retryable",
+(``shoal.app``), which holds every rule.  Every route but ``/healthz`` (which
+says only whether the plane is up) needs a bearer token.  Every error is ``{"error": {"code", "message", "retryable",
 "retry_after_s"}}`` with the HTTP status of its class in ``shoal.errors``
 (never 422: a malformed request is a 400 naming the field); temporary errors
 are 503 with ``Retry-After``.
@@ -116,6 +116,13 @@ def create_app(core: App, health: Callable[[], dict[str, Any]]) -> FastAPI:
 
     @api.get("/healthz")
     def healthz() -> dict[str, Any]:
+        # Anyone may ask whether the plane is up; what went wrong is the admin's.
+        return {"status": health()["status"]}
+
+    @api.get("/v1/health")
+    def health_details(who: Who) -> dict[str, Any]:
+        if who.role != "admin":
+            raise errors.Forbidden("only an admin token may read the control loop's errors")
         return health()
 
     @api.post("/v1/apply")

@@ -185,6 +185,11 @@ class TrainingJobSpec(Spec):
     env: dict[str, str] = Field(
         default_factory=dict, description="environment variables of every pod"
     )
+    pids_limit: int | None = Field(
+        default=None, ge=16, le=65_536,
+        description="processes and threads each pod may have at once (a cgroup's pids.max); "
+        "default 1024, so that no pod can fork-bomb the machine",
+    )
     max_retries: int = Field(
         default=3, ge=0, description="times a failed job is started again before it fails"
     )

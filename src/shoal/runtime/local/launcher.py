@@ -26,6 +26,8 @@ from shoal.runtime.local.podspec import PodHandle, PodSpec
 from shoal.runtime.local.process import LocalProcesses
 
 DEFAULT_COMMAND = ["sleep", "infinity"]
+DEFAULT_PIDS_LIMIT = 1024
+"""Processes and threads a pod may have when its job does not say (``spec.pidsLimit``)."""
 _LOST = PodStatus("lost", None, "the pod's process is gone (control plane restart)")
 
 
@@ -148,6 +150,7 @@ class LocalPods:
             env={**manifest.spec.env, **env},
             cpu_milli=shape.cpu,
             memory_mib=shape.memory,
+            pids_limit=manifest.spec.pids_limit or DEFAULT_PIDS_LIMIT,
             gpus=pod.gpus,
             gpu_fraction=fraction if fraction is not None and fraction < 1 else None,
             gpu_memory_mib=gpu.memory if gpu is not None else 0,
