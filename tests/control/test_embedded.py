@@ -14,7 +14,14 @@ import pytest
 
 from shoal.api import launch
 from shoal.api.client import ShoalClient
-from shoal.errors import Forbidden, ImmutableError, InputError, NotFoundError, Unauthorized
+from shoal.errors import (
+    ConflictError,
+    Forbidden,
+    ImmutableError,
+    InputError,
+    NotFoundError,
+    Unauthorized,
+)
 from tests.control.conftest import CLUSTER, job, phase, wait_for, zombie
 
 QUICK_EXIT = ["python", "-c", "pass"]
@@ -265,3 +272,21 @@ def test_every_pod_has_a_pid_limit_a_fork_bomb_hits(admin: ShoalClient) -> None:
                           Path("/sys/fs/cgroup") / cgroup / "pids.max") if p.exists()]
     # (plus the processes the runtime itself puts there: the exit-code wrapper)
     assert limits and 1024 <= int(limits[0].read_text()) <= 1027
+
+
+def test_links_planted_in_a_checkpoint_folder_are_never_followed(
+        admin: ShoalClient, tmp_path: Path) -> None:
+    victim = tmp_path / "host-file"
+    victim.write_text("precious")
+    plant = ("import os; d = os.environ['SHOAL_CHECKPOINT_DIR']; "
+             f"[os.symlink({str(victim)!r}, os.path.join(d, n)) for n in "
+             "('.shoal-write-test', 'shoal-progress.json', 'ckpt.pt')]")
+    admin.apply_text(job("planter", "team-a", ["python", "-c", plant]), "p.yaml")
+    wait_for(lambda: phase(admin, "planter") == "Succeeded")
+    with pytest.raises(ConflictError):  # the same name again, while the job is live
+        admin.apply_text(job("planter", "team-a", ["python", "-c", "pass"]), "p.yaml")
+    admin.delete("planter")  # finished: its name is free again at once
+    admin.apply_text(job("planter", "team-a", ["python", "-c", "pass"]), "p.yaml")  # reused name
+    wait_for(lambda: phase(admin, "planter") == "Succeeded")
+    assert victim.read_text() == "precious", "no write, truncation or removal through a link"
+    assert victim.exists()

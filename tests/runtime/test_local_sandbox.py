@@ -80,6 +80,7 @@ print(json.dumps({{
     "checkpoint": attempt("{checkpoints}/step-1"),
     "host_tmp_visible": os.path.exists("{marker}"),
     "tmp": attempt("/tmp/private"),
+    "cgroups": os.listdir("/sys/fs/cgroup") if os.path.isdir("/sys/fs/cgroup") else [],
 }}))
 """
     pod = sandboxed([PY, "-c", code], writable=(checkpoints,))
@@ -93,6 +94,7 @@ print(json.dumps({{
     assert seen["checkpoint"] == "written" and (checkpoints / "step-1").exists()
     assert seen["host_tmp_visible"] is False
     assert seen["tmp"] == "written" and not Path("/tmp/private").exists()
+    assert seen["cgroups"] == [], "the cgroup tree (every tenant's pod names) is hidden"
 
 
 def test_tenants_cannot_see_each_other(pods: LocalProcesses, spec: Spec, sandboxed: Spec,

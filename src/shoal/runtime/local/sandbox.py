@@ -5,7 +5,8 @@ A sandboxed pod gets:
 - new PID, IPC and UTS namespaces: it sees only its own processes (its command
   is PID 2, bwrap's init is PID 1) and can signal nobody else;
 - a read-only view of the host (``--ro-bind / /``), a minimal ``/dev``, its own
-  ``/proc``, a private ``/tmp``; only its workdir and the ``writable`` paths
+  ``/proc``, a private ``/tmp``, an empty ``/sys/fs/cgroup`` (the tree names
+  every tenant's pods); only its workdir and the ``writable`` paths
   (e.g. the checkpoint directory) are bound read-write;
 - an empty tmpfs over the runtime's jobs root, with only its own workdir bound
   back, so that it cannot read other tenants' workdirs;
@@ -55,6 +56,7 @@ from shoal.errors import ShoalError
 from shoal.runtime.local.pods import PodStartError
 
 NETNS_DIR = Path("/run/netns")
+CGROUP_FS = "/sys/fs/cgroup"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _MAX_LINKS = 40  # the kernel's limit before ELOOP
 _MAX_INTERPRETERS = 4  # the kernel's limit on nested #! interpreters
@@ -141,6 +143,9 @@ def sandbox_argv(
     exposure = Exposure(workdir, (workdir, *writable), jobs_root, search_path)
     exposure.program(Path(command[0]))
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    if Path(CGROUP_FS).is_dir():
+        # The cgroup tree names every pod on the machine (tenant and job).
+        argv += ["--tmpfs", CGROUP_FS]
     if gpus:
         # --dev gives a fresh /dev without GPUs; pods that were given some get the nodes back.
         for node in sorted(glob.glob("/dev/nvidia*")):
