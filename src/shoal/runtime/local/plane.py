@@ -117,12 +117,6 @@ class EmbeddedPlane:
         """One pass of the control loop (for callers that drive it themselves)."""
         return self.controller.step()
 
-    def settle(self, max_steps: int = 20) -> None:
-        """Run passes until nothing changes (used when no loop thread keeps running)."""
-        for _ in range(max_steps):
-            if not self.controller.step():
-                return
-
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
