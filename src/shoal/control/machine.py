@@ -131,8 +131,8 @@ def admit(
     )
     attempt = job.attempts + 1
     resumed = checkpoint is not None
-    new = replace(
-        job, phase="Running", pods=pods, attempts=attempt,
+    new = job.evolve(
+        phase="Running", pods=pods, attempts=attempt,
         start_time=job.start_time if job.start_time is not None else now,
         reason="", next_attempt_at=None, stop_cause="", stop_deadline=None, preemptor="",
         resumed_from=checkpoint.step if checkpoint is not None else None,
@@ -150,7 +150,7 @@ def started(job: JobRow, uid: str, handle: str) -> JobRow:
     pods = tuple(
         replace(p, state="running", handle=handle) if p.uid == uid else p for p in job.pods
     )
-    return replace(job, pods=pods)
+    return job.evolve(pods=pods)
 
 
 def start_failed(
@@ -170,12 +170,12 @@ def start_failed(
     did start are killed first; the job holds its resources until they are gone.
     """
     started_pods = [p for p in job.pods if p.handle is not None and not p.done]
-    failing = replace(job, failures=_NEVER_RETRY) if permanent else job
+    failing = job.evolve(failures=_NEVER_RETRY) if permanent else job
     if not started_pods:
-        stopped = replace(failing, pods=(), phase="Stopping", stop_cause="failed",
+        stopped = failing.evolve(pods=(), phase="Stopping", stop_cause="failed",
                           reason=message)
         return _retry_or_fail(stopped, now, policy or RetryPolicy(), max_retries)
-    new = replace(failing, phase="Stopping", stop_cause="failed", reason=message,
+    new = failing.evolve(phase="Stopping", stop_cause="failed", reason=message,
                   stop_deadline=now)
     return Step(new, tuple(Kill(p) for p in started_pods))
 
@@ -184,8 +184,8 @@ def preempt(job: JobRow, now: float, grace: float, preemptor: str, reason: str) 
     """Evict a running job for ``preemptor``: SIGTERM now, SIGKILL after ``grace``."""
     if job.phase != "Running":
         return Step(job)  # already stopping: never a victim twice
-    new = replace(
-        job, phase="Preempting", stop_cause="preempted", stop_deadline=now + grace,
+    new = job.evolve(
+        phase="Preempting", stop_cause="preempted", stop_deadline=now + grace,
         preemptor=preemptor, reason=reason,
     )
     alive = [p for p in job.pods if not p.done]
@@ -197,11 +197,11 @@ def delete(job: JobRow, now: float, grace: float) -> Step:
     if job.phase == "Pending":
         return _final(job, "Cancelled", "deleted", now)
     if job.phase == "Running":
-        new = replace(job, phase="Stopping", stop_cause="deleted", stop_deadline=now + grace,
+        new = job.evolve(phase="Stopping", stop_cause="deleted", stop_deadline=now + grace,
                       reason="deleted")
         return Step(new, tuple(Terminate(p, grace) for p in job.pods if not p.done))
     if job.stop_cause != "deleted":  # already stopping: it ends Cancelled instead
-        return Step(replace(job, stop_cause="deleted", reason="deleted"), ())
+        return Step(job.evolve(stop_cause="deleted", reason="deleted"), ())
     return Step(job)
 
 
@@ -214,7 +214,7 @@ def wait(job: JobRow, reason: str) -> Step:
     """Still pending; only the reason may change (no event: reasons change often)."""
     if job.reason == reason:
         return Step(job)
-    return Step(replace(job, reason=reason))
+    return Step(job.evolve(reason=reason))
 
 
 def observe(
@@ -229,7 +229,7 @@ def observe(
     """Fold what the runtime saw of the pods into the record and move on from there."""
     job = _with_statuses(job, statuses)
     if checkpoint is not None and checkpoint.time >= job.attempt_start:
-        job = replace(job, checkpoint_time=checkpoint.time, checkpoint_step=checkpoint.step)
+        job = job.evolve(checkpoint_time=checkpoint.time, checkpoint_step=checkpoint.step)
     if job.phase == "Pending":
         return delete(job, now, policy.grace_seconds) if job.deleted else Step(job)
     if job.phase == "Running" and job.deleted:
@@ -245,7 +245,7 @@ def observe(
             # plane watched, and how is unknown) is no fault of the job: the
             # attempt is requeued like a preempted one, using no retry.
             first = (failed or lost)[0]
-            stopping = replace(job, phase="Stopping", stop_cause="failed" if failed else "disrupted",
+            stopping = job.evolve(phase="Stopping", stop_cause="failed" if failed else "disrupted",
                                reason=first.message or first.state, stop_deadline=now)
             if alive:
                 return Step(stopping, tuple(Kill(p) for p in alive))
@@ -269,7 +269,7 @@ def disrupt(
 ) -> Step:
     """The job's pods were lost through no fault of its own (its node failed)."""
     pods = tuple(replace(p, state="lost", message=why) if not p.done else p for p in job.pods)
-    stopped = replace(job, pods=pods, phase="Preempting", stop_cause="disrupted", reason=why)
+    stopped = job.evolve(pods=pods, phase="Preempting", stop_cause="disrupted", reason=why)
     return _requeue(stopped, now, checkpoint_interval, "disrupted")
 
 
@@ -302,8 +302,8 @@ def _requeue(
     start = job.attempt_start
     saved = progress_saved(start, now, job.checkpoint_time, interval)
     lost = max(now - saved, 0.0)
-    new = replace(
-        job, phase="Pending", pods=(), preemptions=job.preemptions + 1,
+    new = job.evolve(
+        phase="Pending", pods=(), preemptions=job.preemptions + 1,
         lost_seconds=job.lost_seconds + lost, next_attempt_at=now + delay, stop_cause="",
         stop_deadline=None, preemptor="",
     )
@@ -316,17 +316,17 @@ def _retry_or_fail(job: JobRow, now: float, policy: RetryPolicy, max_retries: in
     failures = job.failures + 1
     why = job.reason
     if failures > max_retries:
-        return _final(replace(job, failures=min(failures, _NEVER_RETRY)), "Failed", why, now)
+        return _final(job.evolve(failures=min(failures, _NEVER_RETRY)), "Failed", why, now)
     delay = policy.backoff(failures)
-    new = replace(
-        job, phase="Pending", pods=(), failures=failures, reason=f"retrying after: {why}",
+    new = job.evolve(
+        phase="Pending", pods=(), failures=failures, reason=f"retrying after: {why}",
         next_attempt_at=now + delay, stop_cause="", stop_deadline=None, preemptor="",
     )
     return Step(new, (Release(), _emit("retrying", reason=why, delay_seconds=delay)))
 
 
 def _final(job: JobRow, phase: str, reason: str, now: float) -> Step:
-    new = replace(job, phase=phase, reason=reason, finish_time=now, stop_cause="",
+    new = job.evolve(phase=phase, reason=reason, finish_time=now, stop_cause="",
                   stop_deadline=None, preemptor="", next_attempt_at=None)
     return Step(new, (Release(), _emit(phase.lower(), reason=reason)))
 
@@ -350,4 +350,4 @@ def _with_statuses(job: JobRow, statuses: Mapping[str, PodStatus]) -> JobRow:
             pods.append(replace(pod, state=status.state, exit_code=status.exit_code,
                                 message=status.message))
             changed = True
-    return replace(job, pods=tuple(pods)) if changed else job
+    return job.evolve(pods=tuple(pods)) if changed else job

@@ -123,6 +123,21 @@ class JobRow:
     failures: int = 0
     """Attempts that ended in failure (preemptions and disruptions are not failures)."""
 
+    def evolve(self, **changes: Any) -> JobRow:
+        """A copy with ``changes``: ``dataclasses.replace`` without its cost.
+
+        Transitions make several copies of every job; the simulator makes
+        millions.  Unknown field names are still refused.
+        """
+        unknown = changes.keys() - _JOB_FIELDS
+        if unknown:
+            raise TypeError(f"JobRow has no field(s) {', '.join(sorted(unknown))}")
+        new = object.__new__(JobRow)
+        fields = new.__dict__
+        fields.update(self.__dict__)
+        fields.update(changes)
+        return new
+
     @property
     def attempt_start(self) -> float:
         """When the current (or last) attempt started."""
@@ -130,6 +145,9 @@ class JobRow:
         if starts:
             return min(starts)
         return self.start_time if self.start_time is not None else self.submit_time
+
+
+_JOB_FIELDS = frozenset(JobRow.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
