@@ -122,9 +122,9 @@ def test_following_a_log_reads_off_the_event_loop(
     threads: list[str] = []
     original = core.workspace.read_log
 
-    def recording(job: str, pod: int, offset: int = 0) -> bytes:
+    def recording(job: str, pod: int, offset: int, limit: int) -> bytes:
         threads.append(threading.current_thread().name)
-        return original(job, pod, offset)
+        return original(job, pod, offset, limit)
 
     monkeypatch.setattr(core.workspace, "read_log", recording)
     admin.apply_text(job("chatty", "team-a", QUICK), "j.yaml")

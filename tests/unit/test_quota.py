@@ -6,6 +6,7 @@ import pytest
 
 from shoal.domain.tenant import ReclaimWithinCohort, TenantSpec
 from shoal.policy.quota import (
+    UNLIMITED_PODS,
     TenantQuota,
     borrowed,
     ceiling,
@@ -147,8 +148,10 @@ def test_from_spec_flattens_quota_and_policy() -> None:
         }
     )
     quota = TenantQuota.from_spec("team", spec)
-    assert quota.nominal == {"cpu": 8000, A100: 1500}
-    assert quota.borrowing_limit == {"cpu": None, A100: 500}
+    # No pods quota: any number of pods, none of it lent.
+    assert quota.nominal == {"cpu": 8000, A100: 1500, "pods": UNLIMITED_PODS}
+    assert quota.borrowing_limit == {"cpu": None, A100: 500, "pods": None}
+    assert (quota.lendable("pods"), quota.limits_pods) == (0, False)
     assert (quota.guaranteed("cpu"), quota.lendable("cpu")) == (6000, 2000)
     assert (quota.guaranteed(A100), quota.lendable(A100)) == (0, 1500)
     assert quota.allowed_priorities == frozenset({0, 5})
@@ -159,6 +162,6 @@ def test_from_spec_flattens_quota_and_policy() -> None:
 
 def test_equal_share_has_no_limits() -> None:
     quota = TenantQuota.equal_share("t", "c", {A100: 2 * G, "cpu": 8000})
-    assert quota.nominal == {A100: 2 * G, "cpu": 8000}
-    assert quota.borrowing_limit == {A100: None, "cpu": None}
+    assert quota.nominal == {A100: 2 * G, "cpu": 8000, "pods": UNLIMITED_PODS}
+    assert quota.borrowing_limit == {A100: None, "cpu": None, "pods": None}
     assert (quota.lendable(A100), quota.guaranteed(A100), quota.cohort) == (2 * G, 0, "c")

@@ -16,6 +16,8 @@ import httpx
 
 from shoal import errors
 
+NEXT_OFFSET = "X-Shoal-Next-Offset"
+
 _BY_CODE: dict[str, type[errors.ShoalError]] = {cls.code: cls for cls in errors.error_classes()}
 _BY_STATUS: dict[int, type[errors.ShoalError]] = {}
 for _cls in errors.error_classes():  # base classes come first: the most general wins
@@ -83,9 +85,44 @@ class ShoalClient:
         job: dict[str, Any] = self._call("DELETE", f"/v1/jobs/{_segment(name)}")
         return job
 
-    def logs(self, name: str, pod: int = 0) -> str:
-        text: str = self._call("GET", f"/v1/jobs/{_segment(name)}/logs", params={"pod": pod})
-        return text
+    def log_page(self, name: str, pod: int = 0, offset: int = 0,
+                 limit: int | None = None) -> tuple[bytes, int]:
+        """One read of a pod's log: its bytes from ``offset`` (at most ``limit``,
+        and at most the server's cap) and the offset to read next."""
+        params: dict[str, int] = {"pod": pod, "offset": offset}
+        if limit is not None:
+            params["limit"] = limit
+        try:
+            response = self.http.get(f"/v1/jobs/{_segment(name)}/logs", params=params)
+        except httpx.HTTPError as exc:
+            raise errors.UnreachableError(
+                f"cannot reach the control plane at {self.http.base_url}: {exc}"
+            ) from exc
+        if response.status_code >= 400:
+            raise error_from(response)
+        data = response.content
+        try:
+            following = int(response.headers.get(NEXT_OFFSET, offset + len(data)))
+        except ValueError:
+            following = offset + len(data)
+        return data, following
+
+    def iter_log(self, name: str, pod: int = 0, offset: int = 0,
+                 limit_bytes: int | None = None) -> Iterator[bytes]:
+        """A pod's log from ``offset`` to its current end (or ``limit_bytes``),
+        page by page: never the whole log in one response."""
+        left = limit_bytes
+        while left is None or left > 0:
+            data, offset = self.log_page(name, pod, offset, left)
+            if not data:
+                return
+            if left is not None:
+                left -= len(data)
+            yield data
+
+    def logs(self, name: str, pod: int = 0, limit_bytes: int | None = None) -> str:
+        """A pod's whole log (or its first ``limit_bytes``), read page by page."""
+        return b"".join(self.iter_log(name, pod, 0, limit_bytes)).decode(errors="replace")
 
     def follow_logs(self, name: str, pod: int = 0) -> Iterator[str]:
         params: dict[str, str | int] = {"pod": pod, "follow": "true"}

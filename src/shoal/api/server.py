@@ -6,10 +6,16 @@ says only whether the plane is up) needs a bearer token.  Every error is ``{"err
 "retry_after_s"}}`` with the HTTP status of its class in ``shoal.errors``
 (never 422: a malformed request is a 400 naming the field); temporary errors
 are 503 with ``Retry-After``.
+
+Hostile callers are bounded: the token of every ``/v1/`` request is checked
+before a byte of its body is read (401), an authenticated body over
+``MAX_BODY_BYTES`` is refused as soon as that is known (413), and a log is
+read ``queries.MAX_LOG_CHUNK`` bytes at a time, never whole.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
@@ -17,9 +23,10 @@ from typing import Annotated, Any, Literal
 import anyio
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shoal import errors
 from shoal.app import apply as applying
@@ -31,6 +38,14 @@ from shoal.errors import InputError, ShoalError, Unauthorized
 
 BY_CODE = {cls.code: cls for cls in errors.error_classes()}
 FOLLOW_POLL_S = 0.2
+NEXT_OFFSET = "X-Shoal-Next-Offset"
+"""Response header of a log read: the offset to ask for next."""
+MAX_BODY_BYTES = 8 * applying.MAX_TEXT
+"""Largest request body read (bytes): room for the largest manifest text
+``apply`` accepts, however JSON escapes its characters."""
+DRAIN_BYTES = 64 * 1024
+"""A refused request's body up to this size is read and dropped; a larger one
+is left unread and its connection closed."""
 
 
 class ApplyFile(BaseModel):
@@ -64,9 +79,18 @@ def error_body(exc: ShoalError) -> tuple[dict[str, Any], int, dict[str, str]]:
     return body, cls.http_status, headers
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON in ASCII: a lone surrogate or control character a caller sent (and
+    an error message repeats) cannot fail the encoding; NaN is refused."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":")).encode("ascii")
+
+
 def _respond(exc: ShoalError) -> JSONResponse:
     body, status, headers = error_body(exc)
-    return JSONResponse(body, status, headers=headers)
+    return SafeJSONResponse(body, status, headers=headers)
 
 
 def _field_errors(exc: RequestValidationError) -> str:
@@ -78,22 +102,113 @@ def _field_errors(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "malformed request"
 
 
-def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
-    """The caller named by the bearer token."""
+def authenticate(core: App, authorization: str | None) -> Caller:
+    """The caller named by a bearer ``Authorization`` header, else ``Unauthorized``."""
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("missing token: pass 'Authorization: Bearer <token>' (--token)")
-    found = queries.resolve(request.app.state.core, authorization[7:].strip())
+    found = queries.resolve(core, authorization[7:].strip())
     if found is None:
         raise Unauthorized("unknown or revoked token")
     return found
+
+
+def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    """The caller named by the bearer token (already resolved by ``Guard``)."""
+    found: Caller | None = request.scope.get("shoal.caller")
+    if found is not None:
+        return found
+    return authenticate(request.app.state.core, authorization)
+
+
+class Guard:
+    """ASGI middleware: a ``/v1/`` request is authenticated from its headers
+    alone, before its body is read, and an authenticated body is read only up
+    to ``max_body`` bytes.
+
+    FastAPI reads and parses a body before it resolves a route's
+    dependencies, so a token checked there comes too late: a caller without
+    one could make the server buffer any body.  Here a 401 (or a 413, for a
+    declared or streamed body over the limit) is answered without reading on.
+    """
+
+    def __init__(self, app: ASGIApp, core: App, max_body: int = MAX_BODY_BYTES) -> None:
+        self.app, self.core, self.max_body = app, core, max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        raw = headers.get(b"authorization")
+        try:
+            who = await anyio.to_thread.run_sync(
+                authenticate, self.core, None if raw is None else raw.decode("latin-1"))
+        except ShoalError as exc:
+            await _refuse(exc, scope, receive, send)
+            return
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_body:
+            await _refuse(_too_large(self.max_body), scope, receive, send, drain=False)
+            return
+        body = bytearray()
+        more = scope["method"] not in ("GET", "HEAD")
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the caller went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body:
+                await _refuse(_too_large(self.max_body), scope, receive, send, drain=False)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # a disconnect, once the body is consumed
+
+        await self.app({**scope, "shoal.caller": who}, replay, send)
+
+
+async def _refuse(exc: ShoalError, scope: Scope, receive: Receive, send: Send,
+                  drain: bool = True) -> None:
+    """Answer ``exc`` without reading a large body: a body of at most
+    ``DRAIN_BYTES`` is read and dropped (so the connection stays usable and the
+    caller sees the answer, not a reset); a larger one is left unread and the
+    connection closed (kept alive, the server would have to read it all)."""
+    response = _respond(exc)
+    headers = {k.lower(): v for k, v in scope.get("headers", [])}
+    declared = headers.get(b"content-length", b"").strip()
+    small = declared.isdigit() and int(declared) <= DRAIN_BYTES
+    close = True
+    if drain and (small or (not declared and b"transfer-encoding" not in headers)):
+        seen, more = 0, True
+        while more and seen <= DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the caller went away
+            seen += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        close = more
+    if close:
+        response.headers["Connection"] = "close"
+    await response(scope, receive, send)
+
+
+def _too_large(limit: int) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge(f"request body over {limit} bytes (split the manifests)")
 
 
 Who = Annotated[Caller, Depends(caller)]
 
 
 def create_app(core: App, health: Callable[[], dict[str, Any]]) -> FastAPI:
-    api = FastAPI(title="Shoal control plane", version="v1")
+    api = FastAPI(title="Shoal control plane", version="v1", default_response_class=SafeJSONResponse)
     api.state.core = core
+    api.add_middleware(Guard, core=core)
 
     @api.exception_handler(ShoalError)
     async def _shoal_error(request: Request, exc: ShoalError) -> JSONResponse:
@@ -108,7 +223,7 @@ def create_app(core: App, health: Callable[[], dict[str, Any]]) -> FastAPI:
         by_status = {404: errors.NotFoundError, 401: Unauthorized, 403: errors.Forbidden}
         cls = by_status.get(exc.status_code, InputError if exc.status_code < 500 else ShoalError)
         body, _, headers = error_body(cls(f"{request.method} {request.url.path}: {exc.detail}"))
-        return JSONResponse(body, exc.status_code, headers=headers)
+        return SafeJSONResponse(body, exc.status_code, headers=headers)
 
     @api.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
@@ -147,11 +262,19 @@ def create_app(core: App, health: Callable[[], dict[str, Any]]) -> FastAPI:
         name: str, who: Who,
         pod: Annotated[int, Query(ge=0, le=queries.MAX_POD_INDEX)] = 0,
         follow: bool = False,
+        offset: Annotated[int, Query(ge=0, le=queries.MAX_LOG_OFFSET)] = 0,
+        limit: Annotated[int, Query(ge=1, le=queries.MAX_LOG_OFFSET)] = queries.MAX_LOG_CHUNK,
     ) -> Any:
-        first = queries.read_log(core, who, name, pod)  # 404 before any streaming starts
+        """The log's bytes from ``offset``, at most ``limit`` (capped at
+        ``MAX_LOG_CHUNK``); ``X-Shoal-Next-Offset`` says where the next read
+        starts.  ``follow`` streams from ``offset`` until the job ends."""
+        # 404 before any streaming starts
+        first = queries.read_log(core, who, name, pod, offset, limit)
         if not follow:
-            return PlainTextResponse(first.decode(errors="replace"))
-        return StreamingResponse(_follow(core, who, name, pod, first), media_type="text/plain")
+            return Response(first, media_type="text/plain; charset=utf-8",
+                            headers={NEXT_OFFSET: str(offset + len(first))})
+        return StreamingResponse(_follow(core, who, name, pod, offset, first),
+                                 media_type="text/plain; charset=utf-8")
 
     @api.get("/v1/events")
     def events(
@@ -174,15 +297,18 @@ def create_app(core: App, health: Callable[[], dict[str, Any]]) -> FastAPI:
     return api
 
 
-async def _follow(core: App, who: Caller, name: str, pod: int, first: bytes) -> AsyncIterator[bytes]:
-    """Stream a log as it grows until the job reaches a final phase.
+async def _follow(
+    core: App, who: Caller, name: str, pod: int, offset: int, first: bytes
+) -> AsyncIterator[bytes]:
+    """Stream a log as it grows until the job reaches a final phase, in chunks
+    of at most ``MAX_LOG_CHUNK`` bytes.
 
     Every read of the store or the file runs in a worker thread, so a slow
     disk or a busy database never stalls the server's event loop.
     """
     if first:
         yield first
-    offset = len(first)
+    offset += len(first)
     try:
         async for chunk in _chunks(core, who, name, pod, offset):
             yield chunk
@@ -191,17 +317,18 @@ async def _follow(core: App, who: Caller, name: str, pod: int, first: bytes) -> 
 
 
 async def _chunks(core: App, who: Caller, name: str, pod: int, offset: int) -> AsyncIterator[bytes]:
+    final = False
     while True:
         chunk = await anyio.to_thread.run_sync(queries.read_log, core, who, name, pod, offset)
         if chunk:
             offset += len(chunk)
             yield chunk
             continue
+        if final:
+            return  # read to the end after the job ended: nothing more will come
         phase = await anyio.to_thread.run_sync(queries.job_phase, core, name)
         if phase in FINAL_PHASES:
-            # One last read: the pod may have written between the two reads.
-            tail = await anyio.to_thread.run_sync(queries.read_log, core, who, name, pod, offset)
-            if tail:
-                yield tail
-            return
+            # Read on to the end: the pod may have written between the two reads.
+            final = True
+            continue
         await anyio.sleep(FOLLOW_POLL_S)  # a log tail: wait for the file to grow

@@ -47,12 +47,15 @@ class LocalWorkspace:
         if folder.exists():
             shutil.rmtree(folder)
 
-    def read_log(self, job: str, pod: int, offset: int = 0) -> bytes:
+    def read_log(self, job: str, pod: int, offset: int = 0, limit: int = 1024 * 1024) -> bytes:
+        """At most ``limit`` bytes from ``offset``: never the whole file at once."""
+        if offset < 0 or limit < 1:
+            return b""
         try:
             with self.log_path(job, pod).open("rb") as handle:
                 handle.seek(offset)
-                return handle.read()
-        except FileNotFoundError:
+                return handle.read(limit)
+        except (FileNotFoundError, NotADirectoryError):
             return b""
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shoal.app.checks import authorise, check_job, check_unique
+from shoal.app.checks import authorise, check_job, check_unique, with_tenant_defaults
 from shoal.app.core import App
 from shoal.app.ports import Caller, JobRecord
 from shoal.domain.job import TrainingJob
@@ -62,12 +62,21 @@ def apply_manifests(app: App, caller: Caller, manifests: list[Manifest]) -> list
     check_unique(manifests)
     store = app.store
     tenants, nodes = store.tenants(), store.nodes()
-    plan = [_plan(app, caller, m, tenants, nodes) for m in manifests]
-    for item in plan:  # later documents may define what earlier ones use
+    plans = {i: _plan(m, tenants, nodes) for i, m in enumerate(manifests)
+             if not isinstance(m, TrainingJob)}
+    for item in plans.values():  # later documents may define what earlier ones use
         if isinstance(item.manifest, Tenant):
             tenants[item.manifest.metadata.name] = item.spec
         elif isinstance(item.manifest, NodePool):
             nodes[item.manifest.metadata.name] = item.spec
+    for i, manifest in enumerate(manifests):
+        if isinstance(manifest, TrainingJob):
+            # Stored with its tenant's default requests, so the scheduler, the
+            # quota charge and the pods' cgroups all see the same numbers.
+            defaulted = with_tenant_defaults(manifest, tenants)
+            spec = defaulted.model_dump(mode="json", by_alias=True)
+            plans[i] = _plan_job(app, caller, defaulted, spec)
+    plan = [plans[i] for i in range(len(manifests))]
     for item in plan:
         job = item.manifest
         if isinstance(job, TrainingJob) and item.result == "created":
@@ -78,12 +87,8 @@ def apply_manifests(app: App, caller: Caller, manifests: list[Manifest]) -> list
             for i in plan]
 
 
-def _plan(app: App, caller: Caller, manifest: Manifest, tenants: dict[str, Any],
-          nodes: dict[str, Any]) -> Planned:
+def _plan(manifest: Manifest, tenants: dict[str, Any], nodes: dict[str, Any]) -> Planned:
     name = manifest.metadata.name
-    if isinstance(manifest, TrainingJob):
-        spec = manifest.model_dump(mode="json", by_alias=True)
-        return _plan_job(app, caller, manifest, spec)
     spec = manifest.spec.model_dump(mode="json", by_alias=True)
     stored = tenants if isinstance(manifest, Tenant) else nodes
     if name not in stored:

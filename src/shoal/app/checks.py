@@ -62,6 +62,16 @@ def check_tenant(job: TrainingJob, tenants: Specs) -> None:
         )
 
 
+def with_tenant_defaults(job: TrainingJob, tenants: Specs) -> TrainingJob:
+    """``job`` with its tenant's ``defaultRequests`` (else Shoal's) for pods that request none.
+
+    An unknown tenant gets Shoal's defaults; ``check_tenant`` rejects the job anyway.
+    """
+    spec = tenants.get(job.spec.tenant)
+    defaults = None if spec is None else TenantSpec.model_validate(spec).default_requests
+    return job.with_default_requests(defaults)
+
+
 def check_fits(job: TrainingJob, nodes: Specs) -> None:
     """The job fits on the node pools, even if it has to wait for them to empty."""
     name = job.metadata.name
@@ -107,6 +117,7 @@ def offline_checks(manifests: list[Manifest], strict: bool) -> list[str]:
     notes: list[str] = []
     for job in (m for m in manifests if isinstance(m, TrainingJob)):
         name, tenant = job.metadata.name, job.spec.tenant
+        job = with_tenant_defaults(job, tenants)
         if tenant in tenants:
             check_tenant(job, tenants)
         else:

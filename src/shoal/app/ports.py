@@ -90,8 +90,10 @@ class Workspace(Protocol):
         """Remove the files of a finished, deleted job whose name is being reused."""
         ...
 
-    def read_log(self, job: str, pod: int, offset: int = 0) -> bytes:
-        """The pod's log from byte ``offset`` (empty when there is none yet)."""
+    def read_log(self, job: str, pod: int, offset: int, limit: int) -> bytes:
+        """At most ``limit`` bytes of the pod's log from byte ``offset`` (empty
+        when there is none yet, or none past ``offset``).  Reads no more than
+        that: a log may be far larger than the server's memory."""
         ...
 
 

@@ -14,10 +14,14 @@ from shoal.app.core import App
 from shoal.app.ports import Caller, JobRecord, Role
 from shoal.app.usage import capacity, tenant_status
 from shoal.app.views import for_tenant_event, for_tenant_job, job_detail, job_summary, pod_count
+from shoal.domain.phases import ACTIVE_PHASES
 from shoal.errors import Forbidden, InputError, NotFoundError
 
 MAX_EVENT_ID = 2**62
 MAX_POD_INDEX = 100_000
+MAX_LOG_CHUNK = 1024 * 1024
+"""Most bytes of a log returned by one read (a caller pages with ``offset``)."""
+MAX_LOG_OFFSET = 2**62
 
 
 def _scope(caller: Caller) -> str | None:
@@ -63,9 +67,16 @@ def check_pod(row: JobRecord, pod: int) -> None:
         raise NotFoundError(f"job '{row.name}' has no pod {pod} (pods: {valid})")
 
 
-def read_log(app: App, caller: Caller, name: str, pod: int, offset: int = 0) -> bytes:
+def read_log(
+    app: App, caller: Caller, name: str, pod: int, offset: int = 0, limit: int = MAX_LOG_CHUNK
+) -> bytes:
+    """At most ``limit`` bytes (never over ``MAX_LOG_CHUNK``) of the pod's log from ``offset``."""
+    if not 0 <= offset <= MAX_LOG_OFFSET:
+        raise InputError(f"offset: expected a byte offset from 0 to {MAX_LOG_OFFSET}, got {offset}")
+    if limit < 1:
+        raise InputError(f"limit: expected a positive number of bytes, got {limit}")
     check_pod(visible_job(app, caller, name), pod)
-    return app.workspace.read_log(name, pod, offset)
+    return app.workspace.read_log(name, pod, offset, min(limit, MAX_LOG_CHUNK))
 
 
 def job_phase(app: App, name: str) -> str:
@@ -84,7 +95,7 @@ def tenants(app: App, caller: Caller) -> dict[str, Any]:
     """Specs and status (quota, usage, borrowed, pending) of the tenants the caller may see."""
     scope = _scope(caller)
     specs = {k: v for k, v in app.store.tenants().items() if scope is None or k == scope}
-    jobs = app.store.list_jobs(phases=("Pending", "Running", "Preempting"))
+    jobs = app.store.list_jobs(phases=ACTIVE_PHASES)
     status = tenant_status(specs, app.store.nodes(), jobs)
     return {"tenants": specs, "status": status}
 

@@ -2,7 +2,7 @@
 
 Usage is counted as the control loop counts it: the quota vector of every
 pod bound to a node (``policy.flavors.usage_of``), for jobs that hold
-resources (Running, Preempting).  Borrowed is usage above nominal quota.
+resources (Running, Preempting, Stopping).  Borrowed is usage above nominal quota.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from shoal.app.views import pod_field
 from shoal.domain.cluster import Binding, ClusterState
 from shoal.domain.job import TrainingJob
 from shoal.domain.nodes import NodePoolSpec, expand_pool
-from shoal.domain.resources import total
+from shoal.domain.phases import HOLDING_PHASES
+from shoal.domain.resources import PODS, total
 from shoal.domain.tenant import TenantSpec
 from shoal.domain.workload import from_training_job
 from shoal.policy.flavors import usage_of
 from shoal.policy.quota import TenantQuota
-
-HOLDING = ("Running", "Preempting")
 
 
 def tenant_status(
@@ -36,7 +35,7 @@ def tenant_status(
     ])
     used: dict[str, list[dict[str, int]]] = {}
     for row in jobs:
-        if row.phase in HOLDING:
+        if row.phase in HOLDING_PHASES:
             used.setdefault(row.tenant, []).append(_usage(row, state))
     out = []
     for name, spec in sorted(tenants.items()):
@@ -46,7 +45,10 @@ def tenant_status(
                     if a > quota.nominal.get(r, 0)}
         out.append({
             "name": name, "cohort": quota.cohort, "weight": quota.weight,
-            "nominal": dict(quota.nominal), "usage": usage, "borrowed": borrowed,
+            # A tenant without a pods quota may run any number: show no number.
+            "nominal": {r: a for r, a in quota.nominal.items()
+                        if r != PODS or quota.limits_pods},
+            "usage": usage, "borrowed": borrowed,
             "pending": sum(1 for r in jobs if r.tenant == name and r.phase == "Pending"),
             "running": len(used.get(name, [])),
         })

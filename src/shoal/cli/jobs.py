@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import shlex
 import threading
@@ -273,12 +274,19 @@ def logs(
     name: Annotated[str, typer.Argument(help="the job's name")],
     pod: Annotated[int, typer.Option(help="pod index (rank)")] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False,
+    limit_bytes: Annotated[int | None, typer.Option(
+        "--limit-bytes", min=1, help="print at most this many bytes of the log")] = None,
     server: Server = None, token: Token = None, home: Home = None,
 ) -> None:
-    """Print a pod's log."""
+    """Print a pod's log (read page by page, never whole)."""
+    if follow and limit_bytes is not None:
+        raise InputError("shoal logs: --limit-bytes and --follow do not go together")
     with client(server, token, home) as api:
         if not follow:
-            print(api.logs(name, pod), end="")
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            for page in api.iter_log(name, pod, limit_bytes=limit_bytes):
+                print(decoder.decode(page), end="", flush=True)
+            print(decoder.decode(b"", final=True), end="")
             return
         try:
             for chunk in api.follow_logs(name, pod):

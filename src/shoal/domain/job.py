@@ -14,6 +14,13 @@ from shoal.domain.resources import MILLI
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+DEFAULT_CPU_MILLI = 100
+"""CPU (millicores) of a pod that requests none, when its tenant sets no ``defaultRequests``."""
+DEFAULT_MEMORY_MIB = 256
+"""Memory (MiB) of a pod that requests none, when its tenant sets no ``defaultRequests``."""
+MAX_PODS_PER_JOB = 1024
+"""Most pods one job may have, over all its pod sets."""
+
 
 def _gpu_request(value: object) -> object:
     """``gpu: 2`` is shorthand for two whole GPUs."""
@@ -69,8 +76,16 @@ class GpuRequest(Spec):
 class PodResources(Spec):
     """What each pod of the set needs."""
 
-    cpu: CpuMilli = Field(default=0, description="CPU of one pod")
-    memory: MemoryMiB = Field(default=0, description="memory of one pod")
+    cpu: CpuMilli = Field(
+        default=0,
+        description="CPU of one pod; unset or 0: the tenant's defaultRequests.cpu "
+        f"(else {DEFAULT_CPU_MILLI}m), written into the job when it is applied",
+    )
+    memory: MemoryMiB = Field(
+        default=0,
+        description="memory of one pod; unset or 0: the tenant's defaultRequests.memory "
+        f"(else {DEFAULT_MEMORY_MIB}Mi), written into the job when it is applied",
+    )
     gpu: Annotated[GpuRequest | None, BeforeValidator(_gpu_request)] = Field(
         default=None,
         description="GPUs of one pod: a number of whole GPUs (gpu: 2), or "
@@ -82,8 +97,56 @@ class PodSet(Spec):
     """A group of identical pods of the job."""
 
     name: Name = Field(default="worker", description="unique within the job")
-    count: int = Field(default=1, ge=1, le=100_000, description="number of pods")
+    count: int = Field(
+        default=1, ge=1, le=MAX_PODS_PER_JOB,
+        description=f"number of pods; at most {MAX_PODS_PER_JOB} per job over all pod sets",
+    )
     resources: PodResources = Field(default_factory=PodResources)
+
+
+class DefaultRequests(Spec):
+    """Per-pod requests given to pods that ask for none, like a LimitRange's defaultRequest."""
+
+    cpu: CpuMilli = Field(
+        default=DEFAULT_CPU_MILLI,
+        description=f"CPU of a pod that requests no CPU; unset: {DEFAULT_CPU_MILLI}m",
+    )
+    memory: MemoryMiB = Field(
+        default=DEFAULT_MEMORY_MIB,
+        description=f"memory of a pod that requests no memory; unset: {DEFAULT_MEMORY_MIB}Mi",
+    )
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        # A zero default would let pods run uncharged, which defaults exist to prevent.
+        if value <= 0:
+            raise ValueError("a default request must be more than 0")
+        return value
+
+
+SHOAL_DEFAULT_REQUESTS = DefaultRequests()
+"""Shoal's own defaults, for tenants without ``defaultRequests``."""
+
+
+def requests_with_defaults(
+    resources: PodResources, defaults: DefaultRequests | None = None
+) -> PodResources:
+    """``resources`` with a zero CPU or memory request replaced by ``defaults``.
+
+    The one place requests are defaulted, so the scheduler, the quota charge
+    and the runtime's cgroup limits all see the same numbers: ``apply`` writes
+    the result into the stored job; workloads built from manifests that never
+    pass ``apply`` (simulations, jobs stored before defaults existed) get it in
+    ``from_training_job``.  Unset ``defaults``: Shoal's.
+    """
+    chosen = defaults or SHOAL_DEFAULT_REQUESTS
+    changes: dict[str, int] = {}
+    if resources.cpu <= 0:
+        changes["cpu"] = chosen.cpu
+    if resources.memory <= 0:
+        changes["memory"] = chosen.memory
+    return resources.model_copy(update=changes) if changes else resources
 
 
 class LabelRequirement(Spec):
@@ -151,7 +214,12 @@ class TrainingJobSpec(Spec):
         default="normal",
         description="an integer or a class: low, normal, high, critical; higher may preempt lower",
     )
-    pod_sets: list[PodSet] = Field(min_length=1, description="the job's pods, in groups")
+    pod_sets: list[PodSet] = Field(
+        min_length=1,
+        description=f"the job's pods, in groups; at most {MAX_PODS_PER_JOB} pods in all, as a "
+        "job is admitted, placed and started as one unit in one scheduling cycle (use a "
+        "tenant's pods quota to bound what it runs at once)",
+    )
     gang: bool = Field(default=True, description="start all pods together or none of them")
     preemptible: bool = Field(
         default=True, description="may be stopped to make room for other jobs"
@@ -215,6 +283,19 @@ class TrainingJobSpec(Spec):
                 raise ValueError(f"the value of {key} must not contain a NUL character")
         return value
 
+    @field_validator("pod_sets")
+    @classmethod
+    def _pods_per_job(cls, value: list[PodSet]) -> list[PodSet]:
+        # A job is admitted, placed and started in one scheduling cycle: its
+        # size bounds that cycle's work and what one manifest can take.
+        pods = sum(pod_set.count for pod_set in value)
+        if pods > MAX_PODS_PER_JOB:
+            raise ValueError(
+                f"{pods} pods in all; a job may have at most {MAX_PODS_PER_JOB} pods over all "
+                "its pod sets (split it into several jobs)"
+            )
+        return value
+
     @field_validator("priority")
     @classmethod
     def _known_priority(cls, value: int | str) -> int | str:
@@ -240,3 +321,17 @@ class TrainingJob(Spec):
     kind: Literal["TrainingJob"]
     metadata: Metadata
     spec: TrainingJobSpec
+
+    def with_default_requests(self, defaults: DefaultRequests | None = None) -> TrainingJob:
+        """This job with every pod's zero CPU or memory request set from ``defaults``."""
+        pod_sets = [
+            pod_set.model_copy(update={"resources": resources})
+            if (resources := requests_with_defaults(pod_set.resources, defaults))
+            is not pod_set.resources else pod_set
+            for pod_set in self.spec.pod_sets
+        ]
+        if all(new is old for new, old in zip(pod_sets, self.spec.pod_sets, strict=True)):
+            return self
+        return self.model_copy(
+            update={"spec": self.spec.model_copy(update={"pod_sets": pod_sets})}
+        )

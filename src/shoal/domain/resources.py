@@ -1,8 +1,9 @@
 """Resource names and exact integer arithmetic on resource vectors.
 
 A resource vector maps a resource name to an integer amount: ``cpu`` in
-millicores, ``memory`` in MiB and ``gpu/<model>`` in milli-GPUs, so half a
-GPU is 500 and nothing is ever rounded.
+millicores, ``memory`` in MiB, ``gpu/<model>`` in milli-GPUs, so half a
+GPU is 500 and nothing is ever rounded, and ``pods`` in pods (every pod
+counts one, for pod quotas).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterable, Mapping
 
 CPU = "cpu"
 MEMORY = "memory"
+PODS = "pods"
 GPU_PREFIX = "gpu/"
 MILLI = 1000
 

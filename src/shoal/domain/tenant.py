@@ -15,8 +15,9 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, PlainSerializer, model_validator
 
 from shoal.domain.base import Metadata, Name, Spec
+from shoal.domain.job import DEFAULT_CPU_MILLI, DEFAULT_MEMORY_MIB, DefaultRequests
 from shoal.domain.quantity import cpu_text, memory_text, parse_cpu_milli, parse_memory_mib
-from shoal.domain.resources import CPU, MEMORY, gpu_resource
+from shoal.domain.resources import CPU, MEMORY, PODS, gpu_resource
 
 UNLIMITED = None
 
@@ -98,6 +99,14 @@ class GpuQuota(Spec):
     lending_limit: GpuLimit = Field(default=UNLIMITED, description=_LENDING)
 
 
+class PodsQuota(Spec):
+    """Quota of pods: every pod of an admitted job counts one, whatever it requests."""
+
+    nominal: int = Field(default=0, ge=0, description=_NOMINAL)
+    borrowing_limit: int | None = Field(default=UNLIMITED, ge=0, description=_BORROWING)
+    lending_limit: int | None = Field(default=UNLIMITED, ge=0, description=_LENDING)
+
+
 class Quota(Spec):
     """Nominal quota and limits; ``gpus`` is keyed by GPU model (the flavor)."""
 
@@ -111,6 +120,11 @@ class Quota(Spec):
         default_factory=dict,
         description="GPU model -> quota; a model not listed is never admitted",
     )
+    pods: PodsQuota | None = Field(
+        default=None,
+        description="pods running at once, one per pod of every admitted job (Kueue's pods "
+        "resource); bounds how many small jobs a tenant can run; unset: no limit",
+    )
 
     def by_resource(self) -> dict[str, tuple[int, int | None, int | None]]:
         """``resource -> (nominal, borrowing_limit, lending_limit)``; None means no limit."""
@@ -122,6 +136,9 @@ class Quota(Spec):
             out[MEMORY] = (mem.nominal or 0, mem.borrowing_limit, mem.lending_limit)
         for model, gpu in self.gpus.items():
             out[gpu_resource(model)] = (gpu.nominal or 0, gpu.borrowing_limit, gpu.lending_limit)
+        if self.pods is not None:
+            pods = self.pods
+            out[PODS] = (pods.nominal, pods.borrowing_limit, pods.lending_limit)
         return out
 
 
@@ -170,6 +187,13 @@ class TenantSpec(Spec):
         default=1.0, gt=0, description="fair-share weight for capacity borrowed in the cohort"
     )
     quota: Quota = Field(default_factory=Quota)
+    default_requests: DefaultRequests | None = Field(
+        default=None,
+        description="CPU and memory given to each pod of the tenant's jobs that requests none "
+        "(like a Kubernetes LimitRange's defaultRequest), written into the job when it is "
+        f"applied and charged to quota; unset: {DEFAULT_CPU_MILLI}m CPU and "
+        f"{DEFAULT_MEMORY_MIB}Mi memory. A pod's CPU and memory request is never zero",
+    )
     allowed_priorities: list[int | str] | None = Field(
         default=None,
         description="priorities (integers or class names) the tenant's jobs may use; "

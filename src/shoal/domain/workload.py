@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shoal.domain.job import TrainingJob
+from shoal.domain.job import DefaultRequests, TrainingJob, requests_with_defaults
 from shoal.domain.nodes import HOSTNAME, NVLINK, RACK, ZONE
-from shoal.domain.resources import CPU, MEMORY, MILLI, gpu_resource
+from shoal.domain.resources import CPU, MEMORY, MILLI, PODS, gpu_resource
 
 PACK_LABELS = {"nvlink": NVLINK, "rack": RACK, "zone": ZONE}
 ANTI_AFFINITY_LABELS = {"node": HOSTNAME, "rack": RACK}
@@ -32,8 +32,8 @@ class PodShape:
         return self.gpu_count == 1 and 0 < self.gpu_milli < MILLI
 
     def quota_vector(self, model: str) -> dict[str, int]:
-        """Quota this pod charges when its GPUs are of ``model``."""
-        vector = {CPU: self.cpu, MEMORY: self.memory}
+        """Quota this pod charges when its GPUs are of ``model``: one of ``pods`` too."""
+        vector = {CPU: self.cpu, MEMORY: self.memory, PODS: 1}
         if self.gpu_count:
             vector[gpu_resource(model)] = self.gpu_total_milli
         return vector
@@ -70,12 +70,19 @@ class Workload:
         return sum(pod.gpu_total_milli for pod in self.pods)
 
 
-def from_training_job(job: TrainingJob, submit_time: float = 0.0) -> Workload:
-    """Flatten a TrainingJob manifest into a Workload."""
+def from_training_job(
+    job: TrainingJob, submit_time: float = 0.0, defaults: DefaultRequests | None = None
+) -> Workload:
+    """Flatten a TrainingJob manifest into a Workload.
+
+    A pod that requests no CPU or memory gets ``defaults`` (its tenant's
+    ``defaultRequests``; unset: Shoal's), as ``apply`` writes them into the
+    jobs it stores, so a pod's CPU and memory are never zero here.
+    """
     spec = job.spec
     pods: list[PodShape] = []
     for pod_set in spec.pod_sets:
-        res = pod_set.resources
+        res = requests_with_defaults(pod_set.resources, defaults)
         gpu = res.gpu
         shape = PodShape(
             cpu=res.cpu,

@@ -8,7 +8,8 @@ its guaranteed part draws on that pool.  ``borrowingLimit`` caps how far a
 tenant may go beyond its nominal quota (no limit: as far as the pool allows).
 A tenant without a cohort is a cohort of one, so it can never exceed its
 nominal quota.  A resource the tenant has no quota entry for is never
-admissible.
+admissible, except ``pods``: a tenant without a pods quota may run any
+number of pods (its ``nominal`` holds ``UNLIMITED_PODS``, none of it lent).
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from shoal.domain import priority as priorities
-from shoal.domain.resources import CPU, MEMORY, MILLI, Vector, is_gpu
+from shoal.domain.resources import CPU, MEMORY, MILLI, PODS, Vector, is_gpu
 from shoal.domain.tenant import PreemptionPolicy, TenantSpec
 
 Usage = Mapping[str, Vector]
 """Resources in use, per tenant name."""
+
+UNLIMITED_PODS = 1 << 62
+"""Nominal ``pods`` of a tenant without a pods quota: more than could ever run."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,20 @@ class TenantQuota:
     preemption: PreemptionPolicy = field(default_factory=PreemptionPolicy)
     allowed_priorities: frozenset[int] | None = None
     strict_fifo: bool = False
+
+    def __post_init__(self) -> None:
+        # Every pod charges one of ``pods``; without a pods quota that is no
+        # limit.  Kept, not lent, so it never fills a cohort's pool and the
+        # tenant never counts as borrowing pods (reclaim and fair share).
+        if PODS not in self.nominal:
+            object.__setattr__(self, "nominal", {**self.nominal, PODS: UNLIMITED_PODS})
+            object.__setattr__(self, "borrowing_limit", {**self.borrowing_limit, PODS: None})
+            object.__setattr__(self, "lending_limit", {**self.lending_limit, PODS: 0})
+
+    @property
+    def limits_pods(self) -> bool:
+        """Whether the tenant has a pods quota (else it may run any number of pods)."""
+        return self.nominal[PODS] != UNLIMITED_PODS
 
     @classmethod
     def from_spec(cls, name: str, spec: TenantSpec) -> TenantQuota:
@@ -219,4 +237,6 @@ def amount_text(resource: str, amount: int) -> str:
         return f"{amount / MILLI:g} cpu"
     if resource == MEMORY:
         return f"{amount} MiB"
+    if resource == PODS:
+        return f"{amount} pod" if amount == 1 else f"{amount} pods"
     return str(amount)
