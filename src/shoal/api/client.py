@@ -41,7 +41,8 @@ class ShoalClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response, or the error its body (or the failed connection) stands for."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.InvalidURL as exc:
@@ -53,6 +54,10 @@ class ShoalClient:
             ) from exc
         if response.status_code >= 400:
             raise error_from(response)
+        return response
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
@@ -92,14 +97,7 @@ class ShoalClient:
         params: dict[str, int] = {"pod": pod, "offset": offset}
         if limit is not None:
             params["limit"] = limit
-        try:
-            response = self.http.get(f"/v1/jobs/{_segment(name)}/logs", params=params)
-        except httpx.HTTPError as exc:
-            raise errors.UnreachableError(
-                f"cannot reach the control plane at {self.http.base_url}: {exc}"
-            ) from exc
-        if response.status_code >= 400:
-            raise error_from(response)
+        response = self._send("GET", f"/v1/jobs/{_segment(name)}/logs", params=params)
         data = response.content
         try:
             following = int(response.headers.get(NEXT_OFFSET, offset + len(data)))
