@@ -177,12 +177,17 @@ def test_ctrl_c_in_sim_exits_130_with_a_line(tmp_path: Path) -> None:
     process = subprocess.Popen([sys.executable, "-m", "shoal", "sim", str(path)], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     trace = str(tmp_path / "jobs.csv")
-    # Interrupt once it is reading the trace (long work under way).
-    wait_for(lambda: process.poll() is not None or any(
-        os.path.realpath(f"/proc/{process.pid}/fd/{fd}") == trace
-        for fd in _fds(process.pid)), timeout=60)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=180)  # generous: CI machines are slow and busy
+    try:
+        # Interrupt once it is reading the trace (long work under way).
+        wait_for(lambda: process.poll() is not None or any(
+            os.path.realpath(f"/proc/{process.pid}/fd/{fd}") == trace
+            for fd in _fds(process.pid)), timeout=120)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=180)  # generous: CI machines are slow and busy
+    finally:
+        if process.poll() is None:  # never leave a simulation running behind the test
+            process.kill()
+            process.communicate()
     assert process.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
 

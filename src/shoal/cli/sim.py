@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shoal.cli.interrupts import Interrupted
+from shoal.cli.interrupts import CtrlC, Interrupted
 from shoal.errors import InputError
 from shoal.plugins import load_policies, require_policies
 from shoal.policy.placement import scorer_names
@@ -96,10 +96,12 @@ def _run(plan: SimPlan, quiet: bool) -> dict[str, object]:
         TextColumn("{task.completed:>7.0f}/{task.total:.0f}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
+    with CtrlC() as ctrl_c, Progress(*columns, console=err, disable=quiet,
+                                     transient=True) as bar:
         tasks: dict[str, TaskID] = {}
 
         def progress(label: str, done: int, total: int) -> None:
+            ctrl_c.check()  # stop even if the interrupt itself was swallowed
             if label not in tasks:
                 tasks[label] = bar.add_task(label, total=total)
             bar.update(tasks[label], completed=min(done, total))
