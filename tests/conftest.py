@@ -1,10 +1,51 @@
-"""Shared fixtures: the real traces beside the checkout, skipped cleanly when absent."""
+"""Shared fixtures: the real traces beside the checkout, skipped cleanly when absent;
+folders that the tenants' unprivileged pod users can pass through.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
+
+from shoal.runtime.local.users import ENV_MODE, PodUser, unreachable
+
+_PROBE = PodUser(2_147_000_000, 2_147_000_000)  # any user but root
+_NOTE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # As root, pods run as unprivileged per-tenant users, which must be able to run
+    # this interpreter. One installed in a private folder (e.g. under /root) cannot
+    # be run by them: there the suite runs its Python pods as root (and says so in
+    # its header); the tests of pod users pass --pod-user tenant and run system
+    # programs.
+    if os.geteuid() == 0 and ENV_MODE not in os.environ:
+        problem = unreachable(Path(sys.executable), _PROBE)
+        if problem is not None:
+            os.environ[ENV_MODE] = "self"
+            config.stash[_NOTE] = (f"pods run as root (pod users cannot run "
+                                   f"{sys.executable}: {problem})")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return config.stash.get(_NOTE, None)
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """pytest's tmp_path, passable (not listable) by other users up to /tmp.
+
+    pytest makes its folders 0700; a control plane whose state folder is in one
+    could not hand the pods their folders (it refuses to start).
+    """
+    for folder in (tmp_path, *tmp_path.parents):
+        info = folder.stat()
+        if info.st_uid == os.geteuid() and not info.st_mode & 0o001:
+            folder.chmod(info.st_mode | 0o111)
+    return tmp_path
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces"
 

@@ -13,7 +13,8 @@
     ├── Forbidden                 forbidden          HTTP 403: a token that may not do this
     ├── ConflictError             conflict           HTTP 409  after   changed since read: retry
     │   ├── AlreadyExistsError    already_exists     HTTP 409  never   a live object has the name
-    │   └── ImmutableError        immutable          HTTP 409  never   a live job's spec may not change
+    │   ├── ImmutableError        immutable          HTTP 409  never   a live job's spec may not change
+    │   └── InUseError            in_use             HTTP 409  never   still used: delete its users first
     ├── UnavailableError          unavailable        HTTP 503  after   temporary: retry later
     │   ├── StoreBusyError        store_busy         the state store stayed locked too long
     │   └── UnreachableError      unreachable        the control plane does not answer
@@ -139,6 +140,14 @@ class ImmutableError(ConflictError):
 
     code = "immutable"
     exit_code = 2
+    retry: ClassVar[Retry] = "never"
+
+
+class InUseError(ConflictError):
+    """An object still in use (a tenant with live jobs, a node pool running pods)
+    cannot be deleted; the message names its users and what to do first."""
+
+    code = "in_use"
     retry: ClassVar[Retry] = "never"
 
 

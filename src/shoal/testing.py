@@ -24,7 +24,14 @@ from typing import Any
 from shoal.control.controller import ControlConfig, Controller
 from shoal.control.machine import RetryPolicy
 from shoal.control.ports import NodeSet
-from shoal.control.records import FINAL_PHASES, Checkpoint, JobRow, PodRecord, PodStatus
+from shoal.control.records import (
+    FINAL_PHASES,
+    Checkpoint,
+    EventRecord,
+    JobRow,
+    PodRecord,
+    PodStatus,
+)
 from shoal.domain.nodes import Node
 from shoal.errors import AlreadyExistsError, ConflictError, NotFoundError
 
@@ -102,7 +109,7 @@ class MemoryStore:
         except KeyError:
             raise NotFoundError(f"job {name!r} not found") from None
 
-    def save_job(self, job: JobRow) -> JobRow:
+    def save_job(self, job: JobRow, events: Sequence[EventRecord] = ()) -> JobRow:
         current = self.get_job(job.name)
         if current.version != job.version:
             raise ConflictError(f"job {job.name!r} changed since it was read")
@@ -110,6 +117,8 @@ class MemoryStore:
         saved = replace(job, version=job.version + 1, tenant=current.tenant,
                         submit_time=current.submit_time, manifest=current.manifest)
         self.jobs[job.name] = saved
+        for event in events:
+            self.append_event(event.time, event.kind, job.name, job.tenant, dict(event.data))
         return saved
 
     def request_delete(self, name: str, tenant: str | None = None) -> JobRow:
@@ -125,6 +134,10 @@ class MemoryStore:
         self.events.append({"id": len(self.events) + 1, "time": time, "kind": kind, "job": job,
                             "tenant": tenant, "data": data})
         return len(self.events)
+
+
+class SimulatedCrash(BaseException):
+    """The control plane dies here (a BaseException: nothing in the loop catches it)."""
 
 
 @dataclass
@@ -151,21 +164,35 @@ class FakePods:
         """Jobs whose pods fail to start for a passing reason (an OSError, retried)."""
         self.linger: set[str] = set()
         """Jobs whose pods take their time to exit even after SIGKILL (until ``finish``)."""
+        self.crash_before_start: set[str] = set()
+        """Jobs whose next start finds the control plane dead before the pod starts."""
+        self.crash_after_start: set[str] = set()
+        """Jobs whose next start kills the control plane right after the pod starts."""
+        self.ever: set[str] = set()  # every uid ever started: the rest never ran
 
     def start(self, job: JobRow, pod: PodRecord) -> str:
         from shoal.errors import InputError
 
+        if job.name in self.crash_before_start:
+            self.crash_before_start.discard(job.name)
+            raise SimulatedCrash(f"control plane died before starting {job.name}")
         if job.name in self.fail_start:
             raise InputError(self.fail_start[job.name])
         if job.name in self.transient_start:
             raise OSError(self.transient_start[job.name])
         self.pods[pod.uid] = _FakePod(job.name, pod.index)
         self.started.append((job.name, pod.index))
+        self.ever.add(pod.uid)
+        if job.name in self.crash_after_start:
+            self.crash_after_start.discard(job.name)
+            raise SimulatedCrash(f"control plane died right after starting {job.name}")
         return f"fake:{pod.uid}"
 
     def observe(self, job: JobRow, pod: PodRecord) -> PodStatus:
         found = self.pods.get(pod.uid)
         if found is None:
+            if pod.uid not in self.ever:
+                return PodStatus("absent", None, "never started")
             return PodStatus("lost", None, "no such pod")
         return found.status
 
@@ -240,6 +267,12 @@ class FakeWorld:
 
     def phase(self, job: str) -> str:
         return self.store.get_job(job).phase
+
+    def restart(self) -> None:
+        """A new controller over the same store and pods: the plane died and came back."""
+        old = self.controller
+        self.controller = Controller(self.store, self.inventory, self.pods, self.checkpoints,
+                                     self.clock, old.config, new_uid=old.new_uid)
 
     def event_kinds(self, job: str | None = None) -> list[str]:
         return [e["kind"] for e in self.store.events if job is None or e["job"] == job]

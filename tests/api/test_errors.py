@@ -15,6 +15,7 @@ from shoal.api import launch
 from shoal.api.client import ShoalClient, error_from
 from shoal.api.server import create_app
 from shoal.app.core import App
+from shoal.testing import FakeClock
 
 CLASSES = errors.error_classes()
 
@@ -50,13 +51,13 @@ def test_retry_semantics() -> None:
 
 
 class _BusyStore:
-    def resolve_token(self, token: str) -> Any:
+    def resolve_token(self, token: str, now: float | None = None) -> Any:
         raise errors.StoreBusyError("the state store is busy", retry_after_s=3.0)
 
 
 @pytest.fixture
 def busy_url() -> Iterator[str]:
-    core = App(store=_BusyStore(), workspace=None, clock=None)  # type: ignore[arg-type]
+    core = App(store=_BusyStore(), workspace=None, clock=FakeClock())  # type: ignore[arg-type]
     sock = launch.listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(create_app(core, lambda: {"status": "ok"}),
                                            log_level="warning"))

@@ -291,3 +291,51 @@ def test_a_victim_that_stopped_first_does_not_take_back_the_room(world: FakeWorl
     world.settle()
     assert world.phase("b-pair") == "Running"
     assert all(world.store.get_job(v).preemptions == 1 for v in victims), "preempted once"
+
+
+@pytest.mark.parametrize("gang", [1, 2])
+def test_a_crash_before_the_pods_start_starts_them_once_after_the_restart(
+        world: FakeWorld, gang: int) -> None:
+    from shoal.testing import SimulatedCrash
+
+    world.submit(job("once", gpus=1, pods=gang))
+    world.pods.crash_before_start.add("once")
+    with pytest.raises(SimulatedCrash):
+        world.settle()
+    recorded = world.store.get_job("once")
+    assert recorded.phase == "Running" and {p.state for p in recorded.pods} == {"starting"}
+    assert world.event_kinds("once") == ["admitted"], "the event is saved with the transition"
+    world.restart()
+    world.settle()
+    row = world.store.get_job("once")
+    assert row.phase == "Running" and row.attempts == 1
+    assert [p.uid for p in row.pods] == [p.uid for p in recorded.pods], "the same pods"
+    assert sorted(world.pods.started) == [("once", i) for i in range(gang)], "each started once"
+    assert world.event_kinds("once") == ["admitted"]
+
+
+def test_a_pod_that_ended_before_the_restart_is_not_started_again(world: FakeWorld) -> None:
+    from shoal.testing import SimulatedCrash
+
+    world.submit(job("quick"))
+    world.pods.crash_after_start.add("quick")
+    with pytest.raises(SimulatedCrash):
+        world.settle()
+    world.pods.finish("quick", 0)  # it ended while no control plane watched
+    world.restart()
+    world.settle()
+    assert world.phase("quick") == "Succeeded"
+    assert world.pods.started == [("quick", 0)]
+
+
+def test_a_job_deleted_before_its_pods_ever_started_is_cancelled(world: FakeWorld) -> None:
+    from shoal.testing import SimulatedCrash
+
+    world.submit(job("never"))
+    world.pods.crash_before_start.add("never")
+    with pytest.raises(SimulatedCrash):
+        world.settle()
+    world.store.request_delete("never")
+    world.restart()
+    world.settle()
+    assert world.phase("never") == "Cancelled" and world.pods.started == []

@@ -30,22 +30,26 @@ def test_reopen_keeps_state_and_schema(tmp_path: Path) -> None:
         assert store.get_job("a").version == 2
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,)]
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [
+            (m.version,) for m in store_schema.MIGRATIONS]
     raw.close()
 
 
 def test_schema_upgrades_and_refuses_newer(tmp_path: Path) -> None:
     path = tmp_path / "shoal.db"
     SqliteStore(path).close()
-    later = store_schema.Migration(3, "job labels", ["ALTER TABLE jobs ADD COLUMN labels TEXT"])
+    newest = store_schema.LATEST
+    later = store_schema.Migration(newest + 1, "job labels",
+                                   ["ALTER TABLE jobs ADD COLUMN labels TEXT"])
     migrations = (*store_schema.MIGRATIONS, later)
     raw = sqlite3.connect(path, isolation_level=None)
     raw.execute("BEGIN IMMEDIATE")
-    assert store_schema.migrate(raw, migrations) == 3
-    assert store_schema.migrate(raw, migrations) == 3  # applying twice is a no-op
+    assert store_schema.migrate(raw, migrations) == newest + 1
+    assert store_schema.migrate(raw, migrations) == newest + 1  # applying twice is a no-op
     raw.execute("COMMIT")
     raw.close()
-    with pytest.raises(StoreError, match="schema version 3, newer than this Shoal's 2"):
+    with pytest.raises(StoreError,
+                       match=f"schema version {newest + 1}, newer than this Shoal's {newest}"):
         SqliteStore(path)
 
 

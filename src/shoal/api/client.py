@@ -163,9 +163,42 @@ class ShoalClient:
         return summary
 
     def create_token(self, tenant: str | None, role: str = "tenant") -> str:
-        body = {"tenant": tenant, "role": role}
-        token: str = self._call("POST", "/v1/tokens", json=body)["token"]
+        """A new token's plaintext (see ``mint_token`` for a lifetime and a name)."""
+        token: str = self.mint_token(tenant, role)["token"]
         return token
+
+    def mint_token(self, tenant: str | None, role: str = "tenant",
+                   ttl_seconds: int | None = None, name: str | None = None) -> dict[str, Any]:
+        """A new token (admin only): ``token`` (its plaintext, shown only here), ``id``,
+        ``name``, ``role``, ``tenant``, ``created`` and ``expires`` (None: never)."""
+        body: dict[str, Any] = {"tenant": tenant, "role": role}
+        if ttl_seconds is not None:
+            body["ttlSeconds"] = ttl_seconds
+        if name is not None:
+            body["name"] = name
+        minted: dict[str, Any] = self._call("POST", "/v1/tokens", json=body)
+        return minted
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every token (admin only), without secrets: id, name, role, tenant, created,
+        expires, revoked and status (active, expired or revoked)."""
+        tokens: list[dict[str, Any]] = self._call("GET", "/v1/tokens")["tokens"]
+        return tokens
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        """Revoke a token by its id (admin only; revoking twice is not an error)."""
+        token: dict[str, Any] = self._call("DELETE", f"/v1/tokens/{_segment(token_id)}")
+        return token
+
+    def delete_tenant(self, name: str) -> dict[str, Any]:
+        """Delete a tenant without active jobs and revoke its tokens (admin only)."""
+        result: dict[str, Any] = self._call("DELETE", f"/v1/tenants/{_segment(name)}")
+        return result
+
+    def delete_nodepool(self, name: str) -> dict[str, Any]:
+        """Delete a node pool that runs no pod and strands no job (admin only)."""
+        result: dict[str, Any] = self._call("DELETE", f"/v1/nodes/{_segment(name)}")
+        return result
 
 
 def _segment(name: str) -> str:

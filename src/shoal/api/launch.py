@@ -9,8 +9,10 @@ foreground; ``shoal run`` starts one for the length of a scenario.
 from __future__ import annotations
 
 import errno
+import getpass
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -28,6 +30,13 @@ from shoal.plugins import require_policies
 from shoal.policy.placement import scorer_names
 from shoal.runtime.local.machine import LOCAL_NODE, local_node_spec
 from shoal.runtime.local.plane import EmbeddedPlane
+from shoal.runtime.local.users import (
+    DEFAULT_UID_BASE,
+    ENV_MODE,
+    PodUser,
+    resolve_mode,
+    unreachable,
+)
 
 _log = logging.getLogger(__name__)
 ADMIN_TOKEN_FILE = "admin-token"
@@ -53,9 +62,9 @@ def admin_token(plane: EmbeddedPlane) -> str:
     path = plane.state_dir / ADMIN_TOKEN_FILE
     if path.exists():
         token = path.read_text().strip()
-        if plane.store.resolve_token(token) is not None:
+        if plane.store.resolve_token(token, plane.clock.now()) is not None:
             return token
-    token = plane.store.create_token("admin", "admin", None)
+    token = plane.store.create_token("admin", "admin", None, now=plane.clock.now())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
@@ -101,8 +110,43 @@ def _health(plane: EmbeddedPlane) -> dict[str, Any]:
             "pid": os.getpid()}
 
 
+def scenario_pod_user(asked: str | None, jobs: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """Who a ``shoal run`` scenario's pods run as, and a warning when it is not their tenants.
+
+    A scenario is its author's own code on a private, throwaway plane: when
+    nothing says who pods run as (``auto``) and a tenant's unprivileged user
+    could not run a job's program or enter its working folder (a Python
+    installed under /root, say), the pods run as the author instead, and the
+    warning says so and why. Asked for ``tenant`` explicitly, it is that or an
+    error when the pods start.
+    """
+    if (asked or os.environ.get(ENV_MODE) or "auto") != "auto" or resolve_mode(None) != "tenant":
+        return asked, None
+    probe = PodUser(DEFAULT_UID_BASE, DEFAULT_UID_BASE)
+    for doc in jobs:
+        spec = doc.get("spec") or {}
+        folder = Path(spec["workingDir"]) if spec.get("workingDir") else None
+        command = spec.get("command") or []
+        program = _program(str(command[0]), folder) if command else None
+        for path in (folder, program):
+            problem = unreachable(path, probe) if path is not None else None
+            if problem is not None:
+                return "self", (
+                    f"pods run as {getpass.getuser()}, not as their tenants' unprivileged "
+                    f"users, which cannot reach {path} ({problem}); --pod-user tenant insists")
+    return "tenant", None
+
+
+def _program(program: str, folder: Path | None) -> Path | None:
+    if "/" in program:
+        return (folder or Path.cwd()) / program
+    found = shutil.which(program)
+    return Path(found) if found else None
+
+
 def start(state_dir: Path, host: str = "127.0.0.1", port: int = 0,
-          policy: str = "most-allocated", grace_seconds: float = 10.0) -> Running:
+          policy: str = "most-allocated", grace_seconds: float = 10.0,
+          pod_user: str | None = None, pod_uid_base: int | None = None) -> Running:
     # Placement policies may come from plugins (the shoal.policies entry points).
     require_policies([policy], _log.warning)
     if policy not in scorer_names():
@@ -110,7 +154,8 @@ def start(state_dir: Path, host: str = "127.0.0.1", port: int = 0,
             f"--policy: unknown placement policy {policy!r}; known: {', '.join(scorer_names())}")
     sock = listen(host, port)
     try:
-        plane = EmbeddedPlane(state_dir, policy=policy, grace_seconds=grace_seconds)
+        plane = EmbeddedPlane(state_dir, policy=policy, grace_seconds=grace_seconds,
+                              pod_user=pod_user, pod_uid_base=pod_uid_base or DEFAULT_UID_BASE)
     except BaseException:
         sock.close()
         raise

@@ -24,13 +24,13 @@ import anyio
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shoal import errors
 from shoal.app import apply as applying
-from shoal.app import queries
+from shoal.app import lifecycle, queries
 from shoal.app.core import App
 from shoal.app.ports import Caller
 from shoal.domain.phases import FINAL_PHASES
@@ -64,9 +64,15 @@ class ApplyRequest(BaseModel):
 
 
 class TokenRequest(BaseModel):
+    """A new token: a tenant's (the default) or an admin's, for ``ttlSeconds``
+    (unset: it never expires), named ``name`` in listings (default: its tenant)."""
+
     model_config = ConfigDict(extra="forbid")
     tenant: str | None = None
     role: Literal["admin", "tenant"] = "tenant"
+    ttl_seconds: int | None = Field(default=None, alias="ttlSeconds", ge=1,
+                                    le=lifecycle.MAX_TTL_SECONDS, strict=True)
+    name: str | None = Field(default=None, min_length=1, max_length=lifecycle.MAX_TOKEN_NAME)
 
 
 def error_body(exc: ShoalError) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -106,9 +112,9 @@ def authenticate(core: App, authorization: str | None) -> Caller:
     """The caller named by a bearer ``Authorization`` header, else ``Unauthorized``."""
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("missing token: pass 'Authorization: Bearer <token>' (--token)")
-    found = queries.resolve(core, authorization[7:].strip())
+    found = lifecycle.resolve(core, authorization[7:].strip())
     if found is None:
-        raise Unauthorized("unknown or revoked token")
+        raise Unauthorized("unknown, expired or revoked token")
     return found
 
 
@@ -286,13 +292,33 @@ def create_app(core: App, health: Callable[[], dict[str, Any]]) -> FastAPI:
     def tenants(who: Who) -> dict[str, Any]:
         return queries.tenants(core, who)
 
+    @api.delete("/v1/tenants/{name}")
+    def delete_tenant(name: str, who: Who) -> dict[str, Any]:
+        """Delete a tenant without active jobs and revoke its tokens (409 if it has some)."""
+        return lifecycle.delete_tenant(core, who, name)
+
     @api.get("/v1/nodes")
     def nodes(who: Who) -> dict[str, Any]:
         return queries.nodes(core, who)
 
+    @api.delete("/v1/nodes/{name}")
+    def delete_nodepool(name: str, who: Who) -> dict[str, Any]:
+        """Delete a node pool that runs no pod and strands no active job (409 otherwise)."""
+        return lifecycle.delete_nodepool(core, who, name)
+
     @api.post("/v1/tokens")
     def token(body: TokenRequest, who: Who) -> dict[str, Any]:
-        return queries.create_token(core, who, body.tenant, body.role)
+        return lifecycle.create_token(core, who, body.tenant, body.role, body.ttl_seconds,
+                                      body.name)
+
+    @api.get("/v1/tokens")
+    def tokens(who: Who) -> dict[str, Any]:
+        return {"tokens": lifecycle.list_tokens(core, who)}
+
+    @api.delete("/v1/tokens/{ident}")
+    def revoke_token(ident: str, who: Who) -> dict[str, Any]:
+        """Revoke a token by its id (idempotent); it stops working at once."""
+        return lifecycle.revoke_token(core, who, ident)
 
     return api
 

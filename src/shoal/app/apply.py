@@ -9,6 +9,8 @@ Checks run before the first write and create nothing (the workspace checks
 the checkpoint folder could be written without creating it); the writes run
 in one store transaction, and the files of a finished job whose name is
 reused are removed as its last step, so a rejected request leaves no trace.
+If a tenant or node pool changed between the checks and the transaction (an
+admin deleted one), the new jobs are checked again inside it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shoal.app.checks import authorise, check_job, check_unique, with_tenant_defaults
+from shoal.app.checks import Specs, authorise, check_job, check_unique, with_tenant_defaults
 from shoal.app.core import App
 from shoal.app.ports import Caller, JobRecord
 from shoal.domain.job import TrainingJob
@@ -61,7 +63,8 @@ def apply_manifests(app: App, caller: Caller, manifests: list[Manifest]) -> list
         authorise(caller, manifest)
     check_unique(manifests)
     store = app.store
-    tenants, nodes = store.tenants(), store.nodes()
+    seen = (store.tenants(), store.nodes())
+    tenants, nodes = dict(seen[0]), dict(seen[1])
     plans = {i: _plan(m, tenants, nodes) for i, m in enumerate(manifests)
              if not isinstance(m, TrainingJob)}
     for item in plans.values():  # later documents may define what earlier ones use
@@ -82,7 +85,7 @@ def apply_manifests(app: App, caller: Caller, manifests: list[Manifest]) -> list
         if isinstance(job, TrainingJob) and item.result == "created":
             check_job(job, tenants, nodes)
             app.workspace.check(job, tenants[job.spec.tenant])
-    _write(app, plan)
+    _write(app, plan, seen)
     return [{"kind": i.manifest.kind, "name": i.manifest.metadata.name, "result": i.result}
             for i in plan]
 
@@ -122,9 +125,10 @@ def _plan_job(app: App, caller: Caller, job: TrainingJob, spec: dict[str, Any]) 
     )
 
 
-def _write(app: App, plan: list[Planned]) -> None:
+def _write(app: App, plan: list[Planned], seen: tuple[Specs, Specs]) -> None:
     store, now = app.store, app.clock.now()
     with store.transaction():
+        _recheck(app, plan, seen)
         for item in plan:
             manifest, name = item.manifest, item.manifest.metadata.name
             if item.result == "unchanged":
@@ -145,3 +149,20 @@ def _write(app: App, plan: list[Planned]) -> None:
             if item.reuses_name:
                 app.workspace.forget(item.manifest.metadata.name)
     app.wake()
+
+
+def _recheck(app: App, plan: list[Planned], seen: tuple[Specs, Specs]) -> None:
+    """Check the new jobs again if a tenant or node pool changed since they were
+    checked (an admin deleted one meanwhile, say): inside the write transaction,
+    so that no job is created for a tenant that is gone."""
+    tenants, nodes = app.store.tenants(), app.store.nodes()
+    if (tenants, nodes) == seen:
+        return
+    for item in plan:  # what this request defines itself
+        if isinstance(item.manifest, Tenant):
+            tenants[item.manifest.metadata.name] = item.spec
+        elif isinstance(item.manifest, NodePool):
+            nodes[item.manifest.metadata.name] = item.spec
+    for item in plan:
+        if isinstance(item.manifest, TrainingJob) and item.result == "created":
+            check_job(item.manifest, tenants, nodes)

@@ -9,7 +9,7 @@ machine that runs the pods is the ``Workspace``'s to check.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from shoal.app.ports import Caller
@@ -20,7 +20,7 @@ from shoal.domain.nodes import NodePool, NodePoolSpec, expand_pool
 from shoal.domain.tenant import Tenant, TenantSpec
 from shoal.domain.workload import from_training_job
 from shoal.errors import Forbidden, InputError, UnknownReferenceError
-from shoal.policy.flavors import never_fits
+from shoal.policy.flavors import candidates, never_fits, restrict
 from shoal.policy.placement import Placer, ScorerContext, make_scorer, node_ranks
 from shoal.policy.quota import TenantQuota
 
@@ -72,21 +72,55 @@ def with_tenant_defaults(job: TrainingJob, tenants: Specs) -> TrainingJob:
     return job.with_default_requests(defaults)
 
 
-def check_fits(job: TrainingJob, nodes: Specs) -> None:
-    """The job fits on the node pools, even if it has to wait for them to empty."""
-    name = job.metadata.name
+def _empty_cluster(nodes: Specs) -> tuple[ClusterState, Placer] | None:
+    """The node pools' nodes, all empty, and a placer over them; None without nodes."""
     cluster = [
         node
         for pool, spec in sorted(nodes.items())
         for node in expand_pool(pool, NodePoolSpec.model_validate(spec))
     ]
     if not cluster:
-        raise InputError(f"TrainingJob {name}: the control plane has no nodes yet")
+        return None
     state = ClusterState(cluster)
     placer = Placer(make_scorer("most-allocated", ScorerContext()), node_ranks(len(state), None))
-    reason = never_fits(state, placer, from_training_job(job))
+    return state, placer
+
+
+def check_fits(job: TrainingJob, nodes: Specs) -> None:
+    """The job fits on the node pools, even if it has to wait for them to empty."""
+    name = job.metadata.name
+    empty = _empty_cluster(nodes)
+    if empty is None:
+        raise InputError(f"TrainingJob {name}: the control plane has no nodes yet")
+    reason = never_fits(*empty, from_training_job(job))
     if reason is not None:
         raise InputError(f"TrainingJob {name}: cannot run on any node: {reason}")
+
+
+def unplaceable(jobs: Iterable[TrainingJob], tenants: Specs, nodes: Specs) -> list[str]:
+    """The names of the jobs that no node of ``nodes`` could ever run (even
+    empty) with a GPU model their tenant has quota for: the scheduler would
+    fail them as inadmissible.
+
+    A job that no node pool could matter for (unknown tenant, no quota for
+    its GPUs) is not listed.  The cluster is built once, and identical
+    requests are checked once (the placer's memo).
+    """
+    empty = _empty_cluster(nodes)
+    stranded = []
+    for job in jobs:
+        spec = tenants.get(job.spec.tenant)
+        if spec is None:
+            continue
+        quota = TenantQuota.from_spec(job.spec.tenant, TenantSpec.model_validate(spec))
+        workload = from_training_job(job)
+        flavors = candidates(workload, quota)
+        if not flavors:
+            continue
+        if empty is None or all(never_fits(*empty, restrict(workload, flavor)) is not None
+                                for flavor in flavors):
+            stranded.append(job.metadata.name)
+    return stranded
 
 
 def check_job(job: TrainingJob, tenants: Specs, nodes: Specs) -> None:

@@ -3,7 +3,8 @@
 What a tenant's token sees: its own jobs, their logs and events; its own
 tenant's quota and usage; of the nodes only the cluster's total capacity,
 not their names.  Another tenant's job reads as missing (404), whatever the
-verb, so job names stay private.  An admin token sees everything.
+verb, so job names stay private.  An admin token sees everything.  Tokens,
+and deleting tenants and node pools, are the admin's (``shoal.app.lifecycle``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from shoal.app.core import App
-from shoal.app.ports import Caller, JobRecord, Role
+from shoal.app.ports import Caller, JobRecord
 from shoal.app.usage import capacity, tenant_status
 from shoal.app.views import for_tenant_event, for_tenant_job, job_detail, job_summary, pod_count
 from shoal.domain.phases import ACTIVE_PHASES
-from shoal.errors import Forbidden, InputError, NotFoundError
+from shoal.errors import InputError, NotFoundError
 
 MAX_EVENT_ID = 2**62
 MAX_POD_INDEX = 100_000
@@ -106,20 +107,3 @@ def nodes(app: App, caller: Caller) -> dict[str, Any]:
     if _scope(caller) is not None:
         return {"nodes": {}, **summary}  # names and shapes are the admin's business
     return {"nodes": specs, **summary}
-
-
-def create_token(app: App, caller: Caller, tenant: str | None, role: Role) -> dict[str, Any]:
-    if caller.role != "admin":
-        raise Forbidden("only an admin token may create tokens")
-    if role == "tenant" and not tenant:
-        raise InputError("a tenant token needs a tenant: pass {\"tenant\": \"<name>\"}")
-    if role == "admin" and tenant:
-        raise InputError("an admin token belongs to no tenant: leave out \"tenant\"")
-    if role == "tenant" and tenant not in app.store.tenants():
-        raise NotFoundError(f"tenant '{tenant}' not found")
-    token = app.store.create_token(tenant or "admin", role, tenant)
-    return {"token": token, "tenant": tenant, "role": role}
-
-
-def resolve(app: App, token: str) -> Caller | None:
-    return app.store.resolve_token(token)

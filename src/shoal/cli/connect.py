@@ -36,10 +36,20 @@ START_TIMEOUT_S = 60.0
 err = Console(stderr=True)
 
 
+SYSTEM_STATE_DIR = Path("/var/lib/shoal")
+
+
 def state_dir(explicit: Path | None = None) -> Path:
+    """``--state-dir``, else ``$SHOAL_HOME``, else /var/lib/shoal for root, ~/.shoal for others.
+
+    Root's pods run as unprivileged users that must pass through the state
+    folder to their own folders, which root's private home would not let them.
+    """
     if explicit is not None:
         return explicit
-    return Path(os.environ.get("SHOAL_HOME", Path.home() / ".shoal"))
+    if os.environ.get("SHOAL_HOME"):
+        return Path(os.environ["SHOAL_HOME"])
+    return SYSTEM_STATE_DIR if os.geteuid() == 0 else Path.home() / ".shoal"
 
 
 def _token(directory: Path, explicit: str | None) -> str | None:

@@ -1,4 +1,4 @@
-"""kubectl-style verbs: ``apply``, ``get``, ``describe``, ``logs``, ``delete``."""
+"""kubectl-style verbs: ``apply``, ``get``, ``describe``, ``logs``, ``delete``, ``create``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from shoal.api.client import ShoalClient
+from shoal.cli import admin as admin_verbs
 from shoal.cli import tables
 from shoal.cli.connect import client
 from shoal.cli.interrupts import Interrupted
@@ -23,19 +24,20 @@ from shoal.cli.manifests import resolve_working_dirs as _resolve_working_dirs
 from shoal.cli.tables import age, amount, check_output, clock, emit, out, show, table, vector
 from shoal.errors import InputError
 
-__all__ = ["_resolve_working_dirs", "apply", "delete", "describe", "get", "logs"]
+__all__ = ["_resolve_working_dirs", "apply", "create", "delete", "describe", "get", "logs"]
 
 WATCH_INTERVAL_S = 1.0
 err = Console(stderr=True)
 
 Server = Annotated[str | None, typer.Option(help="control plane URL (default: local)")]
 Token = Annotated[str | None, typer.Option(help="API token (default: $SHOAL_TOKEN or local admin)")]
-Home = Annotated[Path | None, typer.Option("--state-dir", help="local state (default ~/.shoal)")]
+Home = Annotated[Path | None, typer.Option("--state-dir", help="local state (default /var/lib/shoal as root, else ~/.shoal)")]
 Output = Annotated[str, typer.Option("--output", "-o", help="table, wide, json or yaml")]
 Watch = Annotated[bool, typer.Option("--watch", "-w", help="print again on every change")]
 
 KINDS = {"job": "jobs", "jobs": "jobs", "tenant": "tenants", "tenants": "tenants",
-         "node": "nodes", "nodes": "nodes", "event": "events", "events": "events"}
+         "node": "nodes", "nodes": "nodes", "nodepool": "nodes", "nodepools": "nodes",
+         "event": "events", "events": "events", "token": "tokens", "tokens": "tokens"}
 
 
 def apply(
@@ -52,15 +54,17 @@ def apply(
 
 
 def get(
-    what: Annotated[str, typer.Argument(help="jobs, tenants, nodes or events")],
+    what: Annotated[str, typer.Argument(help="jobs, tenants, nodes, events or tokens")],
     names: Annotated[list[str] | None, typer.Argument(help="only these (jobs)")] = None,
     server: Server = None, token: Token = None, home: Home = None, output: Output = "table",
     watch: Watch = False,
 ) -> None:
-    """List jobs, tenants (quota and usage), nodes or events; a tenant's token sees its own."""
+    """List jobs, tenants (quota and usage), nodes, events or tokens (admin); a tenant's
+    token sees its own."""
     kind = KINDS.get(what)
     if kind is None:
-        raise InputError(f"shoal get: expected jobs, tenants, nodes or events, got {what!r}")
+        raise InputError(
+            f"shoal get: expected jobs, tenants, nodes, events or tokens, got {what!r}")
     if names and kind != "jobs":
         raise InputError(f"shoal get {what}: names are only accepted for jobs")
     check_output(output)
@@ -195,10 +199,11 @@ def _render_events(events: list[dict[str, Any]], wide: bool) -> Any:
 
 _FETCH: dict[str, Callable[[ShoalClient, list[str]], Any]] = {
     "jobs": _jobs, "tenants": _tenants, "nodes": _nodes, "events": _events,
+    "tokens": admin_verbs.tokens,
 }
 _RENDER: dict[str, Callable[[Any, bool], Any]] = {
     "jobs": _render_jobs, "tenants": _render_tenants, "nodes": _render_nodes,
-    "events": _render_events,
+    "events": _render_events, "tokens": admin_verbs.render_tokens,
 }
 
 
@@ -297,14 +302,24 @@ def logs(
 
 
 def delete(
-    what: Annotated[str, typer.Argument(help="job")],
-    names: Annotated[list[str] | None, typer.Argument(help="the jobs' names")] = None,
+    what: Annotated[str, typer.Argument(help="job, tenant, nodepool (or node) or token")],
+    names: Annotated[list[str] | None, typer.Argument(
+        help="the jobs', tenants' or node pools' names, or the tokens' ids")] = None,
     all_jobs: Annotated[bool, typer.Option("--all", help="every job you can see")] = False,
     server: Server = None, token: Token = None, home: Home = None,
 ) -> None:
-    """Stop jobs' pods (SIGTERM, then SIGKILL after the grace period) and cancel them."""
+    """Stop jobs' pods (SIGTERM, then SIGKILL after the grace period) and cancel them;
+    or (admin) delete tenants without active jobs, node pools that run no pods, or
+    revoke tokens."""
+    if what in admin_verbs.DELETERS:
+        if all_jobs or not names:
+            raise InputError(f"shoal delete {what}: name what to delete (--all is for jobs)")
+        with client(server, token, home) as api:
+            admin_verbs.delete(what, names, api)
+        return
     if KINDS.get(what) != "jobs":
-        raise InputError(f"shoal delete: expected 'job', got {what!r}")
+        raise InputError(
+            f"shoal delete: expected job, tenant, nodepool (or node) or token, got {what!r}")
     if all_jobs and names:
         raise InputError("shoal delete job: give job names or --all, not both")
     if not all_jobs and not names:
@@ -317,3 +332,27 @@ def delete(
             out.print(f"job/{name} deleted", highlight=False)
     if all_jobs and not names:
         out.print("No jobs.")
+
+
+def create(
+    what: Annotated[str, typer.Argument(help="token")],
+    tenant: Annotated[str | None, typer.Option(help="the tenant the token acts for")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="an admin token instead")] = False,
+    ttl: Annotated[str | None, typer.Option(
+        help="lifetime: seconds, or 90s, 15m, 12h, 30d (at most 10 years); default: none"),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="its name in listings (default: the tenant)")
+                    ] = None,
+    server: Server = None, token: Token = None, home: Home = None, output: Output = "table",
+) -> None:
+    """Mint an API token (admin only); it is printed once, and never shown again."""
+    if what not in ("token", "tokens"):
+        raise InputError(f"shoal create: expected 'token', got {what!r}")
+    if admin == (tenant is not None):
+        raise InputError("shoal create token: pass --tenant NAME, or --admin for an admin token")
+    check_output(output)
+    seconds = None if ttl is None else admin_verbs.parse_ttl(ttl)
+    with client(server, token, home) as api:
+        minted = api.mint_token(tenant, "admin" if admin else "tenant", seconds, name)
+    if not emit(minted, output):
+        admin_verbs.show_minted(minted)

@@ -37,6 +37,7 @@ from rich.table import Table
 from shoal.api.client import ShoalClient
 from shoal.app.report import build_report
 from shoal.cli.manifests import resolve_working_dirs
+from shoal.cli.options import PodUserOption
 from shoal.cli.tables import show, table
 from shoal.domain.phases import FINAL_PHASES
 from shoal.errors import InputError, ShoalError
@@ -72,6 +73,7 @@ def run(
     grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 10.0,
     remove: Annotated[bool, typer.Option(
         "--rm", help="delete the run's state folder (logs, checkpoints) afterwards")] = False,
+    pod_user: PodUserOption = None,
 ) -> None:
     """Run a scenario on this machine with real processes, then print the report."""
     if output not in ("table", "json"):
@@ -90,7 +92,10 @@ def run(
     # one, so no pod can read another run's admin token, logs or checkpoints.
     directory = home or Path(tempfile.mkdtemp(
         prefix=f"shoal-run-{file.stem}-{datetime.now():%Y%m%d-%H%M%S}-"))
-    running = launch.start(directory, grace_seconds=grace)
+    pod_user, warning = launch.scenario_pod_user(pod_user, [a.doc for a in arrivals])
+    if warning:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    running = launch.start(directory, grace_seconds=grace, pod_user=pod_user)
     api = ShoalClient(running.url, running.token)
     try:
         report = _drive(api, infra, arrivals, timeout, quiet=output == "json")

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from shoal.cli.connect import SERVER_FILE, recorded, state_dir
+from shoal.cli.options import PodUidBaseOption, PodUserOption
 from shoal.errors import InputError, ShoalError
 
 STOP_TIMEOUT_S = 30.0
@@ -29,9 +30,11 @@ def server(
     action: Annotated[str | None, typer.Argument(help="'stop' to stop the running one")] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port (0: any free port)")] = 8765,
-    home: Annotated[Path | None, typer.Option("--state-dir", help="state (default ~/.shoal)")] = None,
+    home: Annotated[Path | None, typer.Option("--state-dir", help="state (default /var/lib/shoal as root, else ~/.shoal)")] = None,
     policy: Annotated[str, typer.Option(help="placement policy")] = "most-allocated",
     grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 10.0,
+    pod_user: PodUserOption = None,
+    pod_uid_base: PodUidBaseOption = None,
 ) -> None:
     """Run the control plane until interrupted (Ctrl-C or SIGTERM); jobs keep their state."""
     directory = state_dir(home)
@@ -42,19 +45,23 @@ def server(
         raise InputError(f"shoal server: expected no argument or 'stop', got {action!r}")
     if not 0 <= port <= 65535:
         raise InputError(f"--port: expected 0 to 65535, got {port}")
-    serve(directory, host, port, policy, grace)
+    serve(directory, host, port, policy, grace, pod_user, pod_uid_base)
 
 
-def serve(directory: Path, host: str, port: int, policy: str, grace: float) -> None:
+def serve(directory: Path, host: str, port: int, policy: str, grace: float,
+          pod_user: str | None = None, pod_uid_base: int | None = None) -> None:
     from shoal.api import launch  # the one place the CLI starts a control plane
 
-    running = launch.start(directory, host=host, port=port, policy=policy, grace_seconds=grace)
+    running = launch.start(directory, host=host, port=port, policy=policy, grace_seconds=grace,
+                           pod_user=pod_user, pod_uid_base=pod_uid_base)
     record = directory / SERVER_FILE
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     try:
-        record.write_text(json.dumps({"url": running.url, "pid": os.getpid()}))
+        fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps({"url": running.url, "pid": os.getpid()}))
         out.print(f"Shoal control plane on {running.url} (state in {directory})", highlight=False)
         out.print(f"admin token in {directory / launch.ADMIN_TOKEN_FILE}; OpenAPI at "
                   f"{running.url}/docs", highlight=False)

@@ -17,7 +17,11 @@ loops (or one restarted after SIGKILL) never both act on one job.
 Starting pods takes two writes: first the job is saved Running with its pods
 ``starting`` (each with a unique id the runtime can find the pod by), then
 the pods are started and their handles saved.  A crash between the two
-leaves ``starting`` pods that the runtime looks up by id on the next observe.
+leaves ``starting`` pods that the runtime looks up by id on the next observe:
+running or ended, they are adopted as they are; proven never started
+(``absent``), they are started then, under the same id, so that no pod of an
+attempt runs twice.  A transition's events are saved with it, in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ from shoal.control import cluster_view as view
 from shoal.control import machine
 from shoal.control.machine import Emit, Kill, Release, RetryPolicy, Start, Step, Terminate
 from shoal.control.ports import Checkpoints, Clock, Inventory, NodeSet, Pods, Store
-from shoal.control.records import ACTIVE_PHASES, HOLDING_PHASES, JobRow, PodRecord
+from shoal.control.records import (
+    ACTIVE_PHASES,
+    HOLDING_PHASES,
+    EventRecord,
+    JobRow,
+    PodRecord,
+)
 from shoal.domain.workload import Workload
 from shoal.errors import ConflictError, InputError
 from shoal.policy.admission import Snapshot, schedule
@@ -209,26 +219,34 @@ class Controller:
         sent again to pods past their deadline) are carried out but are not
         progress: the loop does not spin on them.
         """
+        starts = [e.pod for e in step.effects if isinstance(e, Start)]
         if step.job == before:
+            if starts:  # pods that provably never started: start them now
+                self._start(before, starts)
+                return True
             fresh = any(isinstance(e, Kill) and e.pod.uid not in self._killed
                         for e in step.effects)
             for effect in step.effects:
                 self._effect(before, before, effect)
             return fresh
+        # The transition and its events are written together: a crash never
+        # leaves a job admitted without its "admitted" event.
+        now = self.clock.now()
+        events = [EventRecord(now, e.kind, e.data) for e in step.effects if isinstance(e, Emit)]
         try:
-            job = self.store.save_job(step.job)
+            job = self.store.save_job(step.job, events)
         except ConflictError:
             # Someone else changed this job since we loaded it (a delete, say):
             # the next pass sees the new state and decides again.
             return True
-        starts = [e.pod for e in step.effects if isinstance(e, Start)]
         if starts:
             started = self._start(job, starts)
             if started is None:
                 return True  # it could not start: already failed and recorded
             job = started
         for effect in step.effects:
-            self._effect(job, before, effect)
+            if not isinstance(effect, Emit):
+                self._effect(job, before, effect)
         return True
 
     def _start(self, job: JobRow, pods: Iterable[PodRecord]) -> JobRow | None:

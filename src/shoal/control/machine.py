@@ -112,6 +112,8 @@ def _emit(kind: str, **data: Any) -> Emit:
 
 # -- transitions ------------------------------------------------------------------
 
+_UNSEEN = PodStatus("running", None, "")
+
 # A failure count no maxRetries reaches: the failure is permanent (bad input).
 _NEVER_RETRY = 1 << 30
 
@@ -238,6 +240,13 @@ def observe(
     if job.phase == "Running":
         failed = [p for p in job.pods if p.done and p.state not in ("succeeded", "lost")]
         lost = [p for p in job.pods if p.state == "lost"]
+        if not failed and not lost:
+            # Pods the runtime proves never started (the control plane died between
+            # recording them and starting them) are started now, under the same id.
+            absent = [p for p in job.pods if p.state == "starting"
+                      and statuses.get(p.uid, _UNSEEN).state == "absent"]
+            if absent:
+                return Step(job, tuple(Start(p) for p in absent))
         if failed or lost:
             # One member failed (or vanished): the gang cannot go on. Its pods
             # are killed at once; the job holds its resources until they are
@@ -340,6 +349,14 @@ def _with_statuses(job: JobRow, statuses: Mapping[str, PodStatus]) -> JobRow:
         status = statuses.get(pod.uid)
         if status is None or pod.done:
             pods.append(pod)
+        elif status.state == "absent":
+            # Never started: it is started now while the job runs (see observe),
+            # and is simply gone when the job is stopping.
+            if job.phase == "Running" and not job.deleted:
+                pods.append(pod)
+            else:
+                pods.append(replace(pod, state="lost", message=status.message))
+                changed = True
         elif status.state == "running":
             if pod.state != "running":
                 pods.append(replace(pod, state="running"))

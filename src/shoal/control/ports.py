@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shoal.control.records import Checkpoint, JobRow, PodRecord, PodStatus
+from shoal.control.records import Checkpoint, EventRecord, JobRow, PodRecord, PodStatus
 from shoal.domain.nodes import Node
 
 
@@ -45,9 +45,11 @@ class Store(Protocol):
         self, tenant: str | None = None, phases: Collection[str] | None = None
     ) -> list[JobRow]: ...
     def get_job(self, name: str) -> JobRow: ...
-    def save_job(self, job: JobRow) -> JobRow:
+    def save_job(self, job: JobRow, events: Sequence[EventRecord] = ()) -> JobRow:
         """Write every mutable field of ``job`` if the stored version is still ``job.version``.
 
+        ``events`` (about this job) are written in the same transaction: a
+        transition and its events are recorded together or not at all.
         Returns the record with its new version; ``ConflictError`` when another
         writer got there first (nothing written).
         """

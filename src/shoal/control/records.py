@@ -161,6 +161,22 @@ class Principal:
 
 @dataclass(frozen=True)
 class PodStatus:
-    state: Literal["running", "succeeded", "failed", "oom_killed", "signalled", "lost"]
+    """What the runtime sees of one pod.
+
+    ``absent``: the runtime can prove the pod never started (the control
+    plane died between recording the start and making it), so it may be
+    started now without running twice.
+    """
+
+    state: Literal["running", "succeeded", "failed", "oom_killed", "signalled", "lost", "absent"]
     exit_code: int | None
     message: str
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """An event written in the same transaction as the job record it comes with."""
+
+    time: float
+    kind: str
+    data: Mapping[str, Any]

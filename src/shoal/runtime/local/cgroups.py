@@ -174,6 +174,16 @@ class Cgroups:
         except (OSError, ValueError):
             return 0
 
+    def hide_root(self) -> None:
+        """Let other users pass through the root cgroup but not list it (0711).
+
+        Its children are named after tenants and jobs; a pod reads its own
+        cgroup's name in /proc/self/cgroup and needs nothing else.
+        """
+        for base in set(self._dirs.values()):
+            with contextlib.suppress(OSError):
+                (base / self.root).chmod(0o711)
+
     def remove_root(self) -> bool:
         """Remove the (empty) root cgroup itself, e.g. after tests; False while in use."""
         return self.remove(self.root) if self.available else True

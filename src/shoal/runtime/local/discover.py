@@ -16,17 +16,18 @@ _PROC = Path("/proc")
 
 def find_pod(uid: str) -> tuple[int, int] | None:
     needle = f"SHOAL_POD_UID={uid}".encode()
-    for entry in os.scandir(_PROC):
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (_PROC / entry.name / "environ").read_bytes()
-            if needle not in environ.split(b"\0"):
+    with os.scandir(_PROC) as entries:  # closed even when it returns early
+        for entry in entries:
+            if not entry.name.isdigit():
                 continue
-            stat = (_PROC / entry.name / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
-        # Field 22 (start time) follows the parenthesised command name.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        return int(entry.name), int(fields[19])
+            try:
+                environ = (_PROC / entry.name / "environ").read_bytes()
+                if needle not in environ.split(b"\0"):
+                    continue
+                stat = (_PROC / entry.name / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+            # Field 22 (start time) follows the parenthesised command name.
+            fields = stat[stat.rfind(")") + 2 :].split()
+            return int(entry.name), int(fields[19])
     return None

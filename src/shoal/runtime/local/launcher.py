@@ -13,7 +13,9 @@ and starting it) is looked up by the unique id in its environment.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,10 @@ from shoal.control.records import JobRow, PodRecord, PodStatus
 from shoal.domain.job import TrainingJob
 from shoal.runtime.local import sandbox
 from shoal.runtime.local.discover import find_pod
+from shoal.runtime.local.logs import LogLimits, rotate_if_full
 from shoal.runtime.local.podspec import PodHandle, PodSpec
 from shoal.runtime.local.process import LocalProcesses
+from shoal.runtime.local.users import PodUsers
 
 DEFAULT_COMMAND = ["sleep", "infinity"]
 DEFAULT_PIDS_LIMIT = 1024
@@ -40,10 +44,15 @@ class LocalPods:
         state_dir: Path,
         tenant_isolation: Callable[[str], str],
         find: Callable[[str], tuple[int, int] | None] = find_pod,
+        users: PodUsers | None = None,
+        log_limits: LogLimits | None = None,
     ) -> None:
         self.processes = processes
         self.state_dir = state_dir
         self.isolation_of = tenant_isolation
+        self.users = users or PodUsers("self", lambda tenant: 0)
+        self.log_limits = log_limits or LogLimits()
+        self._log_checked: dict[str, float] = {}  # pod uid -> when its log size was looked at
         self.find = find
         self.handles: dict[str, PodHandle] = {}  # pod uid -> live handle
         self._ports: dict[tuple[str, int], int] = {}  # (job, attempt) -> rendezvous port
@@ -71,9 +80,15 @@ class LocalPods:
     def observe(self, job: JobRow, pod: PodRecord) -> PodStatus:
         handle = self.handles.get(pod.uid) or self._adopt(job, pod)
         if handle is None:
-            return _LOST
+            if pod.handle:
+                return _LOST
+            # Recorded as starting, and no process carries its id.
+            return self.processes.never_watched(self.spec(job, pod, rendezvous_port=0))
         self.handles[pod.uid] = handle
-        return self.processes.poll(handle)
+        status = self.processes.poll(handle)
+        if status.state == "running":
+            self._rotate_log(job, pod)
+        return status
 
     def stop(self, job: JobRow, pod: PodRecord, grace_seconds: float) -> None:
         handle = self.handles.get(pod.uid) or self._adopt(job, pod)
@@ -88,7 +103,9 @@ class LocalPods:
     def release(self, job: JobRow, pods: Sequence[PodRecord]) -> None:
         for pod in pods:
             self.handles.pop(pod.uid, None)
+            self._log_checked.pop(pod.uid, None)
         self._ports.pop((job.name, job.attempts), None)
+        (self.job_dir(job.name) / f".rendezvous-{job.attempts}").unlink(missing_ok=True)
         if sandbox.network_exists(job.name):
             sandbox.delete_network(job.name)
 
@@ -104,14 +121,31 @@ class LocalPods:
             found = (located[0], located[1], None)
         pid, ticks, cgroup = found
         spec = self.spec(job, pod, rendezvous_port=0)
+        cgroup = cgroup or self.processes.cgroup_of(spec)
         handle = self.processes.adopt(pid, ticks, spec, cgroup)
         # One that ended while nobody watched may have left its exit code behind.
         return handle if handle is not None else PodHandle(pid, ticks, cgroup, spec)
 
+    def _rotate_log(self, job: JobRow, pod: PodRecord) -> None:
+        now = time.monotonic()
+        if now - self._log_checked.get(pod.uid, -1.0) >= 1.0:  # a stat per pod per second
+            self._log_checked[pod.uid] = now
+            rotate_if_full(self.log_path(job.name, pod.index), self.log_limits)
+
     def _port(self, job: JobRow) -> int:
+        """The attempt's rendezvous port, kept in the job's folder: a control plane that
+        restarts mid-start gives the gang's remaining pods the port the others have."""
         key = (job.name, job.attempts)
         if key not in self._ports:
-            self._ports[key] = _free_port()
+            record = self.job_dir(job.name) / f".rendezvous-{job.attempts}"
+            try:
+                self._ports[key] = int(record.read_text())
+            except (OSError, ValueError):
+                self._ports[key] = _free_port()
+                record.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(str(self._ports[key]))
         return self._ports[key]
 
     def spec(self, job: JobRow, pod: PodRecord, rendezvous_port: int | None = None) -> PodSpec:
@@ -137,15 +171,16 @@ class LocalPods:
             sandbox.create_network(network)
         fraction = gpu.fraction if gpu is not None and gpu.fraction is not None else None
         log = self.log_path(job.name, pod.index)
+        workdir = (Path(manifest.spec.working_dir) if manifest.spec.working_dir
+                   else self.job_dir(job.name) / f"pod-{pod.index}")
+        # Only the folders Shoal made are handed to the pod's user, never a host folder.
+        own = tuple(p for p in (workdir, checkpoint_dir) if p.is_relative_to(self.job_dir(job.name)))
         return PodSpec(
             job=job.name,
             tenant=job.tenant,
             index=pod.index,
             command=list(manifest.spec.command or DEFAULT_COMMAND),
-            workdir=(
-                Path(manifest.spec.working_dir) if manifest.spec.working_dir
-                else self.job_dir(job.name) / f"pod-{pod.index}"
-            ),
+            workdir=workdir,
             log_path=log,
             env={**manifest.spec.env, **env},
             cpu_milli=shape.cpu,
@@ -158,6 +193,8 @@ class LocalPods:
             network=network,
             writable=(checkpoint_dir,),
             exit_file=log.with_suffix(f".{pod.uid}.exit"),
+            user=self.users.of(job.tenant),
+            own=own,
         )
 
 

@@ -22,8 +22,10 @@ from shoal.errors import ShoalError
 from shoal.runtime.local.checkpoints import LocalCheckpoints
 from shoal.runtime.local.inventory import PoolInventory
 from shoal.runtime.local.launcher import LocalPods
+from shoal.runtime.local.logs import LogLimits
 from shoal.runtime.local.process import LocalProcesses
 from shoal.runtime.local.store import SqliteStore, StoreError
+from shoal.runtime.local.users import DEFAULT_UID_BASE, UID_RANGE, PodUsers, resolve_mode
 
 LOCK_FILE = "plane.lock"
 
@@ -48,6 +50,35 @@ def _exclusive(path: Path) -> int | None:
     return fd
 
 
+def _guard(state_dir: Path) -> None:
+    """Pods (other users) may pass through the state folder to their own folders, no more.
+
+    The folder and ``jobs/`` are 0711: searchable but not listable, so a pod
+    reaches its own folders by path and cannot learn other jobs' names; every
+    file in it is the plane's alone (0600). A pod cannot get to its folders
+    at all when a folder above the state folder is closed to other users.
+    """
+    for folder in (state_dir, state_dir / "jobs"):
+        folder.mkdir(exist_ok=True)
+        folder.chmod(0o711)
+    for parent in state_dir.resolve().parents:
+        if not parent.stat().st_mode & 0o001:
+            raise StoreError(
+                f"pods run as their tenants' own users and could not reach their folders in "
+                f"{state_dir}: {parent} is closed to other users "
+                f"(mode {parent.stat().st_mode & 0o777:04o})",
+                hint="pick a state folder other users may pass through (e.g. /var/lib/shoal), "
+                "or --pod-user self (pods then run as the plane's user)",
+            )
+
+
+def _private_files(state_dir: Path) -> None:
+    # SQLite gives its -wal and -shm files the database's own mode.
+    for entry in state_dir.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            entry.chmod(0o600)
+
+
 class SystemClock:
     def now(self) -> float:
         return time.time()
@@ -56,10 +87,15 @@ class SystemClock:
 class EmbeddedPlane:
     def __init__(self, state_dir: Path, policy: str = "most-allocated",
                  grace_seconds: float = 10.0, tick_seconds: float = 0.05,
-                 clock: Clock | None = None, seed: int = 0) -> None:
+                 clock: Clock | None = None, seed: int = 0, pod_user: str | None = None,
+                 pod_uid_base: int = DEFAULT_UID_BASE,
+                 log_limits: LogLimits | None = None) -> None:
         self.state_dir = state_dir
+        mode = resolve_mode(pod_user)
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
+            if mode == "tenant":
+                _guard(state_dir)
         except OSError as exc:
             raise StoreError(f"cannot use {state_dir} as the state folder: "
                              f"{exc.strerror or exc}") from exc
@@ -67,10 +103,15 @@ class EmbeddedPlane:
         # the same jobs' pods.  The kernel drops the lock when the process dies.
         self._lock = _exclusive(state_dir / LOCK_FILE)
         self.store = SqliteStore(state_dir / "state.db")
+        if mode == "tenant":
+            _private_files(state_dir)
         # Sandboxes hide the whole state folder (database, admin token, every
         # job's files) and mount back only the pod's own folders.
-        self.processes = LocalProcesses(jobs_root=state_dir)
-        self.pods = LocalPods(self.processes, state_dir, self._isolation)
+        self.processes = LocalProcesses(jobs_root=state_dir, private_root=mode == "tenant")
+        self.users = PodUsers(mode, lambda tenant: self.store.pod_uid(
+            tenant, pod_uid_base, UID_RANGE))
+        self.pods = LocalPods(self.processes, state_dir, self._isolation, users=self.users,
+                              log_limits=log_limits or LogLimits())
         self.clock: Clock = clock or SystemClock()
         config = ControlConfig(policy=policy, seed=seed,
                                retry=RetryPolicy(grace_seconds=grace_seconds))

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from shoal.runtime.local.users import PodUser
+
 
 @dataclass(frozen=True)
 class PodSpec:
@@ -34,6 +36,10 @@ class PodSpec:
     writable: tuple[Path, ...] = field(default_factory=tuple)
     exit_file: Path | None = None
     """Where the pod's exit code is written, so it is known even after a restart."""
+    user: PodUser | None = None
+    """Who the command runs as; None: the control plane's own user."""
+    own: tuple[Path, ...] = field(default_factory=tuple)
+    """The folders Shoal made for this pod (workdir, checkpoints): handed to ``user``."""
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from shoal.runtime.local.pods import (
 )
 from shoal.runtime.local.podspec import PodHandle, PodSpec
 from shoal.runtime.local.procfs import children, group_members, in_group, read_stat, wait_exits
+from shoal.runtime.local.users import drop_privileges, give, unreachable
 
 __all__ = [
     "CommandNotFoundError",
@@ -73,6 +74,7 @@ _LOST = "exited while Shoal was not its parent (after a restart); exit code unkn
 # In a sandbox it runs bwrap (outside it, so that the pod cannot write the file),
 # and what it records is bwrap's status: the command's, 128 + n after signal n.
 _RECORD_EXIT = """exit_file=$1; shift
+: > "$exit_file.started" || exit 125
 "$@" &
 child=$!
 trap : TERM INT HUP
@@ -83,6 +85,11 @@ done
 echo "$code" > "$exit_file.tmp" && mv "$exit_file.tmp" "$exit_file"
 exit "$code"
 """
+
+
+def started_marker(exit_file: Path) -> Path:
+    """The file the exit recorder creates before it runs the command."""
+    return exit_file.with_name(exit_file.name + ".started")
 
 
 def _signal_codes(spec: PodSpec) -> bool:
@@ -105,8 +112,11 @@ class LocalProcesses:
         root_cgroup: str = "shoal",
         warn: Callable[[str], None] = _log.warning,
         jobs_root: Path | None = None,
+        private_root: bool = False,
     ) -> None:
         self.cgroups = Cgroups(root_cgroup)  # detected once, here
+        if private_root:  # pods run as other users: they must not list the tree
+            self.cgroups.hide_root()
         self.jobs_root = jobs_root  # hidden from sandboxed pods but for their own workdir
         self._root = root_cgroup
         self._warn, self._warned = warn, False
@@ -119,6 +129,8 @@ class LocalProcesses:
         """Start the pod; :class:`PodStartError` (an InputError) when its spec cannot run."""
         self._collect()
         env = environment(spec)
+        if spec.user is not None:
+            env["HOME"] = str(spec.workdir)  # the plane's HOME is not the pod's to read
         argv = [resolve_command(spec, env), *spec.command[1:]]
         records = () if spec.exit_file is None else (spec.exit_file.parent,)
         for path in (spec.workdir, spec.log_path.parent, *spec.writable, *records):
@@ -126,10 +138,15 @@ class LocalProcesses:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise WorkdirError(f"pod {pod_name(spec)}: cannot create {path}: {exc.strerror}") from exc
+        if spec.user is not None:
+            self._hand_over(spec, argv[0])
         if spec.isolation == "sandbox":
             argv = self._sandboxed(spec, argv, env)
+        elif spec.user is not None:
+            argv = [*drop_privileges(spec.user), *argv]
         if spec.exit_file is not None:
-            # Outside any sandbox: the pod gets no write access for it.
+            # Outside any sandbox and before privileges are dropped: the pod gets
+            # no write access to it.
             argv = ["/bin/sh", "-c", _RECORD_EXIT, "shoal-pod", str(spec.exit_file), *argv]
         cgroup = self._cgroup_for(spec)
         if cgroup is not None:
@@ -163,10 +180,34 @@ class LocalProcesses:
             return sandbox.sandbox_argv(
                 argv, workdir=spec.workdir, hostname=hostname(spec), writable=spec.writable,
                 jobs_root=self.jobs_root, network=spec.network, gpus=bool(spec.gpus),
-                search_path=env.get("PATH", os.defpath),
+                search_path=env.get("PATH", os.defpath), user=spec.user,
             )
         except sandbox.SandboxPathError as exc:
             raise sandbox.SandboxPathError(f"pod {pod_name(spec)}: {exc.message}", hint=exc.hint) from None
+
+    def _hand_over(self, spec: PodSpec, program: str) -> None:
+        """Give the pod's own folders to its user; check it can reach what it runs."""
+        assert spec.user is not None
+        for log_dir in {spec.log_path.parent} | ({spec.exit_file.parent} if spec.exit_file else set()):
+            log_dir.chmod(0o700)  # logs and exit codes are the plane's: the pod writes through an fd
+        for path in spec.own:
+            try:
+                give(path, spec.user)
+            except OSError as exc:
+                raise WorkdirError(
+                    f"pod {pod_name(spec)}: cannot hand {path} to uid {spec.user.uid}: {exc.strerror}"
+                ) from exc
+        for what, path in (("working folder", spec.workdir), ("program", Path(program))):
+            if what == "working folder" and path in spec.own:
+                continue
+            problem = unreachable(path, spec.user, sandboxed=spec.isolation == "sandbox")
+            if problem is not None:
+                raise WorkdirError(
+                    f"pod {pod_name(spec)} runs as uid {spec.user.uid} (tenant "
+                    f"{spec.tenant}), which cannot reach its {what} {path}: {problem}",
+                    hint="put it where other users may read it, or run the control plane "
+                    "with --pod-user self (pods then run as the plane's user)",
+                )
 
     def poll(self, handle: PodHandle) -> PodStatus:
         """Where the pod stands, without blocking; reaps it once it has ended."""
@@ -279,18 +320,41 @@ class LocalProcesses:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
 
-    def _cgroup_for(self, spec: PodSpec) -> str | None:
-        limited = bool(spec.cpu_milli or spec.memory_mib or spec.pids_limit)
-        if self.cgroups.problem and limited and not self._warned:
-            self._warned = True
-            self._warn(f"shoal: {self.cgroups.problem}; pod CPU, memory and PID limits are not enforced")
+    def cgroup_of(self, spec: PodSpec) -> str | None:
+        """The pod's cgroup (None where cgroups are not used): a function of the spec alone,
+        so that a pod started by a control plane that died before recording it is found."""
         if not self.cgroups.available:
             return None
         # Tenant and pod id in the name: job names may repeat across tenants,
         # and a retry must not collide with a previous attempt still exiting.
         uid = spec.env.get("SHOAL_POD_UID", "")[:8]
         owner = "-".join(part for part in (spec.tenant, spec.job, uid) if part)
-        cgroup = cgroup_name(self._root, owner, spec.index)
+        return cgroup_name(self._root, owner, spec.index)
+
+    def never_watched(self, spec: PodSpec) -> PodStatus:
+        """How a pod that no process carries and no handle names ended, or ``absent``.
+
+        The control plane died between recording the pod and recording its
+        process: the exit recorder's files say whether it started and how it
+        ended (its cgroup is removed either way).
+        """
+        self._release(self.cgroup_of(spec))
+        recorded = _recorded_exit(spec.exit_file)
+        if recorded is not None:
+            return exit_status(recorded, signal_codes=True, oom_kills=0,
+                               memory_mib=spec.memory_mib)
+        if spec.exit_file is not None and not started_marker(spec.exit_file).exists():
+            return PodStatus("absent", None, "never started")
+        return PodStatus("lost", None, _LOST)
+
+    def _cgroup_for(self, spec: PodSpec) -> str | None:
+        limited = bool(spec.cpu_milli or spec.memory_mib or spec.pids_limit)
+        if self.cgroups.problem and limited and not self._warned:
+            self._warned = True
+            self._warn(f"shoal: {self.cgroups.problem}; pod CPU, memory and PID limits are not enforced")
+        cgroup = self.cgroup_of(spec)
+        if cgroup is None:
+            return None
         if self.cgroups.pids(cgroup):
             raise PodStartError(f"pod {pod_name(spec)} is already running (cgroup {cgroup} is in use)")
         return cgroup

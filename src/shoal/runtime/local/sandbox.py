@@ -4,8 +4,9 @@ A sandboxed pod gets:
 
 - new PID, IPC and UTS namespaces: it sees only its own processes (its command
   is PID 2, bwrap's init is PID 1) and can signal nobody else;
-- a read-only view of the host (``--ro-bind / /``), a minimal ``/dev``, its own
-  ``/proc``, a private ``/tmp``, an empty ``/sys/fs/cgroup`` (the tree names
+- a read-only view of the host (``--ro-bind / /``), a minimal ``/dev`` (with a
+  private ``/dev/shm``, 1777), its own
+  ``/proc``, a private ``/tmp`` (mode 1777), an empty ``/sys/fs/cgroup`` (the tree names
   every tenant's pods); only its workdir and the ``writable`` paths
   (e.g. the checkpoint directory) are bound read-write;
 - an empty tmpfs over the runtime's jobs root, with only its own workdir bound
@@ -21,7 +22,10 @@ A sandboxed pod gets:
   link, script or ``pyvenv.cfg`` in the pod's own (tenant-writable) folders
   names is never bound: :class:`SandboxPathError` says what cannot be shown
   and why, instead of bwrap failing to exec it;
-- no capabilities (``--cap-drop ALL``) even when Shoal runs as root;
+- no capabilities (``--cap-drop ALL``) even when Shoal runs as root, and
+  the tenant's own unprivileged user (see ``users.py``): bubblewrap keeps
+  only what ``setpriv`` needs to switch to it, and nothing is left to the
+  command;
 - the ``/dev/nvidia*`` device nodes only when it was given GPUs;
 - networking: the pods of one gang share the namespace ``shoal-<network>``
   (made by :func:`create_network`, loopback up, entered with ``ip netns exec``)
@@ -54,6 +58,7 @@ from pathlib import Path
 
 from shoal.errors import ShoalError
 from shoal.runtime.local.pods import PodStartError
+from shoal.runtime.local.users import PodUser, drop_privileges, passable
 
 NETNS_DIR = Path("/run/netns")
 CGROUP_FS = "/sys/fs/cgroup"
@@ -62,6 +67,10 @@ _MAX_LINKS = 40  # the kernel's limit before ELOOP
 _MAX_INTERPRETERS = 4  # the kernel's limit on nested #! interpreters
 _SHEBANG_BYTES = 256  # how much of a script the kernel reads for its #! line
 _CONFIG_BYTES = 65536  # a pyvenv.cfg is a few lines
+# What setpriv needs, inside the sandbox, to become the pod's user and empty the
+# bounding set; it leaves the command none of them.
+_SWITCH_USER = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
+_ENTER = 'cd -- "$1" || exit 125; shift; exec "$@"'
 
 
 class SandboxUnavailableError(ShoalError):
@@ -129,10 +138,13 @@ def sandbox_argv(
     network: str | None = None,
     gpus: bool = False,
     search_path: str = os.defpath,
+    user: PodUser | None = None,
 ) -> list[str]:
     """The argv that runs ``command`` (its program already resolved) inside a sandbox.
 
     ``search_path`` is the pod's PATH, where ``#!/usr/bin/env NAME`` finds NAME.
+    ``user``: who the command runs as; bubblewrap keeps just the capabilities
+    that ``setpriv`` needs to switch to it, and ``setpriv`` drops them all.
     :class:`SandboxPathError` when what the pod runs cannot be shown to it.
     """
     bwrap = bwrap_path()
@@ -140,9 +152,14 @@ def sandbox_argv(
         raise SandboxUnavailableError(
             "sandbox isolation needs bubblewrap", hint="apt-get install -y bubblewrap"
         )
-    exposure = Exposure(workdir, (workdir, *writable), jobs_root, search_path)
+    exposure = Exposure(workdir, (workdir, *writable), jobs_root, search_path, user)
     exposure.program(Path(command[0]))
-    argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    # /dev/shm as on a host (1777): POSIX shared memory and semaphores, which
+    # multiprocessing and PyTorch's data loaders need, work for the pod's user.
+    argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--perms", "1777", "--tmpfs",
+            "/dev/shm", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]
+    for folder in exposure.closed:
+        argv += ["--tmpfs", str(folder)]  # e.g. /root, where the pod's Python may live
     if Path(CGROUP_FS).is_dir():
         # The cgroup tree names every pod on the machine (tenant and job).
         argv += ["--tmpfs", CGROUP_FS]
@@ -161,7 +178,19 @@ def sandbox_argv(
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", hostname]
     if network is None:
         argv.append("--unshare-net")
-    argv += ["--cap-drop", "ALL", "--chdir", str(workdir), "--", *command]
+    # bwrap makes the missing parents of a mount point 0700 (root's): closed to the
+    # pod's user. Make them first, passable: read-only views 0755, the jobs root 0711.
+    argv = _passable_parents(argv, [(area, "0755") for area in exposure.hidden] + (
+        [(jobs_root, "0711")] if jobs_root is not None else []))
+    argv += ["--cap-drop", "ALL"]
+    if user is None:
+        argv += ["--chdir", str(workdir), "--", *command]
+    else:
+        # The workdir is the pod user's own (0700): only that user may enter it,
+        # so it is entered after the switch, not by bwrap.
+        argv += [arg for cap in _SWITCH_USER for arg in ("--cap-add", cap)]
+        argv += ["--chdir", "/", "--", *drop_privileges(user),
+                 "/bin/sh", "-c", _ENTER, "shoal-pod", str(workdir), *command]
     if network is None:
         return argv
     if not network_exists(network):
@@ -171,6 +200,32 @@ def sandbox_argv(
     # ip execs bwrap in place (no fork), so the pod's PID stays the launcher's.
     ip = shutil.which("ip") or "ip"
     return [ip, "netns", "exec", netns_name(network), *argv]
+
+
+_MOUNTS = {"--bind": 2, "--ro-bind": 2, "--dev-bind": 2, "--symlink": 2, "--tmpfs": 1}
+_FLAGS = {"--perms": 1, "--hostname": 1, "--dir": 1, "--dev": 1, "--proc": 1}
+
+
+def _passable_parents(argv: list[str], areas: list[tuple[Path, str]]) -> list[str]:
+    """``argv`` with ``--perms MODE --dir`` before each mount whose parents a tmpfs area lacks."""
+    out, made, i = argv[:1], set(), 1
+    while i < len(argv):
+        option = argv[i]
+        width = _MOUNTS.get(option, _FLAGS.get(option, 0))
+        step = argv[i:i + 1 + width]
+        if option in _MOUNTS:
+            dest = Path(step[-1])
+            for area, mode in areas:
+                if dest != area and _under(dest, area):
+                    for parent in reversed(dest.parents):
+                        if parent != area and _under(parent, area) and parent not in made:
+                            made.add(parent)
+                            out += ["--perms", mode, "--dir", str(parent)]
+            if option == "--tmpfs":
+                made = {p for p in made if not _under(p, dest)}  # a new tmpfs hides them
+        out += step
+        i += 1 + width
+    return out
 
 
 class Exposure:
@@ -189,14 +244,23 @@ class Exposure:
     """
 
     def __init__(self, workdir: Path, own: Sequence[Path], jobs_root: Path | None,
-                 search_path: str) -> None:
+                 search_path: str, user: PodUser | None = None) -> None:
         self.workdir = workdir
         self.own = [_real(path) for path in own]
         self.jobs_root = None if jobs_root is None else _real(jobs_root)
         self.tmp = _real(Path("/tmp"))
         self.search_path = search_path
+        self.user = user
+        self.closed: list[Path] = []
+        """Host folders closed to the pod's user (e.g. /root) on the way to what it runs:
+        each becomes an empty tmpfs, like /tmp, and only what the pod needs is bound back."""
         self.binds: list[Path] = []
         self.links: dict[Path, str] = {}  # where -> what the link says
+
+    @property
+    def hidden(self) -> list[Path]:
+        """The tmpfs areas that binds show parts of: /tmp and the closed folders."""
+        return [self.tmp, *self.closed]
 
     def argv(self) -> list[str]:
         """bwrap's arguments for the planned binds (read-only) and links."""
@@ -246,6 +310,8 @@ class Exposure:
             step = current / part
             if not step.is_symlink():
                 current = step
+                if pending:
+                    self._close_if_closed(current)
                 continue
             hops += 1
             if hops > _MAX_LINKS:
@@ -286,6 +352,19 @@ class Exposure:
         else:
             self.show(bin_dir, "Python installation", trusted)
 
+    def _close_if_closed(self, folder: Path) -> None:
+        """Hide ``folder`` behind a tmpfs when the pod's user may not pass through it."""
+        if self.user is None or self._shown(folder) is False or self._owned(folder):
+            return
+        if any(_under(folder, area) for area in self.closed):
+            return
+        try:
+            info = folder.stat()
+        except OSError:
+            return
+        if stat.S_ISDIR(info.st_mode) and not passable(info, self.user):
+            self.closed.append(folder)
+
     def _check(self, real: Path, path: Path, what: str, trusted: bool) -> None:
         """Refuse to bind (or link) ``real``, reached from ``path``, unless that is safe."""
         named = f"{what} {path}" + ("" if real == path else f" (at {real})")
@@ -300,9 +379,9 @@ class Exposure:
                 "pod's own folders: only what the sandbox shows anyway may be named there",
                 hint="name it in the job's command, not through a link, script or pyvenv.cfg there",
             )
-        if real == self.tmp:
+        if real in self.hidden:
             raise SandboxPathError(
-                f"{named} would show all of {self.tmp} to the pod", hint="move it to a folder of its own"
+                f"{named} would show all of {real} to the pod", hint="move it to a folder of its own"
             )
 
     def _owned(self, path: Path) -> bool:
@@ -317,7 +396,7 @@ class Exposure:
             return True
         if self.jobs_root is not None and _under(path, self.jobs_root):
             return False
-        return not _under(path, self.tmp) or self._bound(path)
+        return not any(_under(path, area) for area in self.hidden) or self._bound(path)
 
 
 def _real(path: Path) -> Path:

@@ -19,11 +19,11 @@ Timestamps are always passed in: the clock is a port, never read here.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from shoal.control.records import FINAL_PHASES, PHASES, JobRow, Principal
+from shoal.control.records import FINAL_PHASES, PHASES, EventRecord, JobRow, Principal
 from shoal.errors import InternalError
 from shoal.runtime.local.store_db import (
     AlreadyExists,
@@ -39,7 +39,16 @@ from shoal.runtime.local.store_schema import (
     job_from_row,
     migrate,
 )
-from shoal.runtime.local.store_tokens import Role, find_principal, insert_token, load_salt, revoke
+from shoal.runtime.local.store_tokens import (
+    Role,
+    find_principal,
+    get_token,
+    insert_token,
+    list_tokens,
+    load_salt,
+    revoke,
+    revoke_id,
+)
 
 __all__ = [
     "PHASES", "AlreadyExists", "JobRow", "NotFound", "Principal", "SqliteStore",
@@ -61,6 +70,28 @@ class SqliteStore(Database):
             self.close()
             raise
 
+    # -- pod users ------------------------------------------------------------
+
+    def pod_uid(self, tenant: str, base: int, size: int) -> int:
+        """The tenant's pod uid, given out on first use from ``base`` up and never reused:
+        a tenant deleted and created again gets a new one (see ``delete_tenant``)."""
+        key = f"pod_uid:{tenant}"
+        with self.transaction():
+            conn = self._conn()
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                return int(row["value"])
+            row = conn.execute("SELECT value FROM meta WHERE key = 'pod_uid_next'").fetchone()
+            given = int(row["value"]) if row is not None else 0
+            if given >= size:
+                raise StoreError(f"all {size} pod uids from {base} are taken",
+                                 hint="start the control plane with another --pod-uid-base")
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, str(base + given)))
+            conn.execute("INSERT INTO meta (key, value) VALUES ('pod_uid_next', ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                         (str(given + 1),))
+            return base + given
+
     # -- tenants and nodes ----------------------------------------------------
 
     def put_tenant(self, name: str, spec: dict[str, Any]) -> None:
@@ -69,11 +100,18 @@ class SqliteStore(Database):
     def tenants(self) -> dict[str, dict[str, Any]]:
         return self._all("tenants")
 
-    def delete_tenant(self, name: str) -> None:
-        """Remove a tenant and revoke its tokens in the same transaction."""
+    def delete_tenant(self, name: str) -> int:
+        """Remove a tenant and revoke its tokens in the same transaction.
+
+        Returns how many of its tokens were live.  Its jobs are the caller's
+        to check first (``shoal.app.lifecycle``).
+        """
         with self.transaction():
             self._delete("tenants", "tenant", name)
-            revoke(self._conn(), name)
+            # Its pod uid is retired with it: files its pods left are not the next
+            # tenant of that name's to read.
+            self._conn().execute("DELETE FROM meta WHERE key = ?", (f"pod_uid:{name}",))
+            return revoke(self._conn(), name)
 
     def put_node(self, name: str, spec: dict[str, Any]) -> None:
         self._put("nodes", name, spec)
@@ -170,11 +208,16 @@ class SqliteStore(Database):
             self._fenced(name, expected_version, assignments, list(columns.values()))
             return self.get_job(name)
 
-    def save_job(self, job: JobRow) -> JobRow:
-        """Write every mutable field of ``job``, fenced by ``job.version`` (see ``update_job``)."""
-        return self.update_job(
-            job.name, job.version, **{f: getattr(job, f) for f in sorted(MUTABLE_FIELDS)}
-        )
+    def save_job(self, job: JobRow, events: Sequence[EventRecord] = ()) -> JobRow:
+        """Write every mutable field of ``job``, fenced by ``job.version`` (see ``update_job``),
+        and its ``events``, in one transaction."""
+        with self.transaction():
+            saved = self.update_job(
+                job.name, job.version, **{f: getattr(job, f) for f in sorted(MUTABLE_FIELDS)}
+            )
+            for event in events:
+                self.append_event(event.time, event.kind, job.name, job.tenant, dict(event.data))
+            return saved
 
     def finalize_job(self, name: str, expected_version: int) -> None:
         """Retire a job once its pods are gone: the row stays for audit, the name is freed."""
@@ -236,15 +279,34 @@ class SqliteStore(Database):
 
     # -- tokens ---------------------------------------------------------------
 
-    def create_token(self, principal: str, role: Role, tenant: str | None) -> str:
-        """Mint a token and return its plaintext, the only time it is ever visible."""
+    def create_token(self, principal: str, role: Role, tenant: str | None,
+                     now: float | None = None, expires: float | None = None) -> str:
+        """Mint a token and return its plaintext, the only time it is ever visible.
+
+        ``now`` is recorded as its creation time; ``expires`` None: it never expires.
+        """
         with self.transaction():
             if role == "tenant" and tenant and tenant not in self.tenants():
                 raise NotFound(f"tenant '{tenant}' not found")
-            return insert_token(self._conn(), self._salt, principal, role, tenant)
+            return insert_token(self._conn(), self._salt, principal, role, tenant, now, expires)
 
-    def resolve_token(self, token: str) -> Principal | None:
-        return find_principal(self._conn(), self._salt, token)
+    def resolve_token(self, token: str, now: float | None = None) -> Principal | None:
+        """Who ``token`` stands for at time ``now``; None for an unknown, revoked or
+        expired one alike.  Without ``now`` a token that expires at all is refused."""
+        return find_principal(self._conn(), self._salt, token, now)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every token (id, name, role, tenant, created, expires, revoked); never a secret."""
+        return list_tokens(self._conn())
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        """Revoke one token by its id (idempotent) and return it; NotFound if unknown."""
+        with self.transaction():
+            revoke_id(self._conn(), token_id)
+            found = get_token(self._conn(), token_id)
+            if found is None:
+                raise NotFound(f"token '{token_id}' not found")
+            return found
 
     def revoke_tokens(self, tenant: str) -> int:
         """Revoke every token of ``tenant``; returns how many were live."""

@@ -120,9 +120,18 @@ _V2 = (
     "WHERE finalized = 0",
 )
 
+# When a token was minted and when it stops working (both on the control
+# plane's clock; NULL: unknown, and never).  Tokens minted before keep
+# working: they never expire.
+_V3 = (
+    "ALTER TABLE tokens ADD COLUMN created REAL",
+    "ALTER TABLE tokens ADD COLUMN expires REAL",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, tenants, nodes, events, tokens", _V1),
     Migration(2, "job stop cause, deadline, preemptor, checkpoint, failures", _V2),
+    Migration(3, "token creation and expiry times", _V3),
 )
 LATEST = MIGRATIONS[-1].version
 

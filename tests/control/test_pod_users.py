@@ -1,0 +1,208 @@
+"""Pods run as their tenant's own unprivileged user: each attack of a hostile pod fails.
+
+A real control plane as root (``--pod-user tenant``), real processes, both
+isolation levels. Tenant A's pod tries, from a shell, what a hostile tenant
+would: read the plane's secrets and another tenant's files, signal another
+tenant's pod and the plane, change its own limits, leave its cgroup, write to
+the host, gain privileges. Every attempt must fail, and the pod must still be
+able to use its own folders (so the test could fail the other way too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.api import launch
+from shoal.api.client import ShoalClient
+from tests.control.conftest import CLUSTER, job, phase, wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pod users need a root control plane")
+
+BWRAP = pytest.mark.skipif(shutil.which("bwrap") is None,
+                           reason="bubblewrap (bwrap) is not installed")
+
+# Each line: a name, then a shell command that succeeds only if the attack worked.
+ATTACKS = {
+    "read-admin-token": 'cat "$STATE/admin-token"',
+    "read-database": 'cat "$STATE/state.db"',
+    "list-state-folder": 'ls "$STATE" | grep -q state.db',
+    "list-jobs": 'ls "$STATE/jobs" | grep -qx victim',
+    "read-other-checkpoint": 'cat "$STATE/jobs/victim/checkpoints/model.ckpt"',
+    "list-other-checkpoints": 'ls "$STATE/jobs/victim/checkpoints" | grep -q model',
+    "write-other-checkpoint": 'echo x > "$STATE/jobs/victim/checkpoints/model.ckpt"',
+    "read-other-log": 'grep -q victim-secret "$STATE/jobs/victim/logs/pod-0.log"',
+    "read-own-exit-record-folder": 'ls "$STATE/jobs/attacker/logs"',
+    "kill-other-pod": 'kill -KILL "$VICTIM_PID"',
+    "signal-control-plane": 'kill -0 "$PLANE_PID"',
+    "write-etc": "touch /etc/shoal-attack",
+    "read-shadow": "cat /etc/shadow",
+    "list-cgroup-tree": 'for d in /sys/fs/cgroup/*/shoal /sys/fs/cgroup/shoal; do '
+                        'ls "$d" 2>/dev/null | grep -q victim && exit 0; done; exit 1',
+    "raise-memory-limit": 'for f in /sys/fs/cgroup/memory"$(grep :memory: /proc/self/cgroup | '
+                          'cut -d: -f3)"/memory.limit_in_bytes "/sys/fs/cgroup$(grep ^0:: '
+                          '/proc/self/cgroup | cut -d: -f3)/memory.max"; do '
+                          '[ -f "$f" ] && echo 8589934592 > "$f" && exit 0; done; exit 1',
+    "leave-cgroup": 'for f in /sys/fs/cgroup/memory/cgroup.procs /sys/fs/cgroup/pids/cgroup.procs '
+                    '/sys/fs/cgroup/cgroup.procs; do [ -f "$f" ] && echo $$ > "$f" && exit 0; '
+                    'done; exit 1',
+    "mount": "mount -t tmpfs none /mnt",
+    "chroot": "chroot / true",
+    "change-owner": 'chown 0 "$HOME"',
+    "bind-low-port": "python3 -c 'import socket; socket.socket().bind((\"0.0.0.0\", 81))'",
+}
+ATTACK_SCRIPT = "\n".join(
+    f'if ( {command} ) >/dev/null 2>&1; then echo "ESCAPED {name}"; else echo "blocked {name}"; fi'
+    for name, command in ATTACKS.items()
+) + """
+echo mine > own-file && echo "ok workdir"
+echo step > "$SHOAL_CHECKPOINT_DIR/model.ckpt" && echo "ok checkpoint"
+echo "uid $(id -u) gid $(id -g) groups $(id -G)"
+grep -E '^(CapEff|CapBnd|NoNewPrivs):' /proc/self/status
+"""
+
+VICTIM = """
+echo victim-secret
+echo weights > "$SHOAL_CHECKPOINT_DIR/model.ckpt"
+echo saved
+exec sleep 600
+"""
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[launch.Running]:
+    running = launch.start(tmp_path / "state", grace_seconds=3.0, pod_user="tenant")
+    try:
+        yield running
+    finally:
+        admin = ShoalClient(running.url, running.token)
+        for row in admin.jobs():
+            if row["phase"] in ("Pending", "Running", "Preempting"):
+                admin.delete(row["name"])
+        wait_for(lambda: all(r["phase"] not in ("Running", "Preempting") for r in admin.jobs()))
+        admin.close()
+        running.stop()
+
+
+def _tenants(isolation: str) -> str:
+    return CLUSTER.replace("spec: {cohort: lab,", f"spec: {{isolation: {isolation}, cohort: lab,")
+
+
+def _pid(admin: ShoalClient, name: str) -> int:
+    handle = admin.job(name)["pods"][0]["handle"]
+    return int(json.loads(handle)["pid"])
+
+
+@pytest.mark.parametrize("isolation", ["process", pytest.param("sandbox", marks=BWRAP)])
+def test_every_attack_of_a_hostile_pod_fails(plane: launch.Running, isolation: str) -> None:
+    admin = ShoalClient(plane.url, plane.token)
+    admin.apply_text(_tenants(isolation), "cluster.yaml")
+    admin.apply_text(job("victim", "team-b", ["/bin/sh", "-c", VICTIM], gpus=0), "v.yaml")
+    wait_for(lambda: "saved" in admin.logs("victim", pod=0), timeout=60)
+    victim_pid = _pid(admin, "victim")
+    state = plane.plane.state_dir
+    script = f'STATE={state}; VICTIM_PID={victim_pid}; PLANE_PID={os.getpid()}\n' + ATTACK_SCRIPT
+    admin.apply_text(job("attacker", "team-a", ["/bin/sh", "-c", script], gpus=0), "a.yaml")
+    wait_for(lambda: phase(admin, "attacker") in ("Succeeded", "Failed"), timeout=60)
+    log = admin.logs("attacker", pod=0)
+
+    assert phase(admin, "attacker") == "Succeeded", log
+    blocked = {line.split()[1] for line in log.splitlines() if line.startswith("blocked ")}
+    escaped = [line for line in log.splitlines() if line.startswith("ESCAPED ")]
+    assert escaped == [], log
+    assert blocked == set(ATTACKS), log
+    # ... while its own folders work, so the attacks failed for the right reason.
+    assert "ok workdir" in log and "ok checkpoint" in log, log
+    uid_line = next(line for line in log.splitlines() if line.startswith("uid "))
+    uid = int(uid_line.split()[1])
+    assert uid >= 2_000_000_000 and uid_line == f"uid {uid} gid {uid} groups {uid}"
+    assert "CapEff:\t0000000000000000" in log and "CapBnd:\t0000000000000000" in log
+    assert "NoNewPrivs:\t1" in log
+    # The victim runs on untouched, as another user, its checkpoint intact.
+    assert phase(admin, "victim") == "Running"
+    ckpt = state / "jobs" / "victim" / "checkpoints" / "model.ckpt"
+    assert ckpt.read_text() == "weights\n"
+    assert ckpt.stat().st_uid not in (0, uid)
+    assert not Path("/etc/shoal-attack").exists()
+    admin.close()
+
+
+def test_state_folder_is_private_and_pod_folders_belong_to_their_tenant(
+    plane: launch.Running,
+) -> None:
+    admin = ShoalClient(plane.url, plane.token)
+    admin.apply_text(CLUSTER, "cluster.yaml")
+    for name, tenant in (("one", "team-a"), ("two", "team-b"), ("three", "team-a")):
+        admin.apply_text(job(name, tenant, ["/bin/sh", "-c", "id -u; echo x > own"], gpus=0),
+                         f"{name}.yaml")
+    for name in ("one", "two", "three"):
+        wait_for(lambda n=name: phase(admin, n) == "Succeeded", timeout=60)
+    uids = {name: int(admin.logs(name, pod=0).split()[0]) for name in ("one", "two", "three")}
+    # One user per tenant: the same for both of team-a's jobs, another for team-b.
+    assert uids["one"] == uids["three"] != uids["two"]
+
+    state = plane.plane.state_dir
+    assert stat.S_IMODE(state.stat().st_mode) == 0o711
+    assert stat.S_IMODE((state / "jobs").stat().st_mode) == 0o711
+    for entry in state.iterdir():
+        if entry.is_file():
+            assert stat.S_IMODE(entry.stat().st_mode) & 0o077 == 0, entry
+    work, logs = state / "jobs" / "one" / "pod-0", state / "jobs" / "one" / "logs"
+    assert (work.stat().st_uid, stat.S_IMODE(work.stat().st_mode)) == (uids["one"], 0o700)
+    assert (work / "own").stat().st_uid == uids["one"]
+    assert (logs.stat().st_uid, stat.S_IMODE(logs.stat().st_mode)) == (0, 0o700)
+    admin.close()
+
+
+def test_a_tenant_keeps_its_user_across_restarts(tmp_path: Path) -> None:
+    from shoal.runtime.local.plane import EmbeddedPlane
+
+    first = EmbeddedPlane(tmp_path / "state", pod_user="tenant")
+    a, b = first.users.of("team-a"), first.users.of("team-b")
+    first.stop()
+    again = EmbeddedPlane(tmp_path / "state", pod_user="tenant")
+    assert again.users.of("team-b") == b and again.users.of("team-a") == a
+    c = again.users.of("team-c")
+    assert c not in (a, b)
+    again.store.put_tenant("team-a", {})
+    again.store.delete_tenant("team-a")  # deleted, then created again: a new user
+    again.stop()
+    third = EmbeddedPlane(tmp_path / "state", pod_user="tenant")
+    assert third.users.of("team-a") not in (a, b, c) and third.users.of("team-b") == b
+    third.stop()
+
+
+@pytest.mark.parametrize("isolation", ["process", pytest.param("sandbox", marks=BWRAP)])
+def test_a_program_in_a_folder_closed_to_the_pod_user(
+    plane: launch.Running, tmp_path: Path, isolation: str,
+) -> None:
+    """A process pod cannot run it and says why; a sandbox shows just that program."""
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    closed.chmod(0o700)  # as /root, where a Python installation may live
+    (closed / "secret").write_text("root's\n")
+    program = closed / "tools" / "train.sh"
+    program.parent.mkdir()
+    program.write_text(f"#!/bin/sh\nls {closed}; cat {closed}/secret; echo ran as $(id -u)\n")
+    program.chmod(0o755)
+    admin = ShoalClient(plane.url, plane.token)
+    admin.apply_text(_tenants(isolation), "cluster.yaml")
+    admin.apply_text(job("hidden", "team-a", [str(program)], gpus=0), "h.yaml")
+    wait_for(lambda: phase(admin, "hidden") in ("Succeeded", "Failed"), timeout=60)
+    row = admin.job("hidden")
+    if isolation == "process":
+        assert row["phase"] == "Failed"
+        assert f"cannot reach its program {program}" in row["reason"]
+        assert f"{closed} is mode 0700" in row["reason"]
+    else:
+        log = admin.logs("hidden", pod=0)
+        assert row["phase"] == "Succeeded", log
+        assert log.splitlines()[0] == "tools", "only what the pod runs is shown"
+        assert "root's" not in log and "ran as 2" in log
+    admin.close()
