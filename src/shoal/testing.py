@@ -109,6 +109,9 @@ class MemoryStore:
         except KeyError:
             raise NotFoundError(f"job {name!r} not found") from None
 
+    def jobs_named(self, name: str) -> list[JobRow]:
+        return [job for key, job in sorted(self.jobs.items()) if key.endswith("/" + name)]
+
     def save_job(self, job: JobRow, events: Sequence[EventRecord] = ()) -> JobRow:
         current = self.get_job(job.name)
         if current.version != job.version:

@@ -44,7 +44,7 @@ def test_a_rejected_apply_leaves_no_folder(plane: launch.Running, admin: ShoalCl
     bad = job("lost", "team-z", SLEEPER)
     with pytest.raises(InputError, match="team-z"):
         admin.apply_text(job("innocent", "team-a", SLEEPER) + "---\n" + bad, "bad.yaml")
-    assert not (plane.plane.state_dir / "jobs" / "innocent").exists()
+    assert not (plane.plane.state_dir / "jobs" / "team-a" / "innocent").exists()
     assert admin.jobs() == []
 
 
@@ -122,7 +122,7 @@ def test_following_a_log_reads_off_the_event_loop(
     threads: list[str] = []
     original = core.workspace.read_log
 
-    def recording(job: str, pod: int, offset: int, limit: int) -> bytes:
+    def recording(job: str, pod: int, offset: int, limit: int) -> tuple[bytes, int]:
         threads.append(threading.current_thread().name)
         return original(job, pod, offset, limit)
 

@@ -167,7 +167,7 @@ def test_a_listing_never_shows_a_secret_or_a_digest(
     assert [t["id"] for t in listed][-3:] == [m["id"] for m in minted]
     with sqlite3.connect(plane.plane.state_dir / "state.db") as raw:
         digests = [d for (d,) in raw.execute("SELECT digest FROM tokens")]
-    secrets = [m["token"].rsplit("_", 1)[1] for m in minted] + [plane.token.rsplit("_", 1)[1]]
+    secrets = [m["token"].split("_", 2)[2] for m in minted] + [plane.token.split("_", 2)[2]]
     for hidden in digests + secrets:
         assert hidden not in response.text
 
@@ -269,8 +269,8 @@ class _RacingWorkspace:
     def forget(self, job: str) -> None:
         raise AssertionError("nothing to forget")
 
-    def read_log(self, job: str, pod: int, offset: int, limit: int) -> bytes:
-        return b""
+    def read_log(self, job: str, pod: int, offset: int, limit: int) -> tuple[bytes, int]:
+        return b"", offset
 
 
 def test_a_tenant_deleted_while_its_job_is_checked_gets_no_job(tmp_path: Path) -> None:
@@ -320,10 +320,10 @@ def test_node_pools_are_deleted_only_when_nothing_needs_them(
     admin.apply_text(job("wide", "solo", SLEEPER, gpus=6), "wide.yaml")
     wait_for(lambda: phase(admin, "wide") == "Pending")
     before = (admin.nodes(), admin.jobs(), admin.events())
-    with pytest.raises(InUseError, match=r"NodePool 'small' runs pods of 1 job \(hog Running\)"):
+    with pytest.raises(InUseError, match=r"NodePool 'small' runs pods of 1 job \(solo/hog Running\)"):
         admin.delete_nodepool("small")
     with pytest.raises(InUseError, match=r"without NodePool 'large', 1 active job would fit on "
-                                         r"no node and fail \(wide\)"):
+                                         r"no node and fail \(solo/wide\)"):
         admin.delete_nodepool("large")
     assert (admin.nodes(), admin.jobs(), admin.events()) == before, "nothing changed"
     assert admin.delete_nodepool("spare") == {"kind": "NodePool", "name": "spare",

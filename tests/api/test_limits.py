@@ -29,7 +29,7 @@ def _finished_job(plane: launch.Running, admin: ShoalClient, name: str, content:
     """A finished job whose pod 0 log is ``content`` (written where the workspace reads it)."""
     admin.apply_text(job(name, "team-a", QUICK), "j.yaml")
     wait_for(lambda: phase(admin, name) in FINAL_PHASES, timeout=60)
-    path = plane.plane.log_path(name, 0)
+    path = plane.plane.log_path(f"team-a/{name}", 0)  # the job's key
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     return path

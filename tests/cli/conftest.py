@@ -61,7 +61,7 @@ def stop_background(home: Path) -> None:
     with ShoalClient(data["url"], token) as api:
         for row in api.jobs():
             if row["phase"] in ("Pending", "Running", "Preempting"):
-                api.delete(row["name"])
+                api.delete(row["name"], row["tenant"])
         wait_for(lambda: all(r["phase"] not in ("Running", "Preempting") for r in api.jobs()))
     os.kill(data["pid"], signal.SIGTERM)
     wait_for(lambda: not _alive(data["pid"]) or zombie(data["pid"]))

@@ -59,7 +59,7 @@ def test_deleting_tenants_and_node_pools_from_the_shell(sh: Shell, tmp_path: Pat
         "delete it first (shoal delete job busy), wait until it has stopped, then delete the "
         "tenant again")
     pool = sh("delete", "nodepool", "local")
-    assert pool.returncode == 1 and "runs pods of 1 job (busy Running)" in pool.stderr
+    assert pool.returncode == 1 and "runs pods of 1 job (team-a/busy Running)" in pool.stderr
     node = sh("delete", "node", "local-000")
     assert node.returncode == 2 and node.stderr.strip() == (
         "error: NodePool 'local-000' not found: it is a node of NodePool 'local' (nodes come "

@@ -41,7 +41,7 @@ def test_quickstart_reclaims_preempts_and_resumes(tmp_path: Path) -> None:
     assert b["resumed"] is False and b["resumed_from"] is None
     times = [e["time_s"] for e in report["events"]]
     assert times == sorted(times)
-    log = (tmp_path / "state" / "jobs" / "a-ddp-digits" / "logs" / "pod-0.log").read_text()
+    log = (tmp_path / "state" / "jobs" / "team-a" / "a-ddp-digits" / "logs" / "pod-0.log").read_text()
     final = re.findall(r"FINAL accuracy=([\d.]+) steps=(\d+) resumed_from=(\d+)", log)[-1]
     assert float(final[0]) >= 0.9 and int(final[1]) == 3600
     assert int(final[2]) == a["resumed_from"], "the report says the step the job resumed from"

@@ -71,7 +71,7 @@ def plane(tmp_path: Path) -> Iterator[launch.Running]:
         admin = ShoalClient(running.url, running.token)
         for row in admin.jobs():
             if row["phase"] in ("Pending", "Running", "Preempting"):
-                admin.delete(row["name"])
+                admin.delete(row["name"], row["tenant"])
         wait_for(lambda: all(r["phase"] not in ("Running", "Preempting") for r in admin.jobs()))
         admin.close()
         running.stop()

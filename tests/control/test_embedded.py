@@ -130,7 +130,7 @@ def test_bad_submissions_are_rejected_whole(admin: ShoalClient, case: str, text:
 
 
 def test_unwritable_checkpoint_dir_is_rejected(plane: launch.Running, admin: ShoalClient) -> None:
-    blocker = plane.plane.checkpoint_dir("blocked")
+    blocker = plane.plane.checkpoint_dir("team-a/blocked")  # the job's key
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("a file where the directory should be")
     with pytest.raises(InputError, match="not writable"):
@@ -218,14 +218,42 @@ def test_a_reused_name_starts_clean(admin: ShoalClient) -> None:
     wait_for(lambda: phase(admin, "reused") == "Succeeded")
     assert "secret of team-a" in admin.logs("reused")
     with pytest.raises(ImmutableError, match="immutable"):
-        admin.apply_text(job("reused", "team-b", QUICK_EXIT), "b.yaml")
+        admin.apply_text(job("reused", "team-a", QUICK_EXIT), "a.yaml")
     admin.delete("reused")
-    admin.apply_text(job("reused", "team-b", ["python", "-c", "print('team-b here')"]), "b.yaml")
+    admin.apply_text(job("reused", "team-a", ["python", "-c", "print('again')"]), "a.yaml")
     wait_for(lambda: phase(admin, "reused") == "Succeeded")
     record = admin.job("reused")
-    assert record["tenant"] == "team-b"
-    assert "secret" not in admin.logs("reused") and "team-b here" in admin.logs("reused")
+    assert "secret" not in admin.logs("reused") and "again" in admin.logs("reused")
     assert [e["kind"] for e in record["events"]] == ["submitted", "admitted", "succeeded"]
+
+
+def test_job_names_are_per_tenant(plane: launch.Running, admin: ShoalClient) -> None:
+    """Like names in Kubernetes namespaces: each tenant has its own "train"."""
+    tokens = {t: admin.create_token(t) for t in ("team-a", "team-b")}
+    users = {t: ShoalClient(plane.url, token) for t, token in tokens.items()}
+    try:
+        for tenant, user in users.items():
+            applied = user.apply_text(
+                job("train", tenant, ["python", "-c", f"print('{tenant} trains')"]), "j.yaml")
+            assert applied[0]["result"] == "created", "another tenant's name is no conflict"
+        for tenant, user in users.items():
+            wait_for(lambda u=user: u.job("train")["phase"] == "Succeeded")
+            assert user.logs("train") == f"{tenant} trains\n"
+            assert [j["name"] for j in user.jobs()] == ["train"]
+        # The admin sees both, and names the tenant where the name is ambiguous.
+        assert sorted((j["tenant"], j["name"]) for j in admin.jobs()) == [
+            ("team-a", "train"), ("team-b", "train")]
+        with pytest.raises(InputError, match="exists in tenants team-a, team-b"):
+            admin.job("train")
+        assert admin.logs("train", tenant="team-b") == "team-b trains\n"
+        # A tenant naming another tenant gets "not found", as for a name nobody has.
+        with pytest.raises(NotFoundError):
+            users["team-a"].job("train", tenant="team-b")
+        users["team-a"].delete("train")
+        assert admin.job("train", tenant="team-b")["deleted"] is False
+    finally:
+        for user in users.values():
+            user.close()
 
 
 def test_arguments_no_process_can_take_are_refused_at_apply(admin: ShoalClient) -> None:

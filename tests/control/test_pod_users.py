@@ -33,12 +33,13 @@ ATTACKS = {
     "read-admin-token": 'cat "$STATE/admin-token"',
     "read-database": 'cat "$STATE/state.db"',
     "list-state-folder": 'ls "$STATE" | grep -q state.db',
-    "list-jobs": 'ls "$STATE/jobs" | grep -qx victim',
-    "read-other-checkpoint": 'cat "$STATE/jobs/victim/checkpoints/model.ckpt"',
-    "list-other-checkpoints": 'ls "$STATE/jobs/victim/checkpoints" | grep -q model',
-    "write-other-checkpoint": 'echo x > "$STATE/jobs/victim/checkpoints/model.ckpt"',
-    "read-other-log": 'grep -q victim-secret "$STATE/jobs/victim/logs/pod-0.log"',
-    "read-own-exit-record-folder": 'ls "$STATE/jobs/attacker/logs"',
+    "list-tenants": 'ls "$STATE/jobs" | grep -qx team-b',
+    "list-other-tenants-jobs": 'ls "$STATE/jobs/team-b" | grep -qx victim',
+    "read-other-checkpoint": 'cat "$STATE/jobs/team-b/victim/checkpoints/model.ckpt"',
+    "list-other-checkpoints": 'ls "$STATE/jobs/team-b/victim/checkpoints" | grep -q model',
+    "write-other-checkpoint": 'echo x > "$STATE/jobs/team-b/victim/checkpoints/model.ckpt"',
+    "read-other-log": 'grep -q victim-secret "$STATE/jobs/team-b/victim/logs/pod-0.log"',
+    "read-own-exit-record-folder": 'ls "$STATE/jobs/team-a/attacker/logs"',
     "kill-other-pod": 'kill -KILL "$VICTIM_PID"',
     "signal-control-plane": 'kill -0 "$PLANE_PID"',
     "write-etc": "touch /etc/shoal-attack",
@@ -81,13 +82,19 @@ def plane(tmp_path: Path) -> Iterator[launch.Running]:
     try:
         yield running
     finally:
-        admin = ShoalClient(running.url, running.token)
-        for row in admin.jobs():
-            if row["phase"] in ("Pending", "Running", "Preempting"):
-                admin.delete(row["name"])
-        wait_for(lambda: all(r["phase"] not in ("Running", "Preempting") for r in admin.jobs()))
-        admin.close()
+        with ShoalClient(running.url, running.token) as admin:
+            for row in admin.jobs():
+                if row["phase"] in ("Pending", "Running", "Preempting"):
+                    admin.delete(row["name"], row["tenant"])
+            wait_for(lambda: all(r["phase"] not in ("Running", "Preempting")
+                                 for r in admin.jobs()))
         running.stop()
+
+
+@pytest.fixture
+def admin(plane: launch.Running) -> Iterator[ShoalClient]:
+    with ShoalClient(plane.url, plane.token) as client:
+        yield client
 
 
 def _tenants(isolation: str) -> str:
@@ -100,8 +107,9 @@ def _pid(admin: ShoalClient, name: str) -> int:
 
 
 @pytest.mark.parametrize("isolation", ["process", pytest.param("sandbox", marks=BWRAP)])
-def test_every_attack_of_a_hostile_pod_fails(plane: launch.Running, isolation: str) -> None:
-    admin = ShoalClient(plane.url, plane.token)
+def test_every_attack_of_a_hostile_pod_fails(
+    plane: launch.Running, admin: ShoalClient, isolation: str,
+) -> None:
     admin.apply_text(_tenants(isolation), "cluster.yaml")
     admin.apply_text(job("victim", "team-b", ["/bin/sh", "-c", VICTIM], gpus=0), "v.yaml")
     wait_for(lambda: "saved" in admin.logs("victim", pod=0), timeout=60)
@@ -126,17 +134,15 @@ def test_every_attack_of_a_hostile_pod_fails(plane: launch.Running, isolation: s
     assert "NoNewPrivs:\t1" in log
     # The victim runs on untouched, as another user, its checkpoint intact.
     assert phase(admin, "victim") == "Running"
-    ckpt = state / "jobs" / "victim" / "checkpoints" / "model.ckpt"
+    ckpt = state / "jobs" / "team-b" / "victim" / "checkpoints" / "model.ckpt"
     assert ckpt.read_text() == "weights\n"
     assert ckpt.stat().st_uid not in (0, uid)
     assert not Path("/etc/shoal-attack").exists()
-    admin.close()
 
 
 def test_state_folder_is_private_and_pod_folders_belong_to_their_tenant(
-    plane: launch.Running,
+    plane: launch.Running, admin: ShoalClient,
 ) -> None:
-    admin = ShoalClient(plane.url, plane.token)
     admin.apply_text(CLUSTER, "cluster.yaml")
     for name, tenant in (("one", "team-a"), ("two", "team-b"), ("three", "team-a")):
         admin.apply_text(job(name, tenant, ["/bin/sh", "-c", "id -u; echo x > own"], gpus=0),
@@ -153,11 +159,12 @@ def test_state_folder_is_private_and_pod_folders_belong_to_their_tenant(
     for entry in state.iterdir():
         if entry.is_file():
             assert stat.S_IMODE(entry.stat().st_mode) & 0o077 == 0, entry
-    work, logs = state / "jobs" / "one" / "pod-0", state / "jobs" / "one" / "logs"
+    one = state / "jobs" / "team-a" / "one"
+    work, logs = one / "pod-0", one / "logs"
+    assert stat.S_IMODE(one.parent.stat().st_mode) == 0o711, "its jobs' names are private"
     assert (work.stat().st_uid, stat.S_IMODE(work.stat().st_mode)) == (uids["one"], 0o700)
     assert (work / "own").stat().st_uid == uids["one"]
     assert (logs.stat().st_uid, stat.S_IMODE(logs.stat().st_mode)) == (0, 0o700)
-    admin.close()
 
 
 def test_a_tenant_keeps_its_user_across_restarts(tmp_path: Path) -> None:
@@ -180,7 +187,7 @@ def test_a_tenant_keeps_its_user_across_restarts(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("isolation", ["process", pytest.param("sandbox", marks=BWRAP)])
 def test_a_program_in_a_folder_closed_to_the_pod_user(
-    plane: launch.Running, tmp_path: Path, isolation: str,
+    admin: ShoalClient, tmp_path: Path, isolation: str,
 ) -> None:
     """A process pod cannot run it and says why; a sandbox shows just that program."""
     closed = tmp_path / "closed"
@@ -191,7 +198,6 @@ def test_a_program_in_a_folder_closed_to_the_pod_user(
     program.parent.mkdir()
     program.write_text(f"#!/bin/sh\nls {closed}; cat {closed}/secret; echo ran as $(id -u)\n")
     program.chmod(0o755)
-    admin = ShoalClient(plane.url, plane.token)
     admin.apply_text(_tenants(isolation), "cluster.yaml")
     admin.apply_text(job("hidden", "team-a", [str(program)], gpus=0), "h.yaml")
     wait_for(lambda: phase(admin, "hidden") in ("Succeeded", "Failed"), timeout=60)
@@ -205,4 +211,3 @@ def test_a_program_in_a_folder_closed_to_the_pod_user(
         assert row["phase"] == "Succeeded", log
         assert log.splitlines()[0] == "tools", "only what the pod runs is shown"
         assert "root's" not in log and "ran as 2" in log
-    admin.close()

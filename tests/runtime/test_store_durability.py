@@ -204,7 +204,7 @@ def test_a_version_1_store_upgrades_with_jobs_mid_preemption(tmp_path: Path) -> 
     raw.execute("COMMIT")
     raw.close()
     with SqliteStore(path) as store:
-        job = store.get_job("v")
+        job = store.get_job("t/v")  # names became per tenant (migration 4)
     assert (job.stop_cause, job.stop_deadline, job.preemptor) == ("preempted", 50.0, "b")
     assert job.failures == 1, "attempt 1 failed, one was preempted, the third still runs"
     assert json.loads(job.pods[0].handle or "{}") == {

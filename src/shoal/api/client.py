@@ -82,19 +82,22 @@ class ShoalClient:
         jobs: list[dict[str, Any]] = self._call("GET", "/v1/jobs")["jobs"]
         return jobs
 
-    def job(self, name: str) -> dict[str, Any]:
-        job: dict[str, Any] = self._call("GET", f"/v1/jobs/{_segment(name)}")
+    def job(self, name: str, tenant: str | None = None) -> dict[str, Any]:
+        """A job by name; ``tenant`` when several tenants have one of that name (admin)."""
+        job: dict[str, Any] = self._call("GET", f"/v1/jobs/{_segment(name)}",
+                                         params=_tenant(tenant))
         return job
 
-    def delete(self, name: str) -> dict[str, Any]:
-        job: dict[str, Any] = self._call("DELETE", f"/v1/jobs/{_segment(name)}")
+    def delete(self, name: str, tenant: str | None = None) -> dict[str, Any]:
+        job: dict[str, Any] = self._call("DELETE", f"/v1/jobs/{_segment(name)}",
+                                         params=_tenant(tenant))
         return job
 
     def log_page(self, name: str, pod: int = 0, offset: int = 0,
-                 limit: int | None = None) -> tuple[bytes, int]:
+                 limit: int | None = None, tenant: str | None = None) -> tuple[bytes, int]:
         """One read of a pod's log: its bytes from ``offset`` (at most ``limit``,
         and at most the server's cap) and the offset to read next."""
-        params: dict[str, int] = {"pod": pod, "offset": offset}
+        params: dict[str, str | int] = {"pod": pod, "offset": offset, **_tenant(tenant)}
         if limit is not None:
             params["limit"] = limit
         response = self._send("GET", f"/v1/jobs/{_segment(name)}/logs", params=params)
@@ -106,24 +109,26 @@ class ShoalClient:
         return data, following
 
     def iter_log(self, name: str, pod: int = 0, offset: int = 0,
-                 limit_bytes: int | None = None) -> Iterator[bytes]:
+                 limit_bytes: int | None = None, tenant: str | None = None) -> Iterator[bytes]:
         """A pod's log from ``offset`` to its current end (or ``limit_bytes``),
         page by page: never the whole log in one response."""
         left = limit_bytes
         while left is None or left > 0:
-            data, offset = self.log_page(name, pod, offset, left)
+            data, offset = self.log_page(name, pod, offset, left, tenant)
             if not data:
                 return
             if left is not None:
                 left -= len(data)
             yield data
 
-    def logs(self, name: str, pod: int = 0, limit_bytes: int | None = None) -> str:
+    def logs(self, name: str, pod: int = 0, limit_bytes: int | None = None,
+             tenant: str | None = None) -> str:
         """A pod's whole log (or its first ``limit_bytes``), read page by page."""
-        return b"".join(self.iter_log(name, pod, 0, limit_bytes)).decode(errors="replace")
+        pages = self.iter_log(name, pod, 0, limit_bytes, tenant)
+        return b"".join(pages).decode(errors="replace")
 
-    def follow_logs(self, name: str, pod: int = 0) -> Iterator[str]:
-        params: dict[str, str | int] = {"pod": pod, "follow": "true"}
+    def follow_logs(self, name: str, pod: int = 0, tenant: str | None = None) -> Iterator[str]:
+        params: dict[str, str | int] = {"pod": pod, "follow": "true", **_tenant(tenant)}
         try:
             with self.http.stream(
                 "GET", f"/v1/jobs/{_segment(name)}/logs", params=params, timeout=None
@@ -199,6 +204,10 @@ class ShoalClient:
         """Delete a node pool that runs no pod and strands no job (admin only)."""
         result: dict[str, Any] = self._call("DELETE", f"/v1/nodes/{_segment(name)}")
         return result
+
+
+def _tenant(tenant: str | None) -> dict[str, str]:
+    return {} if tenant is None else {"tenant": tenant}
 
 
 def _segment(name: str) -> str:

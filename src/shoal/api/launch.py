@@ -28,6 +28,7 @@ from shoal.app.core import App
 from shoal.errors import ShoalError, UnknownReferenceError
 from shoal.plugins import require_policies
 from shoal.policy.placement import scorer_names
+from shoal.runtime.local.logs import LogLimits as LogLimits  # for the CLI
 from shoal.runtime.local.machine import LOCAL_NODE, local_node_spec
 from shoal.runtime.local.plane import EmbeddedPlane
 from shoal.runtime.local.users import (
@@ -146,7 +147,8 @@ def _program(program: str, folder: Path | None) -> Path | None:
 
 def start(state_dir: Path, host: str = "127.0.0.1", port: int = 0,
           policy: str = "most-allocated", grace_seconds: float = 10.0,
-          pod_user: str | None = None, pod_uid_base: int | None = None) -> Running:
+          pod_user: str | None = None, pod_uid_base: int | None = None,
+          log_limits: LogLimits | None = None) -> Running:
     # Placement policies may come from plugins (the shoal.policies entry points).
     require_policies([policy], _log.warning)
     if policy not in scorer_names():
@@ -155,7 +157,8 @@ def start(state_dir: Path, host: str = "127.0.0.1", port: int = 0,
     sock = listen(host, port)
     try:
         plane = EmbeddedPlane(state_dir, policy=policy, grace_seconds=grace_seconds,
-                              pod_user=pod_user, pod_uid_base=pod_uid_base or DEFAULT_UID_BASE)
+                              pod_user=pod_user, pod_uid_base=pod_uid_base or DEFAULT_UID_BASE,
+                              log_limits=log_limits)
     except BaseException:
         sock.close()
         raise

@@ -209,6 +209,9 @@ def _too_large(limit: int) -> errors.PayloadTooLarge:
 
 
 Who = Annotated[Caller, Depends(caller)]
+TenantParam = Annotated[str | None, Query(
+    max_length=253, description="the job's tenant: needed by an admin when several tenants "
+    "have a job of that name; a tenant's token may only name its own")]
 
 
 def create_app(core: App, health: Callable[[], dict[str, Any]]) -> FastAPI:
@@ -256,16 +259,17 @@ def create_app(core: App, health: Callable[[], dict[str, Any]]) -> FastAPI:
         return {"jobs": queries.list_jobs(core, who)}
 
     @api.get("/v1/jobs/{name}")
-    def get_job(name: str, who: Who) -> dict[str, Any]:
-        return queries.get_job(core, who, name)
+    def get_job(name: str, who: Who, tenant: TenantParam = None) -> dict[str, Any]:
+        return queries.get_job(core, who, name, tenant)
 
     @api.delete("/v1/jobs/{name}")
-    def delete_job(name: str, who: Who) -> dict[str, Any]:
-        return queries.delete_job(core, who, name)
+    def delete_job(name: str, who: Who, tenant: TenantParam = None) -> dict[str, Any]:
+        return queries.delete_job(core, who, name, tenant)
 
     @api.get("/v1/jobs/{name}/logs")
     def logs(
         name: str, who: Who,
+        tenant: TenantParam = None,
         pod: Annotated[int, Query(ge=0, le=queries.MAX_POD_INDEX)] = 0,
         follow: bool = False,
         offset: Annotated[int, Query(ge=0, le=queries.MAX_LOG_OFFSET)] = 0,
@@ -273,13 +277,14 @@ def create_app(core: App, health: Callable[[], dict[str, Any]]) -> FastAPI:
     ) -> Any:
         """The log's bytes from ``offset``, at most ``limit`` (capped at
         ``MAX_LOG_CHUNK``); ``X-Shoal-Next-Offset`` says where the next read
-        starts.  ``follow`` streams from ``offset`` until the job ends."""
+        starts (after a rotation, the log is read again from its new start).
+        ``follow`` streams from ``offset`` until the job ends."""
         # 404 before any streaming starts
-        first = queries.read_log(core, who, name, pod, offset, limit)
+        first, offset = queries.read_log(core, who, name, pod, offset, limit, tenant)
         if not follow:
             return Response(first, media_type="text/plain; charset=utf-8",
                             headers={NEXT_OFFSET: str(offset + len(first))})
-        return StreamingResponse(_follow(core, who, name, pod, offset, first),
+        return StreamingResponse(_follow(core, who, name, pod, offset, first, tenant),
                                  media_type="text/plain; charset=utf-8")
 
     @api.get("/v1/events")
@@ -324,7 +329,7 @@ def create_app(core: App, health: Callable[[], dict[str, Any]]) -> FastAPI:
 
 
 async def _follow(
-    core: App, who: Caller, name: str, pod: int, offset: int, first: bytes
+    core: App, who: Caller, name: str, pod: int, offset: int, first: bytes, tenant: str | None
 ) -> AsyncIterator[bytes]:
     """Stream a log as it grows until the job reaches a final phase, in chunks
     of at most ``MAX_LOG_CHUNK`` bytes.
@@ -336,23 +341,25 @@ async def _follow(
         yield first
     offset += len(first)
     try:
-        async for chunk in _chunks(core, who, name, pod, offset):
+        async for chunk in _chunks(core, who, name, pod, offset, tenant):
             yield chunk
     except errors.NotFoundError:
         return  # deleted and finalised while followed: nothing more will come
 
 
-async def _chunks(core: App, who: Caller, name: str, pod: int, offset: int) -> AsyncIterator[bytes]:
+async def _chunks(core: App, who: Caller, name: str, pod: int, offset: int,
+                  tenant: str | None) -> AsyncIterator[bytes]:
     final = False
     while True:
-        chunk = await anyio.to_thread.run_sync(queries.read_log, core, who, name, pod, offset)
-        if chunk:
+        chunk, offset = await anyio.to_thread.run_sync(
+            queries.read_log, core, who, name, pod, offset, queries.MAX_LOG_CHUNK, tenant)
+        if chunk:  # after a rotation, the log goes on from its new start
             offset += len(chunk)
             yield chunk
             continue
         if final:
             return  # read to the end after the job ended: nothing more will come
-        phase = await anyio.to_thread.run_sync(queries.job_phase, core, name)
+        phase = await anyio.to_thread.run_sync(queries.job_phase, core, who, name, tenant)
         if phase in FINAL_PHASES:
             # Read on to the end: the pod may have written between the two reads.
             final = True

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from shoal.domain.job import TrainingJob
+from shoal.domain.names import job_key
 from shoal.errors import InputError
 
 
 class LocalWorkspace:
     """Paths come from the runtime (``checkpoints``, ``logs``); everything of a
-    job lives under ``<state>/jobs/<job>/``."""
+    job lives under ``<state>/jobs/<tenant>/<job>/`` (``job`` arguments are keys)."""
 
     def __init__(self, state_dir: Path, checkpoints: Callable[[str], Path],
                  logs: Callable[[str, int], Path]) -> None:
@@ -40,23 +41,31 @@ class LocalWorkspace:
     def check(self, job: TrainingJob, tenant: Mapping[str, Any]) -> None:
         check_host(job, tenant, self.state_dir)
         name = job.metadata.name
-        _check_creatable(name, Path(self.checkpoint_dir(name)))
+        _check_creatable(name, Path(self.checkpoint_dir(job_key(job.spec.tenant, name))))
 
     def forget(self, job: str) -> None:
         folder = self.job_dir(job)
         if folder.exists():
             shutil.rmtree(folder)
 
-    def read_log(self, job: str, pod: int, offset: int = 0, limit: int = 1024 * 1024) -> bytes:
-        """At most ``limit`` bytes from ``offset``: never the whole file at once."""
+    def read_log(self, job: str, pod: int, offset: int = 0,
+                 limit: int = 1024 * 1024) -> tuple[bytes, int]:
+        """At most ``limit`` bytes from ``offset``: never the whole file at once.
+
+        A log shorter than ``offset`` was rotated (copied aside and truncated,
+        see ``runtime/local/logs.py``): it is read again from its start.
+        """
         if offset < 0 or limit < 1:
-            return b""
+            return b"", offset
         try:
-            with self.log_path(job, pod).open("rb") as handle:
-                handle.seek(offset)
-                return handle.read(limit)
+            fd = os.open(self.log_path(job, pod), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
-            return b""
+            return b"", offset
+        with os.fdopen(fd, "rb") as handle:
+            if offset > os.fstat(fd).st_size:
+                offset = 0
+            handle.seek(offset)
+            return handle.read(limit), offset
 
 
 def check_host(job: TrainingJob, tenant: Mapping[str, Any], state_dir: Path | None) -> None:

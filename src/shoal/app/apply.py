@@ -23,6 +23,7 @@ from shoal.app.core import App
 from shoal.app.ports import Caller, JobRecord
 from shoal.domain.job import TrainingJob
 from shoal.domain.manifest import Manifest, parse_manifests
+from shoal.domain.names import job_key
 from shoal.domain.nodes import NodePool
 from shoal.domain.phases import FINAL_PHASES
 from shoal.domain.tenant import Tenant
@@ -100,18 +101,16 @@ def _plan(manifest: Manifest, tenants: dict[str, Any], nodes: dict[str, Any]) ->
 
 
 def _plan_job(app: App, caller: Caller, job: TrainingJob, spec: dict[str, Any]) -> Planned:
+    # Names are the tenant's own: another tenant's job of the same name is another job.
     name = job.metadata.name
     try:
-        live: JobRecord | None = app.store.get_job(name)
+        live: JobRecord | None = app.store.get_job(job_key(job.spec.tenant, name))
     except NotFoundError:
         live = None
     if live is None:
         return Planned(job, spec, "created")
     if live.deleted and live.phase in FINAL_PHASES:
         return Planned(job, spec, "created", reuses_name=True)
-    if caller.role != "admin" and live.tenant != caller.tenant:
-        # Another tenant's job: say no more than that the name is taken.
-        raise AlreadyExistsError(f"job '{name}' already exists", hint="choose another name")
     if live.deleted:
         raise AlreadyExistsError(
             f"job '{name}' already exists",
@@ -140,14 +139,15 @@ def _write(app: App, plan: list[Planned], seen: tuple[Specs, Specs]) -> None:
                 store.put_node(name, item.spec)
                 store.append_event(now, f"nodepool-{item.result}", None, None, {"name": name})
             elif isinstance(manifest, TrainingJob):
-                row = store.create_job(name, manifest.spec.tenant, item.spec, now,
-                                       app.workspace.checkpoint_dir(name))
-                store.append_event(now, "submitted", name, row.tenant, {})
+                key = job_key(manifest.spec.tenant, name)
+                row = store.create_job(key, manifest.spec.tenant, item.spec, now,
+                                       app.workspace.checkpoint_dir(key))
+                store.append_event(now, "submitted", key, row.tenant, {})
         # Last, so that nothing before it can fail afterwards: the new job must
         # not see (or resume from) the files of the finished job it replaces.
         for item in plan:
-            if item.reuses_name:
-                app.workspace.forget(item.manifest.metadata.name)
+            if item.reuses_name and isinstance(item.manifest, TrainingJob):
+                app.workspace.forget(job_key(item.manifest.spec.tenant, item.manifest.metadata.name))
     app.wake()
 
 

@@ -16,6 +16,7 @@ from shoal.app.ports import Caller
 from shoal.domain.cluster import ClusterState
 from shoal.domain.job import TrainingJob
 from shoal.domain.manifest import Manifest
+from shoal.domain.names import job_key
 from shoal.domain.nodes import NodePool, NodePoolSpec, expand_pool
 from shoal.domain.tenant import Tenant, TenantSpec
 from shoal.domain.workload import from_training_job
@@ -98,7 +99,7 @@ def check_fits(job: TrainingJob, nodes: Specs) -> None:
 
 
 def unplaceable(jobs: Iterable[TrainingJob], tenants: Specs, nodes: Specs) -> list[str]:
-    """The names of the jobs that no node of ``nodes`` could ever run (even
+    """The keys (``tenant/name``) of the jobs that no node of ``nodes`` could ever run (even
     empty) with a GPU model their tenant has quota for: the scheduler would
     fail them as inadmissible.
 
@@ -119,7 +120,7 @@ def unplaceable(jobs: Iterable[TrainingJob], tenants: Specs, nodes: Specs) -> li
             continue
         if empty is None or all(never_fits(*empty, restrict(workload, flavor)) is not None
                                 for flavor in flavors):
-            stranded.append(job.metadata.name)
+            stranded.append(job_key(job.spec.tenant, job.metadata.name))
     return stranded
 
 

@@ -38,6 +38,7 @@ from shoal.app.ports import Caller, JobRecord, Role
 from shoal.app.views import pod_field
 from shoal.domain.base import is_name
 from shoal.domain.job import TrainingJob
+from shoal.domain.names import job_name
 from shoal.domain.phases import ACTIVE_PHASES, FINAL_PHASES, HOLDING_PHASES
 from shoal.errors import Forbidden, InputError, InUseError, NotFoundError
 
@@ -162,8 +163,9 @@ def delete_tenant(app: App, caller: Caller, name: str) -> dict[str, Any]:
             "jobs_deleted": len(finished)}
 
 
-def _listed(jobs: list[JobRecord]) -> str:
-    shown = [f"{job.name} {job.phase}{', being deleted' if job.deleted else ''}"
+def _listed(jobs: list[JobRecord], *, qualified: bool = False) -> str:
+    """``name phase`` of the first few; ``tenant/name`` when they span tenants."""
+    shown = [f"{job.name if qualified else job_name(job.name)} {job.phase}{', being deleted' if job.deleted else ''}"
              for job in jobs[:NAMED]]
     more = f" and {len(jobs) - NAMED} more" if len(jobs) > NAMED else ""
     return "; ".join(shown) + more
@@ -171,7 +173,7 @@ def _listed(jobs: list[JobRecord]) -> str:
 
 def _tenant_in_use(name: str, active: list[JobRecord]) -> str:
     one = len(active) == 1
-    todo = [job.name for job in active if not job.deleted]
+    todo = [job_name(job.name) for job in active if not job.deleted]
     first = (f"delete {'it' if one else 'them'} first (shoal delete job "
              f"{' '.join(todo[:NAMED])}{' ...' if len(todo) > NAMED else ''}), " if todo else "")
     return (f"tenant '{name}' still has {len(active)} active job{'' if one else 's'} "
@@ -203,7 +205,7 @@ def delete_nodepool(app: App, caller: Caller, name: str) -> dict[str, Any]:
         if holding:
             raise InUseError(
                 f"NodePool '{name}' runs pods of {len(holding)} job"
-                f"{'s' if len(holding) != 1 else ''} ({_listed(holding)}); nothing was "
+                f"{'s' if len(holding) != 1 else ''} ({_listed(holding, qualified=True)}); nothing was "
                 "deleted: delete those jobs (or wait until they end), then delete the pool")
         stranded = _stranded(store.tenants(), pools, name, jobs)
         if stranded:

@@ -65,6 +65,9 @@ class StateStore(Protocol):
         self, name: str, tenant: str, manifest: dict[str, Any], now: float, checkpoint_dir: str
     ) -> JobRecord: ...
     def get_job(self, name: str) -> JobRecord: ...
+    def jobs_named(self, name: str) -> Sequence[JobRecord]:
+        """The live jobs of every tenant that have the name ``name`` (keys ``*/name``)."""
+        ...
     def list_jobs(
         self, tenant: str | None = None, phases: Collection[str] | None = None
     ) -> Sequence[JobRecord]: ...
@@ -107,10 +110,12 @@ class Workspace(Protocol):
         """Remove the files of a finished, deleted job whose name is being reused."""
         ...
 
-    def read_log(self, job: str, pod: int, offset: int, limit: int) -> bytes:
+    def read_log(self, job: str, pod: int, offset: int, limit: int) -> tuple[bytes, int]:
         """At most ``limit`` bytes of the pod's log from byte ``offset`` (empty
-        when there is none yet, or none past ``offset``).  Reads no more than
-        that: a log may be far larger than the server's memory."""
+        when there is none yet, or none past ``offset``), and the offset they
+        start at: 0 instead of ``offset`` when the log was rotated (it is now
+        shorter than ``offset``).  Reads no more than that: a log may be far
+        larger than the server's memory."""
         ...
 
 

@@ -14,7 +14,15 @@ from typing import Any
 from shoal.app.core import App
 from shoal.app.ports import Caller, JobRecord
 from shoal.app.usage import capacity, tenant_status
-from shoal.app.views import for_tenant_event, for_tenant_job, job_detail, job_summary, pod_count
+from shoal.app.views import (
+    event_view,
+    for_tenant_event,
+    for_tenant_job,
+    job_detail,
+    job_summary,
+    pod_count,
+)
+from shoal.domain.names import job_key, job_name
 from shoal.domain.phases import ACTIVE_PHASES
 from shoal.errors import InputError, NotFoundError
 
@@ -30,12 +38,37 @@ def _scope(caller: Caller) -> str | None:
     return None if caller.role == "admin" else caller.tenant or ""
 
 
-def visible_job(app: App, caller: Caller, name: str) -> JobRecord:
-    row = app.store.get_job(name)  # NotFoundError when there is none
+class AmbiguousNameError(InputError):
+    """An admin named a job that several tenants have: the tenant must be given."""
+
+    code = "ambiguous_name"
+
+
+def visible_job(app: App, caller: Caller, name: str, tenant: str | None = None) -> JobRecord:
+    """The job ``name`` of ``tenant`` (a tenant's token: always its own tenant).
+
+    An admin may leave the tenant out when only one tenant has a live job of
+    that name. Another tenant's job reads as missing, as an unknown one does.
+    """
     scope = _scope(caller)
-    if scope is not None and row.tenant != scope:
+    if scope is not None:
+        if tenant not in (None, scope):
+            raise NotFoundError(f"job '{name}' not found")
+        tenant = scope
+    if tenant is not None:
+        try:
+            return app.store.get_job(job_key(tenant, name))
+        except NotFoundError:
+            raise NotFoundError(f"job '{name}' not found"
+                                + (f" in tenant '{tenant}'" if scope is None else "")) from None
+    found = app.store.jobs_named(name)
+    if not found:
         raise NotFoundError(f"job '{name}' not found")
-    return row
+    if len(found) > 1:
+        owners = ", ".join(sorted(row.tenant for row in found))
+        raise AmbiguousNameError(f"job '{name}' exists in tenants {owners}",
+                                 hint="say which: --tenant T (the API's ?tenant=T)")
+    return found[0]
 
 
 def list_jobs(app: App, caller: Caller) -> list[dict[str, Any]]:
@@ -44,18 +77,18 @@ def list_jobs(app: App, caller: Caller) -> list[dict[str, Any]]:
     return views if scope is None else [for_tenant_job(v) for v in views]
 
 
-def get_job(app: App, caller: Caller, name: str) -> dict[str, Any]:
-    row = visible_job(app, caller, name)
+def get_job(app: App, caller: Caller, name: str, tenant: str | None = None) -> dict[str, Any]:
+    row = visible_job(app, caller, name, tenant)
     # Only this job's events: the name may have been used before.
-    events = [e for e in app.store.events(job=name, tenant=row.tenant)
+    events = [event_view(e) for e in app.store.events(job=row.name, tenant=row.tenant)
               if e["time"] >= row.submit_time]
     view = job_detail(row, events)
     return view if _scope(caller) is None else for_tenant_job(view)
 
 
-def delete_job(app: App, caller: Caller, name: str) -> dict[str, Any]:
-    visible_job(app, caller, name)
-    row = app.store.request_delete(name, _scope(caller))
+def delete_job(app: App, caller: Caller, name: str, tenant: str | None = None) -> dict[str, Any]:
+    row = visible_job(app, caller, name, tenant)
+    row = app.store.request_delete(row.name, _scope(caller))
     app.wake()
     return job_summary(row)
 
@@ -65,30 +98,33 @@ def check_pod(row: JobRecord, pod: int) -> None:
     count = pod_count(row.manifest)
     if not 0 <= pod < count:
         valid = "0" if count == 1 else f"0 to {count - 1}"
-        raise NotFoundError(f"job '{row.name}' has no pod {pod} (pods: {valid})")
+        raise NotFoundError(f"job '{job_name(row.name)}' has no pod {pod} (pods: {valid})")
 
 
 def read_log(
-    app: App, caller: Caller, name: str, pod: int, offset: int = 0, limit: int = MAX_LOG_CHUNK
-) -> bytes:
-    """At most ``limit`` bytes (never over ``MAX_LOG_CHUNK``) of the pod's log from ``offset``."""
+    app: App, caller: Caller, name: str, pod: int, offset: int = 0, limit: int = MAX_LOG_CHUNK,
+    tenant: str | None = None,
+) -> tuple[bytes, int]:
+    """At most ``limit`` bytes (never over ``MAX_LOG_CHUNK``) of the pod's log from ``offset``,
+    and where they start (0 when the log was rotated meanwhile)."""
     if not 0 <= offset <= MAX_LOG_OFFSET:
         raise InputError(f"offset: expected a byte offset from 0 to {MAX_LOG_OFFSET}, got {offset}")
     if limit < 1:
         raise InputError(f"limit: expected a positive number of bytes, got {limit}")
-    check_pod(visible_job(app, caller, name), pod)
-    return app.workspace.read_log(name, pod, offset, min(limit, MAX_LOG_CHUNK))
+    row = visible_job(app, caller, name, tenant)
+    check_pod(row, pod)
+    return app.workspace.read_log(row.name, pod, offset, min(limit, MAX_LOG_CHUNK))
 
 
-def job_phase(app: App, name: str) -> str:
-    return app.store.get_job(name).phase
+def job_phase(app: App, caller: Caller, name: str, tenant: str | None = None) -> str:
+    return visible_job(app, caller, name, tenant).phase
 
 
 def events(app: App, caller: Caller, since: int = 0) -> list[dict[str, Any]]:
     if not 0 <= since <= MAX_EVENT_ID:
         raise InputError(f"since: expected an event id from 0 to {MAX_EVENT_ID}, got {since}")
     scope = _scope(caller)
-    found = app.store.events(since_id=since, tenant=scope)
+    found = [event_view(e) for e in app.store.events(since_id=since, tenant=scope)]
     return found if scope is None else [for_tenant_event(e) for e in found]
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shoal.app.ports import JobRecord
+from shoal.domain.names import job_name
 
 _HIDDEN = ("manifest", "pods", "checkpoint_dir", "version")
 
@@ -31,8 +32,12 @@ def pod_field(pod: Any, key: str, default: Any = None) -> Any:
 
 
 def job_summary(row: JobRecord) -> dict[str, Any]:
-    """One line of ``get jobs``: everything but the manifest and the pods' details."""
+    """One line of ``get jobs``: everything but the manifest and the pods' details.
+
+    ``name`` is the name the tenant gave the job (``tenant`` says whose).
+    """
     data = {k: v for k, v in plain(row).items() if k not in _HIDDEN}
+    data["name"] = job_name(row.name)
     data["pods"] = len(row.pods)
     data["pod_count"] = pod_count(row.manifest)
     return data
@@ -59,6 +64,12 @@ def for_tenant_job(view: dict[str, Any]) -> dict[str, Any]:
     if "events" in data:
         data["events"] = [for_tenant_event(e) for e in data["events"]]
     return data
+
+
+def event_view(event: dict[str, Any]) -> dict[str, Any]:
+    """An event as people read it: the job by its name (``tenant`` says whose)."""
+    job = event.get("job")
+    return {**event, "job": job_name(job)} if isinstance(job, str) else event
 
 
 def for_tenant_event(event: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,9 @@ Token = Annotated[str | None, typer.Option(help="API token (default: $SHOAL_TOKE
 Home = Annotated[Path | None, typer.Option("--state-dir", help="local state (default /var/lib/shoal as root, else ~/.shoal)")]
 Output = Annotated[str, typer.Option("--output", "-o", help="table, wide, json or yaml")]
 Watch = Annotated[bool, typer.Option("--watch", "-w", help="print again on every change")]
+TenantOpt = Annotated[str | None, typer.Option(
+    "--tenant", "-t", help="the jobs' tenant (job names are per tenant; an admin names it when "
+    "several tenants have a job of that name)")]
 
 KINDS = {"job": "jobs", "jobs": "jobs", "tenant": "tenants", "tenants": "tenants",
          "node": "nodes", "nodes": "nodes", "nodepool": "nodes", "nodepools": "nodes",
@@ -57,7 +60,7 @@ def get(
     what: Annotated[str, typer.Argument(help="jobs, tenants, nodes, events or tokens")],
     names: Annotated[list[str] | None, typer.Argument(help="only these (jobs)")] = None,
     server: Server = None, token: Token = None, home: Home = None, output: Output = "table",
-    watch: Watch = False,
+    watch: Watch = False, tenant: TenantOpt = None,
 ) -> None:
     """List jobs, tenants (quota and usage), nodes, events or tokens (admin); a tenant's
     token sees its own."""
@@ -65,10 +68,11 @@ def get(
     if kind is None:
         raise InputError(
             f"shoal get: expected jobs, tenants, nodes, events or tokens, got {what!r}")
-    if names and kind != "jobs":
-        raise InputError(f"shoal get {what}: names are only accepted for jobs")
+    if (names or tenant) and kind != "jobs":
+        raise InputError(f"shoal get {what}: names and --tenant are only accepted for jobs")
     check_output(output)
-    fetch = _FETCH[kind]
+    fetch = _FETCH[kind] if kind != "jobs" else (
+        lambda api, wanted: _jobs(api, wanted, tenant))
 
     def present(data: Any) -> None:
         if not emit(data, output):
@@ -98,15 +102,17 @@ def _watch(fetch: Callable[[], Any], present: Callable[[Any], None]) -> None:
         raise Interrupted("stopped watching; the jobs keep running") from None
 
 
-def _jobs(api: ShoalClient, names: list[str]) -> list[dict[str, Any]]:
-    jobs = api.jobs()
+def _jobs(api: ShoalClient, names: list[str], tenant: str | None = None) -> list[dict[str, Any]]:
+    jobs = [j for j in api.jobs() if tenant is None or j["tenant"] == tenant]
     if not names:
         return jobs
-    found = {job["name"]: job for job in jobs}
-    missing = [n for n in names if n not in found]
-    if missing:
-        api.job(missing[0])  # the server's own 404 line
-    return [found[n] for n in names]
+    found: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        found.setdefault(job["name"], []).append(job)
+    for name in names:
+        if len(found.get(name, [])) != 1:
+            api.job(name, tenant)  # the server's own 404 (or "which tenant?") line
+    return [found[n][0] for n in names]
 
 
 def _render_jobs(jobs: list[dict[str, Any]], wide: bool) -> Any:
@@ -222,13 +228,14 @@ def describe(
     what: Annotated[str, typer.Argument(help="job")],
     name: Annotated[str, typer.Argument(help="the job's name")],
     server: Server = None, token: Token = None, home: Home = None, output: Output = "table",
+    tenant: TenantOpt = None,
 ) -> None:
     """Show one job: its spec, pods and events."""
     if KINDS.get(what) != "jobs":
         raise InputError(f"shoal describe: expected 'job', got {what!r}")
     check_output(output)
     with client(server, token, home) as api:
-        job = api.job(name)
+        job = api.job(name, tenant)
     if emit(job, output):
         return
     _print_job(job)
@@ -281,7 +288,7 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False,
     limit_bytes: Annotated[int | None, typer.Option(
         "--limit-bytes", min=1, help="print at most this many bytes of the log")] = None,
-    server: Server = None, token: Token = None, home: Home = None,
+    server: Server = None, token: Token = None, home: Home = None, tenant: TenantOpt = None,
 ) -> None:
     """Print a pod's log (read page by page, never whole)."""
     if follow and limit_bytes is not None:
@@ -289,12 +296,12 @@ def logs(
     with client(server, token, home) as api:
         if not follow:
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            for page in api.iter_log(name, pod, limit_bytes=limit_bytes):
+            for page in api.iter_log(name, pod, limit_bytes=limit_bytes, tenant=tenant):
                 print(decoder.decode(page), end="", flush=True)
             print(decoder.decode(b"", final=True), end="")
             return
         try:
-            for chunk in api.follow_logs(name, pod):
+            for chunk in api.follow_logs(name, pod, tenant):
                 print(chunk, end="", flush=True)
         except KeyboardInterrupt:
             raise Interrupted(f"\nstopped following; job {name} keeps running "
@@ -306,7 +313,7 @@ def delete(
     names: Annotated[list[str] | None, typer.Argument(
         help="the jobs', tenants' or node pools' names, or the tokens' ids")] = None,
     all_jobs: Annotated[bool, typer.Option("--all", help="every job you can see")] = False,
-    server: Server = None, token: Token = None, home: Home = None,
+    server: Server = None, token: Token = None, home: Home = None, tenant: TenantOpt = None,
 ) -> None:
     """Stop jobs' pods (SIGTERM, then SIGKILL after the grace period) and cancel them;
     or (admin) delete tenants without active jobs, node pools that run no pods, or
@@ -325,10 +332,13 @@ def delete(
     if not all_jobs and not names:
         raise InputError("shoal delete job: name the jobs to delete, or pass --all")
     with client(server, token, home) as api:
+        targets = [(name, tenant) for name in names or []]
         if all_jobs:
-            names = [j["name"] for j in api.jobs() if not j.get("deleted")]
-        for name in names or []:
-            api.delete(name)
+            targets = [(j["name"], j["tenant"]) for j in api.jobs()
+                       if not j.get("deleted") and tenant in (None, j["tenant"])]
+            names = [name for name, _ in targets]
+        for name, owner in targets:
+            api.delete(name, owner)
             out.print(f"job/{name} deleted", highlight=False)
     if all_jobs and not names:
         out.print("No jobs.")

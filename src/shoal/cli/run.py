@@ -210,7 +210,7 @@ def _drive(api: ShoalClient, infra: list[dict[str, Any]], arrivals: list[Arrival
                 _cancel(api)
                 raise ShoalError(f"the scenario did not finish within {timeout:.0f} s")
             tick.wait(0.2)  # the scenario's own pace; the control loop runs independently
-    details = [api.job(row["name"]) for row in api.jobs()]
+    details = [api.job(row["name"], row["tenant"]) for row in api.jobs()]
     report = build_report(details, api.events(), api.tenants(), api.nodes(), start)
     for job in report["jobs"]:
         job["result"] = _last_line(api.logs(job["name"], 0))
@@ -242,7 +242,7 @@ def _last_line(log: str) -> str:
 def _cancel(api: ShoalClient) -> None:
     for row in api.jobs():
         if row["phase"] not in FINAL_PHASES:
-            api.delete(row["name"])
+            api.delete(row["name"], row["tenant"])
 
 
 def _wait_final(api: ShoalClient, timeout: float) -> None:

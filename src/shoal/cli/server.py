@@ -19,6 +19,7 @@ from rich.console import Console
 
 from shoal.cli.connect import SERVER_FILE, recorded, state_dir
 from shoal.cli.options import PodUidBaseOption, PodUserOption
+from shoal.domain.quantity import parse_memory_mib
 from shoal.errors import InputError, ShoalError
 
 STOP_TIMEOUT_S = 30.0
@@ -35,6 +36,10 @@ def server(
     grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 10.0,
     pod_user: PodUserOption = None,
     pod_uid_base: PodUidBaseOption = None,
+    log_max_size: Annotated[str, typer.Option(
+        help="rotate a pod's log past this size (e.g. 64Mi)")] = "64Mi",
+    log_files: Annotated[int, typer.Option(
+        min=1, max=100, help="rotated log files kept per pod")] = 3,
 ) -> None:
     """Run the control plane until interrupted (Ctrl-C or SIGTERM); jobs keep their state."""
     directory = state_dir(home)
@@ -45,15 +50,23 @@ def server(
         raise InputError(f"shoal server: expected no argument or 'stop', got {action!r}")
     if not 0 <= port <= 65535:
         raise InputError(f"--port: expected 0 to 65535, got {port}")
-    serve(directory, host, port, policy, grace, pod_user, pod_uid_base)
+    try:
+        max_bytes = parse_memory_mib(log_max_size) * 1024 * 1024
+    except ValueError as exc:
+        raise InputError(f"--log-max-size: {exc}", hint="e.g. 64Mi or 1Gi") from None
+    if max_bytes < 1024 * 1024:
+        raise InputError(f"--log-max-size: expected at least 1Mi, got {log_max_size!r}")
+    serve(directory, host, port, policy, grace, pod_user, pod_uid_base, (max_bytes, log_files))
 
 
 def serve(directory: Path, host: str, port: int, policy: str, grace: float,
-          pod_user: str | None = None, pod_uid_base: int | None = None) -> None:
+          pod_user: str | None = None, pod_uid_base: int | None = None,
+          logs: tuple[int, int] | None = None) -> None:
     from shoal.api import launch  # the one place the CLI starts a control plane
 
+    limits = None if logs is None else launch.LogLimits(max_bytes=logs[0], files=logs[1])
     running = launch.start(directory, host=host, port=port, policy=policy, grace_seconds=grace,
-                           pod_user=pod_user, pod_uid_base=pod_uid_base)
+                           pod_user=pod_user, pod_uid_base=pod_uid_base, log_limits=limits)
     record = directory / SERVER_FILE
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

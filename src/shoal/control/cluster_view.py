@@ -36,7 +36,7 @@ def tenants_from(rows: Mapping[str, dict[str, Any]]) -> dict[str, TenantQuota]:
     }
 
 
-_PARSED: dict[tuple[str, float], tuple[TrainingJob, Workload]] = {}
+_PARSED: dict[tuple[str, str, float], tuple[TrainingJob, Workload]] = {}
 
 
 def _parsed(row: JobRow) -> tuple[TrainingJob, Workload]:
@@ -45,11 +45,12 @@ def _parsed(row: JobRow) -> tuple[TrainingJob, Workload]:
     Keyed on the manifest's content (and submit time), never on the name
     alone: a name may be reused with another manifest.
     """
-    key = (json.dumps(row.manifest, sort_keys=True), row.submit_time)
+    key = (row.name, json.dumps(row.manifest, sort_keys=True), row.submit_time)
     parsed = _PARSED.get(key)
     if parsed is None:
         job = TrainingJob.model_validate(row.manifest)
-        parsed = (job, from_training_job(job, row.submit_time))
+        # The workload goes by the job's key: two tenants may both have a "train".
+        parsed = (job, from_training_job(job, row.submit_time, name=row.name))
         if len(_PARSED) > 100_000:
             _PARSED.clear()
         _PARSED[key] = parsed

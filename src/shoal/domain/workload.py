@@ -71,7 +71,8 @@ class Workload:
 
 
 def from_training_job(
-    job: TrainingJob, submit_time: float = 0.0, defaults: DefaultRequests | None = None
+    job: TrainingJob, submit_time: float = 0.0, defaults: DefaultRequests | None = None,
+    name: str | None = None,
 ) -> Workload:
     """Flatten a TrainingJob manifest into a Workload.
 
@@ -103,7 +104,7 @@ def from_training_job(
         pack=spec.affinity.pack,
     )
     return Workload(
-        name=job.metadata.name,
+        name=name or job.metadata.name,  # a stored job: its key (shoal.domain.names)
         tenant=spec.tenant,
         pods=tuple(pods),
         priority=spec.priority_value,

@@ -22,6 +22,7 @@ from typing import Any
 
 from shoal.control.records import JobRow, PodRecord, PodStatus
 from shoal.domain.job import TrainingJob
+from shoal.domain.names import job_name
 from shoal.runtime.local import sandbox
 from shoal.runtime.local.discover import find_pod
 from shoal.runtime.local.logs import LogLimits, rotate_if_full
@@ -59,8 +60,9 @@ class LocalPods:
 
     # -- folders ----------------------------------------------------------------------
 
-    # Everything of a job lives under jobs/<job>/, which sandboxes hide from
-    # other jobs (only the pod's own folders are mounted back).
+    # Everything of a job lives under jobs/<tenant>/<job>/ (``job`` is the job's
+    # key, see shoal.domain.names), which sandboxes hide from other jobs (only the
+    # pod's own folders are mounted back).
     def job_dir(self, job: str) -> Path:
         return self.state_dir / "jobs" / job
 
@@ -73,6 +75,11 @@ class LocalPods:
     # -- the port ---------------------------------------------------------------------
 
     def start(self, job: JobRow, pod: PodRecord) -> str:
+        if self.users.mode == "tenant":
+            # Passable, not listable: a pod must not learn its neighbours' job names.
+            for folder in (self.job_dir(job.name).parent, self.job_dir(job.name)):
+                folder.mkdir(parents=True, exist_ok=True)
+                folder.chmod(0o711)
         handle = self.processes.start(self.spec(job, pod))
         self.handles[pod.uid] = handle
         return _encode(handle)
@@ -158,7 +165,7 @@ class LocalPods:
         env = {
             "RANK": str(pod.index), "WORLD_SIZE": str(world), "LOCAL_RANK": str(pod.index),
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-            "SHOAL_JOB": job.name, "SHOAL_TENANT": job.tenant,
+            "SHOAL_JOB": job_name(job.name), "SHOAL_TENANT": job.tenant,
             "SHOAL_ATTEMPT": str(job.attempts), "SHOAL_POD_UID": pod.uid,
             "SHOAL_CHECKPOINT_DIR": str(checkpoint_dir),
         }
@@ -176,7 +183,7 @@ class LocalPods:
         # Only the folders Shoal made are handed to the pod's user, never a host folder.
         own = tuple(p for p in (workdir, checkpoint_dir) if p.is_relative_to(self.job_dir(job.name)))
         return PodSpec(
-            job=job.name,
+            job=job_name(job.name),
             tenant=job.tenant,
             index=pod.index,
             command=list(manifest.spec.command or DEFAULT_COMMAND),

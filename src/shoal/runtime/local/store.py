@@ -171,6 +171,15 @@ class SqliteStore(Database):
             raise NotFound(f"job '{name}' not found")
         return job
 
+    def jobs_named(self, name: str) -> list[JobRow]:
+        """The live jobs of every tenant named ``name`` (their keys end in ``/name``)."""
+        pattern = "%/" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self._conn().execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE name LIKE ? ESCAPE '\\' AND finalized = 0 "
+            "ORDER BY name", (pattern,))
+        # LIKE ignores case: keep the exact name only.
+        return [job for job in map(job_from_row, rows) if job.name.endswith("/" + name)]
+
     def _find(self, name: str) -> JobRow | None:
         row = self._conn().execute(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE name = ? AND finalized = 0", (name,)

@@ -128,10 +128,21 @@ _V3 = (
     "ALTER TABLE tokens ADD COLUMN expires REAL",
 )
 
+# Job names are per tenant: a job is stored under its key, "<tenant>/<name>"
+# (shoal.domain.names), and so are its events. A job running across the
+# upgrade keeps its checkpoint folder (recorded per job); its other files are
+# looked for under jobs/<tenant>/<name>/ from then on.
+_V4 = (
+    "UPDATE jobs SET name = tenant || '/' || name WHERE instr(name, '/') = 0",
+    "UPDATE events SET job = tenant || '/' || job "
+    "WHERE job IS NOT NULL AND tenant IS NOT NULL AND instr(job, '/') = 0",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, tenants, nodes, events, tokens", _V1),
     Migration(2, "job stop cause, deadline, preemptor, checkpoint, failures", _V2),
     Migration(3, "token creation and expiry times", _V3),
+    Migration(4, "job names scoped per tenant", _V4),
 )
 LATEST = MIGRATIONS[-1].version
 
