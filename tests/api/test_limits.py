@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
 import socket
 import tracemalloc
@@ -191,3 +192,26 @@ def test_an_authenticated_small_body_still_works(plane: launch.Running) -> None:
     response = httpx.post(f"{plane.url}/v1/apply", json={"text": ""}, headers=headers)
     assert response.status_code == 200 and response.json() == {"applied": []}
     assert httpx.get(f"{plane.url}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("text", [
+    "\n".join(
+        ["apiVersion: shoal.dev/v1alpha1", "kind: TrainingJob", "metadata: {name: t}", "spec:",
+         "  tenant: team-a", "  podSets: [{count: 1}]", "  command:", '    - &x0 ["xxxxxxxx"]']
+        + [f"    - &x{i} [" + ",".join([f"*x{i - 1}"] * 9) + "]" for i in range(1, 13)]),
+    "a: &a [*a]\n",
+    "[" * 5000 + "]" * 5000,
+    "a: \0b\n",
+    "a: \ud800\n",
+])
+def test_hostile_yaml_is_a_400_not_a_busy_server(plane: launch.Running, text: str) -> None:
+    """An alias bomb (9**12 strings), a self-reference, deep nesting, NUL, a lone surrogate."""
+    headers = {"Authorization": f"Bearer {plane.token}"}
+    # json.dumps escapes a lone surrogate (\ud800), as a hostile client may send it.
+    body = json.dumps({"text": text, "source": "hostile.yaml"}).encode()
+    headers["Content-Type"] = "application/json"
+    with httpx.Client(base_url=plane.url, headers=headers, timeout=30) as http:
+        answer = http.post("/v1/apply", content=body)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] in ("invalid_manifest", "invalid_input"), answer.text
+        assert http.get("/v1/jobs").json() == {"jobs": []}, "nothing applied"

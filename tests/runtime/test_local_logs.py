@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests.control.conftest import CLUSTER, job, phase, wait_for
+
+from shoal.api import launch
+from shoal.api.client import ShoalClient
 from shoal.runtime.local.logs import LogLimits, rotate_if_full, rotated_files
 
 
@@ -43,10 +47,6 @@ def test_a_link_in_place_of_the_log_is_not_followed(tmp_path: Path) -> None:
 
 def test_a_chatty_pod_s_log_is_rotated_and_served_from_its_new_start(tmp_path: Path) -> None:
     """A real plane and API: the log stays bounded while the pod writes on."""
-    from shoal.api import launch
-    from shoal.api.client import ShoalClient
-    from tests.control.conftest import CLUSTER, job, phase, wait_for
-
     go = tmp_path / "go"
     limits = LogLimits(max_bytes=64 * 1024, files=2)
     running = launch.start(tmp_path / "state", grace_seconds=3.0, log_limits=limits)

@@ -295,3 +295,42 @@ spec:
         again = type(manifest).model_validate(dumped)
         assert again == manifest, manifest.kind
 
+
+
+def _laughs(levels: int, width: int = 9) -> str:
+    """A TrainingJob whose command is a "billion laughs" alias bomb (width**levels strings)."""
+    rows = "\n".join(f"    - &x{i} [" + ",".join([f"*x{i - 1}"] * width) + "]"
+                     for i in range(1, levels + 1))
+    return ("apiVersion: shoal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: t}\n"
+            "spec:\n  tenant: a\n  podSets: [{count: 1}]\n  command:\n"
+            f'    - &x0 ["{"x" * 64}"]\n{rows}\n')
+
+
+@pytest.mark.parametrize("levels", [6, 12])
+def test_an_alias_bomb_is_refused_without_expanding_it(levels: int) -> None:
+    import time
+
+    text = _laughs(levels)
+    assert len(text) < 1000
+    started = time.process_time()
+    with pytest.raises(ManifestError, match="aliases expand the document past 1,048,576"):
+        parse_manifests(text, "bomb.yaml")
+    # 9**12 strings would take hours to walk: the check counts each node once.
+    assert time.process_time() - started < 5
+
+
+def test_a_few_aliases_are_fine() -> None:
+    text = ("apiVersion: shoal.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: t}\n"
+            "spec:\n  tenant: a\n  podSets: [{count: 1}]\n"
+            "  env: &e {A: '1'}\n  command: [sh, -c, &c 'echo hi']\n")
+    assert parse_manifests(text, "ok.yaml")[0].spec.command == ["sh", "-c", "echo hi"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a: &a [*a]\n", "nested too deeply|refers to itself"),
+    ("[" * 3000 + "]" * 3000, "nested too deeply"),
+    ("{a: " * 3000 + "1" + "}" * 3000, "nested too deeply"),
+])
+def test_self_references_and_deep_nesting_are_clear_errors(text: str, message: str) -> None:
+    with pytest.raises(ManifestError, match=message):
+        parse_manifests(text, "odd.yaml")

@@ -73,7 +73,8 @@ def _documents(text: str, source: str) -> list[tuple[yaml.Node, Any]]:
             node = loader.get_node()
             if node is None:
                 continue
-            _reject_duplicate_keys(node, source)
+            _reject_duplicate_keys(node, source, set())
+            _check_expansion(node, source, max(MIN_EXPANDED_LIMIT, 2 * len(text)))
             documents.append((node, loader.construct_document(node)))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -94,8 +95,13 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def _reject_duplicate_keys(node: yaml.Node, source: str) -> None:
+def _reject_duplicate_keys(node: yaml.Node, source: str, done: set[int]) -> None:
     # PyYAML silently keeps the last of two equal keys, which hides typos.
+    # ``done``: nodes already checked; an alias names the same node again, so
+    # each is checked once however often it is used (no "billion laughs").
+    if id(node) in done:
+        return
+    done.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[object] = set()
         for key, value in node.value:
@@ -104,10 +110,50 @@ def _reject_duplicate_keys(node: yaml.Node, source: str) -> None:
                     line = key.start_mark.line + 1
                     raise ManifestError(f"{source}:{line}: duplicate key {key.value!r}")
                 seen.add(key.value)
-            _reject_duplicate_keys(value, source)
+            _reject_duplicate_keys(value, source, done)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _reject_duplicate_keys(item, source)
+            _reject_duplicate_keys(item, source, done)
+
+
+MIN_EXPANDED_LIMIT = 1 << 20
+"""Aliases may make a document at most this large (in scalar characters and
+items), or twice its own text, whichever is more."""
+
+
+def _check_expansion(node: yaml.Node, source: str, limit: int) -> None:
+    """Refuse a document whose aliases expand it past ``limit`` (or into a cycle).
+
+    Sizes are counted per distinct node (memoised), so the check itself costs
+    one pass over the text however large the expansion would be.
+    """
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(current: yaml.Node) -> int:
+        key = id(current)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            line = current.start_mark.line + 1
+            raise ManifestError(f"{source}:{line}: invalid YAML: an alias refers to itself")
+        open_.add(key)
+        if isinstance(current, yaml.ScalarNode):
+            total = 1 + len(current.value)
+        elif isinstance(current, yaml.SequenceNode):
+            total = 1 + sum(size(item) for item in current.value)
+        else:
+            total = 1 + sum(size(k) + size(v) for k, v in current.value)
+        open_.discard(key)
+        if total > limit:
+            line = current.start_mark.line + 1
+            raise ManifestError(
+                f"{source}:{line}: invalid YAML: aliases expand the document past {limit:,} "
+                "characters", hint="write the values out, or use fewer aliases")
+        sizes[key] = total
+        return total
+
+    size(node)
 
 
 def _validate(node: yaml.Node, data: Any, source: str) -> Manifest:
