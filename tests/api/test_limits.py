@@ -82,8 +82,11 @@ def test_limit_and_offset(plane: launch.Running, admin: ShoalClient) -> None:
     url = f"{plane.url}/v1/jobs/small/logs"
     part = httpx.get(url, params={"offset": 3, "limit": 4}, headers=headers)
     assert part.content == b"3456" and part.headers[server.NEXT_OFFSET] == "7"
+    end = httpx.get(url, params={"offset": 10}, headers=headers)
+    assert end.content == b"" and end.headers[server.NEXT_OFFSET] == "10", "nothing new yet"
+    # Past the end: the log was rotated (truncated) since; it is read from its new start.
     past = httpx.get(url, params={"offset": 100}, headers=headers)
-    assert past.content == b"" and past.headers[server.NEXT_OFFSET] == "100"
+    assert past.content == b"0123456789" and past.headers[server.NEXT_OFFSET] == "10"
     for params in ({"offset": -1}, {"offset": 10**30}, {"limit": 0}, {"limit": "x"}):
         bad = httpx.get(url, params=params, headers=headers)
         assert bad.status_code == 400, params

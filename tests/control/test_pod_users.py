@@ -21,6 +21,7 @@ import pytest
 
 from shoal.api import launch
 from shoal.api.client import ShoalClient
+from shoal.errors import InputError
 from tests.control.conftest import CLUSTER, job, phase, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pod users need a root control plane")
@@ -189,7 +190,7 @@ def test_a_tenant_keeps_its_user_across_restarts(tmp_path: Path) -> None:
 def test_a_program_in_a_folder_closed_to_the_pod_user(
     admin: ShoalClient, tmp_path: Path, isolation: str,
 ) -> None:
-    """A process pod cannot run it and says why; a sandbox shows just that program."""
+    """A process pod cannot run it (refused at apply); a sandbox shows just that program."""
     closed = tmp_path / "closed"
     closed.mkdir()
     closed.chmod(0o700)  # as /root, where a Python installation may live
@@ -199,15 +200,37 @@ def test_a_program_in_a_folder_closed_to_the_pod_user(
     program.write_text(f"#!/bin/sh\nls {closed}; cat {closed}/secret; echo ran as $(id -u)\n")
     program.chmod(0o755)
     admin.apply_text(_tenants(isolation), "cluster.yaml")
-    admin.apply_text(job("hidden", "team-a", [str(program)], gpus=0), "h.yaml")
-    wait_for(lambda: phase(admin, "hidden") in ("Succeeded", "Failed"), timeout=60)
-    row = admin.job("hidden")
+    manifest = job("hidden", "team-a", [str(program)], gpus=0)
     if isolation == "process":
-        assert row["phase"] == "Failed"
-        assert f"cannot reach its program {program}" in row["reason"]
-        assert f"{closed} is mode 0700" in row["reason"]
-    else:
-        log = admin.logs("hidden", pod=0)
-        assert row["phase"] == "Succeeded", log
-        assert log.splitlines()[0] == "tools", "only what the pod runs is shown"
-        assert "root's" not in log and "ran as 2" in log
+        with pytest.raises(InputError, match="is not a program the tenant's pods may run"):
+            admin.apply_text(manifest, "h.yaml")
+        return
+    admin.apply_text(manifest, "h.yaml")
+    wait_for(lambda: phase(admin, "hidden") in ("Succeeded", "Failed"), timeout=60)
+    log = admin.logs("hidden", pod=0)
+    assert admin.job("hidden")["phase"] == "Succeeded", log
+    assert log.splitlines()[0] == "tools", "only what the pod runs is shown"
+    assert "root's" not in log and "ran as 2" in log
+
+
+def test_apply_cannot_probe_folders_the_pods_cannot_reach(admin: ShoalClient,
+                                                          tmp_path: Path) -> None:
+    """A closed folder and a missing one get the same answer: nothing is learnt of root's."""
+    closed = tmp_path / "closed"
+    (closed / "inside").mkdir(parents=True)
+    (closed / "run.sh").write_text("#!/bin/sh\n")
+    (closed / "run.sh").chmod(0o755)
+    closed.chmod(0o700)
+    admin.apply_text(CLUSTER, "cluster.yaml")
+    answers = []
+    for folder in (closed / "inside", tmp_path / "missing"):
+        text = job("probe", "team-a", ["/bin/true"], gpus=0) + f"  workingDir: {folder}\n"
+        with pytest.raises(InputError) as refused:
+            admin.apply_text(text, "p.yaml")
+        answers.append(str(refused.value).replace(str(folder), "FOLDER"))
+    assert answers[0] == answers[1]
+    assert "does not exist or is not a folder the tenant's pods may enter" in answers[0]
+    for program in (closed / "run.sh", tmp_path / "missing.sh"):
+        with pytest.raises(InputError, match="is not a program the tenant's pods may run"):
+            admin.apply_text(job("probe", "team-a", [str(program)], gpus=0), "p.yaml")
+    assert admin.jobs() == []

@@ -99,7 +99,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 def wire(plane: EmbeddedPlane) -> App:
     """The application layer over the embedded runtime's adapters."""
-    workspace = LocalWorkspace(plane.state_dir, plane.checkpoint_dir, plane.log_path)
+    workspace = LocalWorkspace(plane.state_dir, plane.checkpoint_dir, plane.log_path,
+                               pod_users=plane.users.mode == "tenant")
     return App(store=plane.store, workspace=workspace, clock=plane.clock, wake=plane.wake)
 
 

@@ -17,6 +17,9 @@ from typing import Any
 from shoal.domain.job import TrainingJob
 from shoal.domain.names import job_key
 from shoal.errors import InputError
+from shoal.runtime.local.users import PodUser, unreachable
+
+PROBE_UID = 2**31 - 2  # a user that owns nothing: what any tenant's pods may reach
 
 
 class LocalWorkspace:
@@ -24,10 +27,13 @@ class LocalWorkspace:
     job lives under ``<state>/jobs/<tenant>/<job>/`` (``job`` arguments are keys)."""
 
     def __init__(self, state_dir: Path, checkpoints: Callable[[str], Path],
-                 logs: Callable[[str, int], Path]) -> None:
+                 logs: Callable[[str, int], Path], pod_users: bool = False) -> None:
         self.state_dir = state_dir
         self._checkpoints = checkpoints
         self._logs = logs
+        # Pods run as unprivileged users: the host is checked as one of them sees
+        # it, so that a tenant cannot probe root's files through apply's errors.
+        self.probe = PodUser(PROBE_UID, PROBE_UID) if pod_users else None
 
     def job_dir(self, job: str) -> Path:
         return self.state_dir / "jobs" / job
@@ -39,7 +45,7 @@ class LocalWorkspace:
         return self._logs(job, pod)
 
     def check(self, job: TrainingJob, tenant: Mapping[str, Any]) -> None:
-        check_host(job, tenant, self.state_dir)
+        check_host(job, tenant, self.state_dir, self.probe)
         name = job.metadata.name
         _check_creatable(name, Path(self.checkpoint_dir(job_key(job.spec.tenant, name))))
 
@@ -68,14 +74,27 @@ class LocalWorkspace:
             return handle.read(limit), offset
 
 
-def check_host(job: TrainingJob, tenant: Mapping[str, Any], state_dir: Path | None) -> None:
-    """The job's working folder and command exist on this machine."""
+def check_host(job: TrainingJob, tenant: Mapping[str, Any], state_dir: Path | None,
+               probe: PodUser | None = None) -> None:
+    """The job's working folder and command exist on this machine (and, with ``probe``,
+    an unprivileged pod user may enter and run them: one answer either way)."""
     name, spec = job.metadata.name, job.spec
+    sandboxed = tenant.get("isolation") == "sandbox"
     if spec.working_dir:
-        _check_working_dir(name, Path(spec.working_dir), state_dir, spec.tenant, tenant)
+        folder = Path(spec.working_dir)
+        if probe is not None and unreachable(folder, probe) is not None:
+            raise InputError(f"TrainingJob {name}: workingDir {folder} does not exist or is "
+                             "not a folder the tenant's pods may enter")
+        _check_working_dir(name, folder, state_dir, spec.tenant, tenant)
     if spec.command:
         base = Path(spec.working_dir) if spec.working_dir else state_dir or Path.cwd()
-        _check_command(name, spec.command[0], base)
+        program = spec.command[0]
+        if probe is not None and os.sep in program:
+            path = Path(program) if Path(program).is_absolute() else base / program
+            if unreachable(path, probe, sandboxed=sandboxed) is not None:
+                raise InputError(f"TrainingJob {name}: command {program!r} does not exist or "
+                                 "is not a program the tenant's pods may run")
+        _check_command(name, program, base)
 
 
 def _check_working_dir(
