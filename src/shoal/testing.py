@@ -238,11 +238,15 @@ class FakePods:
 class FakeCheckpoints:
     def __init__(self) -> None:
         self.saved: dict[str, Checkpoint] = {}
+        self.broken: dict[str, Exception] = {}
+        """Jobs whose checkpoint folder cannot be read, and the error that raises."""
 
     def save(self, job: str, time: float, step: int | None = None) -> None:
         self.saved[job] = Checkpoint(time, step)
 
     def latest(self, job: JobRow) -> Checkpoint | None:
+        if job.name in self.broken:
+            raise self.broken[job.name]
         return self.saved.get(job.name)
 
 

@@ -339,3 +339,23 @@ def test_a_job_deleted_before_its_pods_ever_started_is_cancelled(world: FakeWorl
     world.restart()
     world.settle()
     assert world.phase("never") == "Cancelled" and world.pods.started == []
+
+
+def test_a_checkpoint_folder_that_breaks_the_scan_does_not_stop_preemption_or_deletion(
+        world: FakeWorld) -> None:
+    """A tenant's files may make reading its checkpoints fail: it is still stopped."""
+    world.pods.ignore_sigterm.add("stuck")
+    world.submit(job("stuck", gpus=4, priority="low"))
+    world.settle()
+    world.checkpoints.broken["stuck"] = RecursionError("maximum recursion depth exceeded")
+    world.submit(job("claim", "team-b", gpus=2))
+    world.settle()
+    assert world.phase("stuck") == "Preempting"
+    world.clock.advance(10)
+    world.settle()
+    assert world.phase("stuck") == "Pending" and world.phase("claim") == "Running"
+    assert "error" in world.event_kinds("stuck"), "the failure is reported"
+    world.store.request_delete("claim")
+    world.checkpoints.broken["claim"] = OSError("too many open files")
+    world.settle()
+    assert world.phase("claim") == "Cancelled"

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -234,3 +235,61 @@ def test_apply_cannot_probe_folders_the_pods_cannot_reach(admin: ShoalClient,
         with pytest.raises(InputError, match="is not a program the tenant's pods may run"):
             admin.apply_text(job("probe", "team-a", [str(program)], gpus=0), "p.yaml")
     assert admin.jobs() == []
+
+
+PRELOAD = r"""
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void grab(void) {
+    if (geteuid() == 0) { FILE *f = fopen(MARK, "w"); if (f) { fputs("root", f); fclose(f); } }
+}
+"""
+
+
+@pytest.mark.parametrize("isolation", ["process", pytest.param("sandbox", marks=BWRAP)])
+def test_the_jobs_environment_never_reaches_what_runs_as_root(
+    admin: ShoalClient, tmp_path: Path, isolation: str,
+) -> None:
+    """LD_PRELOAD in a job's env would run the tenant's code in the root wrappers."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    mark = tmp_path / "rooted"
+    library = tmp_path / "evil.so"
+    if compiler is not None:
+        source = tmp_path / "evil.c"
+        source.write_text(PRELOAD)
+        subprocess.run([compiler, "-shared", "-fPIC", f'-DMARK="{mark}"', "-o", str(library),
+                        str(source)], check=True)
+    admin.apply_text(_tenants(isolation), "cluster.yaml")
+    text = job("preload", "team-a", ["/bin/sh", "-c", "echo up; exec sleep 600"], gpus=0)
+    admin.apply_text(text + f'  env: {{LD_PRELOAD: "{library}", SHOAL_MARK: leak}}\n', "p.yaml")
+    wait_for(lambda: "up" in admin.logs("preload", pod=0), timeout=60)
+    try:
+        leader = _pid(admin, "preload")
+        seen = {"root": 0, "pod": 0}
+        for pid in _group(leader):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            owner = Path(f"/proc/{pid}").stat().st_uid
+            if owner == 0:
+                seen["root"] += 1
+                assert not any(e.startswith((b"LD_PRELOAD=", b"SHOAL_MARK=")) for e in environ)
+            elif b"SHOAL_MARK=leak" in environ:
+                seen["pod"] += 1
+        assert seen["root"] >= 1 and seen["pod"] >= 1, seen
+    finally:
+        admin.delete("preload")
+    wait_for(lambda: phase(admin, "preload") == "Cancelled", timeout=60)
+    assert not mark.exists(), "the tenant's library ran as root"
+
+
+def _group(leader: int) -> list[int]:
+    """The processes of the pod's process group (its leader's pid names the group)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat_fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat_fields[2]) == leader:
+                found.append(int(entry.name))
+    return found

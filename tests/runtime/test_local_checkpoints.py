@@ -67,3 +67,10 @@ def test_a_running_jobs_folder_is_looked_at_once_a_second_a_stopping_ones_every_
     clock[0] += 1.0
     found = checkpoints.latest(job(tmp_path, "Running"))
     assert found is not None and found.time == NOW
+
+
+def test_a_progress_file_that_would_recurse_forever_is_no_step(tmp_path: Path) -> None:
+    touch(tmp_path / "model.ckpt", NOW - 10)
+    touch(tmp_path / "shoal-progress.json", NOW - 10, "[" * 4096)  # 4 KiB, as read
+    found = LocalCheckpoints(clock=lambda: NOW).latest(job(tmp_path))
+    assert found is not None and (found.time, found.step) == (NOW - 10, None)

@@ -40,6 +40,7 @@ from shoal.runtime.local.users import (
 )
 
 _log = logging.getLogger(__name__)
+PROBE_UID = 2**31 - 2
 ADMIN_TOKEN_FILE = "admin-token"
 START_TIMEOUT_S = 30.0
 
@@ -99,8 +100,13 @@ def listen(host: str, port: int) -> socket.socket:
 
 def wire(plane: EmbeddedPlane) -> App:
     """The application layer over the embedded runtime's adapters."""
+    probe = PodUser(PROBE_UID, PROBE_UID)  # a user that owns nothing, as any tenant's
+
+    def reachable(path: Path, sandboxed: bool) -> bool:
+        return unreachable(path, probe, sandboxed=sandboxed) is None
+
     workspace = LocalWorkspace(plane.state_dir, plane.checkpoint_dir, plane.log_path,
-                               pod_users=plane.users.mode == "tenant")
+                               reachable if plane.users.mode == "tenant" else None)
     return App(store=plane.store, workspace=workspace, clock=plane.clock, wake=plane.wake)
 
 

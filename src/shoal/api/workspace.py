@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,9 @@ from typing import Any
 from shoal.domain.job import TrainingJob
 from shoal.domain.names import job_key
 from shoal.errors import InputError
-from shoal.runtime.local.users import PodUser, unreachable
 
-PROBE_UID = 2**31 - 2  # a user that owns nothing: what any tenant's pods may reach
+Reachable = Callable[[Path, bool], bool]
+"""Whether an unprivileged pod user could reach a path (``True``: in a sandbox)."""
 
 
 class LocalWorkspace:
@@ -27,13 +29,17 @@ class LocalWorkspace:
     job lives under ``<state>/jobs/<tenant>/<job>/`` (``job`` arguments are keys)."""
 
     def __init__(self, state_dir: Path, checkpoints: Callable[[str], Path],
-                 logs: Callable[[str, int], Path], pod_users: bool = False) -> None:
+                 logs: Callable[[str, int], Path], reachable: Reachable | None = None) -> None:
         self.state_dir = state_dir
         self._checkpoints = checkpoints
         self._logs = logs
+        leftover = state_dir / "trash"  # folders a crash left half deleted
+        if leftover.is_dir():
+            threading.Thread(target=shutil.rmtree, args=(leftover,),
+                             kwargs={"ignore_errors": True}, daemon=True).start()
         # Pods run as unprivileged users: the host is checked as one of them sees
         # it, so that a tenant cannot probe root's files through apply's errors.
-        self.probe = PodUser(PROBE_UID, PROBE_UID) if pod_users else None
+        self.reachable = reachable
 
     def job_dir(self, job: str) -> Path:
         return self.state_dir / "jobs" / job
@@ -45,14 +51,26 @@ class LocalWorkspace:
         return self._logs(job, pod)
 
     def check(self, job: TrainingJob, tenant: Mapping[str, Any]) -> None:
-        check_host(job, tenant, self.state_dir, self.probe)
+        check_host(job, tenant, self.state_dir, self.reachable)
         name = job.metadata.name
         _check_creatable(name, Path(self.checkpoint_dir(job_key(job.spec.tenant, name))))
 
     def forget(self, job: str) -> None:
+        """Put the job's folder out of the way at once; delete it in the background.
+
+        Called inside the store's write transaction: the folder is the tenant's
+        to fill (a million files, say), so removing it there would stall every
+        other writer. A rename is one step whatever the folder holds.
+        """
         folder = self.job_dir(job)
-        if folder.exists():
-            shutil.rmtree(folder)
+        if not folder.exists():
+            return
+        trash = self.state_dir / "trash"
+        trash.mkdir(mode=0o700, exist_ok=True)
+        aside = trash / uuid.uuid4().hex
+        folder.rename(aside)
+        threading.Thread(target=shutil.rmtree, args=(aside,), kwargs={"ignore_errors": True},
+                         name="shoal-forget", daemon=True).start()
 
     def read_log(self, job: str, pod: int, offset: int = 0,
                  limit: int = 1024 * 1024) -> tuple[bytes, int]:
@@ -75,23 +93,24 @@ class LocalWorkspace:
 
 
 def check_host(job: TrainingJob, tenant: Mapping[str, Any], state_dir: Path | None,
-               probe: PodUser | None = None) -> None:
-    """The job's working folder and command exist on this machine (and, with ``probe``,
-    an unprivileged pod user may enter and run them: one answer either way)."""
+               reachable: Reachable | None = None) -> None:
+    """The job's working folder and command exist on this machine (and, with
+    ``reachable``, an unprivileged pod user may enter and run them: one answer
+    either way)."""
     name, spec = job.metadata.name, job.spec
     sandboxed = tenant.get("isolation") == "sandbox"
     if spec.working_dir:
         folder = Path(spec.working_dir)
-        if probe is not None and unreachable(folder, probe) is not None:
+        if reachable is not None and not reachable(folder, False):
             raise InputError(f"TrainingJob {name}: workingDir {folder} does not exist or is "
                              "not a folder the tenant's pods may enter")
         _check_working_dir(name, folder, state_dir, spec.tenant, tenant)
     if spec.command:
         base = Path(spec.working_dir) if spec.working_dir else state_dir or Path.cwd()
         program = spec.command[0]
-        if probe is not None and os.sep in program:
+        if reachable is not None and os.sep in program:
             path = Path(program) if Path(program).is_absolute() else base / program
-            if unreachable(path, probe, sandboxed=sandboxed) is not None:
+            if not reachable(path, sandboxed):
                 raise InputError(f"TrainingJob {name}: command {program!r} does not exist or "
                                  "is not a program the tenant's pods may run")
         _check_command(name, program, base)

@@ -37,6 +37,7 @@ from shoal.control.ports import Checkpoints, Clock, Inventory, NodeSet, Pods, St
 from shoal.control.records import (
     ACTIVE_PHASES,
     HOLDING_PHASES,
+    Checkpoint,
     EventRecord,
     JobRow,
     PodRecord,
@@ -130,10 +131,22 @@ class Controller:
         self._terminate_once(job, now)
         statuses = {p.uid: self.pods.observe(job, p) for p in job.pods if not p.done}
         step = machine.observe(
-            job, statuses, now, self.checkpoints.latest(job), self.config.retry,
+            job, statuses, now, self._checkpoint(job), self.config.retry,
             view.manifest_of(job).spec.max_retries, view.workload_of(job).checkpoint_interval,
         )
         return self._apply(job, step)
+
+    def _checkpoint(self, job: JobRow) -> Checkpoint | None:
+        """The job's newest checkpoint; None (and an error event) when looking fails.
+
+        The job's files are its tenant's to write: whatever they hold must not
+        stop the job from being stopped, deleted or preempted.
+        """
+        try:
+            return self.checkpoints.latest(job)
+        except Exception as exc:
+            self._failed(job, exc)
+            return None
 
     def _terminate_once(self, job: JobRow, now: float) -> None:
         """SIGTERM the pods of a stopping job that this process has not signalled yet."""
@@ -200,7 +213,7 @@ class Controller:
         if isinstance(decision, Admit):
             placement = [(names[b.node], b.gpus) for b in decision.bindings]
             uids = [self.new_uid() for _ in placement]
-            return machine.admit(job, placement, uids, now, self.checkpoints.latest(job))
+            return machine.admit(job, placement, uids, now, self._checkpoint(job))
         if isinstance(decision, Preempt):
             why = f"preempted: {PREEMPT_REASONS[decision.reason]}"
             return machine.preempt(job, now, self.config.retry.grace_seconds,

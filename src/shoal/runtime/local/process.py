@@ -73,18 +73,48 @@ _LOST = "exited while Shoal was not its parent (after a restart); exit code unkn
 # group's SIGTERM reaches the command directly; the shell only waits it out.
 # In a sandbox it runs bwrap (outside it, so that the pod cannot write the file),
 # and what it records is bwrap's status: the command's, 128 + n after signal n.
-_RECORD_EXIT = """exit_file=$1; shift
-: > "$exit_file.started" || exit 125
-"$@" &
+# Only built-ins after the first fork: a pod that used up its pids.max must not
+# keep its exit code from being written. The command gets the recorder's stdin
+# (a background job would get /dev/null).
+_RECORD_EXIT = """: > "$SHOAL_EXIT_FILE.started" || exit 125
+exec 3<&0 0</dev/null
+"$@" <&3 3<&- &
 child=$!
+exec 3<&-
 trap : TERM INT HUP
 while :; do
   wait "$child"; code=$?
   kill -0 "$child" 2>/dev/null || break
 done
-echo "$code" > "$exit_file.tmp" && mv "$exit_file.tmp" "$exit_file"
+echo "$code" > "$SHOAL_EXIT_FILE"
 exit "$code"
 """
+# The last step before the command, already as the pod's user (inside any sandbox):
+# take the pod's environment and working folder from stdin, give the command
+# /dev/null instead, and become the command.
+_ENTER = '. /dev/stdin || exit 125; exec "$@" </dev/null'
+_ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _environment_script(env: dict[str, str], workdir: Path) -> bytes:
+    """``sh`` text that enters ``workdir`` and exports exactly ``env`` (values quoted)."""
+    lines = ["unset SHOAL_EXIT_FILE", f"cd -- {_quote(str(workdir))} || exit 125"]
+    lines += [f"export {name}={_quote(value)}" for name, value in sorted(env.items())]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def _anonymous(content: bytes) -> int:
+    """An in-memory file holding ``content``, open for reading from its start."""
+    fd = os.memfd_create("shoal-pod")
+    view = memoryview(content)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def started_marker(exit_file: Path) -> Path:
@@ -132,22 +162,27 @@ class LocalProcesses:
         if spec.user is not None:
             env["HOME"] = str(spec.workdir)  # the plane's HOME is not the pod's to read
         argv = [resolve_command(spec, env), *spec.command[1:]]
-        records = () if spec.exit_file is None else (spec.exit_file.parent,)
-        for path in (spec.workdir, spec.log_path.parent, *spec.writable, *records):
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise WorkdirError(f"pod {pod_name(spec)}: cannot create {path}: {exc.strerror}") from exc
+        self._make_folders(spec)
         if spec.user is not None:
             self._hand_over(spec, argv[0])
+        # The job's environment is the job's to choose (LD_PRELOAD included): it must
+        # never reach what runs as root before privileges are dropped (the shells
+        # below, setpriv, ip, bwrap). They run with a fixed environment; the job's
+        # travels on stdin, an anonymous file that the last step, already the pod's
+        # user, reads (``_ENTER``). The exit file's path (tenant and job names) stays
+        # out of the long-lived recorder's argv, which every user may read.
+        script = _anonymous(_environment_script(env, spec.workdir))
+        root_env = {"PATH": _ROOT_PATH, "SHOAL_POD_UID": env.get("SHOAL_POD_UID", "")}
+        enter = ["/bin/sh", "-c", _ENTER, "shoal-pod"]
         if spec.isolation == "sandbox":
-            argv = self._sandboxed(spec, argv, env)
-        elif spec.user is not None:
-            argv = [*drop_privileges(spec.user), *argv]
+            argv = self._sandboxed(spec, argv, env, enter)
+        else:
+            argv = [*(drop_privileges(spec.user) if spec.user else []), *enter, *argv]
         if spec.exit_file is not None:
             # Outside any sandbox and before privileges are dropped: the pod gets
             # no write access to it.
-            argv = ["/bin/sh", "-c", _RECORD_EXIT, "shoal-pod", str(spec.exit_file), *argv]
+            root_env["SHOAL_EXIT_FILE"] = str(spec.exit_file)
+            argv = ["/bin/sh", "-c", _RECORD_EXIT, "shoal-pod", *argv]
         cgroup = self._cgroup_for(spec)
         if cgroup is not None:
             try:
@@ -161,29 +196,47 @@ class LocalProcesses:
             self._release(cgroup)
             raise WorkdirError(f"pod {pod_name(spec)}: cannot open {spec.log_path}: {exc.strerror}") from exc
         try:
+            # umask 077: what a pod writes in shared places (/tmp, /dev/shm at the
+            # process level) is its own unless it says otherwise.
             child = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=spec.workdir, env=env, start_new_session=True,
+                argv, stdin=script, stdout=log, stderr=subprocess.STDOUT,
+                cwd="/" if spec.user is not None else spec.workdir, env=root_env,
+                start_new_session=True, umask=0o077,
             )
         except OSError as exc:
             self._release(cgroup)
             raise PodStartError(f"pod {pod_name(spec)}: cannot start {argv[0]}: {exc}") from exc
         finally:
             os.close(log)
+            os.close(script)
         stat = read_stat(child.pid)  # an unreaped child is always in /proc
         assert stat is not None
         self._children[child.pid] = child
         return PodHandle(child.pid, stat.start_ticks, cgroup, spec)
 
-    def _sandboxed(self, spec: PodSpec, argv: list[str], env: dict[str, str]) -> list[str]:
+    def _sandboxed(self, spec: PodSpec, argv: list[str], env: dict[str, str],
+                   enter: list[str]) -> list[str]:
         try:
             return sandbox.sandbox_argv(
                 argv, workdir=spec.workdir, hostname=hostname(spec), writable=spec.writable,
                 jobs_root=self.jobs_root, network=spec.network, gpus=bool(spec.gpus),
-                search_path=env.get("PATH", os.defpath), user=spec.user,
+                search_path=env.get("PATH", os.defpath), user=spec.user, enter=enter,
             )
         except sandbox.SandboxPathError as exc:
             raise sandbox.SandboxPathError(f"pod {pod_name(spec)}: {exc.message}", hint=exc.hint) from None
+
+    def _make_folders(self, spec: PodSpec) -> None:
+        """Create the pod's folders that Shoal owns; a job's own ``workingDir`` must exist
+        (root creates nothing where a tenant points it)."""
+        records = () if spec.exit_file is None else (spec.exit_file.parent,)
+        own = spec.own if spec.user is not None else (spec.workdir, *spec.writable)
+        for path in (*own, spec.log_path.parent, *records):
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise WorkdirError(f"pod {pod_name(spec)}: cannot create {path}: {exc.strerror}") from exc
+        if not spec.workdir.is_dir():
+            raise WorkdirError(f"pod {pod_name(spec)}: its working folder {spec.workdir} is gone")
 
     def _hand_over(self, spec: PodSpec, program: str) -> None:
         """Give the pod's own folders to its user; check it can reach what it runs."""

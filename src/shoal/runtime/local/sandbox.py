@@ -48,6 +48,7 @@ with the command's exit status (128 + n when the command died of signal n).
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -70,7 +71,6 @@ _CONFIG_BYTES = 65536  # a pyvenv.cfg is a few lines
 # What setpriv needs, inside the sandbox, to become the pod's user and empty the
 # bounding set; it leaves the command none of them.
 _SWITCH_USER = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
-_ENTER = 'cd -- "$1" || exit 125; shift; exec "$@"'
 
 
 class SandboxUnavailableError(ShoalError):
@@ -91,8 +91,9 @@ def bwrap_path() -> str | None:
 
 
 def netns_name(network: str) -> str:
-    """The ``ip netns`` name of a gang network (``shoal-`` + a safe form of ``network``)."""
-    return "shoal-" + _UNSAFE.sub("_", network)
+    """The ``ip netns`` name of a gang network: ``shoal-`` and a digest of ``network``
+    (the job's key), which appears in process listings every user can read."""
+    return "shoal-" + hashlib.sha256(network.encode()).hexdigest()[:16]
 
 
 def network_exists(network: str) -> bool:
@@ -139,12 +140,15 @@ def sandbox_argv(
     gpus: bool = False,
     search_path: str = os.defpath,
     user: PodUser | None = None,
+    enter: Sequence[str] = (),
 ) -> list[str]:
     """The argv that runs ``command`` (its program already resolved) inside a sandbox.
 
     ``search_path`` is the pod's PATH, where ``#!/usr/bin/env NAME`` finds NAME.
     ``user``: who the command runs as; bubblewrap keeps just the capabilities
     that ``setpriv`` needs to switch to it, and ``setpriv`` drops them all.
+    ``enter``: what runs the command once inside (and after the switch); it
+    enters the working folder itself.
     :class:`SandboxPathError` when what the pod runs cannot be shown to it.
     """
     bwrap = bwrap_path()
@@ -184,13 +188,12 @@ def sandbox_argv(
         [(jobs_root, "0711")] if jobs_root is not None else []))
     argv += ["--cap-drop", "ALL"]
     if user is None:
-        argv += ["--chdir", str(workdir), "--", *command]
+        argv += ["--chdir", str(workdir), "--", *enter, *command]
     else:
         # The workdir is the pod user's own (0700): only that user may enter it,
-        # so it is entered after the switch, not by bwrap.
+        # so it is entered after the switch (by ``enter``), not by bwrap.
         argv += [arg for cap in _SWITCH_USER for arg in ("--cap-add", cap)]
-        argv += ["--chdir", "/", "--", *drop_privileges(user),
-                 "/bin/sh", "-c", _ENTER, "shoal-pod", str(workdir), *command]
+        argv += ["--chdir", "/", "--", *drop_privileges(user), *enter, *command]
     if network is None:
         return argv
     if not network_exists(network):
