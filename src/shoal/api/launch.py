@@ -28,6 +28,7 @@ from shoal.app.core import App
 from shoal.errors import ShoalError, UnknownReferenceError
 from shoal.plugins import require_policies
 from shoal.policy.placement import scorer_names
+from shoal.runtime.local import memory
 from shoal.runtime.local.logs import LogLimits as LogLimits  # for the CLI
 from shoal.runtime.local.machine import LOCAL_NODE, local_node_spec
 from shoal.runtime.local.plane import EmbeddedPlane
@@ -162,6 +163,7 @@ def start(state_dir: Path, host: str = "127.0.0.1", port: int = 0,
         raise UnknownReferenceError(
             f"--policy: unknown placement policy {policy!r}; known: {', '.join(scorer_names())}")
     sock = listen(host, port)
+    memory.limit_arenas()  # before the API's worker threads exist
     try:
         plane = EmbeddedPlane(state_dir, policy=policy, grace_seconds=grace_seconds,
                               pod_user=pod_user, pod_uid_base=pod_uid_base or DEFAULT_UID_BASE,

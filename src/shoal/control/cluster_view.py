@@ -6,6 +6,7 @@ records always give the same snapshot, whichever runtime stored them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -36,22 +37,25 @@ def tenants_from(rows: Mapping[str, dict[str, Any]]) -> dict[str, TenantQuota]:
     }
 
 
-_PARSED: dict[tuple[str, str, float], tuple[TrainingJob, Workload]] = {}
+_PARSED: dict[tuple[str, float, bytes], tuple[TrainingJob, Workload]] = {}
+_PARSED_MAX = 50_000
 
 
 def _parsed(row: JobRow) -> tuple[TrainingJob, Workload]:
     """The record's manifest and workload; a manifest never changes, so each is parsed once.
 
-    Keyed on the manifest's content (and submit time), never on the name
-    alone: a name may be reused with another manifest.
+    Keyed on a digest of the manifest's content (and submit time), never on
+    the name alone: a name may be reused with another manifest. A digest, not
+    the text: a manifest may be megabytes.
     """
-    key = (row.name, json.dumps(row.manifest, sort_keys=True), row.submit_time)
+    text = json.dumps(row.manifest, sort_keys=True).encode()
+    key = (row.name, row.submit_time, hashlib.blake2b(text, digest_size=16).digest())
     parsed = _PARSED.get(key)
     if parsed is None:
         job = TrainingJob.model_validate(row.manifest)
         # The workload goes by the job's key: two tenants may both have a "train".
         parsed = (job, from_training_job(job, row.submit_time, name=row.name))
-        if len(_PARSED) > 100_000:
+        if len(_PARSED) > _PARSED_MAX:
             _PARSED.clear()
         _PARSED[key] = parsed
     return parsed

@@ -109,7 +109,9 @@ class LocalPods:
 
     def release(self, job: JobRow, pods: Sequence[PodRecord]) -> None:
         for pod in pods:
-            self.handles.pop(pod.uid, None)
+            handle = self.handles.pop(pod.uid, None)
+            if handle is not None:
+                self.processes.forget(handle)
             self._log_checked.pop(pod.uid, None)
         self._ports.pop((job.name, job.attempts), None)
         (self.job_dir(job.name) / f".rendezvous-{job.attempts}").unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from shoal.control.controller import ControlConfig, Controller
 from shoal.control.machine import RetryPolicy
 from shoal.control.ports import Clock
 from shoal.errors import ShoalError
+from shoal.runtime.local import memory
 from shoal.runtime.local.checkpoints import LocalCheckpoints
 from shoal.runtime.local.inventory import PoolInventory
 from shoal.runtime.local.launcher import LocalPods
@@ -28,6 +29,7 @@ from shoal.runtime.local.store import SqliteStore, StoreError
 from shoal.runtime.local.users import DEFAULT_UID_BASE, UID_RANGE, PodUsers, resolve_mode
 
 LOCK_FILE = "plane.lock"
+TRIM_EVERY_S = 10.0  # how often the loop hands freed memory back (see memory.py)
 
 
 class PlaneRunningError(ShoalError):
@@ -159,7 +161,11 @@ class EmbeddedPlane:
         return self.controller.step()
 
     def _loop(self) -> None:
+        trimmed = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() - trimmed > TRIM_EVERY_S:
+                memory.give_back()
+                trimmed = time.monotonic()
             try:
                 busy = self.controller.step()
                 self.error = None

@@ -326,6 +326,10 @@ class LocalProcesses:
             self._killed[handle.pid] = handle
         self._release(handle.cgroup)
 
+    def forget(self, handle: PodHandle) -> None:
+        """Drop what is kept of an ended pod, once its job no longer asks."""
+        self._final.pop((handle.pid, handle.start_ticks), None)
+
     def adopt(self, pid: int, start_ticks: int, spec: PodSpec, cgroup: str | None) -> PodHandle | None:
         """Take back a pod after a restart: ours iff the PID still has the recorded start time."""
         stat = read_stat(pid)
