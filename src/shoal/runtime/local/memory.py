@@ -4,7 +4,8 @@ glibc gives each thread that allocates its own malloc arena (up to eight per
 core) and keeps freed memory in them. The API answers on a pool of worker
 threads, so after a few multi-megabyte requests (a 30 MiB apply body, a big
 log page) the server holds on to hundreds of MiB it no longer uses. Two
-arenas bound that, and ``malloc_trim`` gives back what is free now and then.
+arenas and a fixed threshold for mapping big blocks bound that, and
+``malloc_trim`` gives back what is free now and then.
 Elsewhere than glibc both are no-ops.
 """
 
