@@ -147,3 +147,15 @@ def test_healthz_says_only_whether_the_plane_is_up(plane: launch.Running,
             tenant._call("GET", "/v1/health")
     finally:
         errors.clear()
+
+
+def test_the_api_socket_lets_asyncio_turn_nagle_off() -> None:
+    """Without IPPROTO_TCP on the socket, asyncio leaves Nagle on for its connections and
+    every answer written in two parts waits for the client's delayed ACK (~40 ms)."""
+    import socket
+
+    sock = launch.listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
