@@ -293,3 +293,14 @@ def _group(leader: int) -> list[int]:
             if int(stat_fields[2]) == leader:
                 found.append(int(entry.name))
     return found
+
+
+def test_a_state_folder_the_pods_cannot_reach_is_refused_up_front(tmp_path: Path) -> None:
+    from shoal.runtime.local.plane import EmbeddedPlane, StateFolderClosedError
+
+    closed = tmp_path / "home"
+    closed.mkdir(mode=0o700)
+    closed.chmod(0o700)  # as /root
+    with pytest.raises(StateFolderClosedError, match=f"{closed} is closed to other users"):
+        EmbeddedPlane(closed / "state", pod_user="tenant")
+    EmbeddedPlane(closed / "state", pod_user="self").stop()  # its own user's pods: fine

@@ -18,7 +18,7 @@ from pathlib import Path
 from shoal.control.controller import ControlConfig, Controller
 from shoal.control.machine import RetryPolicy
 from shoal.control.ports import Clock
-from shoal.errors import ShoalError
+from shoal.errors import InputError, ShoalError
 from shoal.runtime.local import memory
 from shoal.runtime.local.checkpoints import LocalCheckpoints
 from shoal.runtime.local.inventory import PoolInventory
@@ -65,7 +65,7 @@ def _guard(state_dir: Path) -> None:
         folder.chmod(0o711)
     for parent in state_dir.resolve().parents:
         if not parent.stat().st_mode & 0o001:
-            raise StoreError(
+            raise StateFolderClosedError(
                 f"pods run as their tenants' own users and could not reach their folders in "
                 f"{state_dir}: {parent} is closed to other users "
                 f"(mode {parent.stat().st_mode & 0o777:04o})",
@@ -79,6 +79,12 @@ def _private_files(state_dir: Path) -> None:
     for entry in state_dir.iterdir():
         if entry.is_file() and not entry.is_symlink():
             entry.chmod(0o600)
+
+
+class StateFolderClosedError(InputError):
+    """The state folder lies under a folder the pods' users may not pass through."""
+
+    code = "state_folder_closed"
 
 
 class SystemClock:
