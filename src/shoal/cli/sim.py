@@ -45,13 +45,18 @@ def sim(
     """Simulate scheduling policies on a cluster and a trace; compare them side by side."""
     if output not in ("table", "json"):
         raise InputError(f"--output: expected table or json, got {output!r}")
-    plan = _plan(scenario, trace, mode, policy, seeds, workload, target)
-    require_policies(plan.policies, warn=_warn)  # user policies (entry points) first
-    plan.check()
-    try:
-        report = _run(plan, quiet=output == "json")
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted: the simulation stopped; no report was written") from None
+    # Ctrl-C is caught from the start: reading a big trace while planning is
+    # long work too, and an interrupt CPython swallows there must still count.
+    with CtrlC() as ctrl_c:
+        try:
+            plan = _plan(scenario, trace, mode, policy, seeds, workload, target)
+            require_policies(plan.policies, warn=_warn)  # user policies (entry points) first
+            plan.check()
+            ctrl_c.check()
+            report = _run(plan, quiet=output == "json", ctrl_c=ctrl_c)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "interrupted: the simulation stopped; no report was written") from None
     if html is not None:
         write_html(report, html, title=f"Shoal simulation: {plan.name}")
     if output == "json":
@@ -89,15 +94,14 @@ def _plan(
     )
 
 
-def _run(plan: SimPlan, quiet: bool) -> dict[str, object]:
+def _run(plan: SimPlan, quiet: bool, ctrl_c: CtrlC) -> dict[str, object]:
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TextColumn("{task.completed:>7.0f}/{task.total:.0f}"),
         TimeElapsedColumn(),
     )
-    with CtrlC() as ctrl_c, Progress(*columns, console=err, disable=quiet,
-                                     transient=True) as bar:
+    with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
         tasks: dict[str, TaskID] = {}
 
         def progress(label: str, done: int, total: int) -> None:
