@@ -11,13 +11,19 @@ from shoal.domain.manifest import load_manifest_file
 from shoal.domain.resources import MILLI
 from shoal.domain.simulation import Simulation, TraceColumns
 from shoal.errors import TraceError
-from shoal.sim.traces.csvtrace import LOGICAL_COLUMNS, load_jobs
+from shoal.sim.traces.csvtrace import (
+    LOGICAL_COLUMNS,
+    CsvOptions,
+    load_jobs,
+    load_trace,
+    options_from_spec,
+)
 
 CANONICAL = """\
 name,submitTime,duration,gpus,workers,cpu,memory,tenant,priority,gpuModel,checkpointInterval
 b,20,100,2,4,8,65536,vision,high,A100|H100,600
 a,10,50,0.5,1,2,8192,nlp,5,,
-c,10,,0,1,1,1024,,,,
+c,10,30,0,1,1,1024,,,,
 """
 
 
@@ -40,7 +46,7 @@ def test_canonical_names_need_no_mapping(tmp_path: Path) -> None:
     assert b.pods[0].cpu == 8000 and b.pods[0].memory == 65536
     assert b.pods[0].models == ("A100", "H100")
     assert b.priority == 1000 and b.checkpoint_interval == 600.0
-    assert c.pods[0].gpu_count == 0 and c.duration is None
+    assert c.pods[0].gpu_count == 0 and c.duration == 30.0
     assert c.tenant == "default" and c.priority == 100  # 'normal'
 
 
@@ -71,7 +77,7 @@ def test_mapping_renames_columns(tmp_path: Path) -> None:
 
 
 def test_gpu_milli_column(tmp_path: Path) -> None:
-    path = write(tmp_path, "submitTime,gpuMilli\n0,250\n1,0\n2,1000\n")
+    path = write(tmp_path, "submitTime,duration,gpuMilli\n0,1,250\n1,1,0\n2,1,1000\n")
     shapes = [(job.pods[0].gpu_count, job.pods[0].gpu_milli) for job in load_jobs(path)]
     assert shapes == [(1, 250), (0, 0), (1, 1000)]
 
@@ -79,10 +85,10 @@ def test_gpu_milli_column(tmp_path: Path) -> None:
 def test_timestamps_are_seconds_after_the_first(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "submitTime,gpus\n"
-        "2023-11-16 18:17:04.0319600,1\n"
-        "2023-11-16 18:17:03.9799600,1\n"
-        "2023-11-16T18:18:03.97996,1\n",
+        "submitTime,gpus,duration\n"
+        "2023-11-16 18:17:04.0319600,1,5\n"
+        "2023-11-16 18:17:03.9799600,1,5\n"
+        "2023-11-16T18:18:03.97996,1,5\n",
     )
     times = [job.submit_time for job in load_jobs(path)]
     assert times == pytest.approx([0.0, 0.052, 60.0])
@@ -90,14 +96,16 @@ def test_timestamps_are_seconds_after_the_first(tmp_path: Path) -> None:
 
 
 def test_seconds_format_rejects_timestamps(tmp_path: Path) -> None:
-    path = write(tmp_path, "submitTime,gpus\n2023-11-16 18:17:04,1\n")
+    path = write(tmp_path, "submitTime,gpus,duration\n2023-11-16 18:17:04,1,5\n")
     with pytest.raises(TraceError, match=r"jobs.csv:2: column submitTime: expected seconds"):
         load_jobs(path, time_format="seconds")
 
 
-def test_limit_keeps_the_first_rows_of_the_file(tmp_path: Path) -> None:
-    jobs = load_jobs(write(tmp_path, CANONICAL), limit=2)
-    assert [job.name for job in jobs] == ["a", "b"]
+def test_limit_keeps_the_first_jobs_by_submit_time(tmp_path: Path) -> None:
+    # The file lists b (20 s) first; the first two jobs by submit time are a and c.
+    trace = load_trace(write(tmp_path, CANONICAL), CsvOptions(limit=2))
+    assert [job.name for job in trace.jobs] == ["a", "c"]
+    assert (trace.report.rows, trace.report.jobs, trace.report.beyond_limit) == (3, 2, 1)
 
 
 def test_missing_mapped_column_lists_the_header(tmp_path: Path) -> None:
@@ -112,7 +120,8 @@ def test_missing_mapped_column_lists_the_header(tmp_path: Path) -> None:
 
 def test_unmapped_required_column(tmp_path: Path) -> None:
     path = write(tmp_path, "t,cpu\n0,1\n")
-    with pytest.raises(TraceError, match=r"no column for submitTime, gpus \(or gpuMilli\)"):
+    expected = r"no column for submitTime, gpus \(or gpusPerWorker, or gpuMilli\)"
+    with pytest.raises(TraceError, match=expected):
         load_jobs(path)
 
 
@@ -122,7 +131,7 @@ def test_unknown_logical_column(tmp_path: Path) -> None:
 
 
 def test_non_numeric_value_names_line_and_column(tmp_path: Path) -> None:
-    path = write(tmp_path, "at,n\n0,1\n5,two\n")
+    path = write(tmp_path, "at,n,duration\n0,1,9\n5,two,9\n")
     with pytest.raises(TraceError) as info:
         load_jobs(path, {"submitTime": "at", "gpus": "n"})
     assert str(info.value) == f"{path}:3: column n (gpus): expected a number >= 0, got 'two'"
@@ -140,7 +149,8 @@ def test_non_numeric_value_names_line_and_column(tmp_path: Path) -> None:
     ],
 )
 def test_bad_cells(tmp_path: Path, row: str, expected: str) -> None:
-    header, cells = ["submitTime", "gpus"], row.split(",")
+    header, cells = ["submitTime", "gpus", "duration"], [*row.split(",")[:2], "60"]
+    cells += row.split(",")[2:]
     for extra in [cell for cell in cells if "=" in cell]:
         header.append(extra.split("=")[0])
         cells[cells.index(extra)] = extra.split("=")[1]
@@ -150,14 +160,14 @@ def test_bad_cells(tmp_path: Path, row: str, expected: str) -> None:
 
 
 def test_fraction_is_for_one_gpu(tmp_path: Path) -> None:
-    path = write(tmp_path, "submitTime,gpus,gpuMilli\n0,2,500\n")
+    path = write(tmp_path, "submitTime,gpus,gpuMilli,duration\n0,2,500,1\n")
     with pytest.raises(TraceError, match="share of a GPU is for one GPU only"):
         load_jobs(path)
 
 
 def test_blank_lines_are_skipped_and_bom_dropped(tmp_path: Path) -> None:
     path = tmp_path / "jobs.csv"
-    path.write_bytes(b"\xef\xbb\xbfsubmitTime,gpus\n0,1\n\n3,1\n")
+    path.write_bytes(b"\xef\xbb\xbfsubmitTime,gpus,duration\n0,1,1\n\n3,1,1\n")
     assert [job.submit_time for job in load_jobs(path)] == [0.0, 3.0]
 
 
@@ -181,7 +191,10 @@ def test_manifest_columns_match_the_loader() -> None:
 
 def test_simulation_manifest_drives_the_loader(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
-    write(tmp_path / "data", "team,at,n\nml,2023-01-01T00:00:10Z,1\nml,2023-01-01T00:00:00Z,2\n")
+    write(
+        tmp_path / "data",
+        "team,at,n,hours\nml,2023-01-01T00:00:10Z,1,1\nml,2023-01-01T00:00:00Z,2,0.5\n",
+    )
     manifest = tmp_path / "sim.yaml"
     manifest.write_text(
         """\
@@ -194,7 +207,8 @@ spec:
   trace:
     path: data/jobs.csv
     format: csv
-    columns: {submitTime: at, gpus: n, tenant: team}
+    columns: {submitTime: at, gpus: n, tenant: team, duration: hours}
+    units: {duration: hours}
     timeFormat: timestamp
   mode: replay
   policies: [fgd]
@@ -203,11 +217,8 @@ spec:
     [sim] = load_manifest_file(manifest)
     assert isinstance(sim, Simulation)
     trace = sim.spec.trace
-    assert trace.columns is not None
-    jobs = load_jobs(
-        sim.trace_path(manifest.parent), trace.columns.as_mapping(), trace.time_format, trace.limit
-    )
-    assert [(job.submit_time, job.gpu_milli, job.tenant) for job in jobs] == [
-        (0.0, 2000, "ml"),
-        (10.0, 1000, "ml"),
+    jobs = load_trace(sim.trace_path(manifest.parent), options_from_spec(trace)).jobs
+    assert [(job.submit_time, job.gpu_milli, job.tenant, job.duration) for job in jobs] == [
+        (0.0, 2000, "ml", 1800.0),
+        (10.0, 1000, "ml", 3600.0),
     ]

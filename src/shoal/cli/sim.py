@@ -81,7 +81,10 @@ def _plan(
     if scenario is not None:
         if trace is not None:
             raise InputError("give either a scenario file or --trace, not both")
-        return plan_from_simulation(scenario, mode=mode, policies=policies, seeds=seed_list)
+        # What loading changed in a CSV trace (rows dropped, merged, split) goes to stderr.
+        return plan_from_simulation(
+            scenario, mode=mode, policies=policies, seeds=seed_list, warn=_warn
+        )
     if trace is None:
         raise InputError("nothing to simulate: give a scenario file or --trace PATH")
     return plan_from_flags(

@@ -107,16 +107,33 @@ class TraceColumns(Spec):
     submit_time: str | None = Field(
         default=None, description="when the job is submitted: seconds or a timestamp"
     )
-    duration: str | None = Field(default=None, description="run time in seconds")
+    duration: str | None = Field(
+        default=None, description="run time, in seconds unless units.duration says otherwise"
+    )
+    start_time: str | None = Field(
+        default=None, description="when the job started (for endTime); unset: its submit time"
+    )
+    end_time: str | None = Field(
+        default=None, description="when the job ended: duration = endTime - startTime"
+    )
     gpus: str | None = Field(
-        default=None, description="GPUs per worker; a value in (0, 1) is a share of one GPU"
+        default=None,
+        description="GPUs per worker (with gpusPerWorker: the job's total); a value in (0, 1) "
+        "is a share of one GPU",
     )
     gpu_milli: str | None = Field(
         default=None, description="share of each GPU in thousandths (0-1000)"
     )
     workers: str | None = Field(default=None, description="pods per job, a gang")
-    cpu: str | None = Field(default=None, description="CPU cores per worker")
-    memory: str | None = Field(default=None, description="memory per worker in MiB")
+    gpus_per_worker: str | None = Field(
+        default=None, description="GPUs of each worker; gpus, if given, must be workers x this"
+    )
+    cpu: str | None = Field(
+        default=None, description="CPU per worker, in cores unless units.cpu says otherwise"
+    )
+    memory: str | None = Field(
+        default=None, description="memory per worker, in MiB unless units.memory says otherwise"
+    )
     tenant: str | None = Field(default=None, description="the team that owns the job")
     priority: str | None = Field(default=None, description="an integer or a class name")
     gpu_model: str | None = Field(
@@ -131,6 +148,41 @@ class TraceColumns(Spec):
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
+GpuUnit = Literal["count", "percent"]
+TimeUnit = Literal["seconds", "milliseconds", "minutes", "hours"]
+
+
+class TraceUnits(Spec):
+    """The unit a csv trace writes a column in, by logical column; unset: the first listed."""
+
+    gpus: GpuUnit | None = Field(default=None, description="percent: 100 is one GPU")
+    gpus_per_worker: GpuUnit | None = Field(default=None, description="percent: 100 is one GPU")
+    cpu: Literal["cores", "millicores", "percent"] | None = Field(
+        default=None, description="percent: 100 is one core"
+    )
+    memory: Literal["MiB", "GiB", "MB", "GB"] | None = Field(
+        default=None, description="MB and GB are powers of 10, MiB and GiB of 2"
+    )
+    duration: TimeUnit | None = Field(default=None, description="run time")
+    checkpoint_interval: TimeUnit | None = Field(
+        default=None, description="time between checkpoints"
+    )
+
+    def as_mapping(self) -> dict[str, str]:
+        """camelCase logical name -> unit, for the columns that name one."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+_CSV_ONLY = (
+    ("columns", "columns"),
+    ("units", "units"),
+    ("time_format", "timeFormat"),
+    ("missing_duration", "missingDuration"),
+    ("duplicates", "duplicates"),
+    ("split", "split"),
+)
+
+
 class TraceSpec(Spec):
     """The job trace: a CSV file (see docs/trace-format.md) or an openb folder."""
 
@@ -143,13 +195,33 @@ class TraceSpec(Spec):
     time_format: Literal["auto", "seconds", "timestamp"] = Field(
         default="auto", description="how submit times are written (csv traces)"
     )
-    limit: int | None = Field(default=None, ge=1, description="first N jobs of the file")
+    limit: int | None = Field(
+        default=None, ge=1, description="csv: the first N jobs by submit time; openb: N pods"
+    )
+    units: TraceUnits | None = Field(
+        default=None, description="the unit of a column, when not the default (csv traces)"
+    )
+    missing_duration: Literal["error", "runUntilEnd", "drop"] = Field(
+        default="error",
+        description="a job without a duration: an error, runs until the replay's end (needs "
+        "replay.horizonSeconds in replay mode), or is left out (csv traces)",
+    )
+    duplicates: Literal["error", "first", "last", "merge"] = Field(
+        default="error",
+        description="rows with the same job name: an error, keep the first or last row, or "
+        "merge them into one job with the workers of every row (csv traces)",
+    )
+    split: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: a worker asking for more GPUs than the largest node becomes a gang "
+        "of equal node-sized workers; off: it stays as written (csv traces)",
+    )
 
     @model_validator(mode="after")
     def _options_match_format(self) -> TraceSpec:
         given = self.model_fields_set
         if self.format == "openb":
-            for field, alias in (("columns", "columns"), ("time_format", "timeFormat")):
+            for field, alias in _CSV_ONLY:
                 if field in given:
                     raise _reject((alias,), f"{alias} is for csv traces; this trace is openb", "")
         elif "workload" in given:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from shoal.domain.manifest import load_manifest_file
@@ -34,7 +35,9 @@ def plan_from_simulation(
     mode: str | None = None,
     policies: list[str] | None = None,
     seeds: list[int] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> SimPlan:
+    """The plan of a Simulation manifest; ``warn`` hears what loading changed in the trace."""
     manifests = load_manifest_file(path)
     sims = [m for m in manifests if isinstance(m, Simulation)]
     if len(sims) != 1:
@@ -42,13 +45,15 @@ def plan_from_simulation(
     sim = sims[0]
     spec = sim.spec
     base = path.resolve().parent
-    nodes, workloads = _load(sim, base)
+    nodes, workloads = _load(sim, base, warn or (lambda _line: None))
     if not nodes:
         raise InputError(f"{path}: spec.cluster: the scenario has no nodes")
     chosen_mode = mode or spec.mode
     if chosen_mode not in ("fill", "replay"):
         raise InputError(f"--mode: expected fill or replay, got {chosen_mode!r}")
     replay = spec.replay_settings
+    if chosen_mode == "replay" and spec.trace.format == "csv" and replay.horizon_seconds is None:
+        _need_an_end(path, workloads)
     tenants = _tenants(sim, nodes, workloads) if chosen_mode == "replay" else {}
     if not replay.preemption:
         tenants = {n: dataclasses.replace(t, preemption=NO_PREEMPTION) for n, t in tenants.items()}
@@ -69,7 +74,9 @@ def plan_from_simulation(
     )
 
 
-def _load(sim: Simulation, base: Path) -> tuple[list[Node], list[Workload]]:
+def _load(
+    sim: Simulation, base: Path, warn: Callable[[str], None]
+) -> tuple[list[Node], list[Workload]]:
     spec = sim.spec
     trace = spec.trace
     trace_path = trace.resolved_path(base)
@@ -80,9 +87,27 @@ def _load(sim: Simulation, base: Path) -> tuple[list[Node], list[Workload]]:
             nodes = loaded.nodes + nodes
         workloads = loaded.pods[: trace.limit] if trace.limit else loaded.pods
     else:
-        columns = trace.columns.as_mapping() if trace.columns else None
-        workloads = csvtrace.load_jobs(trace_path, columns, trace.time_format, trace.limit)
+        csv_trace = csvtrace.load_trace(
+            trace_path,
+            csvtrace.options_from_spec(trace),
+            split_at=max((node.gpu_count for node in nodes), default=0) or None,
+            horizon=spec.replay_settings.horizon_seconds,
+        )
+        workloads = csv_trace.jobs
+        for line in csv_trace.report.warnings():
+            warn(line)
     return nodes, workloads
+
+
+def _need_an_end(path: Path, workloads: list[Workload]) -> None:
+    # The replay engine reads a None duration as 0 s; a csv job that runs
+    # until the end gets a finite one only from the horizon (csvtrace.load_trace).
+    open_ended = sum(1 for w in workloads if w.duration is None)
+    if open_ended:
+        raise InputError(
+            f"{path}: spec.replay.horizonSeconds: {open_ended} job(s) of the trace run until "
+            "the end of the replay (missingDuration: runUntilEnd); give the replay an end"
+        )
 
 
 def _tenants(sim: Simulation, nodes: list[Node], workloads: list[Workload]) -> dict[str, TenantQuota]:
