@@ -4,12 +4,20 @@ Policies only read a ``ClusterState``; runtimes apply decisions to it with
 ``bind``/``unbind``.  Every change stamps the node with a number from a
 counter shared by all copies of the state, so a cache keyed on
 ``(node, stamp)`` can never confuse two different contents.
+
+Tentative changes need no copy: inside ``with state.trial():`` every node
+row is saved before its first change and put back, stamp included, when the
+block ends.  A trial costs what it touches, not the size of the cluster, so
+a scheduling cycle can try gangs and victim sets on the state it was given
+and leave it exactly as it was.  Trials nest; a stamp given out inside a trial
+is never given out again, so caches keyed on stamps stay sound.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +89,8 @@ class ClusterState:
         # Mean free share over CPU, memory and GPU: kept up to date per node
         # because least/most-allocated scoring reads it for every node.
         self.free_share = np.ones(n)
+        # Open trials, innermost last: each maps node -> its rows before the trial.
+        self._journals: list[dict[int, tuple[object, ...]]] = []
         self.uniform = n > 0 and bool(
             (self.cpu_cap == self.cpu_cap[0]).all()
             and (self.mem_cap == self.mem_cap[0]).all()
@@ -96,7 +106,30 @@ class ClusterState:
         clone.__dict__.update(self.__dict__)
         for attr in _MUTABLE:
             setattr(clone, attr, getattr(self, attr).copy())
+        clone._journals = []
         return clone
+
+    @contextmanager
+    def trial(self) -> Iterator[None]:
+        """Undo every change made inside the block when it ends (exceptions too)."""
+        journal: dict[int, tuple[object, ...]] = {}
+        self._journals.append(journal)
+        try:
+            yield
+        finally:
+            popped = self._journals.pop()
+            assert popped is journal, "trials must end in the order they began"
+            for node, rows in journal.items():
+                for attr, row in zip(_MUTABLE, rows, strict=True):
+                    getattr(self, attr)[node] = row
+
+    def _save(self, node: int) -> None:
+        rows: tuple[object, ...] | None = None
+        for journal in self._journals:
+            if node not in journal:
+                if rows is None:
+                    rows = tuple(_row(getattr(self, attr), node) for attr in _MUTABLE)
+                journal[node] = rows
 
     # -- reading -------------------------------------------------------------
 
@@ -106,6 +139,15 @@ class ClusterState:
         up = self.up
         return int(self.gpu_count[up].sum()) * MILLI - int(self.gpu_free[up].sum())
 
+    @property
+    def lineage(self) -> object:
+        """What this state and all its copies share: stamps are unique within it."""
+        return self._counter
+
+    def version(self) -> int:
+        """The newest stamp of any node: it grows with every change that a trial did not undo."""
+        return int(self.stamp.max()) if len(self.stamp) else 0
+
     def label_values(self, key: str) -> list[str | None]:
         return [node.labels.get(key) for node in self.nodes]
 
@@ -113,6 +155,8 @@ class ClusterState:
 
     def bind(self, binding: Binding) -> None:
         node, shape = binding.node, binding.shape
+        if self._journals:
+            self._save(node)
         self.cpu_free[node] -= shape.cpu
         self.mem_free[node] -= shape.memory
         for gpu in binding.gpus:
@@ -124,6 +168,8 @@ class ClusterState:
 
     def unbind(self, binding: Binding) -> None:
         node, shape = binding.node, binding.shape
+        if self._journals:
+            self._save(node)
         self.cpu_free[node] += shape.cpu
         self.mem_free[node] += shape.memory
         for gpu in binding.gpus:
@@ -134,6 +180,8 @@ class ClusterState:
         self._refresh(node)
 
     def set_up(self, node: int, up: bool) -> None:
+        if self._journals:
+            self._save(node)
         self.up[node] = up
         self._refresh(node)
 
@@ -148,6 +196,12 @@ class ClusterState:
         self.whole_free[node] = int((row == MILLI).sum())
         self.max_free[node] = int(row.max()) if len(row) else 0
         self.stamp[node] = next(self._counter)
+
+
+def _row(array: np.ndarray, node: int) -> object:
+    """A node's value in ``array``: a copy of its row, or the scalar."""
+    value = array[node]
+    return value.copy() if isinstance(value, np.ndarray) else value
 
 
 def pod_kind(shape: PodShape) -> int:

@@ -8,9 +8,10 @@ Phases, in the manner of Kueue's scheduler:
 2. *Order* them: higher priority first, then the lower fair share after
    admission, then older; a StrictFIFO tenant's workloads keep its own
    priority-then-age order among the places they hold.
-3. For each in turn: *quota* check, then gang *placement* on a working copy
-   of the cluster.  An admitted workload is bound there and charged, so later
-   ones see it.
+3. For each in turn: *quota* check, then gang *placement*.  An admitted
+   workload is bound and charged, so later ones see it; the cycle works in a
+   trial of the snapshot's cluster state (undone when it ends) and on its own
+   quota ledger, so it copies neither.
 4. If it does not fit, try *preemption*: victims get ``Preempt`` and the
    preemptor stays ``Pending`` until they stop.  The victims keep their
    resources in this cycle, so nothing else is admitted onto them, and the
@@ -21,11 +22,21 @@ Phases, in the manner of Kueue's scheduler:
    still try.  Inadmissible workloads block nothing: they never run.
 
 Every workload is all-or-nothing (gang or not), as Kueue admits whole jobs.
+
+Cost: pending workloads come grouped in buckets of identical requests
+(``policy.queue``); a bucket's order key is computed once, and once one of its
+workloads finds no quota or room the rest of the bucket waits in bulk (the
+cluster only fills and usage only grows within a cycle, so they would fail
+the same way).  A cycle's work is then about one step per bucket plus one per
+admission, however long the queue.  Decisions are the same as trying every
+workload in turn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import heapq
+import itertools
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 from shoal.domain.cluster import Binding
@@ -38,38 +49,44 @@ from shoal.policy.decisions import (
     Inadmissible,
     Pending,
     Preempt,
+    Waiting,
 )
+from shoal.policy.ledger import LedgerCheck, QuotaLedger
 from shoal.policy.placement import Placer
-from shoal.policy.preemption import find_victims, victim_tenants
-from shoal.policy.quota import Usage, amount_text, ceiling, check, total_usage, usage_after
+from shoal.policy.preemption import search_victims, victim_tenants
+from shoal.policy.queue import Bucket, PendingQueue
+from shoal.policy.quota import amount_text, ceiling, total_usage
 from shoal.policy.snapshot import Running, Snapshot
 
-__all__ = ["CycleResult", "Running", "Snapshot", "schedule"]
+__all__ = ["CycleResult", "PendingQueue", "Running", "Snapshot", "schedule"]
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
-    workload: Workload
+class _Plan:
+    """What validation found for a bucket: its viable flavors and their quota charges."""
+
     flavors: tuple[flavors.Flavor, ...]
+    requests: tuple[dict[str, int], ...]
 
 
 def schedule(snapshot: Snapshot, placer: Placer) -> CycleResult:
     """Decide what to admit and preempt now; ``snapshot`` is left unchanged."""
-    return _Cycle(snapshot, placer).run()
+    with snapshot.cluster.trial():
+        return _Cycle(snapshot, placer).run()
 
 
 class _Cycle:
     def __init__(self, snapshot: Snapshot, placer: Placer) -> None:
         self.snap = snapshot
         self.placer = placer
-        # Copied on the first admission: most cycles in a busy cluster admit
-        # nothing and never need their own copy.
+        # Bound to directly: schedule() runs the cycle in a trial of it.
         self.state = snapshot.cluster
-        self._own_state = False
-        if snapshot.usage is not None:
-            self.usage: Usage = {t: dict(v) for t, v in snapshot.usage.items()}
-        else:
-            self.usage = total_usage((r.tenant, r.usage) for r in snapshot.running)
+        usage = snapshot.usage
+        if usage is None:
+            usage = total_usage((r.tenant, r.usage) for r in snapshot.running)
+        self.ledger = QuotaLedger(snapshot.tenants, usage)
+        pending = snapshot.pending
+        self.queue = pending if isinstance(pending, PendingQueue) else PendingQueue(pending)
         self.claimed: set[str] = set()
         self._by_tenant: Mapping[str, Collection[Running]] | None = snapshot.running_by_tenant
         # Within a cycle the cluster only fills up, usage only grows and
@@ -83,35 +100,87 @@ class _Cycle:
         self.preempt_tried: set[str] = set()
         self.blocked: dict[str, str] = {}
         self.decisions: list[Decision] = []
+        self.waiting: list[Waiting] = []
+        # Why the last workload tried found no quota or room: the rest of its
+        # bucket waits for the same reason.
+        self.last_why: Callable[[], str] = str
 
     def run(self) -> CycleResult:
-        entries = []
-        for workload in self.snap.pending:
-            outcome = self.validate(workload)
-            if isinstance(outcome, str):
-                self.decisions.append(Inadmissible(workload.name, outcome))
-            else:
-                entries.append(outcome)
-        for entry in self.order(entries):
-            self.try_admit(entry)
-        return CycleResult(tuple(self.decisions))
+        heap: list[tuple[int, float, float, str, int, _Cursor]] = []
+        tick = itertools.count()
+        strict: dict[str, list[_Cursor]] = {}
+        preempting = self.snap.preempting
+        for bucket in self.queue.buckets():
+            plan = self.validate(bucket)
+            if isinstance(plan, str):
+                self.decisions.extend(Inadmissible(name, plan) for _, name, _ in bucket.entries)
+                continue
+            tenant = self.snap.tenants[bucket.tenant]
+            share = self.ledger.share_after(tenant.name, plan.requests[0])
+            cursor = _Cursor(bucket, plan, preempting)
+            if tenant.strict_fifo:
+                strict.setdefault(tenant.name, []).append(cursor)
+            for at, name, _ in cursor.solos():
+                # Workloads waiting for their victims reserve quota where they
+                # stand in the order: each is tried on its own.
+                solo = _Cursor.single(cursor, at, name)
+                heapq.heappush(heap, (-bucket.priority, share, at, name, next(tick), solo))
+            head = cursor.peek()
+            if head is not None:
+                heapq.heappush(heap, (-bucket.priority, share, head[0], head[1], next(tick), cursor))
+        streams = {name: _fifo_stream(cursors) for name, cursors in strict.items()}
+        while heap:
+            _, share, _, _, _, cursor = heapq.heappop(heap)
+            tenant = self.snap.tenants[cursor.bucket.tenant]
+            stream = streams.get(tenant.name)
+            if stream is not None:
+                if tenant.name in self.blocked:
+                    continue  # the rest wait behind its head: listed at the end
+                # StrictFIFO: this place in the order goes to the tenant's
+                # oldest workload of its highest priority, whichever it is.
+                cursor.advance()
+                nxt = cursor.peek()
+                if nxt is not None and cursor.solo is None:
+                    heapq.heappush(heap, (-cursor.bucket.priority, share, nxt[0], nxt[1],
+                                          next(tick), cursor))
+                workload, plan = next(stream)
+                self.try_admit(workload, plan)
+                continue
+            workload = cursor.workload()
+            fits = self.try_admit(workload, cursor.plan)
+            cursor.advance()
+            if cursor.solo is not None:
+                continue
+            if fits:
+                nxt = cursor.peek()
+                if nxt is not None:
+                    heapq.heappush(heap, (-cursor.bucket.priority, share, nxt[0], nxt[1],
+                                          next(tick), cursor))
+            elif cursor.peek() is not None:
+                self.waiting.append(Waiting(cursor.rest(), self.last_why))
+        for name, stream in streams.items():
+            rest = list(stream)
+            if rest:
+                reason = f"StrictFIFO: waiting behind {self.blocked.get(name)}"
+                self.decisions.extend(Pending(w.name, reason) for w, _ in rest)
+        return CycleResult(tuple(self.decisions), tuple(self.waiting))
 
     # -- 1. validate -----------------------------------------------------------
 
-    def validate(self, workload: Workload) -> _Entry | str:
-        # The answer depends only on the workload, its tenant's settings and
-        # node capacities, so it is remembered across cycles.
-        tenant = self.snap.tenants.get(workload.tenant)
-        key = ("validate", workload)
+    def validate(self, bucket: Bucket) -> _Plan | str:
+        # The answer depends only on the bucket's key, its tenant's settings
+        # and node capacities, so it is remembered across cycles.
+        tenant = self.snap.tenants.get(bucket.tenant)
+        key = ("validate", bucket.key)
         seen = self.placer.memo.get(key)
         if isinstance(seen, tuple) and seen[0] is tenant:
-            result: _Entry | str = seen[1]
+            result: _Plan | str = seen[1]
             return result
-        result = self._validate(workload)
+        result = self._validate(bucket.entries[0][2])
         self.placer.memo[key] = (tenant, result)
         return result
 
-    def _validate(self, workload: Workload) -> _Entry | str:
+    def _validate(self, workload: Workload) -> _Plan | str:
         tenant = self.snap.tenants.get(workload.tenant)
         if tenant is None:
             return f"unknown tenant {workload.tenant!r}"
@@ -132,7 +201,8 @@ class _Cycle:
             else:
                 reasons.append(reason)
         if viable:
-            return _Entry(workload, tuple(viable))
+            requests = tuple(flavors.request(workload, f) for f in viable)
+            return _Plan(tuple(viable), requests)
         if reasons:
             return reasons[0]
         models = sorted({m for pod in workload.pods for m in pod.models})
@@ -153,70 +223,46 @@ class _Cycle:
                 )
         return flavors.never_fits(self.state, self.placer, flavors.restrict(workload, flavor))
 
-    # -- 2. order --------------------------------------------------------------
-
-    def order(self, entries: list[_Entry]) -> list[_Entry]:
-        tenants = self.snap.tenants
-
-        def key(entry: _Entry) -> fairshare.OrderKey:
-            workload = entry.workload
-            request = flavors.request(workload, entry.flavors[0])
-            after = fairshare.share_after(tenants, self.usage, workload.tenant, request)
-            return fairshare.order_key(workload, after)
-
-        ordered = sorted(entries, key=key)
-        # StrictFIFO: the tenant's workloads take the places they earned, but
-        # in the tenant's own queue order, so its head is always tried first.
-        for name, tenant in tenants.items():
-            if not tenant.strict_fifo:
-                continue
-            slots = [i for i, e in enumerate(ordered) if e.workload.tenant == name]
-            queue = sorted(
-                (ordered[i] for i in slots), key=lambda e: fairshare.fifo_key(e.workload)
-            )
-            for slot, entry in zip(slots, queue, strict=True):
-                ordered[slot] = entry
-        return ordered
-
     # -- 3.-5. quota, placement, preemption -------------------------------------
 
-    def try_admit(self, entry: _Entry) -> None:
-        workload = entry.workload
+    def try_admit(self, workload: Workload, plan: _Plan) -> bool:
+        """Admit ``workload`` or record why not; True when it was admitted."""
         tenant = self.snap.tenants[workload.tenant]
         head = self.blocked.get(tenant.name)
         if tenant.strict_fifo and head is not None:
             self.decisions.append(Pending(workload.name, f"StrictFIFO: waiting behind {head}"))
-            return
-        reasons = []
-        for flavor in entry.flavors:
-            request = flavors.request(workload, flavor)
-            quota = check(self.snap.tenants, self.usage, tenant.name, request)
+            return False
+        reasons: list[object] = []
+        for flavor, request in zip(plan.flavors, plan.requests, strict=True):
+            quota = self.ledger.check(tenant.name, request)
             if not quota.fits:
-                reasons.append(quota.reason)
+                reasons.append(quota)
                 continue
             room_key = (flavor, workload.pods, workload.constraints)
             bindings = None
             if room_key not in self.no_room:
-                bindings = self.placer.place(self.state, flavors.restrict(workload, flavor))
+                restricted = flavors.restrict(workload, flavor)
+                if self.placer.could_fit(self.state, restricted):
+                    bindings = self.placer.place(self.state, restricted)
             if bindings is None:
                 self.no_room.add(room_key)
-                reasons.append(_no_room(workload, flavor))
+                reasons.append((workload, flavor))
                 continue
             self.admit(workload, bindings, quota.borrowing)
-            return
+            return True
         self.blocked.setdefault(tenant.name, workload.name)
+        self.last_why = _reason_of(reasons[0])
         if workload.name in self.snap.preempting:
-            reason = "waiting for preempted workloads to stop"
             # Keep its quota while its victims stop, as in the cycle that
             # preempted them: else a victim that stopped first is admitted
             # again into the room it just left, and preempted again.
-            request = flavors.request(workload, entry.flavors[0])
-            self.usage = usage_after(self.usage, workload.tenant, add=request)
-        elif tenant.name in self.preempt_tried or not self.preempt(entry):
-            reason = reasons[0]
-        else:
-            return
-        self.decisions.append(Pending(workload.name, reason))
+            self.ledger.charge(workload.tenant, plan.requests[0])
+            self.decisions.append(Pending(workload.name, "waiting for preempted workloads to stop"))
+            return False
+        if tenant.name not in self.preempt_tried and self.preempt(workload, plan):
+            return False
+        self.decisions.append(Pending(workload.name, self.last_why))
+        return False
 
     def admit(self, workload: Workload, bindings: list[Binding], borrowing: bool) -> None:
         # Placement saw restricted pods; record the workload's own shapes.
@@ -224,12 +270,10 @@ class _Cycle:
             Binding(node=b.node, gpus=b.gpus, shape=pod)
             for b, pod in zip(bindings, workload.pods, strict=True)
         )
-        if not self._own_state:
-            self.state, self._own_state = self.state.copy(), True
         for binding in own:
             self.state.bind(binding)
         usage = flavors.usage_of(self.state, own)
-        self.usage = usage_after(self.usage, workload.tenant, add=usage)
+        self.ledger.charge(workload.tenant, usage)
         self.decisions.append(Admit(workload.name, workload.tenant, own, usage, borrowing))
 
     def by_tenant(self) -> Mapping[str, Collection[Running]]:
@@ -241,12 +285,10 @@ class _Cycle:
             self._by_tenant = grouped
         return self._by_tenant
 
-    def preempt(self, entry: _Entry) -> bool:
-        workload = entry.workload
+    def preempt(self, workload: Workload, plan: _Plan) -> bool:
         self.preempt_tried.add(workload.tenant)
-        for flavor in entry.flavors:
-            request = flavors.request(workload, flavor)
-            owners = victim_tenants(workload, request, self.snap.tenants, self.usage)
+        for flavor, request in zip(plan.flavors, plan.requests, strict=True):
+            owners = victim_tenants(workload, request, self.snap.tenants, self.ledger.usage)
             running = [
                 r
                 for owner in owners
@@ -258,20 +300,34 @@ class _Cycle:
             key = (workload.tenant, workload.priority, flavor, workload.pods, workload.constraints)
             if key in self.no_victims:
                 continue
-            plan = find_victims(
+            # A search that failed fails again until the cluster or the quota
+            # changes (a finish, an admission, a victim stopping, new
+            # tenants): the caller's placer remembers it across cycles.
+            memo_key = ("no_victims", key)
+            version = (self.state.lineage, self.state.version(), self.snap.tenants)
+            seen = self.placer.memo.get(memo_key)
+            if (
+                isinstance(seen, tuple)
+                and seen[0] is version[0]
+                and seen[1] == version[1]
+                and seen[2] is version[2]
+            ):
+                self.no_victims.add(key)
+                continue
+            found = search_victims(
                 flavors.restrict(workload, flavor),
                 request,
-                self.snap.tenants,
-                self.usage,
+                self.ledger,
                 running,
                 self.state,
                 self.placer,
                 self.snap.now,
             )
-            if plan is None or not plan.victims:
+            if found is None or not found.victims:
                 self.no_victims.add(key)
+                self.placer.memo[memo_key] = version
                 continue
-            for victim in plan.victims:
+            for victim in found.victims:
                 run: Running = victim.running
                 self.claimed.add(run.name)
                 self.decisions.append(
@@ -279,11 +335,97 @@ class _Cycle:
                         run.name, run.tenant, workload.name, victim.reason, victim.lost_gpu_seconds
                     )
                 )
-            self.usage = usage_after(self.usage, workload.tenant, add=request)
-            count = len(plan.victims)
+            self.ledger.charge(workload.tenant, request)
+            count = len(found.victims)
             self.decisions.append(Pending(workload.name, f"waiting for {count} victims to stop"))
             return True
         return False
+
+
+class _Cursor:
+    """A bucket being worked through in order, skipping workloads tried on their own."""
+
+    __slots__ = ("at", "bucket", "plan", "skip", "solo")
+
+    def __init__(self, bucket: Bucket, plan: _Plan, skip: Collection[str]) -> None:
+        self.bucket = bucket
+        self.plan = plan
+        self.skip = skip
+        self.at = 0
+        self.solo: str | None = None
+
+    @classmethod
+    def single(cls, parent: _Cursor, submit_time: float, name: str) -> _Cursor:
+        """A cursor over one workload of ``parent``'s bucket."""
+        cursor = cls(parent.bucket, parent.plan, ())
+        cursor.solo = name
+        cursor.at = next(i for i, e in enumerate(parent.bucket.entries) if e[1] == name)
+        del submit_time
+        return cursor
+
+    def solos(self) -> list[tuple[float, str, Workload]]:
+        if not self.skip:
+            return []
+        return [e for e in self.bucket.entries if e[1] in self.skip]
+
+    def _settle(self) -> None:
+        if self.solo is None and self.skip:
+            entries = self.bucket.entries
+            while self.at < len(entries) and entries[self.at][1] in self.skip:
+                self.at += 1
+
+    def peek(self) -> tuple[float, str, Workload] | None:
+        if self.solo is not None:
+            return None
+        self._settle()
+        entries = self.bucket.entries
+        return entries[self.at] if self.at < len(entries) else None
+
+    def workload(self) -> Workload:
+        if self.solo is None:
+            self._settle()
+        return self.bucket.entries[self.at][2]
+
+    def advance(self) -> None:
+        self.at += 1
+
+    def rest(self) -> _Names:
+        return _Names(self.bucket.entries, self.at, self.skip)
+
+
+class _Names:
+    """The names of a bucket's workloads from a position on, read when called."""
+
+    __slots__ = ("entries", "skip", "start")
+
+    def __init__(self, entries: list[tuple[float, str, Workload]], start: int,
+                 skip: Collection[str]) -> None:
+        self.entries, self.start, self.skip = entries, start, skip
+
+    def __call__(self) -> Iterator[str]:
+        for _, name, _ in itertools.islice(self.entries, self.start, None):
+            if name not in self.skip:
+                yield name
+
+
+def _fifo_stream(cursors: list[_Cursor]) -> Iterator[tuple[Workload, _Plan]]:
+    """A StrictFIFO tenant's workloads in its own order: priority, then age."""
+    merged = sorted(
+        (fairshare.fifo_key(workload), workload, cursor.plan)
+        for cursor in cursors
+        for _, _, workload in cursor.bucket.entries
+    )
+    for _, workload, plan in merged:
+        yield workload, plan
+
+
+def _reason_of(why: object) -> Callable[[], str]:
+    """The wording of a failed flavor, deferred: a quota check's, or no room."""
+    if isinstance(why, tuple):
+        workload, flavor = why
+        return lambda: _no_room(workload, flavor)
+    assert isinstance(why, LedgerCheck)
+    return lambda: why.reason
 
 
 def _no_room(workload: Workload, flavor: flavors.Flavor) -> str:

@@ -22,7 +22,8 @@ priority, then most recent start.  Evicting a job that checkpointed a minute
 ago costs a minute; evicting one that never did costs its whole run.
 
 Like Kueue, candidates are added greedily until the preemptor fits both its
-quota and the nodes (gang placement on a copy with the victims removed), then
+quota and the nodes (gang placement with the victims removed, in a trial of
+the cluster state that is undone afterwards), then
 victims that turn out unneeded are dropped, most costly first.  Also as in
 Kueue, another tenant's workloads stop being candidates once the victims
 already chosen bring that tenant back within its nominal quota.  Whether the
@@ -31,16 +32,22 @@ preemptor borrows is judged on current usage, before any victim is removed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shoal.domain.cluster import Binding, ClusterState
 from shoal.domain.resources import MILLI, Vector
-from shoal.domain.tenant import BorrowWithinCohort, ReclaimWithinCohort, WithinTenant
+from shoal.domain.tenant import (
+    BorrowWithinCohort,
+    PreemptionPolicy,
+    ReclaimWithinCohort,
+    WithinTenant,
+)
 from shoal.domain.workload import Workload
 from shoal.policy.decisions import PreemptReason
+from shoal.policy.ledger import QuotaLedger
 from shoal.policy.placement import Placer
-from shoal.policy.quota import TenantQuota, Usage, check, usage_after
+from shoal.policy.quota import TenantQuota, Usage, total_usage
 from shoal.policy.snapshot import Running
 
 __all__ = [
@@ -50,6 +57,7 @@ __all__ = [
     "candidates",
     "find_victims",
     "lost_work",
+    "search_victims",
     "within_nominal",
 ]
 
@@ -126,46 +134,63 @@ def candidates(
     request: Vector,
     tenants: Mapping[str, TenantQuota],
     usage: Usage,
-    running: Sequence[Running],
+    running: Iterable[Running],
     now: float,
 ) -> list[Victim]:
     """Workloads the policy lets ``preemptor`` evict, cheapest loss first."""
     tenant = tenants[preemptor.tenant]
     policy = tenant.preemption
     borrows = not within_nominal(tenant, usage.get(tenant.name, {}), request)
-    lender_borrows: dict[str, bool] = {}
-    found: list[Victim] = []
+    # Per owner: the reason its workloads would be evicted for, and whether
+    # only lower-priority ones qualify (None: none of them qualify).
+    rules: dict[str, tuple[PreemptReason, bool] | None] = {}
+    ranked: list[tuple[float, int, float, str, Victim]] = []
+    priority = preemptor.priority
     for run in running:
-        if not run.workload.preemptible:
+        workload = run.workload
+        if not workload.preemptible:
             continue
-        lower = run.priority < preemptor.priority
-        reason: PreemptReason
-        if run.tenant == tenant.name:
-            if policy.within_tenant != WithinTenant.LOWER_PRIORITY or not lower:
-                continue
-            reason = "priority"
-        else:
-            other = tenants.get(run.tenant)
-            if tenant.cohort is None or other is None or other.cohort != tenant.cohort:
-                continue
-            if other.name not in lender_borrows:
-                lender_borrows[other.name] = _borrows_any(other, usage.get(other.name, {}), request)
-            if not lender_borrows[other.name]:
-                continue
-            if borrows:
-                if policy.borrow_within_cohort != BorrowWithinCohort.LOWER_PRIORITY or not lower:
-                    continue
-                reason = "borrow"
-            else:
-                reclaim = policy.reclaim_within_cohort
-                if reclaim == ReclaimWithinCohort.NEVER:
-                    continue
-                if reclaim == ReclaimWithinCohort.LOWER_PRIORITY and not lower:
-                    continue
-                reason = "reclaim"
-        found.append(Victim(run, reason, lost_work(run, now)))
-    found.sort(key=lambda v: (v.cost, v.running.priority, -v.running.start_time, v.running.name))
-    return found
+        owner = workload.tenant
+        if owner not in rules:
+            rules[owner] = _rule(tenant, policy, borrows, tenants.get(owner), usage, request)
+        rule = rules[owner]
+        if rule is None or (rule[1] and not workload.priority < priority):
+            continue
+        victim = Victim(run, rule[0], lost_work(run, now))
+        ranked.append((victim.cost, workload.priority, -run.start_time, workload.name, victim))
+    ranked.sort(key=_rank)
+    return [entry[4] for entry in ranked]
+
+
+def _rank(entry: tuple[float, int, float, str, Victim]) -> tuple[float, int, float, str]:
+    return entry[:4]
+
+
+def _rule(
+    tenant: TenantQuota,
+    policy: PreemptionPolicy,
+    borrows: bool,
+    other: TenantQuota | None,
+    usage: Usage,
+    request: Vector,
+) -> tuple[PreemptReason, bool] | None:
+    """Why ``other``'s workloads may be evicted for ``tenant``, and whether only lower ones."""
+    if other is None:
+        return None
+    if other.name == tenant.name:
+        return ("priority", True) if policy.within_tenant == WithinTenant.LOWER_PRIORITY else None
+    if tenant.cohort is None or other.cohort != tenant.cohort:
+        return None
+    if not _borrows_any(other, usage.get(other.name, {}), request):
+        return None
+    if borrows:
+        if policy.borrow_within_cohort != BorrowWithinCohort.LOWER_PRIORITY:
+            return None
+        return ("borrow", True)
+    reclaim = policy.reclaim_within_cohort
+    if reclaim == ReclaimWithinCohort.NEVER:
+        return None
+    return ("reclaim", reclaim == ReclaimWithinCohort.LOWER_PRIORITY)
 
 
 def find_victims(
@@ -182,80 +207,99 @@ def find_victims(
 
     Meant for a preemptor that does not fit as things are (were it to fit, the
     plan would have no victims).  ``request`` is its quota charge; ``state``
-    is not changed.
+    is left as it was.
+    """
+    ledger = QuotaLedger(tenants, usage)
+    return search_victims(preemptor, request, ledger, running, state, placer, now)
+
+
+def search_victims(
+    preemptor: Workload,
+    request: Vector,
+    ledger: QuotaLedger,
+    running: Sequence[Running],
+    state: ClusterState,
+    placer: Placer,
+    now: float,
+) -> PreemptionPlan | None:
+    """``find_victims`` on a cycle's ledger; ``ledger`` and ``state`` end as they began.
+
+    Victims are tried by refunding them in the ledger and unbinding them in a
+    trial of ``state`` (no copies), one at a time, so each step costs one
+    quota check and, once totals allow, one placement.
     """
     up = state.up
     free_gpu, free_cpu = int(state.gpu_free[up].sum()), int(state.cpu_free[up].sum())
     need_gpu, need_cpu = preemptor.gpu_milli, sum(pod.cpu for pod in preemptor.pods)
-
-    def fits(victims: Sequence[Victim]) -> list[Binding] | None:
-        """Bindings for the preemptor once ``victims`` are gone, or None."""
-        after = usage
-        for victim in victims:
-            after = usage_after(after, victim.running.tenant, remove=victim.running.usage)
-        if not check(tenants, after, preemptor.tenant, request).fits:
-            return None
-        # A gang placement costs a pass over all nodes; most too-small victim
-        # sets are ruled out by totals alone.
-        shapes = [b.shape for v in victims for b in v.running.bindings]
-        if free_gpu + sum(s.gpu_total_milli for s in shapes) < need_gpu:
-            return None
-        if free_cpu + sum(s.cpu for s in shapes) < need_cpu:
-            return None
-        scratch = state.copy()
-        for victim in victims:
-            for binding in victim.running.bindings:
-                scratch.unbind(binding)
-        return placer.place(scratch, preemptor)
-
-    pool_ = candidates(preemptor, request, tenants, usage, running, now)
-    if not pool_ or not _could_fit(preemptor, request, tenants, usage, pool_, free_gpu, free_cpu):
+    tenant = preemptor.tenant
+    pool_ = candidates(preemptor, request, ledger.tenants, ledger.usage, running, now)
+    if not pool_ or not _could_fit(preemptor, request, ledger, pool_, free_gpu, free_cpu):
         return None
     chosen: list[Victim] = []
     bindings: list[Binding] | None = None
-    remaining = usage
     gpu_freed = cpu_freed = 0
-    # The greedy pass frees victims one at a time on one private copy and
-    # keeps running totals, so each step costs one check, not a recount.
-    freed = state.copy()
-    for victim in pool_:
-        owner = victim.running.tenant
-        # As in Kueue: once earlier victims brought a tenant back within its
-        # nominal quota, its other workloads are no longer fair game.
-        if owner != preemptor.tenant and not _borrows_any(
-            tenants[owner], remaining.get(owner, {}), request
-        ):
-            continue
-        remaining = usage_after(remaining, owner, remove=victim.running.usage)
-        chosen.append(victim)
-        for binding in victim.running.bindings:
-            freed.unbind(binding)
-            gpu_freed += binding.shape.gpu_total_milli
-            cpu_freed += binding.shape.cpu
-        if free_gpu + gpu_freed < need_gpu or free_cpu + cpu_freed < need_cpu:
-            continue
-        if not check(tenants, remaining, preemptor.tenant, request).fits:
-            continue
-        bindings = placer.place(freed, preemptor)
-        if bindings is not None:
-            break
-    if bindings is None:
-        return None
-    # Greedy order can pick victims a later one made unnecessary; drop the
-    # costliest of those first so the loss stays small.
-    for victim in sorted(chosen, key=lambda v: -v.cost):
-        trial = [v for v in chosen if v is not victim]
-        trial_bindings = fits(trial)
-        if trial_bindings is not None:
-            chosen, bindings = trial, trial_bindings
+    with state.trial():
+        try:
+            for victim in pool_:
+                owner = victim.running.tenant
+                # As in Kueue: once earlier victims brought a tenant back within
+                # its nominal quota, its other workloads are no longer fair game.
+                if owner != tenant and not ledger.borrows_any(owner, request):
+                    continue
+                ledger.refund(owner, victim.running.usage)
+                chosen.append(victim)
+                for binding in victim.running.bindings:
+                    state.unbind(binding)
+                    gpu_freed += binding.shape.gpu_total_milli
+                    cpu_freed += binding.shape.cpu
+                if free_gpu + gpu_freed < need_gpu or free_cpu + cpu_freed < need_cpu:
+                    continue
+                if not ledger.check(tenant, request).fits:
+                    continue
+                if not placer.could_fit(state, preemptor):
+                    continue
+                bindings = placer.place(state, preemptor)
+                if bindings is not None:
+                    break
+            if bindings is None:
+                return None
+            # Greedy order can pick victims a later one made unnecessary; drop
+            # the costliest of those first so the loss stays small.  Dropping
+            # one puts it back; keeping one takes it out again.
+            for victim in sorted(chosen, key=lambda v: -v.cost):
+                run = victim.running
+                for binding in run.bindings:
+                    state.bind(binding)
+                ledger.charge(run.tenant, run.usage)
+                gpu_freed -= sum(b.shape.gpu_total_milli for b in run.bindings)
+                cpu_freed -= sum(b.shape.cpu for b in run.bindings)
+                trial = None
+                if (
+                    free_gpu + gpu_freed >= need_gpu
+                    and free_cpu + cpu_freed >= need_cpu
+                    and ledger.check(tenant, request).fits
+                    and placer.could_fit(state, preemptor)
+                ):
+                    trial = placer.place(state, preemptor)
+                if trial is not None:
+                    chosen = [v for v in chosen if v is not victim]
+                    bindings = trial
+                    continue
+                for binding in run.bindings:
+                    state.unbind(binding)
+                ledger.refund(run.tenant, run.usage)
+                gpu_freed += sum(b.shape.gpu_total_milli for b in run.bindings)
+                cpu_freed += sum(b.shape.cpu for b in run.bindings)
+        finally:
+            for victim in chosen:
+                ledger.charge(victim.running.tenant, victim.running.usage)
     return PreemptionPlan(victims=tuple(chosen), bindings=tuple(bindings))
 
 
 def _could_fit(
     preemptor: Workload,
     request: Vector,
-    tenants: Mapping[str, TenantQuota],
-    usage: Usage,
+    ledger: QuotaLedger,
     pool_: Sequence[Victim],
     free_gpu: int,
     free_cpu: int,
@@ -269,10 +313,14 @@ def _could_fit(
     cpu = free_cpu + sum(b.shape.cpu for v in pool_ for b in v.running.bindings)
     if gpu < preemptor.gpu_milli or cpu < sum(pod.cpu for pod in preemptor.pods):
         return False
-    after = usage
-    for victim in pool_:
-        after = usage_after(after, victim.running.tenant, remove=victim.running.usage)
-    return check(tenants, after, preemptor.tenant, request).fits
+    freed = total_usage((v.running.tenant, v.running.usage) for v in pool_)
+    for owner, vector in freed.items():
+        ledger.refund(owner, vector)
+    try:
+        return ledger.check(preemptor.tenant, request).fits
+    finally:
+        for owner, vector in freed.items():
+            ledger.charge(owner, vector)
 
 
 def _borrows_any(tenant: TenantQuota, usage: Vector, request: Vector) -> bool:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from shoal.domain.cluster import Binding, ClusterState
 from shoal.domain.workload import Workload
+from shoal.policy.queue import PendingQueue
 from shoal.policy.quota import TenantQuota
 
 
@@ -67,14 +68,19 @@ def progress_saved(
 
 @dataclass(frozen=True)
 class Snapshot:
-    """``cluster`` is read-only to policies: they work on a copy."""
+    """What a cycle sees; it leaves every part as it found it.
+
+    A policy may change ``cluster`` only inside ``cluster.trial()``, which puts
+    every row back (stamps included) when it ends.
+    """
 
     now: float
     cluster: ClusterState
     tenants: Mapping[str, TenantQuota]
     running: Collection[Running] = ()
     """Admitted workloads; the runtime must not change it while a cycle runs."""
-    pending: tuple[Workload, ...] = ()
+    pending: tuple[Workload, ...] | PendingQueue = ()
+    """Waiting workloads; a runtime that keeps a ``PendingQueue`` across cycles passes it."""
     preempting: frozenset[str] = field(default_factory=frozenset)
     running_by_tenant: Mapping[str, Collection[Running]] | None = None
     """``running`` grouped by tenant, if the runtime keeps it; else grouped on demand."""

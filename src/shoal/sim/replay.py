@@ -34,6 +34,7 @@ from shoal.policy.decisions import Admit, Inadmissible, Preempt
 from shoal.policy.placement import build_placer, typical_pods
 from shoal.policy.placement.fgd import Fragmentation
 from shoal.policy.preemption import Running
+from shoal.policy.queue import PendingQueue
 from shoal.policy.quota import TenantQuota
 from shoal.sim.timeline import Timeline
 
@@ -128,7 +129,7 @@ class ReplayEngine:
             )
             for w in workloads
         }
-        self.pending: dict[str, Workload] = {}
+        self.pending = PendingQueue()  # kept across cycles: no cycle sorts the queue again
         self.running: dict[str, Running] = {}  # what the admission cycle sees
         self.by_tenant: dict[str, dict[str, Running]] = {}
         self.usage: dict[str, dict[str, int]] = {}
@@ -155,6 +156,8 @@ class ReplayEngine:
         self._frag_every = max(span / _FRAG_SAMPLES, 1e-9)
         self._next_frag = 0.0
         self.fragmentation: list[tuple[float, float]] = []
+        self.handled = 0
+        self.cycles = 0
 
     def _push(self, at: float, kind: int, name: str, attempt: int = 0) -> None:
         heapq.heappush(self._queue, (at, kind, next(self._seq), name, attempt))
@@ -181,6 +184,7 @@ class ReplayEngine:
                 _, kind, _, name, attempt = heapq.heappop(self._queue)
                 self._handle(now, kind, name, attempt)
                 handled += 1
+                self.handled += 1
             self._cycle(now)
             if progress is not None:
                 progress(handled)
@@ -207,7 +211,7 @@ class ReplayEngine:
 
     def _handle(self, now: float, kind: int, name: str, attempt: int) -> None:
         if kind == ARRIVE:
-            self.pending[name] = self.jobs[name].workload
+            self.pending.add(self.jobs[name].workload)
             self._log(now, "submitted", job=name, tenant=self.jobs[name].workload.tenant)
             return
         if kind in (FINISH, STOPPED):
@@ -243,18 +247,20 @@ class ReplayEngine:
 
     def _cycle_once(self, now: float) -> bool:
         """One admission cycle; True when it preempted something."""
+        self.cycles += 1
         snapshot = Snapshot(
             now=now,
             cluster=self.state,
             tenants=self.tenants,
             running=self.running.values(),
-            pending=tuple(self.pending.values()),
+            pending=self.pending,
             preempting=frozenset(self.preempting.values()),
             usage=self.usage,
             running_by_tenant={t: runs.values() for t, runs in self.by_tenant.items()},
         )
         preempted = False
-        for decision in schedule(snapshot, self.placer).decisions:
+        # Only the actions: the queue's bulk Pending decisions carry nothing to apply.
+        for decision in schedule(snapshot, self.placer).actions:
             if isinstance(decision, Admit):
                 record = self.jobs[decision.workload]
                 placement = [(self.state.names[b.node], b.gpus) for b in decision.bindings]
@@ -277,7 +283,7 @@ class ReplayEngine:
             elif isinstance(decision, Inadmissible):
                 record = self.jobs[decision.workload]
                 record.inadmissible = decision.reason
-                self.pending.pop(decision.workload, None)
+                self.pending.discard(decision.workload)
                 self._apply(now, record, machine.reject(record.row, decision.reason, now))
             # Pending: the reason is only kept by live runtimes (users read it).
         return preempted
@@ -318,7 +324,7 @@ class ReplayEngine:
             checkpoint_interval=self._interval(record),
         )
         self._charge(record.workload.tenant, decision.usage, +1)
-        self.pending.pop(name, None)
+        self.pending.discard(name)
         self.running[name] = record.running
         self.by_tenant.setdefault(record.workload.tenant, {})[name] = record.running
         self.timeline.start(record.workload.tenant, _gpu_milli(decision.bindings))
@@ -339,7 +345,7 @@ class ReplayEngine:
                 kept, lost = float(requeue.data["kept_seconds"]), float(requeue.data["lost_seconds"])
                 record.work_left -= kept
                 record.lost_gpu_seconds += lost * record.gpu_milli_held / MILLI
-                self.pending[record.workload.name] = record.workload
+                self.pending.add(record.workload)
             elif after == "Succeeded":
                 record.finish, record.work_left = now, 0.0
 

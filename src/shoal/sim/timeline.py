@@ -75,6 +75,21 @@ class Timeline:
             return 0.0
         return float(self._area[column] / self.duration / self.capacity)
 
+    def mean_share_until(self, end: float) -> float:
+        """Time-weighted mean share of cluster GPUs held by all tenants from the start to ``end``.
+
+        A run's tail (the last long jobs finishing on an idle cluster) can
+        dwarf its busy part; this measures only the window that matters.
+        """
+        start = self.start_time or 0.0
+        end = min(end, self._last)
+        if end <= start or not self._times:
+            return 0.0
+        times = np.append(np.array(self._times), self._last)
+        totals = np.array([row[-1] for row in self._rows])
+        spans = np.clip(np.minimum(times[1:], end) - times[:-1], 0.0, None)
+        return float((totals * spans).sum() / (end - start) / self.capacity)
+
     def sampled(self, points: int = 400) -> dict[str, object]:
         """Shares at ``points`` evenly spaced instants (step function, sample-and-hold)."""
         if not self._times:

@@ -1,8 +1,8 @@
 """Placing a whole workload: every pod of a gang in one go, or none.
 
-Pods are placed one after another on a private copy of the cluster state, so
-a gang that does not fit leaves nothing behind (no partial holds, no
-deadlock).  ``pack`` first tries topology domains (NVLink domain, rack,
+Pods are placed one after another in a trial of the cluster state that is
+undone before returning, so a gang that does not fit leaves nothing behind (no
+partial holds, no deadlock) and no placement copies the cluster.  ``pack`` first tries topology domains (NVLink domain, rack,
 zone) that can hold the whole gang, tightest first; ``anti_affinity`` keeps
 pods of the workload on distinct nodes or racks.
 """
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from shoal.domain.cluster import Binding, BoolArray, ClusterState, IntArray
+from shoal.domain.resources import MILLI
 from shoal.domain.workload import ANTI_AFFINITY_LABELS, PACK_LABELS, PodShape, Workload
 from shoal.policy.placement.base import Scorer, place_pod
 from shoal.policy.placement.filters import model_mask, static_mask
@@ -48,6 +49,27 @@ class Placer:
             codes = np.array([table.get(v, -1) if v is not None else -1 for v in values])
             self._labels[key] = codes
         return codes
+
+    def could_fit(self, state: ClusterState, workload: Workload) -> bool:
+        """False when the cluster provably has no room for the whole workload now.
+
+        A necessary condition, cheap next to a gang placement: for each pod
+        shape of the workload, the nodes it may use must hold as many pods of
+        that shape as the workload has (one per node under anti-affinity).
+        """
+        if len(workload.pods) == 1:
+            return True
+        counts: dict[PodShape, int] = {}
+        for pod in workload.pods:
+            counts[pod] = counts.get(pod, 0) + 1
+        once = workload.constraints.anti_affinity != "none"
+        for pod, count in counts.items():
+            room = pods_per_node(state, pod) * self.allowed(state, workload, pod)
+            if once:
+                room = np.minimum(room, 1)
+            if int(room.sum()) < count:
+                return False
+        return True
 
     def place(
         self, state: ClusterState, workload: Workload, count: int | None = None
@@ -89,28 +111,50 @@ class Placer:
         pods: Sequence[PodShape],
         within: BoolArray | None,
     ) -> list[Binding] | None:
-        scratch = state.copy()
         spread = workload.constraints.anti_affinity
         spread_codes = (
             self.label_codes(state, ANTI_AFFINITY_LABELS[spread]) if spread != "none" else None
         )
         used: BoolArray = np.zeros(len(state), dtype=np.bool_)
         bindings: list[Binding] = []
-        for pod in pods:
-            allowed = self.allowed(state, workload, pod)
-            if within is not None:
-                allowed = allowed & within
-            if spread_codes is not None and bindings:
-                allowed = allowed & ~used
-            binding = place_pod(scratch, pod, self.scorer, self.ranks, allowed)
-            if binding is None:
-                return None
-            scratch.bind(binding)
-            bindings.append(binding)
-            if spread_codes is not None:
-                code = spread_codes[binding.node]
-                used |= spread_codes == code if code >= 0 else _only(len(state), binding.node)
+        with state.trial():
+            for pod in pods:
+                allowed = self.allowed(state, workload, pod)
+                if within is not None:
+                    allowed = allowed & within
+                if spread_codes is not None and bindings:
+                    allowed = allowed & ~used
+                binding = place_pod(state, pod, self.scorer, self.ranks, allowed)
+                if binding is None:
+                    return None
+                state.bind(binding)
+                bindings.append(binding)
+                if spread_codes is not None:
+                    code = spread_codes[binding.node]
+                    used |= spread_codes == code if code >= 0 else _only(len(state), binding.node)
         return bindings
+
+
+def pods_per_node(state: ClusterState, pod: PodShape) -> IntArray:
+    """How many pods of this shape each node could still take (0 on nodes that are down)."""
+    big = np.int64(1 << 40)
+    room = np.where(state.up, big, 0)
+    if pod.cpu:
+        room = np.minimum(room, state.cpu_free // pod.cpu)
+    if pod.memory:
+        room = np.minimum(room, state.mem_free // pod.memory)
+    if pod.gpu_count:
+        if pod.gpu_milli >= MILLI:
+            whole = state.whole_free
+            if pod.gpu_memory:
+                whole = np.where(state.gpu_memory >= pod.gpu_memory, whole, 0)
+            room = np.minimum(room, whole // pod.gpu_count)
+        else:
+            # Each shared GPU holds as many fractions as fit in what it has free.
+            slots = (state.gpu_free // pod.gpu_milli).sum(axis=1)
+            room = np.minimum(room, slots // pod.gpu_count)
+    result: IntArray = np.maximum(room, 0)
+    return result
 
 
 def _only(size: int, node: int) -> BoolArray:
