@@ -196,6 +196,7 @@ class Controller:
             running=tuple(running),
             pending=pending,
             preempting=frozenset(r.preemptor for r in holders if r.preemptor),
+            nominated=machine.nominated(rows, {r.name for r in waiting}),
         )
         placer = self.placers.get(self.config.policy, self.config.seed, nodes, mix)
         by_name = {r.name: r for r in rows}

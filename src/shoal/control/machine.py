@@ -24,7 +24,7 @@ their GPUs until every pod has been *seen* gone, never merely signalled.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -311,10 +311,12 @@ def _requeue(
     start = job.attempt_start
     saved = progress_saved(start, now, job.checkpoint_time, interval)
     lost = max(now - saved, 0.0)
+    # A victim remembers whom it was evicted for until it runs again: while
+    # that preemptor waits, it is *nominated* and goes first (``nominated``).
     new = job.evolve(
         phase="Pending", pods=(), preemptions=job.preemptions + 1,
         lost_seconds=job.lost_seconds + lost, next_attempt_at=now + delay, stop_cause="",
-        stop_deadline=None, preemptor="",
+        stop_deadline=None,
     )
     event = _emit(kind, lost_seconds=round(lost, 3), kept_seconds=round(saved - start, 3),
                   reason=job.reason)
@@ -368,3 +370,18 @@ def _with_statuses(job: JobRow, statuses: Mapping[str, PodStatus]) -> JobRow:
                                 message=status.message))
             changed = True
     return job.evolve(pods=tuple(pods)) if changed else job
+
+
+def nominated(rows: Iterable[JobRow], pending: Container[str]) -> frozenset[str]:
+    """Pending jobs that evicted others and have not run since: they go first.
+
+    Without this a preemptor can lose the room its victims freed to a job
+    ordered before it (a victim of higher priority, say) and evict again, for
+    ever.  Kubernetes nominates a preemptor to the node it freed for the same
+    reason.  Read from the victims' records, so every runtime agrees.
+    """
+    return frozenset(
+        row.preemptor
+        for row in rows
+        if row.preemptor and row.preemptor in pending
+    )

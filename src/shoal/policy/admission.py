@@ -5,7 +5,8 @@ Phases, in the manner of Kueue's scheduler:
 1. *Validate* each pending workload: unknown tenant, a priority the tenant
    may not use, a resource it has no quota for, more than it could ever get,
    or a pod larger than any node make it ``Inadmissible`` for good.
-2. *Order* them: higher priority first, then the lower fair share after
+2. *Order* them: nominated workloads (those that evicted others and have not
+   run since) first, then higher priority, then the lower fair share after
    admission, then older; a StrictFIFO tenant's workloads keep its own
    priority-then-age order among the places they hold.
 3. For each in turn: *quota* check, then gang *placement*.  An admitted
@@ -14,9 +15,10 @@ Phases, in the manner of Kueue's scheduler:
    quota ledger, so it copies neither.
 4. If it does not fit, try *preemption*: victims get ``Preempt`` and the
    preemptor stays ``Pending`` until they stop.  The victims keep their
-   resources in this cycle, so nothing else is admitted onto them, and the
-   preemptor's request is reserved in its tenant's usage so later workloads
-   cannot take the quota it is waiting for.
+   resources in this cycle and the nodes the preemptor will use are held for
+   it, so nothing else is admitted onto them, and the preemptor's request is
+   reserved in its tenant's usage so later workloads cannot take the quota it
+   is waiting for.  Until it runs it is *nominated*: later cycles try it first.
 5. Otherwise ``Pending`` with the reason.  Under StrictFIFO a blocked head
    also holds back the tenant's later workloads; under BestEffortFIFO they
    still try.  Inadmissible workloads block nothing: they never run.
@@ -106,10 +108,13 @@ class _Cycle:
         self.last_why: Callable[[], str] = str
 
     def run(self) -> CycleResult:
-        heap: list[tuple[int, float, float, str, int, _Cursor]] = []
+        heap: list[tuple[int, int, float, float, str, int, _Cursor]] = []
         tick = itertools.count()
         strict: dict[str, list[_Cursor]] = {}
-        preempting = self.snap.preempting
+        nominated = self.snap.nominated
+        # Tried on their own: nominated workloads go first, and workloads
+        # waiting for their victims reserve quota where they stand.
+        solo = self.snap.preempting | nominated
         for bucket in self.queue.buckets():
             plan = self.validate(bucket)
             if isinstance(plan, str):
@@ -117,20 +122,23 @@ class _Cycle:
                 continue
             tenant = self.snap.tenants[bucket.tenant]
             share = self.ledger.share_after(tenant.name, plan.requests[0])
-            cursor = _Cursor(bucket, plan, preempting)
+            cursor = _Cursor(bucket, plan, solo)
             if tenant.strict_fifo:
                 strict.setdefault(tenant.name, []).append(cursor)
             for at, name, _ in cursor.solos():
-                # Workloads waiting for their victims reserve quota where they
-                # stand in the order: each is tried on its own.
-                solo = _Cursor.single(cursor, at, name)
-                heapq.heappush(heap, (-bucket.priority, share, at, name, next(tick), solo))
+                single = _Cursor.single(cursor, at, name)
+                first = 0 if name in nominated else 1
+                heapq.heappush(
+                    heap, (first, -bucket.priority, share, at, name, next(tick), single)
+                )
             head = cursor.peek()
             if head is not None:
-                heapq.heappush(heap, (-bucket.priority, share, head[0], head[1], next(tick), cursor))
+                heapq.heappush(
+                    heap, (1, -bucket.priority, share, head[0], head[1], next(tick), cursor)
+                )
         streams = {name: _fifo_stream(cursors) for name, cursors in strict.items()}
         while heap:
-            _, share, _, _, _, cursor = heapq.heappop(heap)
+            _, _, share, _, _, _, cursor = heapq.heappop(heap)
             tenant = self.snap.tenants[cursor.bucket.tenant]
             stream = streams.get(tenant.name)
             if stream is not None:
@@ -141,7 +149,7 @@ class _Cycle:
                 cursor.advance()
                 nxt = cursor.peek()
                 if nxt is not None and cursor.solo is None:
-                    heapq.heappush(heap, (-cursor.bucket.priority, share, nxt[0], nxt[1],
+                    heapq.heappush(heap, (1, -cursor.bucket.priority, share, nxt[0], nxt[1],
                                           next(tick), cursor))
                 workload, plan = next(stream)
                 self.try_admit(workload, plan)
@@ -154,7 +162,7 @@ class _Cycle:
             if fits:
                 nxt = cursor.peek()
                 if nxt is not None:
-                    heapq.heappush(heap, (-cursor.bucket.priority, share, nxt[0], nxt[1],
+                    heapq.heappush(heap, (1, -cursor.bucket.priority, share, nxt[0], nxt[1],
                                           next(tick), cursor))
             elif cursor.peek() is not None:
                 self.waiting.append(Waiting(cursor.rest(), self.last_why))
@@ -336,6 +344,11 @@ class _Cycle:
                     )
                 )
             self.ledger.charge(workload.tenant, request)
+            # Hold the nodes the preemptor will use for the rest of the cycle:
+            # else a later workload takes the free part of its room, and next
+            # cycle it evicts again (and the victims come back, and so on).
+            for binding in found.bindings:
+                self.state.set_up(binding.node, False)
             count = len(found.victims)
             self.decisions.append(Pending(workload.name, f"waiting for {count} victims to stop"))
             return True

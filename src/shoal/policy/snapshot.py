@@ -82,6 +82,10 @@ class Snapshot:
     pending: tuple[Workload, ...] | PendingQueue = ()
     """Waiting workloads; a runtime that keeps a ``PendingQueue`` across cycles passes it."""
     preempting: frozenset[str] = field(default_factory=frozenset)
+    """Pending workloads whose victims still hold their resources."""
+    nominated: frozenset[str] = field(default_factory=frozenset)
+    """Pending workloads that evicted others and have not run since (``preempting``
+    included): they are tried before all others, so the room they freed is theirs."""
     running_by_tenant: Mapping[str, Collection[Running]] | None = None
     """``running`` grouped by tenant, if the runtime keeps it; else grouped on demand."""
     usage: Mapping[str, Mapping[str, int]] | None = None

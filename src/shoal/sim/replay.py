@@ -134,6 +134,8 @@ class ReplayEngine:
         self.by_tenant: dict[str, dict[str, Running]] = {}
         self.usage: dict[str, dict[str, int]] = {}
         self.preempting: dict[str, str] = {}  # victim -> preemptor, until the victim stops
+        # victim -> preemptor, until the victim runs again (its record's preemptor)
+        self.evicted_for: dict[str, str] = {}
         self.record_events = record_events
         self.events: list[dict[str, Any]] = []
         self._queue: list[tuple[float, int, int, str, int]] = []
@@ -255,6 +257,7 @@ class ReplayEngine:
             running=self.running.values(),
             pending=self.pending,
             preempting=frozenset(self.preempting.values()),
+            nominated=frozenset(p for p in self.evicted_for.values() if p in self.pending),
             usage=self.usage,
             running_by_tenant={t: runs.values() for t, runs in self.by_tenant.items()},
         )
@@ -333,6 +336,10 @@ class ReplayEngine:
     def _apply(self, now: float, record: JobRecord, step: Step) -> None:
         before = record.row.phase
         record.row = step.job
+        if step.job.preemptor:
+            self.evicted_for[step.job.name] = step.job.preemptor
+        else:
+            self.evicted_for.pop(step.job.name, None)
         after = step.job.phase
         for effect in step.effects:
             if isinstance(effect, Emit):
