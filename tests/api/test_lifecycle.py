@@ -205,7 +205,9 @@ def test_a_tenant_with_active_jobs_is_not_deleted(plane: launch.Running, admin: 
     admin.apply_text(job("runs", "team-a", SLEEPER, gpus=4), "a.yaml")
     wait_for(lambda: phase(admin, "runs") == "Running")
     admin.apply_text(job("waits", "team-a", SLEEPER, gpus=1), "b.yaml")
-    wait_for(lambda: phase(admin, "waits") == "Pending")
+    # Decided about (its reason written), not just applied: nothing moves below.
+    wait_for(lambda: any(j["name"] == "waits" and j["phase"] == "Pending" and j.get("reason")
+                         for j in admin.jobs()))
     before = (admin.tenants(), admin.jobs(), admin.tokens(), admin.events())
     with pytest.raises(InUseError) as refused:
         admin.delete_tenant("team-a")
@@ -318,7 +320,10 @@ def test_node_pools_are_deleted_only_when_nothing_needs_them(
                      "hog.yaml")
     wait_for(lambda: phase(admin, "hog") == "Running")
     admin.apply_text(job("wide", "solo", SLEEPER, gpus=6), "wide.yaml")
-    wait_for(lambda: phase(admin, "wide") == "Pending")
+    # Pending from the moment it is applied: wait until the controller has
+    # decided about it too (its reason is written), so nothing moves below.
+    wait_for(lambda: any(j["name"] == "wide" and j["phase"] == "Pending" and j.get("reason")
+                         for j in admin.jobs()))
     before = (admin.nodes(), admin.jobs(), admin.events())
     with pytest.raises(InUseError, match=r"NodePool 'small' runs pods of 1 job \(solo/hog Running\)"):
         admin.delete_nodepool("small")

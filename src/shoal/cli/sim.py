@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -41,6 +42,11 @@ def sim(
     target: Annotated[float, typer.Option(help="fill: arrived GPU request / capacity")] = 1.3,
     output: Annotated[str, typer.Option("--output", "-o", help="table or json")] = "table",
     html: Annotated[Path | None, typer.Option(help="also write an HTML report here")] = None,
+    queueing: Annotated[
+        str | None,
+        typer.Option(help="replay: compare tenant orderings side by side, e.g. fifo,las,srtf "
+                     "(every tenant set to each in turn)"),
+    ] = None,
 ) -> None:
     """Simulate scheduling policies on a cluster and a trace; compare them side by side."""
     if output not in ("table", "json"):
@@ -50,6 +56,11 @@ def sim(
     with CtrlC() as ctrl_c:
         try:
             plan = _plan(scenario, trace, mode, policy, seeds, workload, target)
+            if queueing is not None:
+                orders = [q.strip() for q in queueing.split(",") if q.strip()]
+                if not orders:
+                    raise InputError("--queueing: expected orderings, e.g. fifo,las")
+                plan = dataclasses.replace(plan, queueing=orders)
             require_policies(plan.policies, warn=_warn)  # user policies (entry points) first
             plan.check()
             ctrl_c.check()
@@ -144,7 +155,7 @@ def _print_table(report: dict[str, object]) -> None:
         for r in replay:
             m = r["metrics"]
             table.add_row(
-                r["policy"],
+                _label(r),
                 f"{m['jct_mean_s']:.0f}",
                 f"{m['jct_p99_s']:.0f}",
                 f"{m['queue_delay_mean_s']:.0f}",
@@ -156,7 +167,7 @@ def _print_table(report: dict[str, object]) -> None:
             )
         out.print(table)
         for r in replay:
-            tenants = Table(title=f"{r['policy']}: tenants")
+            tenants = Table(title=f"{_label(r)}: tenants")
             for name in ("tenant", "entitlement", "mean share", "queue s", "JCT s"):
                 tenants.add_column(name, justify="right" if name != "tenant" else "left")
             for t in r["metrics"]["per_tenant"]:
@@ -168,6 +179,12 @@ def _print_table(report: dict[str, object]) -> None:
                     f"{t['jct_mean_s']:.0f}",
                 )
             out.print(tenants)
+
+
+def _label(result: dict[str, object]) -> str:
+    """A replay's row: its placement policy, and its tenant ordering when compared."""
+    order = result.get("queueing")
+    return f"{result['policy']} ({order})" if order else str(result["policy"])
 
 
 def policies() -> None:

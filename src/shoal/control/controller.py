@@ -48,12 +48,6 @@ from shoal.policy.admission import Snapshot, schedule
 from shoal.policy.decisions import Admit, Decision, Inadmissible, Pending, Preempt
 from shoal.policy.placement import Placer, build_placer
 
-PREEMPT_REASONS = {
-    "reclaim": "its cohort reclaimed borrowed quota",
-    "priority": "a higher-priority job of its tenant needed room",
-    "borrow": "a higher-priority job in its cohort needed room",
-}
-
 
 @dataclass(frozen=True)
 class ControlConfig:
@@ -197,6 +191,7 @@ class Controller:
             pending=pending,
             preempting=frozenset(r.preemptor for r in holders if r.preemptor),
             nominated=machine.nominated(rows, {r.name for r in waiting}),
+            service={r.name: machine.service(r) for r in rows if r.ran_seconds},
         )
         placer = self.placers.get(self.config.policy, self.config.seed, nodes, mix)
         by_name = {r.name: r for r in rows}
@@ -216,7 +211,7 @@ class Controller:
             uids = [self.new_uid() for _ in placement]
             return machine.admit(job, placement, uids, now, self._checkpoint(job))
         if isinstance(decision, Preempt):
-            why = f"preempted: {PREEMPT_REASONS[decision.reason]}"
+            why = f"preempted: {machine.PREEMPT_REASONS[decision.reason]}"
             return machine.preempt(job, now, self.config.retry.grace_seconds,
                                    decision.preemptor, why)
         if isinstance(decision, Inadmissible):

@@ -35,6 +35,7 @@ from shoal.control.records import (
     PodStatus,
     StopCause,
 )
+from shoal.policy.ordering import Service
 from shoal.policy.snapshot import progress_saved
 
 DEFAULT_GRACE_SECONDS = 10.0
@@ -102,6 +103,15 @@ class Step:
     @property
     def changed(self) -> bool:
         return bool(self.effects)
+
+
+PREEMPT_REASONS = {
+    "reclaim": "its cohort reclaimed borrowed quota",
+    "priority": "a higher-priority job of its tenant needed room",
+    "borrow": "a higher-priority job in its cohort needed room",
+    "queue": "a job of its tenant ahead of it in the tenant's order (las, srtf) needed room",
+}
+"""How a victim's reason reads, per ``Preempt.reason``."""
 
 
 def _emit(kind: str, **data: Any) -> Emit:
@@ -316,7 +326,7 @@ def _requeue(
     new = job.evolve(
         phase="Pending", pods=(), preemptions=job.preemptions + 1,
         lost_seconds=job.lost_seconds + lost, next_attempt_at=now + delay, stop_cause="",
-        stop_deadline=None,
+        stop_deadline=None, **_ran(job, now),
     )
     event = _emit(kind, lost_seconds=round(lost, 3), kept_seconds=round(saved - start, 3),
                   reason=job.reason)
@@ -332,14 +342,25 @@ def _retry_or_fail(job: JobRow, now: float, policy: RetryPolicy, max_retries: in
     new = job.evolve(
         phase="Pending", pods=(), failures=failures, reason=f"retrying after: {why}",
         next_attempt_at=now + delay, stop_cause="", stop_deadline=None, preemptor="",
+        **_ran(job, now),
     )
     return Step(new, (Release(), _emit("retrying", reason=why, delay_seconds=delay)))
 
 
 def _final(job: JobRow, phase: str, reason: str, now: float) -> Step:
+    ran = _ran(job, now)
     new = job.evolve(phase=phase, reason=reason, finish_time=now, stop_cause="",
-                  stop_deadline=None, preemptor="", next_attempt_at=None)
+                  stop_deadline=None, preemptor="", next_attempt_at=None,
+                  ran_seconds=ran["ran_seconds"])
     return Step(new, (Release(), _emit(phase.lower(), reason=reason)))
+
+
+def _ran(job: JobRow, now: float) -> dict[str, float]:
+    """The service bookkeeping of an attempt that ends now (``JobRow.ran_seconds``)."""
+    ran = job.ran_seconds
+    if job.pods:
+        ran += max(0.0, now - job.attempt_start)
+    return {"ran_seconds": ran, "queued_at": now}
 
 
 def _with_statuses(job: JobRow, statuses: Mapping[str, PodStatus]) -> JobRow:
@@ -384,4 +405,13 @@ def nominated(rows: Iterable[JobRow], pending: Container[str]) -> frozenset[str]
         row.preemptor
         for row in rows
         if row.preemptor and row.preemptor in pending
+    )
+
+
+def service(job: JobRow) -> Service:
+    """What the job ran before its current attempt, as las and srtf orderings read it."""
+    return Service(
+        ran_seconds=job.ran_seconds,
+        kept_seconds=max(0.0, job.ran_seconds - job.lost_seconds),
+        queued_at=job.queued_at,
     )

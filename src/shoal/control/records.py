@@ -122,6 +122,10 @@ class JobRow:
     """The checkpoint step the current attempt resumed from (None: started fresh or unknown)."""
     failures: int = 0
     """Attempts that ended in failure (preemptions and disruptions are not failures)."""
+    ran_seconds: float = 0.0
+    """Wall-clock seconds the job's ended attempts ran (what LAS ordering calls service)."""
+    queued_at: float | None = None
+    """When the job last went back to waiting after an attempt (None: it never ran)."""
 
     def evolve(self, **changes: Any) -> JobRow:
         """A copy with ``changes``: ``dataclasses.replace`` without its cost.

@@ -89,6 +89,8 @@ class ClusterState:
         # Mean free share over CPU, memory and GPU: kept up to date per node
         # because least/most-allocated scoring reads it for every node.
         self.free_share = np.ones(n)
+        # Changes that gave room back (an unbind, a node coming up); undone by trials.
+        self.releases = 0
         # Open trials, innermost last: each maps node -> its rows before the trial.
         self._journals: list[dict[int, tuple[object, ...]]] = []
         self.uniform = n > 0 and bool(
@@ -114,9 +116,11 @@ class ClusterState:
         """Undo every change made inside the block when it ends (exceptions too)."""
         journal: dict[int, tuple[object, ...]] = {}
         self._journals.append(journal)
+        releases = self.releases
         try:
             yield
         finally:
+            self.releases = releases
             popped = self._journals.pop()
             assert popped is journal, "trials must end in the order they began"
             for node, rows in journal.items():
@@ -170,6 +174,7 @@ class ClusterState:
         node, shape = binding.node, binding.shape
         if self._journals:
             self._save(node)
+        self.releases += 1
         self.cpu_free[node] += shape.cpu
         self.mem_free[node] += shape.memory
         for gpu in binding.gpus:
@@ -182,6 +187,7 @@ class ClusterState:
     def set_up(self, node: int, up: bool) -> None:
         if self._journals:
             self._save(node)
+        self.releases += up
         self.up[node] = up
         self._refresh(node)
 

@@ -176,6 +176,46 @@ class PreemptionPolicy(Spec):
     )
 
 
+class JobOrder(StrEnum):
+    FIFO = "fifo"
+    LAS = "las"
+    SRTF = "srtf"
+
+
+class Ordering(Spec):
+    """How a tenant orders its own waiting jobs (fairness between tenants stays DRF).
+
+    ``fifo``: priority, then age.  ``las``: Tiresias's discretised two-dimensional
+    least attained service: priority, then the queue a job's attained service
+    (GPUs x seconds it has run, over all its attempts) puts it in, then age; a
+    waiting job may preempt the tenant's running jobs of its priority that sit
+    in a later queue.  ``srtf``: priority, then the least remaining GPU time by
+    the job's declared duration (jobs without one last), with the same
+    preemption between jobs of one priority.
+    """
+
+    policy: JobOrder = Field(default=JobOrder.FIFO, description="fifo, las or srtf")
+    thresholds_gpu_hours: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [16.0],
+        max_length=16,
+        description="las: attained service, in GPU-hours, at which a job moves to the next "
+        "queue (ascending; n thresholds make n+1 queues)",
+    )
+    starvation_factor: float | None = Field(
+        default=None,
+        gt=0,
+        description="las: a job that has run before and has waited this many times as long "
+        "as it has run goes back to the first queue; unset: never",
+    )
+
+    @model_validator(mode="after")
+    def _ascending(self) -> Ordering:
+        values = self.thresholds_gpu_hours
+        if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+            raise ValueError(f"thresholdsGpuHours must be strictly ascending, got {values}")
+        return self
+
+
 class TenantSpec(Spec):
     """A team's quota, fair-share weight, cohort and preemption policy."""
 
@@ -205,6 +245,7 @@ class TenantSpec(Spec):
         description="StrictFIFO: a job that does not fit blocks the tenant's later jobs; "
         "BestEffortFIFO: later jobs that fit go first",
     )
+    ordering: Ordering = Field(default_factory=Ordering)
     isolation: Literal["process", "sandbox"] = Field(
         default="process",
         description="embedded runtime: plain processes, or bubblewrap sandboxes per pod",

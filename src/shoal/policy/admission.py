@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 from shoal.domain.cluster import Binding
 from shoal.domain.workload import Workload
-from shoal.policy import fairshare, flavors
+from shoal.policy import fairshare, flavors, ordering
 from shoal.policy.decisions import (
     Admit,
     CycleResult,
@@ -55,9 +55,9 @@ from shoal.policy.decisions import (
 )
 from shoal.policy.ledger import LedgerCheck, QuotaLedger
 from shoal.policy.placement import Placer
-from shoal.policy.preemption import search_victims, victim_tenants
+from shoal.policy.preemption import lower_only, search_victims, victim_tenants
 from shoal.policy.queue import Bucket, PendingQueue
-from shoal.policy.quota import amount_text, ceiling, total_usage
+from shoal.policy.quota import TenantQuota, amount_text, ceiling, total_usage
 from shoal.policy.snapshot import Running, Snapshot
 
 __all__ = ["CycleResult", "PendingQueue", "Running", "Snapshot", "schedule"]
@@ -91,6 +91,7 @@ class _Cycle:
         self.queue = pending if isinstance(pending, PendingQueue) else PendingQueue(pending)
         self.claimed: set[str] = set()
         self._by_tenant: Mapping[str, Collection[Running]] | None = snapshot.running_by_tenant
+        self._by_priority = snapshot.running_by_priority
         # Within a cycle the cluster only fills up, usage only grows and
         # victims are only claimed, so a request that found no room (or no
         # victims) fails again for an identical request: remember those.
@@ -123,7 +124,7 @@ class _Cycle:
             tenant = self.snap.tenants[bucket.tenant]
             share = self.ledger.share_after(tenant.name, plan.requests[0])
             cursor = _Cursor(bucket, plan, solo)
-            if tenant.strict_fifo:
+            if tenant.strict_fifo or tenant.job_order != "fifo":
                 strict.setdefault(tenant.name, []).append(cursor)
             for at, name, _ in cursor.solos():
                 single = _Cursor.single(cursor, at, name)
@@ -136,16 +137,21 @@ class _Cycle:
                 heapq.heappush(
                     heap, (1, -bucket.priority, share, head[0], head[1], next(tick), cursor)
                 )
-        streams = {name: _fifo_stream(cursors) for name, cursors in strict.items()}
+        now, service = self.snap.now, self.snap.service
+        streams = {
+            name: _own_stream(self.snap.tenants[name], cursors, service, now)
+            for name, cursors in strict.items()
+        }
         while heap:
             _, _, share, _, _, _, cursor = heapq.heappop(heap)
             tenant = self.snap.tenants[cursor.bucket.tenant]
             stream = streams.get(tenant.name)
             if stream is not None:
-                if tenant.name in self.blocked:
+                if tenant.strict_fifo and tenant.name in self.blocked:
                     continue  # the rest wait behind its head: listed at the end
-                # StrictFIFO: this place in the order goes to the tenant's
-                # oldest workload of its highest priority, whichever it is.
+                # This place in the order goes to the first workload in the
+                # tenant's own order (StrictFIFO: its oldest of the highest
+                # priority; las, srtf: see policy.ordering), whichever it is.
                 cursor.advance()
                 nxt = cursor.peek()
                 if nxt is not None and cursor.solo is None:
@@ -284,35 +290,77 @@ class _Cycle:
         self.ledger.charge(workload.tenant, usage)
         self.decisions.append(Admit(workload.name, workload.tenant, own, usage, borrowing))
 
-    def by_tenant(self) -> Mapping[str, Collection[Running]]:
-        """Running workloads per tenant, grouped on first use (most cycles never need it)."""
-        if self._by_tenant is None:
-            grouped: dict[str, list[Running]] = {}
-            for run in self.snap.running:
-                grouped.setdefault(run.tenant, []).append(run)
-            self._by_tenant = grouped
-        return self._by_tenant
+    def by_priority(self) -> Mapping[str, Mapping[int, Collection[Running]]]:
+        """Running workloads per tenant and priority, grouped on first use if the
+        runtime does not keep them so (most cycles never need them)."""
+        if self._by_priority is None:
+            grouped: dict[str, dict[int, list[Running]]] = {}
+            runs = (
+                (r for group in self._by_tenant.values() for r in group)
+                if self._by_tenant is not None
+                else self.snap.running
+            )
+            for run in runs:
+                grouped.setdefault(run.tenant, {}).setdefault(run.priority, []).append(run)
+            self._by_priority = grouped
+        return self._by_priority
+
+    def victims_of(
+        self, workload: Workload, request: dict[str, int], owners: Collection[str],
+        outranks: Callable[[Running], bool] | None,
+    ) -> list[Running]:
+        """The running workloads of ``owners`` that may be candidates, by priority group."""
+        found: list[Running] = []
+        priority = workload.priority
+        for owner in sorted(owners):
+            lower = lower_only(workload, request, self.snap.tenants, self.ledger.usage, owner)
+            if lower is None:
+                continue
+            # Under las or srtf a tenant's own jobs of the same priority may go too.
+            same = owner == workload.tenant and outranks is not None
+            for level, runs in self.by_priority().get(owner, {}).items():
+                if lower and not (level < priority or (same and level == priority)):
+                    continue
+                found.extend(r for r in runs if r.name not in self.claimed)
+        return found
+
+    def outranks(self, workload: Workload) -> Callable[[Running], bool] | None:
+        """Under las or srtf: whether ``workload`` goes before a running one of its tenant."""
+        tenant = self.snap.tenants[workload.tenant]
+        if tenant.job_order == "fifo":
+            return None
+        now, service = self.snap.now, self.snap.service
+        mine = ordering.rank(
+            tenant, workload, ordering.service_of(service, workload.name), None, now
+        )
+
+        def outranks(run: Running) -> bool:
+            theirs = ordering.rank(
+                tenant, run.workload, ordering.service_of(service, run.name), run.start_time, now
+            )
+            return theirs > mine
+
+        return outranks
 
     def preempt(self, workload: Workload, plan: _Plan) -> bool:
         self.preempt_tried.add(workload.tenant)
         for flavor, request in zip(plan.flavors, plan.requests, strict=True):
             owners = victim_tenants(workload, request, self.snap.tenants, self.ledger.usage)
-            running = [
-                r
-                for owner in owners
-                for r in self.by_tenant().get(owner, ())
-                if r.name not in self.claimed
-            ]
+            outranks = self.outranks(workload)
+            running = self.victims_of(workload, request, owners, outranks)
             if not running:
                 continue
             key = (workload.tenant, workload.priority, flavor, workload.pods, workload.constraints)
             if key in self.no_victims:
                 continue
-            # A search that failed fails again until the cluster or the quota
-            # changes (a finish, an admission, a victim stopping, new
-            # tenants): the caller's placer remembers it across cycles.
+            # A search that failed is not tried again until room comes back (a
+            # workload stops, a node comes up) or the tenants change: the
+            # caller's placer remembers it across cycles.  Admissions alone do
+            # not count: they can add candidates (work that found room the
+            # preemptor could not use), which a later search will find, but
+            # retrying on each would cost a search per head per cycle.
             memo_key = ("no_victims", key)
-            version = (self.state.lineage, self.state.version(), self.snap.tenants)
+            version = (self.state.lineage, self.state.releases, self.snap.tenants)
             seen = self.placer.memo.get(memo_key)
             if (
                 isinstance(seen, tuple)
@@ -330,6 +378,7 @@ class _Cycle:
                 self.state,
                 self.placer,
                 self.snap.now,
+                outranks,
             )
             if found is None or not found.victims:
                 self.no_victims.add(key)
@@ -421,13 +470,23 @@ class _Names:
                 yield name
 
 
-def _fifo_stream(cursors: list[_Cursor]) -> Iterator[tuple[Workload, _Plan]]:
-    """A StrictFIFO tenant's workloads in its own order: priority, then age."""
-    merged = sorted(
-        (fairshare.fifo_key(workload), workload, cursor.plan)
-        for cursor in cursors
-        for _, _, workload in cursor.bucket.entries
-    )
+def _own_stream(
+    tenant: TenantQuota,
+    cursors: list[_Cursor],
+    service: Mapping[str, ordering.Service],
+    now: float,
+) -> Iterator[tuple[Workload, _Plan]]:
+    """A tenant's workloads in its own order (StrictFIFO: priority, then age)."""
+    merged: list[tuple[tuple[object, ...], Workload, _Plan]] = []
+    for cursor in cursors:
+        for _, _, workload in cursor.bucket.entries:
+            if tenant.job_order == "fifo":
+                order: tuple[object, ...] = fairshare.fifo_key(workload)
+            else:
+                own = ordering.service_of(service, workload.name)
+                order = ordering.key(tenant, workload, own, now)
+            merged.append((order, workload, cursor.plan))
+    merged.sort(key=lambda item: item[0])
     for _, workload, plan in merged:
         yield workload, plan
 

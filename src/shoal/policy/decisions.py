@@ -15,7 +15,7 @@ from typing import Literal
 
 from shoal.domain.cluster import Binding
 
-PreemptReason = Literal["reclaim", "priority", "borrow"]
+PreemptReason = Literal["reclaim", "priority", "borrow", "queue"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ cluster are never shown to anyone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from shoal.domain.resources import Vector
 from shoal.policy.quota import TenantQuota, Usage, amount_text
@@ -187,14 +187,22 @@ class QuotaLedger:
 
     # -- changing --------------------------------------------------------------
 
-    def charge(self, name: str, vector: Vector, sign: int = 1) -> None:
-        """Add ``vector`` to ``name``'s usage (``sign=-1``: refund it)."""
+    def charge(
+        self, name: str, vector: Vector, sign: int = 1, only: Collection[str] | None = None
+    ) -> None:
+        """Add ``vector`` to ``name``'s usage (``sign=-1``: refund it).
+
+        ``only``: touch just these resources (a victim search reads only the
+        preemptor's, and puts everything back when it ends).
+        """
         tenant = self.tenants.get(name)
         mine = self.usage.get(name)
         if mine is None:
             mine = self.usage[name] = {}
         cohort = None if tenant is None else _cohort_key(tenant)
         for resource, amount in vector.items():
+            if only is not None and resource not in only:
+                continue
             before = mine.get(resource, 0)
             after = before + sign * amount
             mine[resource] = after
@@ -210,8 +218,8 @@ class QuotaLedger:
                         drawn + max(0, after - guaranteed) - max(0, before - guaranteed)
                     )
 
-    def refund(self, name: str, vector: Vector) -> None:
-        self.charge(name, vector, -1)
+    def refund(self, name: str, vector: Vector, only: Collection[str] | None = None) -> None:
+        self.charge(name, vector, -1, only)
 
 
 def _cohort_key(tenant: TenantQuota) -> _CohortKey:

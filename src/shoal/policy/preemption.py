@@ -32,10 +32,10 @@ preemptor borrows is judged on current usage, before any victim is removed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from shoal.domain.cluster import Binding, ClusterState
+from shoal.domain.cluster import Binding, BoolArray, ClusterState
 from shoal.domain.resources import MILLI, Vector
 from shoal.domain.tenant import (
     BorrowWithinCohort,
@@ -43,11 +43,12 @@ from shoal.domain.tenant import (
     ReclaimWithinCohort,
     WithinTenant,
 )
-from shoal.domain.workload import Workload
+from shoal.domain.workload import PodShape, Workload
 from shoal.policy.decisions import PreemptReason
 from shoal.policy.ledger import QuotaLedger
 from shoal.policy.placement import Placer
-from shoal.policy.quota import TenantQuota, Usage, total_usage
+from shoal.policy.placement.filters import fit_mask
+from shoal.policy.quota import TenantQuota, Usage
 from shoal.policy.snapshot import Running
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "candidates",
     "find_victims",
     "lost_work",
+    "lower_only",
     "search_victims",
     "within_nominal",
 ]
@@ -84,9 +86,7 @@ class PreemptionPlan:
 
 def lost_work(running: Running, now: float) -> float:
     """Work lost if ``running`` stops now, weighted by the GPUs (or CPUs) it holds."""
-    workload = running.workload
-    weight = workload.gpu_milli or sum(pod.cpu for pod in workload.pods) / MILLI
-    return max(0.0, now - running.saved_at(now)) * weight
+    return max(0.0, now - running.saved_at(now)) * running.weight
 
 
 def within_nominal(tenant: TenantQuota, usage: Vector, request: Vector) -> bool:
@@ -136,15 +136,21 @@ def candidates(
     usage: Usage,
     running: Iterable[Running],
     now: float,
+    outranks: Callable[[Running], bool] | None = None,
 ) -> list[Victim]:
-    """Workloads the policy lets ``preemptor`` evict, cheapest loss first."""
+    """Workloads the policy lets ``preemptor`` evict, cheapest loss first.
+
+    ``outranks``: under a las or srtf tenant ordering, whether the preemptor
+    goes before one of its tenant's running workloads of the same priority
+    (which may then be evicted, reason ``queue``).
+    """
     tenant = tenants[preemptor.tenant]
     policy = tenant.preemption
     borrows = not within_nominal(tenant, usage.get(tenant.name, {}), request)
     # Per owner: the reason its workloads would be evicted for, and whether
     # only lower-priority ones qualify (None: none of them qualify).
     rules: dict[str, tuple[PreemptReason, bool] | None] = {}
-    ranked: list[tuple[float, int, float, str, Victim]] = []
+    ranked: list[tuple[float, int, float, str, Running, PreemptReason]] = []
     priority = preemptor.priority
     for run in running:
         workload = run.workload
@@ -154,16 +160,41 @@ def candidates(
         if owner not in rules:
             rules[owner] = _rule(tenant, policy, borrows, tenants.get(owner), usage, request)
         rule = rules[owner]
-        if rule is None or (rule[1] and not workload.priority < priority):
+        if rule is None:
             continue
-        victim = Victim(run, rule[0], lost_work(run, now))
-        ranked.append((victim.cost, workload.priority, -run.start_time, workload.name, victim))
-    ranked.sort(key=_rank)
-    return [entry[4] for entry in ranked]
+        reason = rule[0]
+        if rule[1] and not workload.priority < priority:
+            if not (
+                outranks is not None
+                and reason == "priority"
+                and workload.priority == priority
+                and outranks(run)
+            ):
+                continue
+            reason = "queue"
+        cost = lost_work(run, now)
+        ranked.append((cost, workload.priority, -run.start_time, workload.name, run, reason))
+    # Names are unique, so the sort never compares the last two fields.
+    ranked.sort()
+    return [Victim(entry[4], entry[5], entry[0]) for entry in ranked]
 
 
-def _rank(entry: tuple[float, int, float, str, Victim]) -> tuple[float, int, float, str]:
-    return entry[:4]
+def lower_only(
+    preemptor: Workload,
+    request: Vector,
+    tenants: Mapping[str, TenantQuota],
+    usage: Usage,
+    owner: str,
+) -> bool | None:
+    """Whether only ``owner``'s lower-priority workloads may be evicted (None: none may).
+
+    Lets a caller that keeps running workloads grouped by priority skip the
+    groups that hold no candidate at all.
+    """
+    tenant = tenants[preemptor.tenant]
+    borrows = not within_nominal(tenant, usage.get(tenant.name, {}), request)
+    rule = _rule(tenant, tenant.preemption, borrows, tenants.get(owner), usage, request)
+    return None if rule is None else rule[1]
 
 
 def _rule(
@@ -221,6 +252,7 @@ def search_victims(
     state: ClusterState,
     placer: Placer,
     now: float,
+    outranks: Callable[[Running], bool] | None = None,
 ) -> PreemptionPlan | None:
     """``find_victims`` on a cycle's ledger; ``ledger`` and ``state`` end as they began.
 
@@ -232,31 +264,68 @@ def search_victims(
     free_gpu, free_cpu = int(state.gpu_free[up].sum()), int(state.cpu_free[up].sum())
     need_gpu, need_cpu = preemptor.gpu_milli, sum(pod.cpu for pod in preemptor.pods)
     tenant = preemptor.tenant
-    pool_ = candidates(preemptor, request, ledger.tenants, ledger.usage, running, now)
-    if not pool_ or not _could_fit(preemptor, request, ledger, pool_, free_gpu, free_cpu):
+    pool_ = candidates(preemptor, request, ledger.tenants, ledger.usage, running, now, outranks)
+    if not pool_ or not _could_fit(preemptor, request, ledger, pool_, state, placer,
+                                   free_gpu, free_cpu):
         return None
     chosen: list[Victim] = []
     bindings: list[Binding] | None = None
     gpu_freed = cpu_freed = 0
+    # A lone pod fits once one node has room for it, and freeing victims only
+    # adds room where they ran: after one full placement that failed, a step
+    # needs another only if a node it freed could now take the pod.  So the
+    # room victims free is first counted per node (``freed``) and they are
+    # unbound only when a placement is due.
+    lone = len(preemptor.pods) == 1
+    pod = preemptor.pods[0]
+    allowed = placer.allowed(state, preemptor, pod) if lone else None
+    freed: dict[int, _Freed] = {}
+    dirty: set[int] = set()
+    unbound = 0
+    placed_once = False
     with state.trial():
         try:
+            borrows: dict[str, bool] = {}
             for victim in pool_:
                 owner = victim.running.tenant
                 # As in Kueue: once earlier victims brought a tenant back within
                 # its nominal quota, its other workloads are no longer fair game.
-                if owner != tenant and not ledger.borrows_any(owner, request):
-                    continue
-                ledger.refund(owner, victim.running.usage)
+                if owner != tenant:
+                    if owner not in borrows:
+                        borrows[owner] = ledger.borrows_any(owner, request)
+                    if not borrows[owner]:
+                        continue
+                    del borrows[owner]
+                ledger.refund(owner, victim.running.usage, request)
                 chosen.append(victim)
                 for binding in victim.running.bindings:
-                    state.unbind(binding)
                     gpu_freed += binding.shape.gpu_total_milli
                     cpu_freed += binding.shape.cpu
+                    if lone:
+                        _free(freed, binding)
+                        dirty.add(binding.node)
+                if not lone:
+                    for binding in victim.running.bindings:
+                        state.unbind(binding)
                 if free_gpu + gpu_freed < need_gpu or free_cpu + cpu_freed < need_cpu:
                     continue
                 if not ledger.check(tenant, request).fits:
                     continue
-                if not placer.could_fit(state, preemptor):
+                if lone:
+                    assert allowed is not None
+                    # Only nodes freed since the last look can have changed their answer.
+                    if placed_once:
+                        fits = any(_room_on(state, pod, allowed, n, freed[n]) for n in dirty)
+                        dirty.clear()
+                        if not fits:
+                            continue
+                    for earlier in chosen[unbound:]:
+                        for binding in earlier.running.bindings:
+                            state.unbind(binding)
+                    unbound, freed = len(chosen), {}
+                    dirty.clear()
+                    placed_once = True
+                elif not placer.could_fit(state, preemptor):
                     continue
                 bindings = placer.place(state, preemptor)
                 if bindings is not None:
@@ -270,7 +339,7 @@ def search_victims(
                 run = victim.running
                 for binding in run.bindings:
                     state.bind(binding)
-                ledger.charge(run.tenant, run.usage)
+                ledger.charge(run.tenant, run.usage, 1, request)
                 gpu_freed -= sum(b.shape.gpu_total_milli for b in run.bindings)
                 cpu_freed -= sum(b.shape.cpu for b in run.bindings)
                 trial = None
@@ -287,13 +356,58 @@ def search_victims(
                     continue
                 for binding in run.bindings:
                     state.unbind(binding)
-                ledger.refund(run.tenant, run.usage)
+                ledger.refund(run.tenant, run.usage, request)
                 gpu_freed += sum(b.shape.gpu_total_milli for b in run.bindings)
                 cpu_freed += sum(b.shape.cpu for b in run.bindings)
         finally:
             for victim in chosen:
-                ledger.charge(victim.running.tenant, victim.running.usage)
+                ledger.charge(victim.running.tenant, victim.running.usage, 1, request)
     return PreemptionPlan(victims=tuple(chosen), bindings=tuple(bindings))
+
+
+class _Freed:
+    """Room that victims not yet unbound free on one node."""
+
+    __slots__ = ("cpu", "gpu", "gpu_memory", "memory")
+
+    def __init__(self) -> None:
+        self.cpu = self.memory = 0
+        self.gpu: dict[int, int] = {}
+        self.gpu_memory: dict[int, int] = {}
+
+
+def _free(freed: dict[int, _Freed], binding: Binding) -> None:
+    room = freed.get(binding.node)
+    if room is None:
+        room = freed[binding.node] = _Freed()
+    shape = binding.shape
+    room.cpu += shape.cpu
+    room.memory += shape.memory
+    for gpu in binding.gpus:
+        room.gpu[gpu] = room.gpu.get(gpu, 0) + shape.gpu_milli
+        room.gpu_memory[gpu] = room.gpu_memory.get(gpu, 0) + shape.gpu_memory
+
+
+def _room_on(
+    state: ClusterState, pod: PodShape, allowed: BoolArray, node: int, room: _Freed
+) -> bool:
+    """Whether ``pod`` fits on ``node`` once ``room`` is freed there (``fit_mask``'s rules)."""
+    if not (state.up[node] and allowed[node]):
+        return False
+    if state.cpu_free[node] + room.cpu < pod.cpu or state.mem_free[node] + room.memory < pod.memory:
+        return False
+    if not pod.gpu_count:
+        return True
+    free = [int(v) + room.gpu.get(g, 0) for g, v in enumerate(state.gpu_free[node])]
+    if pod.gpu_milli >= MILLI:
+        if pod.gpu_memory and state.gpu_memory[node] < pod.gpu_memory:
+            return False
+        return sum(1 for v in free if v == MILLI) >= pod.gpu_count
+    memory = [int(v) + room.gpu_memory.get(g, 0) for g, v in enumerate(state.gpu_mem_free[node])]
+    return any(
+        f >= pod.gpu_milli and (not pod.gpu_memory or m >= pod.gpu_memory)
+        for f, m in zip(free, memory, strict=True)
+    )
 
 
 def _could_fit(
@@ -301,26 +415,57 @@ def _could_fit(
     request: Vector,
     ledger: QuotaLedger,
     pool_: Sequence[Victim],
+    state: ClusterState,
+    placer: Placer,
     free_gpu: int,
     free_cpu: int,
 ) -> bool:
-    """Whether evicting every candidate would at least free enough quota and capacity.
+    """Whether the greedy pass can succeed: is there room and quota once it has
+    taken every victim it would ever take?
 
-    A cheap necessary condition: most searches in a busy cluster fail, and
-    this rules them out without the one-victim-at-a-time pass.
+    Most searches in a busy cluster fail, and most of those only after trying
+    every candidate; this answers from the ledger and per-node sums alone,
+    without unbinding or placing anything.  Quota and room only grow as victims
+    go, so for a lone pod the answer is exact; for a gang it is a necessary
+    condition (``Placer.could_fit``).
     """
-    gpu = free_gpu + sum(b.shape.gpu_total_milli for v in pool_ for b in v.running.bindings)
-    cpu = free_cpu + sum(b.shape.cpu for v in pool_ for b in v.running.bindings)
-    if gpu < preemptor.gpu_milli or cpu < sum(pod.cpu for pod in preemptor.pods):
-        return False
-    freed = total_usage((v.running.tenant, v.running.usage) for v in pool_)
-    for owner, vector in freed.items():
-        ledger.refund(owner, vector)
+    tenant = preemptor.tenant
+    taken: list[Victim] = []
+    borrows: dict[str, bool] = {}
     try:
-        return ledger.check(preemptor.tenant, request).fits
+        for victim in pool_:
+            owner = victim.running.tenant
+            if owner != tenant:
+                if owner not in borrows:
+                    borrows[owner] = ledger.borrows_any(owner, request)
+                if not borrows[owner]:
+                    continue
+                del borrows[owner]  # refunding may bring it back within nominal
+            ledger.refund(owner, victim.running.usage, request)
+            taken.append(victim)
+        if not taken or not ledger.check(tenant, request).fits:
+            return False
     finally:
-        for owner, vector in freed.items():
-            ledger.charge(owner, vector)
+        for victim in taken:
+            ledger.charge(victim.running.tenant, victim.running.usage, 1, request)
+    bindings = [b for v in taken for b in v.running.bindings]
+    if free_gpu + sum(b.shape.gpu_total_milli for b in bindings) < preemptor.gpu_milli:
+        return False
+    if free_cpu + sum(b.shape.cpu for b in bindings) < sum(p.cpu for p in preemptor.pods):
+        return False
+    if len(preemptor.pods) == 1:
+        pod = preemptor.pods[0]
+        allowed = placer.allowed(state, preemptor, pod)
+        freed: dict[int, _Freed] = {}
+        for binding in bindings:
+            _free(freed, binding)
+        if any(_room_on(state, pod, allowed, node, room) for node, room in freed.items()):
+            return True
+        return bool(fit_mask(state, pod, allowed).any())
+    with state.trial():
+        for binding in bindings:
+            state.unbind(binding)
+        return placer.could_fit(state, preemptor)
 
 
 def _borrows_any(tenant: TenantQuota, usage: Vector, request: Vector) -> bool:

@@ -41,6 +41,11 @@ class TenantQuota:
     preemption: PreemptionPolicy = field(default_factory=PreemptionPolicy)
     allowed_priorities: frozenset[int] | None = None
     strict_fifo: bool = False
+    job_order: str = "fifo"
+    """The tenant's own order of its jobs: fifo, las or srtf (``policy.ordering``)."""
+    las_thresholds: tuple[float, ...] = (16 * 3600.0,)
+    """las: attained GPU-seconds at which a job moves to the next queue."""
+    starvation_factor: float | None = None
 
     def __post_init__(self) -> None:
         # Every pod charges one of ``pods``; without a pods quota that is no
@@ -72,6 +77,9 @@ class TenantQuota:
                 None if allowed is None else frozenset(priorities.resolve(p) for p in allowed)
             ),
             strict_fifo=spec.queueing == "StrictFIFO",
+            job_order=spec.ordering.policy.value,
+            las_thresholds=tuple(h * 3600.0 for h in spec.ordering.thresholds_gpu_hours),
+            starvation_factor=spec.ordering.starvation_factor,
         )
 
     @classmethod

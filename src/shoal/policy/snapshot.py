@@ -10,7 +10,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from shoal.domain.cluster import Binding, ClusterState
+from shoal.domain.resources import MILLI
 from shoal.domain.workload import Workload
+from shoal.policy.ordering import Service
 from shoal.policy.queue import PendingQueue
 from shoal.policy.quota import TenantQuota
 
@@ -25,6 +27,13 @@ class Running:
     start_time: float
     last_checkpoint: float | None = None
     checkpoint_interval: float | None = None
+    weight: float = field(init=False, repr=False, compare=False)
+    """What one second of its lost work costs: milli-GPUs held, or cores when it has none."""
+
+    def __post_init__(self) -> None:
+        workload = self.workload
+        weight = workload.gpu_milli or sum(pod.cpu for pod in workload.pods) / MILLI
+        object.__setattr__(self, "weight", float(weight))
 
     @property
     def name(self) -> str:
@@ -88,5 +97,11 @@ class Snapshot:
     included): they are tried before all others, so the room they freed is theirs."""
     running_by_tenant: Mapping[str, Collection[Running]] | None = None
     """``running`` grouped by tenant, if the runtime keeps it; else grouped on demand."""
+    running_by_priority: Mapping[str, Mapping[int, Collection[Running]]] | None = None
+    """``running`` grouped by tenant, then priority, if the runtime keeps it: a victim
+    search then skips the groups no preemptor may touch."""
     usage: Mapping[str, Mapping[str, int]] | None = None
     """Quota held per tenant, if the runtime keeps it; else summed from ``running``."""
+    service: Mapping[str, Service] = field(default_factory=dict)
+    """What each workload ran before its current attempt (read by las and srtf orderings);
+    a workload missing here has run nothing."""

@@ -8,17 +8,20 @@ every policy over every seed and returns the JSON report.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shoal.domain.nodes import Node
+from shoal.domain.tenant import JobOrder
 from shoal.domain.workload import Workload
-from shoal.errors import UnknownReferenceError
+from shoal.errors import InputError, UnknownReferenceError
 from shoal.policy.placement import scorer_names
 from shoal.policy.quota import TenantQuota
 from shoal.sim.fill import run_fill
 from shoal.sim.replay import NodeFailure, run_replay
 from shoal.sim.results import entitlements, fill_result, replay_result
+
+JOB_ORDERS = tuple(order.value for order in JobOrder)
 
 Progress = Callable[[str, int, int], None]
 """``progress(label, done, total)``; called often, must be cheap."""
@@ -39,6 +42,9 @@ class SimPlan:
     horizon: float | None = None
     grace_seconds: float = 10.0
     stop_seconds: float = 0.0
+    queueing: Sequence[str] = ()
+    """Replay every policy once per tenant ordering named here (fifo, las, srtf), with
+    every tenant set to it; empty: each tenant orders its jobs as it is defined."""
 
     def check(self) -> None:
         known = set(scorer_names())
@@ -54,6 +60,13 @@ class SimPlan:
                     f"trace names tenant(s) {', '.join(missing[:5])} that the scenario does not "
                     "define; add them under spec.tenants or use tenantsFromTrace"
                 )
+        unknown = sorted(set(self.queueing) - set(JOB_ORDERS))
+        if unknown:
+            raise InputError(
+                f"--queueing: unknown ordering {unknown[0]!r}; expected {', '.join(JOB_ORDERS)}"
+            )
+        if self.queueing and self.mode != "replay":
+            raise InputError("--queueing: orders queues of a replay; fill mode has no queue")
         node_names = {node.name for node in self.nodes}
         for failure in self.failures:
             if failure.node not in node_names:
@@ -72,21 +85,29 @@ def run_plan(plan: SimPlan, progress: Progress | None = None) -> dict[str, Any]:
                 for seed in plan.seeds
             ]
             results.append(fill_result(runs, plan.target))
-        else:
+            continue
+        for order in plan.queueing or (None,):
+            tenants = plan.tenants
+            if order is not None:
+                tenants = {n: replace(t, job_order=order) for n, t in tenants.items()}
+            label = policy if order is None else f"{policy} {order}"
             replays = [
                 run_replay(
-                    plan.nodes, plan.tenants, plan.workloads, policy, seed,
+                    plan.nodes, tenants, plan.workloads, policy, seed,
                     checkpoint_interval=plan.checkpoint_interval,
                     failures=plan.failures,
                     horizon=plan.horizon,
                     grace_seconds=plan.grace_seconds,
                     stop_seconds=plan.stop_seconds,
-                    progress=_tick(progress, f"{policy} seed {seed}", 2 * len(plan.workloads)),
+                    progress=_tick(progress, f"{label} seed {seed}", 2 * len(plan.workloads)),
                 )
                 for seed in plan.seeds
             ]
             capacity = sum(node.gpu_count for node in plan.nodes) * 1000
-            results.append(replay_result(replays, entitlements(plan.tenants, capacity)))
+            result = replay_result(replays, entitlements(tenants, capacity))
+            if order is not None:
+                result["queueing"] = order
+            results.append(result)
     return {"scenario": plan.name, "results": results}
 
 

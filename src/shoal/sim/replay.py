@@ -18,7 +18,7 @@ import dataclasses
 import heapq
 import itertools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from shoal.domain.resources import MILLI
 from shoal.domain.workload import Workload
 from shoal.policy.admission import Snapshot, schedule
 from shoal.policy.decisions import Admit, Inadmissible, Preempt
+from shoal.policy.ordering import NO_SERVICE, Service, next_change
 from shoal.policy.placement import build_placer, typical_pods
 from shoal.policy.placement.fgd import Fragmentation
 from shoal.policy.preemption import Running
@@ -38,16 +39,11 @@ from shoal.policy.queue import PendingQueue
 from shoal.policy.quota import TenantQuota
 from shoal.sim.timeline import Timeline
 
-FINISH, STOPPED, NODE_DOWN, NODE_UP, ARRIVE = 0, 1, 2, 3, 4
+FINISH, STOPPED, NODE_DOWN, NODE_UP, ARRIVE, SERVICE = 0, 1, 2, 3, 4, 5
 _MAX_CYCLES_PER_INSTANT = 8
 _FRAG_SAMPLES = 400
 _DONE = PodStatus("succeeded", 0, "exited with code 0")
 _TERMINATED = PodStatus("signalled", 143, "killed by signal SIGTERM")
-PREEMPT_REASONS = {
-    "reclaim": "its cohort reclaimed borrowed quota",
-    "priority": "a higher-priority job of its tenant needed room",
-    "borrow": "a higher-priority job in its cohort needed room",
-}
 
 
 @dataclass(frozen=True)
@@ -131,11 +127,16 @@ class ReplayEngine:
         }
         self.pending = PendingQueue()  # kept across cycles: no cycle sorts the queue again
         self.running: dict[str, Running] = {}  # what the admission cycle sees
-        self.by_tenant: dict[str, dict[str, Running]] = {}
+        # tenant -> priority -> name -> running: a victim search skips whole groups
+        self.by_level: dict[str, dict[int, dict[str, Running]]] = {}
         self.usage: dict[str, dict[str, int]] = {}
         self.preempting: dict[str, str] = {}  # victim -> preemptor, until the victim stops
         # victim -> preemptor, until the victim runs again (its record's preemptor)
         self.evicted_for: dict[str, str] = {}
+        # Orderings by attained service read what each job ran; a view over
+        # the records, so nothing is copied per cycle.
+        self.by_service = any(t.job_order != "fifo" for t in self.tenants.values())
+        self.services: Mapping[str, Service] = _Services(self.jobs) if self.by_service else {}
         self.record_events = record_events
         self.events: list[dict[str, Any]] = []
         self._queue: list[tuple[float, int, int, str, int]] = []
@@ -212,6 +213,13 @@ class ReplayEngine:
             self._next_frag += self._frag_every
 
     def _handle(self, now: float, kind: int, name: str, attempt: int) -> None:
+        if kind == SERVICE:
+            # A job changed LAS queue, or a waiting one starved: the cycle after
+            # this instant sees it; a running one wakes again at its next change.
+            record = self.jobs[name]
+            if record.running is not None and record.row.attempts == attempt:
+                self._wake_at_next_queue(now, record)
+            return
         if kind == ARRIVE:
             self.pending.add(self.jobs[name].workload)
             self._log(now, "submitted", job=name, tenant=self.jobs[name].workload.tenant)
@@ -258,8 +266,12 @@ class ReplayEngine:
             pending=self.pending,
             preempting=frozenset(self.preempting.values()),
             nominated=frozenset(p for p in self.evicted_for.values() if p in self.pending),
+            service=self.services,
             usage=self.usage,
-            running_by_tenant={t: runs.values() for t, runs in self.by_tenant.items()},
+            running_by_priority={
+                t: {p: runs.values() for p, runs in levels.items()}
+                for t, levels in self.by_level.items()
+            },
         )
         preempted = False
         # Only the actions: the queue's bulk Pending decisions carry nothing to apply.
@@ -276,7 +288,7 @@ class ReplayEngine:
                 record = self.jobs[decision.victim]
                 if record.row.phase != "Running":
                     continue  # already stopping: never a victim twice
-                why = f"preempted: {PREEMPT_REASONS[decision.reason]}"
+                why = f"preempted: {machine.PREEMPT_REASONS[decision.reason]}"
                 self.preempting[decision.victim] = decision.preemptor
                 self._apply(now, record, machine.preempt(
                     record.row, now, self.retry.grace_seconds, decision.preemptor, why))
@@ -301,7 +313,7 @@ class ReplayEngine:
         record.running = frozen
         name = record.workload.name
         self.running[name] = frozen
-        self.by_tenant[record.workload.tenant][name] = frozen
+        self.by_level[record.workload.tenant][frozen.priority][name] = frozen
 
     def _terminate(self, now: float, record: JobRecord) -> None:
         """SIGTERM reached the victim's pods: they stop ``stop_seconds`` later."""
@@ -329,9 +341,25 @@ class ReplayEngine:
         self._charge(record.workload.tenant, decision.usage, +1)
         self.pending.discard(name)
         self.running[name] = record.running
-        self.by_tenant.setdefault(record.workload.tenant, {})[name] = record.running
+        levels = self.by_level.setdefault(record.workload.tenant, {})
+        levels.setdefault(record.workload.priority, {})[name] = record.running
         self.timeline.start(record.workload.tenant, _gpu_milli(decision.bindings))
         self._push(now + record.work_left, FINISH, name, record.row.attempts + 1)
+        if self.by_service:
+            self._wake_at_next_queue(now, record, record.row.attempts + 1)
+
+    def _wake_at_next_queue(self, now: float, record: JobRecord, attempt: int | None = None
+                            ) -> None:
+        running = record.running
+        assert running is not None
+        tenant = self.tenants.get(record.workload.tenant)
+        if tenant is None:
+            return
+        service = self.services.get(record.workload.name, NO_SERVICE)
+        at = next_change(tenant, record.workload, service, running.start_time, now)
+        if at is not None:
+            self._push(at, SERVICE, record.workload.name,
+                       record.row.attempts if attempt is None else attempt)
 
     def _apply(self, now: float, record: JobRecord, step: Step) -> None:
         before = record.row.phase
@@ -353,6 +381,10 @@ class ReplayEngine:
                 record.work_left -= kept
                 record.lost_gpu_seconds += lost * record.gpu_milli_held / MILLI
                 self.pending.add(record.workload)
+                tenant = self.tenants.get(record.workload.tenant)
+                factor = tenant.starvation_factor if tenant is not None else None
+                if self.by_service and factor is not None:
+                    self._push(now + factor * record.row.ran_seconds, SERVICE, record.workload.name)
             elif after == "Succeeded":
                 record.finish, record.work_left = now, 0.0
 
@@ -368,12 +400,29 @@ class ReplayEngine:
         name = record.workload.name
         self.running.pop(name, None)
         self.preempting.pop(name, None)
-        self.by_tenant.get(record.workload.tenant, {}).pop(name, None)
+        self.by_level.get(record.workload.tenant, {}).get(record.workload.priority, {}).pop(
+            name, None)
 
     def _charge(self, tenant: str, usage: Mapping[str, int], sign: int) -> None:
         held = self.usage.setdefault(tenant, {})
         for resource, amount in usage.items():
             held[resource] = held.get(resource, 0) + sign * amount
+
+
+class _Services(Mapping[str, Service]):
+    """What each job ran before its current attempt, read from its record on demand."""
+
+    def __init__(self, jobs: Mapping[str, JobRecord]) -> None:
+        self._jobs = jobs
+
+    def __getitem__(self, name: str) -> Service:
+        return machine.service(self._jobs[name].row)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._jobs)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
 
 
 def _gpu_milli(bindings: Sequence[Binding]) -> int:

@@ -23,7 +23,7 @@ MUTABLE_FIELDS = frozenset(
         "manifest", "phase", "attempts", "preemptions", "lost_seconds", "start_time",
         "finish_time", "reason", "pods", "checkpoint_dir", "next_attempt_at", "deleted",
         "stop_cause", "stop_deadline", "preemptor", "checkpoint_time", "checkpoint_step",
-        "resumed_from", "failures",
+        "resumed_from", "failures", "ran_seconds", "queued_at",
     }
 )
 """What ``update_job`` may change: identity, version and submit time are fixed."""
@@ -34,7 +34,7 @@ JOB_COLUMNS = (
     "name, tenant, manifest, phase, version, attempts, preemptions, lost_seconds, submit_time, "
     "start_time, finish_time, reason, pods, checkpoint_dir, next_attempt_at, deleted, "
     "stop_cause, stop_deadline, preemptor, checkpoint_time, checkpoint_step, resumed_from, "
-    "failures"
+    "failures, ran_seconds, queued_at"
 )
 
 
@@ -138,11 +138,19 @@ _V4 = (
     "WHERE job IS NOT NULL AND tenant IS NOT NULL AND instr(job, '/') = 0",
 )
 
+# What a job has run, for orderings by attained service (las, srtf): the
+# seconds its ended attempts ran, and when it last went back to waiting.
+_V5 = (
+    "ALTER TABLE jobs ADD COLUMN ran_seconds REAL NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN queued_at REAL",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, tenants, nodes, events, tokens", _V1),
     Migration(2, "job stop cause, deadline, preemptor, checkpoint, failures", _V2),
     Migration(3, "token creation and expiry times", _V3),
     Migration(4, "job names scoped per tenant", _V4),
+    Migration(5, "seconds each job has run, and when it last waited", _V5),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -208,6 +216,8 @@ def job_from_row(row: sqlite3.Row) -> JobRow:
         checkpoint_step=row["checkpoint_step"],
         resumed_from=row["resumed_from"],
         failures=row["failures"],
+        ran_seconds=row["ran_seconds"],
+        queued_at=row["queued_at"],
     )
 
 
