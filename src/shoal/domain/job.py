@@ -238,7 +238,9 @@ class TrainingJobSpec(Spec):
         default_factory=list, description="taints the pods tolerate"
     )
     duration_seconds: float | None = Field(
-        default=None, gt=0, description="known run time (simulation)"
+        default=None, gt=0,
+        description="known or estimated run time: a replay runs the job this long; the srtf "
+        "ordering ranks jobs by it",
     )
     command: list[str] | None = Field(
         default=None,

@@ -345,11 +345,6 @@ class _Cycle:
     def preempt(self, workload: Workload, plan: _Plan) -> bool:
         self.preempt_tried.add(workload.tenant)
         for flavor, request in zip(plan.flavors, plan.requests, strict=True):
-            owners = victim_tenants(workload, request, self.snap.tenants, self.ledger.usage)
-            outranks = self.outranks(workload)
-            running = self.victims_of(workload, request, owners, outranks)
-            if not running:
-                continue
             key = (workload.tenant, workload.priority, flavor, workload.pods, workload.constraints)
             if key in self.no_victims:
                 continue
@@ -369,6 +364,11 @@ class _Cycle:
                 and seen[2] is version[2]
             ):
                 self.no_victims.add(key)
+                continue
+            owners = victim_tenants(workload, request, self.snap.tenants, self.ledger.usage)
+            outranks = self.outranks(workload)
+            running = self.victims_of(workload, request, owners, outranks)
+            if not running:
                 continue
             found = search_victims(
                 flavors.restrict(workload, flavor),

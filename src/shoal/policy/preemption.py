@@ -172,8 +172,16 @@ def candidates(
             ):
                 continue
             reason = "queue"
-        cost = lost_work(run, now)
-        ranked.append((cost, workload.priority, -run.start_time, workload.name, run, reason))
+        # lost_work(run, now), inline: this loop runs over every candidate.
+        start, checkpoint, interval = run.start_time, run.last_checkpoint, run.checkpoint_interval
+        if checkpoint is not None and checkpoint >= start:
+            saved = min(checkpoint, now)
+        elif interval:
+            saved = start + ((now - start) // interval) * interval
+        else:
+            saved = start
+        cost = max(0.0, now - saved) * run.weight
+        ranked.append((cost, workload.priority, -start, workload.name, run, reason))
     # Names are unique, so the sort never compares the last two fields.
     ranked.sort()
     return [Victim(entry[4], entry[5], entry[0]) for entry in ranked]
@@ -430,25 +438,43 @@ def _could_fit(
     condition (``Placer.could_fit``).
     """
     tenant = preemptor.tenant
-    taken: list[Victim] = []
-    borrows: dict[str, bool] = {}
+    wanted = [r for r, amount in request.items() if amount > 0]
+    # Per owner: how far above nominal it is on each requested resource (the
+    # greedy pass stops taking an owner's workloads once none is above), and
+    # what the victims taken from it give back.
+    over: dict[str, list[int]] = {}
+    given: dict[str, dict[str, int]] = {}
+    bindings: list[Binding] = []
+    for victim in pool_:
+        run = victim.running
+        owner, usage = run.tenant, run.usage
+        if owner != tenant:
+            above = over.get(owner)
+            if above is None:
+                nominal = ledger.tenants[owner].nominal
+                above = over[owner] = [
+                    ledger.used(owner, r) - nominal.get(r, 0) for r in wanted
+                ]
+            if not any(v > 0 for v in above):
+                continue
+            for i, r in enumerate(wanted):
+                above[i] -= usage.get(r, 0)
+        back = given.get(owner)
+        if back is None:
+            back = given[owner] = dict.fromkeys(wanted, 0)
+        for r in wanted:
+            back[r] += usage.get(r, 0)
+        bindings.extend(run.bindings)
+    if not given:
+        return False
+    for owner, back in given.items():
+        ledger.refund(owner, back)
     try:
-        for victim in pool_:
-            owner = victim.running.tenant
-            if owner != tenant:
-                if owner not in borrows:
-                    borrows[owner] = ledger.borrows_any(owner, request)
-                if not borrows[owner]:
-                    continue
-                del borrows[owner]  # refunding may bring it back within nominal
-            ledger.refund(owner, victim.running.usage, request)
-            taken.append(victim)
-        if not taken or not ledger.check(tenant, request).fits:
+        if not ledger.check(tenant, request).fits:
             return False
     finally:
-        for victim in taken:
-            ledger.charge(victim.running.tenant, victim.running.usage, 1, request)
-    bindings = [b for v in taken for b in v.running.bindings]
+        for owner, back in given.items():
+            ledger.charge(owner, back)
     if free_gpu + sum(b.shape.gpu_total_milli for b in bindings) < preemptor.gpu_milli:
         return False
     if free_cpu + sum(b.shape.cpu for b in bindings) < sum(p.cpu for p in preemptor.pods):
@@ -462,10 +488,7 @@ def _could_fit(
         if any(_room_on(state, pod, allowed, node, room) for node, room in freed.items()):
             return True
         return bool(fit_mask(state, pod, allowed).any())
-    with state.trial():
-        for binding in bindings:
-            state.unbind(binding)
-        return placer.could_fit(state, preemptor)
+    return placer.could_fit(state, preemptor, freed=bindings)
 
 
 def _borrows_any(tenant: TenantQuota, usage: Vector, request: Vector) -> bool:

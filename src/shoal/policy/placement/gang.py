@@ -50,8 +50,11 @@ class Placer:
             self._labels[key] = codes
         return codes
 
-    def could_fit(self, state: ClusterState, workload: Workload) -> bool:
-        """False when the cluster provably has no room for the whole workload now.
+    def could_fit(
+        self, state: ClusterState, workload: Workload, freed: Sequence[Binding] = ()
+    ) -> bool:
+        """False when the cluster provably has no room for the whole workload now
+        (with the pods of ``freed`` gone, if given).
 
         A necessary condition, cheap next to a gang placement: for each pod
         shape of the workload, the nodes it may use must hold as many pods of
@@ -59,12 +62,13 @@ class Placer:
         """
         if len(workload.pods) == 1:
             return True
+        free = Free.of(state, freed)
         counts: dict[PodShape, int] = {}
         for pod in workload.pods:
             counts[pod] = counts.get(pod, 0) + 1
         once = workload.constraints.anti_affinity != "none"
         for pod, count in counts.items():
-            room = pods_per_node(state, pod) * self.allowed(state, workload, pod)
+            room = free.pods_per_node(state, pod) * self.allowed(state, workload, pod)
             if once:
                 room = np.minimum(room, 1)
             if int(room.sum()) < count:
@@ -135,26 +139,51 @@ class Placer:
         return bindings
 
 
+class Free:
+    """Free CPU, memory and per-GPU milli of every node, possibly with some pods gone."""
+
+    __slots__ = ("cpu", "gpu", "memory")
+
+    def __init__(self, cpu: IntArray, memory: IntArray, gpu: IntArray) -> None:
+        self.cpu, self.memory, self.gpu = cpu, memory, gpu
+
+    @classmethod
+    def of(cls, state: ClusterState, gone: Sequence[Binding] = ()) -> Free:
+        if not gone:
+            return cls(state.cpu_free, state.mem_free, state.gpu_free)
+        cpu, memory, gpu = state.cpu_free.copy(), state.mem_free.copy(), state.gpu_free.copy()
+        for binding in gone:
+            shape, node = binding.shape, binding.node
+            cpu[node] += shape.cpu
+            memory[node] += shape.memory
+            for slot in binding.gpus:
+                gpu[node, slot] += shape.gpu_milli
+        return cls(cpu, memory, gpu)
+
+    def pods_per_node(self, state: ClusterState, pod: PodShape) -> IntArray:
+        """How many pods of this shape each node could still take (0 on nodes that are down)."""
+        room = np.where(state.up, np.int64(1 << 40), 0)
+        if pod.cpu:
+            room = np.minimum(room, self.cpu // pod.cpu)
+        if pod.memory:
+            room = np.minimum(room, self.memory // pod.memory)
+        if pod.gpu_count:
+            if pod.gpu_milli >= MILLI:
+                whole = (self.gpu == MILLI).sum(axis=1)
+                if pod.gpu_memory:
+                    whole = np.where(state.gpu_memory >= pod.gpu_memory, whole, 0)
+                room = np.minimum(room, whole // pod.gpu_count)
+            else:
+                # Each shared GPU holds as many fractions as fit in what it has free.
+                slots = (self.gpu // pod.gpu_milli).sum(axis=1)
+                room = np.minimum(room, slots // pod.gpu_count)
+        result: IntArray = np.maximum(room, 0)
+        return result
+
+
 def pods_per_node(state: ClusterState, pod: PodShape) -> IntArray:
     """How many pods of this shape each node could still take (0 on nodes that are down)."""
-    big = np.int64(1 << 40)
-    room = np.where(state.up, big, 0)
-    if pod.cpu:
-        room = np.minimum(room, state.cpu_free // pod.cpu)
-    if pod.memory:
-        room = np.minimum(room, state.mem_free // pod.memory)
-    if pod.gpu_count:
-        if pod.gpu_milli >= MILLI:
-            whole = state.whole_free
-            if pod.gpu_memory:
-                whole = np.where(state.gpu_memory >= pod.gpu_memory, whole, 0)
-            room = np.minimum(room, whole // pod.gpu_count)
-        else:
-            # Each shared GPU holds as many fractions as fit in what it has free.
-            slots = (state.gpu_free // pod.gpu_milli).sum(axis=1)
-            room = np.minimum(room, slots // pod.gpu_count)
-    result: IntArray = np.maximum(room, 0)
-    return result
+    return Free.of(state).pods_per_node(state, pod)
 
 
 def _only(size: int, node: int) -> BoolArray:
