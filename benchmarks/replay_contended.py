@@ -33,13 +33,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workload_mix import synthetic_jobs  # noqa: E402
-
-from shoal.domain.nodes import GpuSpec, NodePoolSpec, expand_pool  # noqa: E402
-from shoal.domain.tenant import BorrowWithinCohort, PreemptionPolicy  # noqa: E402
-from shoal.sim.replay import ReplayEngine  # noqa: E402
-from shoal.sim.results import entitlements, replay_result  # noqa: E402
-from shoal.sim.scenario import equal_tenants  # noqa: E402
+from shoal.domain.nodes import GpuSpec, NodePoolSpec, expand_pool
+from shoal.domain.tenant import BorrowWithinCohort, PreemptionPolicy
+from shoal.sim.replay import ReplayEngine
+from shoal.sim.results import entitlements, replay_result
+from shoal.sim.scenario import equal_tenants
+from workload_mix import synthetic_jobs
 
 
 def main() -> None:

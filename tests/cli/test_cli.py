@@ -247,3 +247,53 @@ def test_validate_notes_what_it_cannot_check(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "is valid" in result.stdout
     assert "note:" in result.stderr and "'elsewhere'" in result.stderr and "NodePool" in result.stderr
+
+
+LAS_SCENARIO = """\
+apiVersion: shoal.dev/v1alpha1
+kind: Simulation
+metadata: {name: long-and-short}
+spec:
+  cluster:
+    nodePools:
+      - {name: gpu, count: 2, cpu: 32, memory: 128Gi, gpus: {model: A100, count: 4}}
+  tenants:
+    - name: lab
+      quota: {cpu: {nominal: 64}, memory: {nominal: 256Gi}, gpus: {A100: {nominal: 8}}}
+      ordering: {thresholdsGpuHours: [1]}
+  trace: {path: jobs.csv, format: csv}
+  mode: replay
+  policies: [best-fit]
+  replay: {checkpointIntervalSeconds: 60}
+"""
+# Two long jobs take both nodes first; ten short ones arrive just after.
+LONG_AND_SHORT = "name,submitTime,duration,gpus,cpu,tenant\n" + "".join(
+    [f"long{i},{i},20000,4,2,lab\n" for i in range(2)]
+    + [f"short{i},{10 + i},300,4,2,lab\n" for i in range(10)]
+)
+
+
+def test_queueing_compares_orderings_side_by_side(tmp_path: Path) -> None:
+    path = scenario(tmp_path, LAS_SCENARIO, LONG_AND_SHORT)
+    result = shoal("sim", str(path), "--queueing", "fifo,las", "--output", "json")
+    assert result.returncode == 0, result.stderr
+    fifo, las = json.loads(result.stdout)["results"]
+    assert (fifo["queueing"], las["queueing"]) == ("fifo", "las")
+    # FIFO: the short jobs wait 20,000 s behind the long ones.  LAS: once the
+    # long ones have attained a GPU-hour (15 minutes on 4 GPUs) the short ones
+    # preempt them.
+    assert fifo["metrics"]["preemptions"] == 0
+    assert las["metrics"]["preemptions"] >= 2
+    assert las["metrics"]["jct_mean_s"] < fifo["metrics"]["jct_mean_s"] / 2
+    assert las["metrics"]["jobs_completed"] == fifo["metrics"]["jobs_completed"] == 12
+    table = shoal("sim", str(path), "--queueing", "las")
+    assert table.returncode == 0 and "best-fit (las)" in table.stdout
+
+
+def test_queueing_bad_input_exits_2(tmp_path: Path) -> None:
+    path = scenario(tmp_path, LAS_SCENARIO, LONG_AND_SHORT)
+    result = shoal("sim", str(path), "--queueing", "fifo,lifo")
+    assert result.returncode == 2
+    assert "--queueing: unknown ordering 'lifo'; expected fifo, las, srtf" in result.stderr
+    fill = shoal("sim", str(path), "--queueing", "las", "--mode", "fill")
+    assert fill.returncode == 2 and "fill mode has no queue" in fill.stderr

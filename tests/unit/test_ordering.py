@@ -123,3 +123,21 @@ def test_priority_still_comes_first_under_las() -> None:
     result = cycle(quota, [low, high], service=service)
     assert [d.workload for d in result.admitted] == ["high"]
     assert all(not isinstance(d, Admit) or d.workload == "high" for d in result.decisions)
+
+
+def test_a_nominated_preemptor_goes_before_the_victims_it_evicted() -> None:
+    # "a" reclaimed its nominal quota from "b"; b's job (of higher priority)
+    # was requeued.  Without nomination b's job sorts first, takes the room
+    # back, and a evicts it again, for ever.
+    from tests.unit.builders import tenant as make
+
+    quotas = tenants(make("a", 4, cohort="c"), make("b", 4, cohort="c"))
+    state = cluster(8)
+    reclaimer = workload("reclaimer", "a", gpus=4, submit=10.0)
+    victim = workload("victim", "b", gpus=8, priority=100, submit=0.0)
+    plain = Snapshot(50.0, state, quotas, (), (reclaimer, victim))
+    assert [a.workload for a in schedule(plain, placer(state)).admitted] == ["victim"]
+    nominated = Snapshot(50.0, state, quotas, (), (reclaimer, victim),
+                         nominated=frozenset({"reclaimer"}))
+    admitted = [a.workload for a in schedule(nominated, placer(state)).admitted]
+    assert admitted == ["reclaimer"]

@@ -9,6 +9,7 @@ exactly.
 
 from __future__ import annotations
 
+import itertools
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -211,7 +212,7 @@ class Ordering(Spec):
     @model_validator(mode="after")
     def _ascending(self) -> Ordering:
         values = self.thresholds_gpu_hours
-        if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(values)):
             raise ValueError(f"thresholdsGpuHours must be strictly ascending, got {values}")
         return self
 

@@ -355,7 +355,10 @@ class _Cycle:
             # preemptor could not use), which a later search will find, but
             # retrying on each would cost a search per head per cycle.
             memo_key = ("no_victims", key)
-            version = (self.state.lineage, self.state.releases, self.snap.tenants)
+            # Under las or srtf, running jobs move back in the order as they
+            # run: time itself is relevant, and a failure holds for this instant only.
+            moment = self.snap.now if self.snap.tenants[workload.tenant].job_order != "fifo" else 0
+            version = (self.state.lineage, (self.state.releases, moment), self.snap.tenants)
             seen = self.placer.memo.get(memo_key)
             if (
                 isinstance(seen, tuple)
