@@ -141,3 +141,17 @@ def test_a_nominated_preemptor_goes_before_the_victims_it_evicted() -> None:
                          nominated=frozenset({"reclaimer"}))
     admitted = [a.workload for a in schedule(nominated, placer(state)).admitted]
     assert admitted == ["reclaimer"]
+
+
+def test_a_replay_ends_at_its_last_finish_whatever_wakeups_remain() -> None:
+    # Each running las job has a wake-up at its next threshold; jobs that end
+    # before it must not stretch the replay (and every mean over its span).
+    from shoal.sim.replay import run_replay
+    from tests.unit.builders import node
+
+    quota = dataclasses.replace(ordered("las", thresholdsGpuHours=[100]), name="a")
+    jobs = [dataclasses.replace(workload(f"j{i}", "a", gpus=1, submit=float(i)), duration=60.0)
+            for i in range(3)]
+    run = run_replay([node("n0")], {"a": quota}, jobs, "best-fit", 1)
+    assert run.horizon == 62.0
+    assert all(r.finish is not None for r in run.jobs.values())

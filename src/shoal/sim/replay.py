@@ -176,6 +176,13 @@ class ReplayEngine:
         now = 0.0
         handled = 0
         while self._queue:
+            # An event for an attempt that already ended (the finish of a job
+            # that was preempted, a queue change of one that stopped) is
+            # dropped unseen: it must not move the clock past the real end.
+            head = self._queue[0]
+            if self._stale(head[1], head[3], head[4]):
+                heapq.heappop(self._queue)
+                continue
             if self.horizon is not None and self._queue[0][0] > self.horizon:
                 now = self.horizon
                 break
@@ -202,6 +209,17 @@ class ReplayEngine:
             horizon=now,
             fragmentation=self.fragmentation,
         )
+
+    def _stale(self, kind: int, name: str, attempt: int) -> bool:
+        if kind in (FINISH, STOPPED):
+            row = self.jobs[name].row
+            return row.phase not in HOLDING_PHASES or row.attempts != attempt
+        if kind == SERVICE:
+            if attempt == 0:  # a waiting job's starvation deadline
+                return name not in self.pending
+            record = self.jobs[name]
+            return record.running is None or record.row.attempts != attempt
+        return False
 
     def _sample_fragmentation(self, now: float) -> None:
         state = self.state
