@@ -144,13 +144,31 @@ def candidates(
     goes before one of its tenant's running workloads of the same priority
     (which may then be evicted, reason ``queue``).
     """
+    ranked = _ranked(preemptor, request, tenants, usage, running, now, outranks)
+    return [Victim(entry[4], entry[5], entry[0]) for entry in ranked]
+
+
+_Ranked = tuple[float, int, float, str, Running, PreemptReason]
+"""A candidate as the search handles it: cost, priority, -start, name, workload, reason."""
+
+
+def _ranked(
+    preemptor: Workload,
+    request: Vector,
+    tenants: Mapping[str, TenantQuota],
+    usage: Usage,
+    running: Iterable[Running],
+    now: float,
+    outranks: Callable[[Running], bool] | None,
+) -> list[_Ranked]:
+    """``candidates`` as sortable tuples: a search turns only its victims into ``Victim``."""
     tenant = tenants[preemptor.tenant]
     policy = tenant.preemption
     borrows = not within_nominal(tenant, usage.get(tenant.name, {}), request)
     # Per owner: the reason its workloads would be evicted for, and whether
     # only lower-priority ones qualify (None: none of them qualify).
     rules: dict[str, tuple[PreemptReason, bool] | None] = {}
-    ranked: list[tuple[float, int, float, str, Running, PreemptReason]] = []
+    ranked: list[_Ranked] = []
     priority = preemptor.priority
     for run in running:
         workload = run.workload
@@ -184,7 +202,7 @@ def candidates(
         ranked.append((cost, workload.priority, -start, workload.name, run, reason))
     # Names are unique, so the sort never compares the last two fields.
     ranked.sort()
-    return [Victim(entry[4], entry[5], entry[0]) for entry in ranked]
+    return ranked
 
 
 def lower_only(
@@ -272,9 +290,9 @@ def search_victims(
     free_gpu, free_cpu = int(state.gpu_free[up].sum()), int(state.cpu_free[up].sum())
     need_gpu, need_cpu = preemptor.gpu_milli, sum(pod.cpu for pod in preemptor.pods)
     tenant = preemptor.tenant
-    pool_ = candidates(preemptor, request, ledger.tenants, ledger.usage, running, now, outranks)
-    if not pool_ or not _could_fit(preemptor, request, ledger, pool_, state, placer,
-                                   free_gpu, free_cpu):
+    ranked = _ranked(preemptor, request, ledger.tenants, ledger.usage, running, now, outranks)
+    if not ranked or not _could_fit(preemptor, request, ledger, ranked, state, placer,
+                                    free_gpu, free_cpu):
         return None
     chosen: list[Victim] = []
     bindings: list[Binding] | None = None
@@ -294,7 +312,8 @@ def search_victims(
     with state.trial():
         try:
             borrows: dict[str, bool] = {}
-            for victim in pool_:
+            for entry in ranked:
+                victim = Victim(entry[4], entry[5], entry[0])
                 owner = victim.running.tenant
                 # As in Kueue: once earlier victims brought a tenant back within
                 # its nominal quota, its other workloads are no longer fair game.
@@ -422,7 +441,7 @@ def _could_fit(
     preemptor: Workload,
     request: Vector,
     ledger: QuotaLedger,
-    pool_: Sequence[Victim],
+    ranked: Sequence[_Ranked],
     state: ClusterState,
     placer: Placer,
     free_gpu: int,
@@ -443,22 +462,28 @@ def _could_fit(
     # greedy pass stops taking an owner's workloads once none is above), and
     # what the victims taken from it give back.
     over: dict[str, list[int]] = {}
+    done: set[str] = set()  # owners back within nominal: nothing more is taken from them
     given: dict[str, dict[str, int]] = {}
     bindings: list[Binding] = []
-    for victim in pool_:
-        run = victim.running
-        owner, usage = run.tenant, run.usage
+    for entry in ranked:
+        run = entry[4]
+        owner, usage = run.workload.tenant, run.usage
         if owner != tenant:
+            if owner in done:
+                continue
             above = over.get(owner)
             if above is None:
                 nominal = ledger.tenants[owner].nominal
                 above = over[owner] = [
                     ledger.used(owner, r) - nominal.get(r, 0) for r in wanted
                 ]
-            if not any(v > 0 for v in above):
-                continue
+                if not any(v > 0 for v in above):
+                    done.add(owner)
+                    continue
             for i, r in enumerate(wanted):
                 above[i] -= usage.get(r, 0)
+            if not any(v > 0 for v in above):
+                done.add(owner)  # this one is taken; later ones of its are not
         back = given.get(owner)
         if back is None:
             back = given[owner] = dict.fromkeys(wanted, 0)
