@@ -53,6 +53,7 @@ from shoal.policy.snapshot import Running
 
 __all__ = [
     "PreemptionPlan",
+    "Ranked",
     "Running",
     "Victim",
     "candidates",
@@ -129,6 +130,10 @@ def victim_tenants(
     return names
 
 
+Ranked = tuple[float, int, float, str, Running, PreemptReason]
+"""A candidate: cost (lost work), priority, -start, name, the workload, the reason."""
+
+
 def candidates(
     preemptor: Workload,
     request: Vector,
@@ -137,38 +142,21 @@ def candidates(
     running: Iterable[Running],
     now: float,
     outranks: Callable[[Running], bool] | None = None,
-) -> list[Victim]:
+) -> list[Ranked]:
     """Workloads the policy lets ``preemptor`` evict, cheapest loss first.
 
-    ``outranks``: under a las or srtf tenant ordering, whether the preemptor
-    goes before one of its tenant's running workloads of the same priority
-    (which may then be evicted, reason ``queue``).
+    Tuples, not ``Victim`` values: a search looks at thousands and turns only
+    the ones it takes into victims.  ``outranks``: under a las or srtf tenant
+    ordering, whether the preemptor goes before one of its tenant's running
+    workloads of the same priority (which may then be evicted, reason ``queue``).
     """
-    ranked = _ranked(preemptor, request, tenants, usage, running, now, outranks)
-    return [Victim(entry[4], entry[5], entry[0]) for entry in ranked]
-
-
-_Ranked = tuple[float, int, float, str, Running, PreemptReason]
-"""A candidate as the search handles it: cost, priority, -start, name, workload, reason."""
-
-
-def _ranked(
-    preemptor: Workload,
-    request: Vector,
-    tenants: Mapping[str, TenantQuota],
-    usage: Usage,
-    running: Iterable[Running],
-    now: float,
-    outranks: Callable[[Running], bool] | None,
-) -> list[_Ranked]:
-    """``candidates`` as sortable tuples: a search turns only its victims into ``Victim``."""
     tenant = tenants[preemptor.tenant]
     policy = tenant.preemption
     borrows = not within_nominal(tenant, usage.get(tenant.name, {}), request)
     # Per owner: the reason its workloads would be evicted for, and whether
     # only lower-priority ones qualify (None: none of them qualify).
     rules: dict[str, tuple[PreemptReason, bool] | None] = {}
-    ranked: list[_Ranked] = []
+    ranked: list[Ranked] = []
     priority = preemptor.priority
     for run in running:
         workload = run.workload
@@ -290,7 +278,7 @@ def search_victims(
     free_gpu, free_cpu = int(state.gpu_free[up].sum()), int(state.cpu_free[up].sum())
     need_gpu, need_cpu = preemptor.gpu_milli, sum(pod.cpu for pod in preemptor.pods)
     tenant = preemptor.tenant
-    ranked = _ranked(preemptor, request, ledger.tenants, ledger.usage, running, now, outranks)
+    ranked = candidates(preemptor, request, ledger.tenants, ledger.usage, running, now, outranks)
     if not ranked or not _could_fit(preemptor, request, ledger, ranked, state, placer,
                                     free_gpu, free_cpu):
         return None
@@ -441,7 +429,7 @@ def _could_fit(
     preemptor: Workload,
     request: Vector,
     ledger: QuotaLedger,
-    ranked: Sequence[_Ranked],
+    ranked: Sequence[Ranked],
     state: ClusterState,
     placer: Placer,
     free_gpu: int,
