@@ -37,17 +37,30 @@ def test_inflation_reaches_the_target_and_is_seeded() -> None:
     assert 129_000 <= total <= 130_000
 
 
-def test_golden_slice(openb_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("policy", "golden"), [("fgd", 0.9738134430727022), ("fgd-exact", 0.9784910836762689)]
+)
+def test_golden_slice(openb_dir: Path, policy: str, golden: float) -> None:
     nodes, shapes = _trace(openb_dir)
     # 160 nodes and 600 pods keep this fast; the figure is pinned so that any
     # change in placement behaviour shows up here.
-    run = run_fill(nodes[:80] + nodes[-80:], shapes[:600], "fgd", seed=42)
+    run = run_fill(nodes[:80] + nodes[-80:], shapes[:600], policy, seed=42)
     assert run.arrived[-1] == pytest.approx(1.3, abs=0.01)
     assert np.all(np.diff(run.allocated) >= 0) and np.all(run.allocated <= run.arrived + 1e-9)
-    assert run.allocated_at(1.3) == pytest.approx(GOLDEN_FGD_SLICE, abs=1e-6)
+    assert run.allocated_at(1.3) == pytest.approx(golden, abs=1e-6)
 
 
-GOLDEN_FGD_SLICE = 0.9738134430727022
+@pytest.mark.slow
+def test_fgd_figure_over_the_documented_seeds(openb_dir: Path) -> None:
+    """docs/benchmarks.md: FGD allocates 95.41 % at 130 % arrived, mean of seeds 42-51."""
+    nodes, shapes = _trace(openb_dir)
+    runs = [run_fill(nodes, shapes, "fgd", seed=seed) for seed in range(42, 52)]
+    # Pinned to the last digit: placement decisions must not change, and
+    # each seed's figure is a count of placed milli-GPU over capacity.
+    assert np.mean([run.allocated_at(1.3) for run in runs]) == pytest.approx(
+        0.9540548145986613, abs=1e-12
+    )
+    assert runs[0].allocated_at(1.3) == pytest.approx(0.9556056300568329, abs=1e-12)
 
 
 @pytest.mark.slow

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.domain.cluster import ClusterState
+from shoal.domain.cluster import Binding, ClusterState
 from shoal.domain.nodes import Node
 from shoal.domain.workload import Constraints, PodShape, Workload
 from shoal.errors import UnknownReferenceError
@@ -20,7 +22,9 @@ from shoal.policy.placement import (
     scorer_names,
     typical_pods,
 )
-from shoal.policy.placement.base import register_scorer
+from shoal.policy.placement import fgd as fgd_module
+from shoal.policy.placement.base import ALL, choose, register_scorer
+from shoal.policy.placement.filters import fit_mask
 
 
 def node(name: str, gpus: int = 8, model: str = "A100", cpu: int = 64_000, **labels: str) -> Node:
@@ -230,3 +234,239 @@ def test_topology_scorer_fills_busy_domains_first() -> None:
     partner = {"n0": "n1", "n1": "n0", "n2": "n3", "n3": "n2"}[busy]
     assert state.names[chosen.node] == partner  # the other node of the busy domain
     assert state.names[place_pod(state, four, scorer("most-allocated"), reverse).node] == "n3"
+
+
+# -- FGD's caches against the arithmetic they replace --------------------------
+
+def reference_of(frag, gpu_free, cpu_free, model_id):
+    """``Fragmentation.of`` as written before any caching, batches and dedup included."""
+    if len(frag.freq) == 0:
+        return np.zeros(len(cpu_free))
+
+    def of_rows(g, c, m):
+        total = g.sum(axis=1)
+        usable = g[:, None, :] >= frag.milli[None, :, None]
+        count = usable.sum(axis=2)
+        unusable = total[:, None] - (g[:, None, :] * usable).sum(axis=2)
+        fits = (
+            (count >= frag.count[None, :])
+            & (c[:, None] >= frag.cpu[None, :])
+            & frag.access[:, m].T
+            & ~frag.cpu_only[None, :]
+        )
+        return np.where(fits, unusable, total[:, None]) @ frag.freq
+
+    if len(cpu_free) > 256:
+        rows = np.ascontiguousarray(
+            np.concatenate([gpu_free, cpu_free[:, None], model_id[:, None]], axis=1)
+        )
+        keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        unique = rows[first]
+        if len(unique) < len(rows) // 2:
+            return of_rows(unique[:, :-2], unique[:, -2], unique[:, -1])[inverse.reshape(-1)]
+    return of_rows(gpu_free, cpu_free, model_id)
+
+
+def random_mix(rng: np.random.Generator) -> list[PodShape]:
+    shapes = []
+    for _ in range(200):
+        gpus = int(rng.choice([0, 1, 1, 2, 4]))
+        milli = 0 if gpus == 0 else int(rng.choice([250, 300, 500, 700, 1000]))
+        if gpus > 1:
+            milli = 1000
+        models = () if gpus == 0 else [(), ("A100",), ("V100",)][int(rng.integers(3))]
+        shapes.append(PodShape(cpu=int(rng.choice([0, 1000, 4000, 8000])), gpu_count=gpus,
+                               gpu_milli=milli, models=models))
+    return shapes
+
+
+def random_states(rng: np.random.Generator, size: int, gpus: int = 8):
+    # Drawn from a small pool so that big batches repeat states (and dedup).
+    pool = int(rng.integers(1, size + 1))
+    free = rng.choice([-300, 0, 100, 250, 500, 700, 750, 1000], size=(pool, gpus))
+    cpu = rng.integers(-4, 20, size=pool) * 500
+    model = rng.integers(-1, 2, size=pool)
+    pick = rng.integers(0, pool, size=size)
+    return free[pick], cpu[pick], model[pick]
+
+
+def test_fragmentation_rounds_exactly_as_before_caching() -> None:
+    # Same batches, same last bits: integer FGD scores tie on those bits.
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        frag = fgd_module.Fragmentation(typical_pods(random_mix(rng)), ["A100", "V100"])
+        for size in (1, 1, 2, 3, 5, 8, 37, 300, 700):
+            free, cpu, model = random_states(rng, size)
+            expected = reference_of(frag, free, cpu, model)
+            assert np.array_equal(frag.of(free, cpu, model), expected)
+            assert np.array_equal(frag.of(free, cpu, model), expected)  # from the caches
+
+
+@pytest.mark.parametrize("budget", [None, 40])
+def test_cached_rows_after_a_pod_weigh_as_the_states_themselves(
+    budget: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if budget is not None:  # the tables are emptied again and again
+        monkeypatch.setattr(fgd_module, "_SEEN_AFTER_ROWS", budget)
+    rng = np.random.default_rng(4)
+    frag = fgd_module.Fragmentation(typical_pods(random_mix(rng)), ["A100", "V100"])
+    for _ in range(60):
+        free, cpu, model = random_states(rng, int(rng.integers(1, 30)))
+        for pod in (HALF, ONE, PodShape(cpu=2000, gpu_count=2, gpu_milli=1000), PodShape(cpu=500)):
+            rows = frag.after_per_pod(free, cpu - pod.cpu, model, pod)
+            if pod.is_fractional:
+                states = (free[:, None, :] - pod.gpu_milli * np.eye(8, dtype=np.int64)).reshape(-1, 8)
+                cpus, models = np.repeat(cpu - pod.cpu, 8), np.repeat(model, 8)
+            else:
+                states = fgd_module._take_whole(free, pod.gpu_count) if pod.gpu_count else free
+                cpus, models = cpu - pod.cpu, model
+            assert np.array_equal(frag.weigh(rows), reference_of(frag, states, cpus, models))
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_dedup_if_halves_is_the_byte_sort(collide: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if collide:  # every row hashes alike: the exact sort must take over
+        monkeypatch.setattr(fgd_module, "_MIX", np.zeros(64, dtype=np.uint64))
+    rng = np.random.default_rng(5)
+    halved = 0
+    for _ in range(200):
+        free, cpu, model = random_states(rng, int(rng.integers(257, 900)))
+        rows = np.concatenate([free, cpu[:, None], model[:, None]], axis=1)
+        unique, inverse = fgd_module._dedup(rows)
+        result = fgd_module._dedup_if_halves(rows)
+        if len(unique) < len(rows) // 2:
+            halved += 1
+            assert result is not None
+            assert np.array_equal(result[0], unique) and np.array_equal(result[1], inverse)
+        else:
+            assert result is None
+    assert 0 < halved < 200
+
+
+@pytest.mark.parametrize("policy", ["fgd", "fgd-exact"])
+def test_fgd_chooses_the_node_choose_would(policy: str) -> None:
+    rng = np.random.default_rng(6)
+    nodes = [
+        node(f"n{i}", gpus=int(rng.choice([0, 2, 4, 8])), model=str(rng.choice(["A100", "V100"])))
+        for i in range(40)
+    ]
+    state = ClusterState(nodes)
+    mix = random_mix(rng)
+    chosen = scorer(policy, mix)
+    live = []
+    for step in range(400):
+        pod = mix[int(rng.integers(len(mix)))]
+        # Fresh rank arrays, equal or not to the last ones: keys are refolded.
+        ranks = node_ranks(len(state), int(rng.integers(3)))
+        mask = fit_mask(state, pod)
+        feasible = np.flatnonzero(mask)
+        if len(feasible) >= 2:
+            scores = chosen.score(state, pod, ALL)
+            if policy == "fgd":
+                assert np.array_equal(scores, np.trunc(scores)) and scores.min() >= 0
+            assert chosen.choose_node(state, pod, ALL, mask, ranks) == choose(
+                scores[feasible], feasible, ranks
+            )
+            assert chosen.choose_node(state, pod, feasible, mask, ranks) == choose(
+                chosen.score(state, pod, feasible), feasible, ranks
+            )
+        binding = place_pod(state, pod, chosen, ranks)
+        if binding is not None:
+            state.bind(binding)
+            live.append(binding)
+        if live and step % 5 == 0:
+            state.unbind(live.pop(int(rng.integers(len(live)))))
+
+
+@pytest.mark.parametrize("policy", ["fgd", "fgd-exact"])
+def test_fgd_scores_follow_the_values_they_come_from(
+    policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every batch product comes out different (as BLAS rounds a batch by its
+    # make-up, only more): whatever was recomputed where, copies and rolled-back
+    # trials included, the scores served must be those of the cached inputs.
+    products = itertools.count()
+    weigh = fgd_module.Fragmentation.weigh
+    monkeypatch.setattr(
+        fgd_module.Fragmentation,
+        "weigh",
+        lambda self, rows: weigh(self, rows) + 250.0 * (next(products) % 5),
+    )
+    rng = np.random.default_rng(8)
+    nodes = [
+        node(f"n{i}", gpus=int(rng.choice([2, 4, 8])), model=str(rng.choice(["A100", "V100"])))
+        for i in range(24)
+    ]
+    state = ClusterState(nodes)
+    mix = random_mix(rng)
+    chosen = scorer(policy, mix)
+    ranks = node_ranks(len(state), 1)
+
+    def place_and_check(target: ClusterState, pod: PodShape) -> None:
+        binding = place_pod(target, pod, chosen, ranks)
+        for other in (pod, *(mix[int(i)] for i in rng.integers(len(mix), size=3))):
+            scores = chosen.score(target, other, ALL)
+            # Scored over all nodes: every input is of the state as it is now...
+            assert np.array_equal(chosen._before_stamp, target.stamp)
+            assert np.array_equal(chosen._pods[other].stamp, target.stamp)
+            # ...and every score is of those inputs.
+            delta = chosen._before - chosen._pods[other].after
+            if policy == "fgd":
+                expected = np.trunc(100.0 / (1.0 + np.exp(-delta / 1000.0)))
+            else:
+                expected = chosen._refine(target, other, np.arange(len(target)), delta)
+            assert np.array_equal(scores, expected)
+        if binding is not None:
+            target.bind(binding)
+
+    for step in range(240):
+        pods = [mix[int(i)] for i in rng.integers(len(mix), size=3)]
+        if step % 6 == 2:
+            with state.trial():
+                for pod in pods:
+                    place_and_check(state, pod)
+            place_and_check(state, pods[0])
+        elif step % 6 == 4:
+            trial = state.copy()
+            for pod in pods:
+                place_and_check(trial, pod)
+            place_and_check(state, pods[1])
+        else:
+            place_and_check(state, pods[0])
+        if step % 3 == 0 and state.gpu_free.min() < 1000:
+            busy = int(np.flatnonzero(state.gpu_free.min(axis=1) < 1000)[0])
+            state.set_up(busy, not bool(state.up[busy]))
+
+
+@pytest.mark.parametrize("policy", ["fgd", "fgd-exact"])
+def test_fgd_notices_before_values_recomputed_in_a_batch(
+    policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    products = itertools.count(1)
+    weigh = fgd_module.Fragmentation.weigh
+    monkeypatch.setattr(
+        fgd_module.Fragmentation,
+        "weigh",
+        lambda self, rows: weigh(self, rows) + 250.0 * next(products),
+    )
+    state = ClusterState([node(f"n{i}", gpus=8) for i in range(6)])
+    chosen = scorer(policy, [ONE] * 3 + [HALF])
+    other = PodShape(cpu=2000, gpu_count=2, gpu_milli=1000)
+    chosen.score(state, other, ALL)
+    chosen.score(state, HALF, ALL)
+    # Two nodes change at once on a copy: their before-values are recomputed
+    # as one batch there, and again as one batch back on the original, while
+    # the stamps ``other`` was scored at stay current.
+    copy = state.copy()
+    copy.bind(Binding(node=0, gpus=(0,), shape=ONE))
+    copy.bind(Binding(node=1, gpus=(0,), shape=ONE))
+    chosen.score(copy, HALF, ALL)
+    chosen.score(state, HALF, ALL)
+    scores = chosen.score(state, other, ALL)
+    delta = chosen._before - chosen._pods[other].after
+    if policy == "fgd":
+        expected = np.trunc(100.0 / (1.0 + np.exp(-delta / 1000.0)))
+    else:
+        expected = chosen._refine(state, other, np.arange(len(state)), delta)
+    assert np.array_equal(scores, expected)

@@ -19,6 +19,7 @@ from shoal.domain.cluster import ClusterState
 from shoal.domain.nodes import Node
 from shoal.domain.workload import PodShape
 from shoal.policy.placement import ScorerContext, make_scorer, node_ranks, place_pod, typical_pods
+from shoal.policy.placement.filters import model_mask
 
 
 @dataclass(frozen=True)
@@ -77,31 +78,26 @@ def run_fill(
     scorer = make_scorer(policy, context)
     ranks = node_ranks(len(state), seed)
     capacity = float(state.total_gpu_milli)
-    arrived = np.zeros(len(arrivals))
-    allocated = np.zeros(len(arrivals))
-    arrived_milli = 0
-    allocated_milli = 0
-    failed = 0
+    requested = np.array([pod.gpu_total_milli for pod in arrivals], dtype=np.int64)
+    placed = np.zeros(len(arrivals), dtype=np.bool_)
     allowed_by_models: dict[tuple[str, ...], np.ndarray] = {}
     for i, pod in enumerate(arrivals):
-        arrived_milli += pod.gpu_total_milli
         allowed = None
         if pod.models:
             allowed = allowed_by_models.get(pod.models)
             if allowed is None:
-                from shoal.policy.placement.filters import model_mask
-
                 allowed = allowed_by_models[pod.models] = model_mask(state, pod.models)
         binding = place_pod(state, pod, scorer, ranks, allowed)
-        if binding is None:
-            failed += 1
-        else:
+        if binding is not None:
             state.bind(binding)
-            allocated_milli += pod.gpu_total_milli
-        arrived[i] = arrived_milli / capacity
-        allocated[i] = allocated_milli / capacity
+            placed[i] = True
         if progress is not None and i % 256 == 0:
             progress(i)
+    # Running sums of whole milli, each divided once: the same floats as
+    # dividing the running totals after every arrival.
+    arrived = np.cumsum(requested) / capacity
+    allocated = np.cumsum(np.where(placed, requested, 0)) / capacity
+    failed = len(arrivals) - int(placed.sum())
     return FillRun(
         policy=policy,
         seed=seed,

@@ -2,11 +2,14 @@
 
 A scorer rates every feasible node at once (numpy) and picks the GPUs on the
 chosen node.  Higher scores win; ties go to the node with the lowest
-``rank`` (a fixed, seeded order), which keeps runs reproducible.
+``rank`` (a fixed, seeded order), which keeps runs reproducible.  A scorer
+that keeps its scores between calls may also choose the node itself
+(``NodeChooser``), as long as it chooses exactly as ``choose`` would.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -49,6 +52,13 @@ class Scorer(Protocol):
         ...
 
 
+NodeChooser = Callable[[ClusterState, PodShape, Nodes, BoolArray, IntArray], int]
+"""A scorer's optional ``choose_node(state, pod, nodes, feasible, ranks)``: the node
+that ``choose`` picks on ``score(state, pod, nodes)`` over the ``feasible`` nodes,
+found faster.  ``nodes`` is ``ALL`` or exactly the feasible nodes (in order), as
+``place_pod`` passes them."""
+
+
 ScorerFactory = Callable[[ScorerContext], Scorer]
 _REGISTRY: dict[str, ScorerFactory] = {}
 
@@ -79,7 +89,7 @@ def best_fit_gpus(state: ClusterState, pod: PodShape, node: int) -> tuple[int, .
     if pod.gpu_milli >= MILLI:
         return tuple(int(g) for g in slots[: pod.gpu_count])
     free = state.gpu_free[node, slots]
-    return (int(slots[int(np.argmin(free))]),)
+    return (int(slots[int(free.argmin())]),)
 
 
 class BestFitGpus:
@@ -102,7 +112,7 @@ def choose(scores: FloatArray, nodes: IntArray, ranks: IntArray) -> int:
     tied = nodes[scores == top]
     if len(tied) == 1:
         return int(tied[0])
-    return int(tied[np.argmin(ranks[tied])])
+    return int(tied[ranks[tied].argmin()])
 
 
 def place_pod(
@@ -113,16 +123,29 @@ def place_pod(
     allowed: BoolArray | None = None,
 ) -> Binding | None:
     """Filter then score every node; the pod's binding, or None when nothing fits."""
-    nodes = np.flatnonzero(fit_mask(state, pod, allowed))
-    if len(nodes) == 0:
+    mask = fit_mask(state, pod, allowed)
+    feasible = int(np.count_nonzero(mask))
+    if feasible == 0:
         return None
-    if len(nodes) == 1:
-        node = int(nodes[0])
-    elif 2 * len(nodes) > len(state) and getattr(scorer, "score_all_nodes", True):
+    # Which nodes get scored (none, all, or the feasible ones) is part of the
+    # result: scorers that cache, like FGD, compute in batches of the nodes
+    # they are asked about, and a batch's floating-point sums depend on it.
+    chooser: NodeChooser | None = getattr(scorer, "choose_node", None)
+    if feasible == 1:
+        node = int(mask.argmax())
+    elif 2 * feasible > len(state) and getattr(scorer, "score_all_nodes", True):
         # Mostly feasible: scoring every node beats gathering the feasible ones.
-        node = choose(scorer.score(state, pod, ALL)[nodes], nodes, ranks)
+        if chooser is not None:
+            node = chooser(state, pod, ALL, mask, ranks)
+        else:
+            nodes = mask.nonzero()[0]
+            node = choose(scorer.score(state, pod, ALL)[nodes], nodes, ranks)
     else:
-        node = choose(scorer.score(state, pod, nodes), nodes, ranks)
+        nodes = mask.nonzero()[0]
+        if chooser is not None:
+            node = chooser(state, pod, nodes, mask, ranks)
+        else:
+            node = choose(scorer.score(state, pod, nodes), nodes, ranks)
     return Binding(node=node, gpus=scorer.pick_gpus(state, pod, node), shape=pod)
 
 
@@ -135,26 +158,16 @@ def typical_pods(
     shapes are counted, the most frequent kept until they cover ``coverage``
     of the pods, and their frequencies renormalised to sum to one.
     """
-    counts: dict[PodShape, int] = {}
-    for shape in shapes:
-        key = PodShape(
-            cpu=shape.cpu,
-            gpu_count=shape.gpu_count,
-            gpu_milli=shape.gpu_milli,
-            models=shape.models,
-        )
-        counts[key] = counts.get(key, 0) + 1
-    ordered = sorted(counts.items(), key=lambda item: (-item[1], _shape_key(item[0])))
+    # Counted as plain tuples (cpu, gpu_milli, gpu_count, models): building and
+    # hashing a PodShape per pod costs more than the rest of this together.
+    counts = Counter((s.cpu, s.gpu_milli, s.gpu_count, s.models) for s in shapes)
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     total = sum(counts.values())
     kept: list[tuple[PodShape, int]] = []
     covered = 0
-    for shape, count in ordered:
+    for (cpu, milli, gpus, models), count in ordered:
         if covered >= coverage * total:
             break
-        kept.append((shape, count))
+        kept.append((PodShape(cpu=cpu, gpu_count=gpus, gpu_milli=milli, models=models), count))
         covered += count
     return tuple((shape, count / covered) for shape, count in kept)
-
-
-def _shape_key(shape: PodShape) -> tuple[int, int, int, tuple[str, ...]]:
-    return (shape.cpu, shape.gpu_milli, shape.gpu_count, shape.models)

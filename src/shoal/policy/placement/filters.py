@@ -63,7 +63,10 @@ def model_mask(state: ClusterState, models: tuple[str, ...]) -> BoolArray:
 
 def fit_mask(state: ClusterState, pod: PodShape, allowed: BoolArray | None = None) -> BoolArray:
     """Nodes that are up and have room for ``pod`` right now."""
-    mask = state.up & (state.cpu_free >= pod.cpu) & (state.mem_free >= pod.memory)
+    # In place: every temporary is another pass over all nodes' memory.
+    mask = state.cpu_free >= pod.cpu
+    mask &= state.up
+    mask &= state.mem_free >= pod.memory
     if allowed is not None:
         mask &= allowed
     if pod.gpu_count:
