@@ -359,3 +359,25 @@ def test_a_checkpoint_folder_that_breaks_the_scan_does_not_stop_preemption_or_de
     world.checkpoints.broken["claim"] = OSError("too many open files")
     world.settle()
     assert world.phase("claim") == "Cancelled"
+
+
+def test_the_epoch_moves_on_only_when_room_comes_back(world: FakeWorld) -> None:
+    # Snapshot.epoch: equal epochs let the cycle trust a failed victim search
+    # it remembers, as the simulator does with its one cluster state.
+    from shoal.control.records import JobRow
+
+    controller = world.controller
+    nodes = list(world.inventory.nodes().nodes)
+
+    def held(*names: str) -> list[JobRow]:
+        return [JobRow(name=n, tenant="t", manifest={}, phase="Running", version=1, attempts=1)
+                for n in names]
+
+    first = controller._epoch(held("a", "b"), nodes, TENANTS)
+    assert controller._epoch(held("a", "b", "c"), nodes, TENANTS) == first  # an admission
+    after_stop = controller._epoch(held("a", "c"), nodes, TENANTS)  # b stopped
+    assert after_stop != first
+    assert controller._epoch(held("a", "c"), nodes[:0], TENANTS) == after_stop  # a node went
+    assert controller._epoch(held("a", "c"), nodes, TENANTS) != after_stop  # ...and came back
+    changed = {**TENANTS, "team-c": TENANTS["team-a"]}
+    assert controller._epoch(held("a", "c"), nodes, changed)[1] != after_stop[1]

@@ -26,9 +26,12 @@ transaction.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from shoal.control import cluster_view as view
 from shoal.control import machine
@@ -42,6 +45,7 @@ from shoal.control.records import (
     JobRow,
     PodRecord,
 )
+from shoal.domain.nodes import Node
 from shoal.domain.workload import Workload
 from shoal.errors import ConflictError, InputError
 from shoal.policy.admission import Snapshot, schedule
@@ -98,6 +102,11 @@ class Controller:
         self._terminated: set[str] = set()
         self._killed: set[str] = set()  # SIGKILL sent: sending it again is not progress
         self.job_errors: dict[str, str] = {}
+        # Room given back so far (Snapshot.epoch): attempts holding resources
+        # and nodes known at the last cycle.
+        self._releases = 0
+        self._held: frozenset[tuple[str, int]] = frozenset()
+        self._nodes: frozenset[tuple[object, ...]] = frozenset()
         """Jobs whose last pass failed unexpectedly (the others go on), with the error."""
 
     def step(self) -> bool:
@@ -171,7 +180,11 @@ class Controller:
         ]
         if not waiting:
             return False
+        tenant_rows = self.store.tenants()
         nodes = self.inventory.nodes()
+        # Compared with the last cycle that had work to decide: an attempt that
+        # started and ended in between gave back nothing that cycle had.
+        epoch = self._epoch(holders, nodes.nodes, tenant_rows)
         state, running = view.build_state(list(nodes.nodes), holders)
         stopping = {r.name for r in holders if r.phase != "Running"}
         # A job already being stopped holds its resources until its pods are
@@ -186,12 +199,13 @@ class Controller:
         snapshot = Snapshot(
             now=now,
             cluster=state,
-            tenants=view.tenants_from(self.store.tenants()),
+            tenants=view.tenants_from(tenant_rows),
             running=tuple(running),
             pending=pending,
             preempting=frozenset(r.preemptor for r in holders if r.preemptor),
             nominated=machine.nominated(rows, {r.name for r in waiting}),
             service={r.name: machine.service(r) for r in rows if r.ran_seconds},
+            epoch=epoch,
         )
         placer = self.placers.get(self.config.policy, self.config.seed, nodes, mix)
         by_name = {r.name: r for r in rows}
@@ -203,6 +217,22 @@ class Controller:
             except Exception as exc:  # one bad record must not stop every other job
                 self._failed(job, exc)
         return changed
+
+    def _epoch(self, holders: Sequence[JobRow], nodes: Iterable[Node],
+               tenants: Mapping[str, Any]) -> tuple[int, str]:
+        """Counts room given back, as the simulator's cluster state does (``Snapshot.epoch``).
+
+        An attempt that stopped holding, or a node that came (back), moves it
+        on; the tenants' settings are part of it.
+        """
+        attempts = frozenset((r.name, r.attempts) for r in holders)
+        known = frozenset(_capacity(node) for node in nodes)
+        if (self._held - attempts) or (known - self._nodes):
+            self._releases += 1
+        self._held, self._nodes = attempts, known
+        digest = hashlib.blake2b(json.dumps(tenants, sort_keys=True, default=str).encode(),
+                                 digest_size=8).hexdigest()
+        return (self._releases, digest)
 
     def _transition(self, decision: Decision, job: JobRow, names: Sequence[str],
                     now: float) -> Step:
@@ -303,3 +333,9 @@ def _subject(decision: Decision) -> str:
     if isinstance(decision, Preempt):
         return decision.victim
     return decision.workload
+
+
+def _capacity(node: Node) -> tuple[object, ...]:
+    """What of a node can give a pod room: a changed one counts as a node come up."""
+    return (node.name, node.cpu, node.memory, node.gpu_count, node.gpu_memory, node.gpu_model,
+            tuple(sorted(node.labels.items())), tuple(map(str, node.taints)))

@@ -324,6 +324,12 @@ class _Cycle:
                 found.extend(r for r in runs if r.name not in self.claimed)
         return found
 
+    def epoch(self, moment: float) -> tuple[object, ...]:
+        """When a failed victim search may be trusted again (see ``Snapshot.epoch``)."""
+        if self.snap.epoch is not None:
+            return ("epoch", self.snap.epoch, moment)
+        return (self.state.lineage, (self.state.releases, moment), self.snap.tenants)
+
     def outranks(self, workload: Workload) -> Callable[[Running], bool] | None:
         """Under las or srtf: whether ``workload`` goes before a running one of its tenant."""
         tenant = self.snap.tenants[workload.tenant]
@@ -358,14 +364,9 @@ class _Cycle:
             # Under las or srtf, running jobs move back in the order as they
             # run: time itself is relevant, and a failure holds for this instant only.
             moment = self.snap.now if self.snap.tenants[workload.tenant].job_order != "fifo" else 0
-            version = (self.state.lineage, (self.state.releases, moment), self.snap.tenants)
+            version = self.epoch(moment)
             seen = self.placer.memo.get(memo_key)
-            if (
-                isinstance(seen, tuple)
-                and seen[0] is version[0]
-                and seen[1] == version[1]
-                and seen[2] is version[2]
-            ):
+            if isinstance(seen, tuple) and _same(seen, version):
                 self.no_victims.add(key)
                 continue
             owners = victim_tenants(workload, request, self.snap.tenants, self.ledger.usage)
@@ -492,6 +493,15 @@ def _own_stream(
     merged.sort(key=lambda item: item[0])
     for _, workload, plan in merged:
         yield workload, plan
+
+
+def _same(seen: tuple[object, ...], version: tuple[object, ...]) -> bool:
+    """Equal epochs; objects (cluster lineage, tenants) compare by identity, not value."""
+    if len(seen) != len(version):
+        return False
+    if version[0] == "epoch":
+        return seen == version
+    return seen[0] is version[0] and seen[1] == version[1] and seen[2] is version[2]
 
 
 def _reason_of(why: object) -> Callable[[], str]:

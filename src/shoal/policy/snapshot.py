@@ -102,6 +102,11 @@ class Snapshot:
     search then skips the groups no preemptor may touch."""
     usage: Mapping[str, Mapping[str, int]] | None = None
     """Quota held per tenant, if the runtime keeps it; else summed from ``running``."""
+    epoch: object = None
+    """What the runtime says of room given back: two snapshots with equal epochs have
+    no workload stopped, no node come up and no tenant changed between them (so a
+    victim search that failed in the first fails in the second).  None: unknown; the
+    cycle then compares cluster states, which only a runtime that keeps one can match."""
     service: Mapping[str, Service] = field(default_factory=dict)
     """What each workload ran before its current attempt (read by las and srtf orderings);
     a workload missing here has run nothing."""
