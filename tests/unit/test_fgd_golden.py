@@ -149,8 +149,9 @@ def blas() -> tuple[str, str, str]:
         from threadpoolctl import threadpool_info
     except ImportError:  # scikit-learn (the sklearn extra) brings it
         return ("unknown", "", "")
+    # numpy's own BLAS: scipy and torch bring others, listed first once loaded.
     for info in threadpool_info():
-        if info.get("user_api") == "blas":
+        if info.get("user_api") == "blas" and "numpy" in str(info.get("filepath", "")):
             version = ".".join(str(info.get("version", "")).split(".")[:3])
             return (str(info.get("internal_api")), version, str(info.get("architecture")))
     return ("none", "", "")
