@@ -55,9 +55,10 @@ from shoal.policy.decisions import (
 )
 from shoal.policy.ledger import LedgerCheck, QuotaLedger
 from shoal.policy.placement import Placer
-from shoal.policy.preemption import lower_only, search_victims, victim_tenants
+from shoal.policy.preemption import NO_CANDIDATES, search_victims
 from shoal.policy.queue import Bucket, PendingQueue
 from shoal.policy.quota import TenantQuota, amount_text, ceiling, total_usage
+from shoal.policy.running_table import RunningTable
 from shoal.policy.snapshot import Running, Snapshot
 
 __all__ = ["CycleResult", "PendingQueue", "Running", "Snapshot", "schedule"]
@@ -90,8 +91,7 @@ class _Cycle:
         pending = snapshot.pending
         self.queue = pending if isinstance(pending, PendingQueue) else PendingQueue(pending)
         self.claimed: set[str] = set()
-        self._by_tenant: Mapping[str, Collection[Running]] | None = snapshot.running_by_tenant
-        self._by_priority = snapshot.running_by_priority
+        self._table = snapshot.running_table
         # Within a cycle the cluster only fills up, usage only grows and
         # victims are only claimed, so a request that found no room (or no
         # victims) fails again for an identical request: remember those.
@@ -290,39 +290,12 @@ class _Cycle:
         self.ledger.charge(workload.tenant, usage)
         self.decisions.append(Admit(workload.name, workload.tenant, own, usage, borrowing))
 
-    def by_priority(self) -> Mapping[str, Mapping[int, Collection[Running]]]:
-        """Running workloads per tenant and priority, grouped on first use if the
-        runtime does not keep them so (most cycles never need them)."""
-        if self._by_priority is None:
-            grouped: dict[str, dict[int, list[Running]]] = {}
-            runs = (
-                (r for group in self._by_tenant.values() for r in group)
-                if self._by_tenant is not None
-                else self.snap.running
-            )
-            for run in runs:
-                grouped.setdefault(run.tenant, {}).setdefault(run.priority, []).append(run)
-            self._by_priority = grouped
-        return self._by_priority
-
-    def victims_of(
-        self, workload: Workload, request: dict[str, int], owners: Collection[str],
-        outranks: Callable[[Running], bool] | None,
-    ) -> list[Running]:
-        """The running workloads of ``owners`` that may be candidates, by priority group."""
-        found: list[Running] = []
-        priority = workload.priority
-        for owner in sorted(owners):
-            lower = lower_only(workload, request, self.snap.tenants, self.ledger.usage, owner)
-            if lower is None:
-                continue
-            # Under las or srtf a tenant's own jobs of the same priority may go too.
-            same = owner == workload.tenant and outranks is not None
-            for level, runs in self.by_priority().get(owner, {}).items():
-                if lower and not (level < priority or (same and level == priority)):
-                    continue
-                found.extend(r for r in runs if r.name not in self.claimed)
-        return found
+    def table(self) -> RunningTable:
+        """Running workloads as columns, built on first use if the runtime keeps
+        none (most cycles never search for victims)."""
+        if self._table is None:
+            self._table = RunningTable(self.snap.running)
+        return self._table
 
     def epoch(self, moment: float) -> tuple[object, ...]:
         """When a failed victim search may be trusted again (see ``Snapshot.epoch``)."""
@@ -369,21 +342,19 @@ class _Cycle:
             if isinstance(seen, tuple) and _same(seen, version):
                 self.no_victims.add(key)
                 continue
-            owners = victim_tenants(workload, request, self.snap.tenants, self.ledger.usage)
-            outranks = self.outranks(workload)
-            running = self.victims_of(workload, request, owners, outranks)
-            if not running:
-                continue
             found = search_victims(
                 flavors.restrict(workload, flavor),
                 request,
                 self.ledger,
-                running,
+                self.table(),
                 self.state,
                 self.placer,
                 self.snap.now,
-                outranks,
+                self.outranks(workload),
+                self.claimed,
             )
+            if found is NO_CANDIDATES:
+                continue
             if found is None or not found.victims:
                 self.no_victims.add(key)
                 self.placer.memo[memo_key] = version

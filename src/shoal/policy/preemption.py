@@ -28,12 +28,19 @@ victims that turn out unneeded are dropped, most costly first.  Also as in
 Kueue, another tenant's workloads stop being candidates once the victims
 already chosen bring that tenant back within its nominal quota.  Whether the
 preemptor borrows is judged on current usage, before any victim is removed.
+
+The search reads running workloads from a ``RunningTable`` (columns), so
+ranking, the per-owner cut-off and the room freed per node are computed for
+all candidates at once; most searches in a busy cluster fail, and they fail
+there, before anything is unbound or placed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from shoal.domain.cluster import Binding, BoolArray, ClusterState
 from shoal.domain.resources import MILLI, Vector
@@ -47,19 +54,19 @@ from shoal.domain.workload import PodShape, Workload
 from shoal.policy.decisions import PreemptReason
 from shoal.policy.ledger import QuotaLedger
 from shoal.policy.placement import Placer
-from shoal.policy.placement.filters import fit_mask
+from shoal.policy.placement.gang import Free
 from shoal.policy.quota import TenantQuota, Usage
+from shoal.policy.running_table import Ints, RunningTable
 from shoal.policy.snapshot import Running
 
 __all__ = [
+    "NO_CANDIDATES",
     "PreemptionPlan",
-    "Ranked",
     "Running",
+    "RunningTable",
     "Victim",
-    "candidates",
     "find_victims",
     "lost_work",
-    "lower_only",
     "search_victims",
     "within_nominal",
 ]
@@ -85,6 +92,11 @@ class PreemptionPlan:
     bindings: tuple[Binding, ...]
 
 
+NO_CANDIDATES = PreemptionPlan((), ())
+"""What a search answers when the policy lets the preemptor evict nothing at all
+(as opposed to None: there were candidates, but no set of them makes room)."""
+
+
 def lost_work(running: Running, now: float) -> float:
     """Work lost if ``running`` stops now, weighted by the GPUs (or CPUs) it holds."""
     return max(0.0, now - running.saved_at(now)) * running.weight
@@ -97,118 +109,6 @@ def within_nominal(tenant: TenantQuota, usage: Vector, request: Vector) -> bool:
         for r, amount in request.items()
         if amount > 0
     )
-
-
-def victim_tenants(
-    preemptor: Workload,
-    request: Vector,
-    tenants: Mapping[str, TenantQuota],
-    usage: Usage,
-) -> set[str]:
-    """Tenants whose workloads ``preemptor`` may evict at all (a cheap pre-filter)."""
-    tenant = tenants[preemptor.tenant]
-    policy = tenant.preemption
-    names = set()
-    if policy.within_tenant == WithinTenant.LOWER_PRIORITY:
-        names.add(tenant.name)
-    if tenant.cohort is None:
-        return names
-    borrows = not within_nominal(tenant, usage.get(tenant.name, {}), request)
-    allowed = (
-        policy.borrow_within_cohort == BorrowWithinCohort.LOWER_PRIORITY
-        if borrows
-        else policy.reclaim_within_cohort != ReclaimWithinCohort.NEVER
-    )
-    if allowed:
-        names.update(
-            other.name
-            for other in tenants.values()
-            if other.cohort == tenant.cohort
-            and other.name != tenant.name
-            and _borrows_any(other, usage.get(other.name, {}), request)
-        )
-    return names
-
-
-Ranked = tuple[float, int, float, str, Running, PreemptReason]
-"""A candidate: cost (lost work), priority, -start, name, the workload, the reason."""
-
-
-def candidates(
-    preemptor: Workload,
-    request: Vector,
-    tenants: Mapping[str, TenantQuota],
-    usage: Usage,
-    running: Iterable[Running],
-    now: float,
-    outranks: Callable[[Running], bool] | None = None,
-) -> list[Ranked]:
-    """Workloads the policy lets ``preemptor`` evict, cheapest loss first.
-
-    Tuples, not ``Victim`` values: a search looks at thousands and turns only
-    the ones it takes into victims.  ``outranks``: under a las or srtf tenant
-    ordering, whether the preemptor goes before one of its tenant's running
-    workloads of the same priority (which may then be evicted, reason ``queue``).
-    """
-    tenant = tenants[preemptor.tenant]
-    policy = tenant.preemption
-    borrows = not within_nominal(tenant, usage.get(tenant.name, {}), request)
-    # Per owner: the reason its workloads would be evicted for, and whether
-    # only lower-priority ones qualify (None: none of them qualify).
-    rules: dict[str, tuple[PreemptReason, bool] | None] = {}
-    ranked: list[Ranked] = []
-    priority = preemptor.priority
-    for run in running:
-        workload = run.workload
-        if not workload.preemptible:
-            continue
-        owner = workload.tenant
-        if owner not in rules:
-            rules[owner] = _rule(tenant, policy, borrows, tenants.get(owner), usage, request)
-        rule = rules[owner]
-        if rule is None:
-            continue
-        reason = rule[0]
-        if rule[1] and not workload.priority < priority:
-            if not (
-                outranks is not None
-                and reason == "priority"
-                and workload.priority == priority
-                and outranks(run)
-            ):
-                continue
-            reason = "queue"
-        # lost_work(run, now), inline: this loop runs over every candidate.
-        start, checkpoint, interval = run.start_time, run.last_checkpoint, run.checkpoint_interval
-        if checkpoint is not None and checkpoint >= start:
-            saved = min(checkpoint, now)
-        elif interval:
-            saved = start + ((now - start) // interval) * interval
-        else:
-            saved = start
-        cost = max(0.0, now - saved) * run.weight
-        ranked.append((cost, workload.priority, -start, workload.name, run, reason))
-    # Names are unique, so the sort never compares the last two fields.
-    ranked.sort()
-    return ranked
-
-
-def lower_only(
-    preemptor: Workload,
-    request: Vector,
-    tenants: Mapping[str, TenantQuota],
-    usage: Usage,
-    owner: str,
-) -> bool | None:
-    """Whether only ``owner``'s lower-priority workloads may be evicted (None: none may).
-
-    Lets a caller that keeps running workloads grouped by priority skip the
-    groups that hold no candidate at all.
-    """
-    tenant = tenants[preemptor.tenant]
-    borrows = not within_nominal(tenant, usage.get(tenant.name, {}), request)
-    rule = _rule(tenant, tenant.preemption, borrows, tenants.get(owner), usage, request)
-    return None if rule is None else rule[1]
 
 
 def _rule(
@@ -243,7 +143,7 @@ def find_victims(
     request: Vector,
     tenants: Mapping[str, TenantQuota],
     usage: Usage,
-    running: Sequence[Running],
+    running: Iterable[Running],
     state: ClusterState,
     placer: Placer,
     now: float,
@@ -255,33 +155,290 @@ def find_victims(
     is left as it was.
     """
     ledger = QuotaLedger(tenants, usage)
-    return search_victims(preemptor, request, ledger, running, state, placer, now)
+    found = search_victims(
+        preemptor, request, ledger, RunningTable(running), state, placer, now
+    )
+    return None if found is NO_CANDIDATES else found
+
+
+class _Candidates:
+    """The rows a search may evict, cheapest loss first, and why each may go."""
+
+    __slots__ = ("cost", "queue", "reasons", "rows")
+
+    def __init__(self, rows: Ints, cost: np.ndarray, reasons: list[PreemptReason | None],
+                 queue: set[int]) -> None:
+        self.rows, self.cost, self.reasons, self.queue = rows, cost, reasons, queue
+
+    def victim(self, table: RunningTable, at: int) -> Victim:
+        slot = int(self.rows[at])
+        reason = "queue" if slot in self.queue else self.reasons[int(table.tenant[slot])]
+        assert reason is not None
+        return Victim(table.run(slot), reason, float(self.cost[at]))
+
+
+def _candidates(
+    preemptor: Workload,
+    request: Vector,
+    ledger: QuotaLedger,
+    table: RunningTable,
+    now: float,
+    outranks: Callable[[Running], bool] | None,
+    claimed: Collection[str],
+) -> _Candidates | None:
+    """Rows the policy lets ``preemptor`` evict, ranked; None when it may evict nothing.
+
+    The rank is lost work, then lower priority, then the most recent start,
+    then the name.  ``outranks``: under a las or srtf tenant ordering, whether
+    the preemptor goes before one of its tenant's running workloads of the same
+    priority (which may then be evicted, reason ``queue``).
+    """
+    tenants, usage = ledger.tenants, ledger.usage
+    tenant = tenants[preemptor.tenant]
+    policy = tenant.preemption
+    borrows = not within_nominal(tenant, usage.get(tenant.name, {}), request)
+    codes = len(table.tenants)
+    ok = np.zeros(codes, dtype=np.bool_)
+    lower = np.zeros(codes, dtype=np.bool_)
+    reasons: list[PreemptReason | None] = []
+    for code, owner in enumerate(table.tenants):
+        rule = _rule(tenant, policy, borrows, tenants.get(owner), usage, request)
+        reasons.append(None if rule is None else rule[0])
+        if rule is not None:
+            ok[code], lower[code] = True, rule[1]
+    if not ok.any():
+        return None
+    size = table.size
+    owner_of = table.tenant[:size]
+    priority = table.priority[:size]
+    present = table.alive[:size] & ok[owner_of]
+    present &= ~lower[owner_of] | (priority < preemptor.priority)
+    queue: set[int] = set()
+    own = table.tenant_code.get(tenant.name, -1)
+    same: Ints | None = None
+    if outranks is not None and own >= 0 and reasons[own] == "priority" and lower[own]:
+        # Under las or srtf a tenant's own jobs of the same priority may go too.
+        same = np.flatnonzero(table.alive[:size] & (owner_of == own) & (priority == preemptor.priority))
+        present[same] = True
+    for name in claimed:
+        slot = table.slot.get(name)
+        if slot is not None:
+            present[slot] = False
+    if not present.any():
+        return None
+    mask = present & table.preemptible[:size]
+    if same is not None:
+        for slot in same:
+            if mask[slot]:
+                if outranks is not None and outranks(table.run(int(slot))):
+                    queue.add(int(slot))
+                else:
+                    mask[slot] = False
+    rows = np.flatnonzero(mask)
+    start = table.start[rows]
+    checkpoint = table.checkpoint[rows]
+    interval = table.interval[rows]
+    # lost_work() for every row, in the same float operations (Python's //
+    # and numpy's floor_divide agree), so ties break exactly as one by one.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        by_interval = start + np.floor_divide(now - start, interval) * interval
+    saved = np.where(
+        checkpoint >= start,
+        np.minimum(checkpoint, now),
+        np.where(interval > 0, by_interval, start),
+    )
+    cost = np.maximum(0.0, now - saved) * table.weight[rows]
+    later_first = -start
+    levels = table.priority[rows]
+    names = table.name_key[rows]
+    keys = [names[:, word] for word in range(names.shape[1] - 1, -1, -1)]
+    order = np.lexsort((*keys, later_first, levels, cost))
+    rows, cost = rows[order], cost[order]
+    names = names[order]
+    tied = (cost[1:] == cost[:-1]) & (levels[order][1:] == levels[order][:-1])
+    tied &= later_first[order][1:] == later_first[order][:-1]
+    tied &= (names[1:] == names[:-1]).all(axis=1)
+    if tied.any():
+        # Equal on every number and in the names' first bytes: the whole
+        # name decides, as it did when candidates were tuples.
+        edges = np.diff(np.concatenate(([0], tied.astype(np.int8), [0])))
+        for first, last in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1),
+                               strict=True):
+            group = [int(slot) for slot in rows[first:last + 1]]
+            group.sort(key=lambda slot: table.run(slot).name)
+            rows[first:last + 1] = group
+    return _Candidates(rows, cost, reasons, queue)
+
+
+def _taken(
+    preemptor: Workload,
+    request: Vector,
+    ledger: QuotaLedger,
+    table: RunningTable,
+    ranked: Ints,
+) -> BoolArray:
+    """Which ranked rows the greedy pass would take if it never stopped early.
+
+    As in Kueue, another tenant's workloads stop being candidates once the
+    victims already taken from it bring it back within its nominal quota on
+    every resource the preemptor requests: the last one taken is the one that
+    gets it there.  The preemptor's own workloads are never cut off.
+    """
+    wanted = [r for r, amount in request.items() if amount > 0]
+    owners = table.tenant[ranked]
+    own = table.tenant_code.get(preemptor.tenant, -1)
+    if not wanted:
+        taken: BoolArray = owners == own
+        return taken
+    # How far above nominal each owner is on each wanted resource.
+    above = np.zeros((len(table.tenants), len(wanted)), dtype=np.int64)
+    for code in np.unique(owners):
+        name = table.tenants[int(code)]
+        if int(code) == own:
+            continue
+        nominal = ledger.tenants[name].nominal
+        above[code] = [ledger.used(name, r) - nominal.get(r, 0) for r in wanted]
+    zero = np.zeros(len(table.alive), dtype=np.int64)
+    use = np.stack([table.usage.get(r, zero)[ranked] for r in wanted], axis=1)
+    # Group by owner, keeping rank order within each group, and sum what was
+    # taken before each row within its group.
+    by_owner = np.argsort(owners, kind="stable")
+    grouped, amounts = owners[by_owner], use[by_owner]
+    before = np.cumsum(amounts, axis=0) - amounts
+    firsts = np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1])))
+    lengths = np.diff(np.concatenate((firsts, [len(grouped)])))
+    before -= np.repeat(before[firsts], lengths, axis=0)
+    keep = (before < above[grouped]).any(axis=1) | (grouped == own)
+    taken = np.empty(len(ranked), dtype=np.bool_)
+    taken[by_owner] = keep
+    return taken
+
+
+def _free_without(state: ClusterState, table: RunningTable, rows: Ints, gpu: bool) -> Free:
+    """The room every node would have with the workloads of ``rows`` gone."""
+    n = len(state)
+    nodes = table.pod_node[rows].ravel()
+    real = nodes >= 0
+    nodes = nodes[real]
+    cpu = state.cpu_free + np.bincount(
+        nodes, weights=table.pod_cpu[rows].ravel()[real], minlength=n
+    ).astype(np.int64)
+    memory = state.mem_free + np.bincount(
+        nodes, weights=table.pod_memory[rows].ravel()[real], minlength=n
+    ).astype(np.int64)
+    if not gpu:
+        return Free(cpu, memory, state.gpu_free, state.gpu_mem_free)
+    width = state.max_gpus
+    gpu_nodes = table.gpu_node[rows].ravel()
+    real = gpu_nodes >= 0
+    flat = gpu_nodes[real] * width + table.gpu_slot[rows].ravel()[real]
+    gpus = state.gpu_free + np.bincount(
+        flat, weights=table.gpu_milli[rows].ravel()[real], minlength=n * width
+    ).astype(np.int64).reshape(n, width)
+    gpu_memory = state.gpu_mem_free + np.bincount(
+        flat, weights=table.gpu_memory[rows].ravel()[real], minlength=n * width
+    ).astype(np.int64).reshape(n, width)
+    return Free(cpu, memory, gpus, gpu_memory)
+
+
+def _could_fit(
+    preemptor: Workload,
+    request: Vector,
+    ledger: QuotaLedger,
+    table: RunningTable,
+    rows: Ints,
+    state: ClusterState,
+    placer: Placer,
+    free_gpu: int,
+    free_cpu: int,
+) -> bool:
+    """Whether the greedy pass can succeed: is there room and quota once it has
+    taken every victim it would ever take (``rows``)?
+
+    Answered from the ledger and per-node sums alone, without unbinding or
+    placing anything.  Quota and room only grow as victims go, so for a lone
+    pod the answer is exact; for a gang it is a necessary condition
+    (``Placer.could_fit``).
+    """
+    tenant = preemptor.tenant
+    if free_gpu + int(table.gpu_total[rows].sum()) < preemptor.gpu_milli:
+        return False
+    if free_cpu + int(table.cpu_total[rows].sum()) < sum(p.cpu for p in preemptor.pods):
+        return False
+    wanted = [r for r, amount in request.items() if amount > 0]
+    owners = table.tenant[rows]
+    given: dict[str, dict[str, int]] = {}
+    for code in np.unique(owners):
+        mine = rows[owners == code]
+        given[table.tenants[int(code)]] = {
+            r: int(table.usage[r][mine].sum()) if r in table.usage else 0 for r in wanted
+        }
+    for owner, back in given.items():
+        ledger.refund(owner, back)
+    try:
+        if not ledger.check(tenant, request).fits:
+            return False
+    finally:
+        for owner, back in given.items():
+            ledger.charge(owner, back)
+    free = _free_without(state, table, rows, preemptor.gpu_milli > 0)
+    if len(preemptor.pods) == 1:
+        pod = preemptor.pods[0]
+        return free.fits_somewhere(state, pod, placer.allowed(state, preemptor, pod))
+    return placer.could_fit(state, preemptor, free=free)
 
 
 def search_victims(
     preemptor: Workload,
     request: Vector,
     ledger: QuotaLedger,
-    running: Sequence[Running],
+    table: RunningTable,
     state: ClusterState,
     placer: Placer,
     now: float,
     outranks: Callable[[Running], bool] | None = None,
+    claimed: Collection[str] = (),
 ) -> PreemptionPlan | None:
     """``find_victims`` on a cycle's ledger; ``ledger`` and ``state`` end as they began.
 
-    Victims are tried by refunding them in the ledger and unbinding them in a
-    trial of ``state`` (no copies), one at a time, so each step costs one
-    quota check and, once totals allow, one placement.
+    Workloads named in ``claimed`` (victims already chosen this cycle) are not
+    candidates.  Answers ``NO_CANDIDATES`` when the policy lets the preemptor
+    evict nothing at all.  Victims are tried by refunding them in the ledger
+    and unbinding them in a trial of ``state`` (no copies), one at a time, so
+    each step costs one quota check and, once totals allow, one placement.
     """
+    found = _candidates(preemptor, request, ledger, table, now, outranks, claimed)
+    if found is None:
+        return NO_CANDIDATES
+    if not len(found.rows):
+        return None
+    taken = _taken(preemptor, request, ledger, table, found.rows)
+    order = np.flatnonzero(taken)
+    rows = found.rows[order]
+    if not len(rows):
+        return None
     up = state.up
     free_gpu, free_cpu = int(state.gpu_free[up].sum()), int(state.cpu_free[up].sum())
+    if not _could_fit(preemptor, request, ledger, table, rows, state, placer, free_gpu, free_cpu):
+        return None
+    ranked = (found.victim(table, int(at)) for at in order)
+    return _greedy(preemptor, request, ledger, state, placer, ranked, free_gpu, free_cpu)
+
+
+def _greedy(
+    preemptor: Workload,
+    request: Vector,
+    ledger: QuotaLedger,
+    state: ClusterState,
+    placer: Placer,
+    ranked: Iterable[Victim],
+    free_gpu: int,
+    free_cpu: int,
+) -> PreemptionPlan | None:
+    """Take ``ranked`` victims in order until the preemptor fits, then drop the
+    ones a later victim made unnecessary, costliest first."""
     need_gpu, need_cpu = preemptor.gpu_milli, sum(pod.cpu for pod in preemptor.pods)
     tenant = preemptor.tenant
-    ranked = candidates(preemptor, request, ledger.tenants, ledger.usage, running, now, outranks)
-    if not ranked or not _could_fit(preemptor, request, ledger, ranked, state, placer,
-                                    free_gpu, free_cpu):
-        return None
     chosen: list[Victim] = []
     bindings: list[Binding] | None = None
     gpu_freed = cpu_freed = 0
@@ -299,19 +456,8 @@ def search_victims(
     placed_once = False
     with state.trial():
         try:
-            borrows: dict[str, bool] = {}
-            for entry in ranked:
-                victim = Victim(entry[4], entry[5], entry[0])
-                owner = victim.running.tenant
-                # As in Kueue: once earlier victims brought a tenant back within
-                # its nominal quota, its other workloads are no longer fair game.
-                if owner != tenant:
-                    if owner not in borrows:
-                        borrows[owner] = ledger.borrows_any(owner, request)
-                    if not borrows[owner]:
-                        continue
-                    del borrows[owner]
-                ledger.refund(owner, victim.running.usage, request)
+            for victim in ranked:
+                ledger.refund(victim.running.tenant, victim.running.usage, request)
                 chosen.append(victim)
                 for binding in victim.running.bindings:
                     gpu_freed += binding.shape.gpu_total_milli
@@ -423,85 +569,6 @@ def _room_on(
         f >= pod.gpu_milli and (not pod.gpu_memory or m >= pod.gpu_memory)
         for f, m in zip(free, memory, strict=True)
     )
-
-
-def _could_fit(
-    preemptor: Workload,
-    request: Vector,
-    ledger: QuotaLedger,
-    ranked: Sequence[Ranked],
-    state: ClusterState,
-    placer: Placer,
-    free_gpu: int,
-    free_cpu: int,
-) -> bool:
-    """Whether the greedy pass can succeed: is there room and quota once it has
-    taken every victim it would ever take?
-
-    Most searches in a busy cluster fail, and most of those only after trying
-    every candidate; this answers from the ledger and per-node sums alone,
-    without unbinding or placing anything.  Quota and room only grow as victims
-    go, so for a lone pod the answer is exact; for a gang it is a necessary
-    condition (``Placer.could_fit``).
-    """
-    tenant = preemptor.tenant
-    wanted = [r for r, amount in request.items() if amount > 0]
-    # Per owner: how far above nominal it is on each requested resource (the
-    # greedy pass stops taking an owner's workloads once none is above), and
-    # what the victims taken from it give back.
-    over: dict[str, list[int]] = {}
-    done: set[str] = set()  # owners back within nominal: nothing more is taken from them
-    given: dict[str, dict[str, int]] = {}
-    bindings: list[Binding] = []
-    for entry in ranked:
-        run = entry[4]
-        owner, usage = run.workload.tenant, run.usage
-        if owner != tenant:
-            if owner in done:
-                continue
-            above = over.get(owner)
-            if above is None:
-                nominal = ledger.tenants[owner].nominal
-                above = over[owner] = [
-                    ledger.used(owner, r) - nominal.get(r, 0) for r in wanted
-                ]
-                if not any(v > 0 for v in above):
-                    done.add(owner)
-                    continue
-            for i, r in enumerate(wanted):
-                above[i] -= usage.get(r, 0)
-            if not any(v > 0 for v in above):
-                done.add(owner)  # this one is taken; later ones of its are not
-        back = given.get(owner)
-        if back is None:
-            back = given[owner] = dict.fromkeys(wanted, 0)
-        for r in wanted:
-            back[r] += usage.get(r, 0)
-        bindings.extend(run.bindings)
-    if not given:
-        return False
-    for owner, back in given.items():
-        ledger.refund(owner, back)
-    try:
-        if not ledger.check(tenant, request).fits:
-            return False
-    finally:
-        for owner, back in given.items():
-            ledger.charge(owner, back)
-    if free_gpu + sum(b.shape.gpu_total_milli for b in bindings) < preemptor.gpu_milli:
-        return False
-    if free_cpu + sum(b.shape.cpu for b in bindings) < sum(p.cpu for p in preemptor.pods):
-        return False
-    if len(preemptor.pods) == 1:
-        pod = preemptor.pods[0]
-        allowed = placer.allowed(state, preemptor, pod)
-        freed: dict[int, _Freed] = {}
-        for binding in bindings:
-            _free(freed, binding)
-        if any(_room_on(state, pod, allowed, node, room) for node, room in freed.items()):
-            return True
-        return bool(fit_mask(state, pod, allowed).any())
-    return placer.could_fit(state, preemptor, freed=bindings)
 
 
 def _borrows_any(tenant: TenantQuota, usage: Vector, request: Vector) -> bool:

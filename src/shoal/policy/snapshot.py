@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from shoal.domain.cluster import Binding, ClusterState
 from shoal.domain.resources import MILLI
@@ -15,6 +16,9 @@ from shoal.domain.workload import Workload
 from shoal.policy.ordering import Service
 from shoal.policy.queue import PendingQueue
 from shoal.policy.quota import TenantQuota
+
+if TYPE_CHECKING:  # the table's rows are Running values defined here
+    from shoal.policy.running_table import RunningTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +99,9 @@ class Snapshot:
     nominated: frozenset[str] = field(default_factory=frozenset)
     """Pending workloads that evicted others and have not run since (``preempting``
     included): they are tried before all others, so the room they freed is theirs."""
-    running_by_tenant: Mapping[str, Collection[Running]] | None = None
-    """``running`` grouped by tenant, if the runtime keeps it; else grouped on demand."""
-    running_by_priority: Mapping[str, Mapping[int, Collection[Running]]] | None = None
-    """``running`` grouped by tenant, then priority, if the runtime keeps it: a victim
-    search then skips the groups no preemptor may touch."""
+    running_table: RunningTable | None = None
+    """``running`` as columns (``policy.running_table``), if the runtime keeps them
+    across cycles; else a cycle that searches for victims builds them."""
     usage: Mapping[str, Mapping[str, int]] | None = None
     """Quota held per tenant, if the runtime keeps it; else summed from ``running``."""
     epoch: object = None

@@ -37,6 +37,7 @@ from shoal.policy.placement.fgd import Fragmentation
 from shoal.policy.preemption import Running
 from shoal.policy.queue import PendingQueue
 from shoal.policy.quota import TenantQuota
+from shoal.policy.running_table import RunningTable
 from shoal.sim.timeline import Timeline
 
 FINISH, STOPPED, NODE_DOWN, NODE_UP, ARRIVE, SERVICE = 0, 1, 2, 3, 4, 5
@@ -127,8 +128,8 @@ class ReplayEngine:
         }
         self.pending = PendingQueue()  # kept across cycles: no cycle sorts the queue again
         self.running: dict[str, Running] = {}  # what the admission cycle sees
-        # tenant -> priority -> name -> running: a victim search skips whole groups
-        self.by_level: dict[str, dict[int, dict[str, Running]]] = {}
+        # The same, as columns kept across cycles: victim searches read them.
+        self.table = RunningTable()
         self.usage: dict[str, dict[str, int]] = {}
         self.preempting: dict[str, str] = {}  # victim -> preemptor, until the victim stops
         # victim -> preemptor, until the victim runs again (its record's preemptor)
@@ -286,10 +287,7 @@ class ReplayEngine:
             nominated=frozenset(p for p in self.evicted_for.values() if p in self.pending),
             service=self.services,
             usage=self.usage,
-            running_by_priority={
-                t: {p: runs.values() for p, runs in levels.items()}
-                for t, levels in self.by_level.items()
-            },
+            running_table=self.table,
         )
         preempted = False
         # Only the actions: the queue's bulk Pending decisions carry nothing to apply.
@@ -331,7 +329,7 @@ class ReplayEngine:
         record.running = frozen
         name = record.workload.name
         self.running[name] = frozen
-        self.by_level[record.workload.tenant][frozen.priority][name] = frozen
+        self.table.add(frozen)
 
     def _terminate(self, now: float, record: JobRecord) -> None:
         """SIGTERM reached the victim's pods: they stop ``stop_seconds`` later."""
@@ -359,8 +357,7 @@ class ReplayEngine:
         self._charge(record.workload.tenant, decision.usage, +1)
         self.pending.discard(name)
         self.running[name] = record.running
-        levels = self.by_level.setdefault(record.workload.tenant, {})
-        levels.setdefault(record.workload.priority, {})[name] = record.running
+        self.table.add(record.running)
         self.timeline.start(record.workload.tenant, _gpu_milli(decision.bindings))
         self._push(now + record.work_left, FINISH, name, record.row.attempts + 1)
         if self.by_service:
@@ -418,8 +415,7 @@ class ReplayEngine:
         name = record.workload.name
         self.running.pop(name, None)
         self.preempting.pop(name, None)
-        self.by_level.get(record.workload.tenant, {}).get(record.workload.priority, {}).pop(
-            name, None)
+        self.table.remove(name)
 
     def _charge(self, tenant: str, usage: Mapping[str, int], sign: int) -> None:
         held = self.usage.setdefault(tenant, {})

@@ -51,10 +51,14 @@ class Placer:
         return codes
 
     def could_fit(
-        self, state: ClusterState, workload: Workload, freed: Sequence[Binding] = ()
+        self,
+        state: ClusterState,
+        workload: Workload,
+        freed: Sequence[Binding] = (),
+        free: Free | None = None,
     ) -> bool:
         """False when the cluster provably has no room for the whole workload now
-        (with the pods of ``freed`` gone, if given).
+        (with the pods of ``freed`` gone, or with ``free`` room, if given).
 
         A necessary condition, cheap next to a gang placement: for each pod
         shape of the workload, the nodes it may use must hold as many pods of
@@ -62,7 +66,8 @@ class Placer:
         """
         if len(workload.pods) == 1:
             return True
-        free = Free.of(state, freed)
+        if free is None:
+            free = Free.of(state, freed)
         counts: dict[PodShape, int] = {}
         for pod in workload.pods:
             counts[pod] = counts.get(pod, 0) + 1
@@ -140,12 +145,35 @@ class Placer:
 
 
 class Free:
-    """Free CPU, memory and per-GPU milli of every node, possibly with some pods gone."""
+    """Free CPU, memory and per-GPU milli (and GPU memory) of every node, possibly
+    with some pods gone."""
 
-    __slots__ = ("cpu", "gpu", "memory")
+    __slots__ = ("cpu", "gpu", "gpu_memory", "memory")
 
-    def __init__(self, cpu: IntArray, memory: IntArray, gpu: IntArray) -> None:
+    def __init__(
+        self, cpu: IntArray, memory: IntArray, gpu: IntArray, gpu_memory: IntArray | None = None
+    ) -> None:
         self.cpu, self.memory, self.gpu = cpu, memory, gpu
+        self.gpu_memory = gpu_memory
+
+    def fits_somewhere(self, state: ClusterState, pod: PodShape, allowed: BoolArray) -> bool:
+        """Whether some allowed node that is up has room for ``pod`` (``fit_mask``'s rules)."""
+        mask = self.cpu >= pod.cpu
+        mask &= state.up
+        mask &= self.memory >= pod.memory
+        mask &= allowed
+        if pod.gpu_count:
+            if pod.gpu_milli >= MILLI:
+                mask &= (self.gpu == MILLI).sum(axis=1) >= pod.gpu_count
+                if pod.gpu_memory:
+                    mask &= state.gpu_memory >= pod.gpu_memory
+            else:
+                ok = self.gpu >= pod.gpu_milli
+                if pod.gpu_memory:
+                    gpu_memory = state.gpu_mem_free if self.gpu_memory is None else self.gpu_memory
+                    ok &= gpu_memory >= pod.gpu_memory
+                mask &= ok.any(axis=1)
+        return bool(mask.any())
 
     @classmethod
     def of(cls, state: ClusterState, gone: Sequence[Binding] = ()) -> Free:
