@@ -247,6 +247,14 @@ class TrainingJobSpec(Spec):
         min_length=1,
         description="argv of every pod, run without a shell; needed to run, not to simulate",
     )
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^\s]+$",
+        description="container image of every pod on Kubernetes; the embedded runtime runs "
+        "the command on the host and ignores it",
+    )
     working_dir: str | None = Field(
         default=None,
         description="where the pods run (shared); default: a private folder per pod. "
