@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from shoal.cli import jobs as jobs_command
+from shoal.cli import operator as operator_command
 from shoal.cli import run as run_command
 from shoal.cli import schema as schema_command
 from shoal.cli import server as server_command
@@ -64,6 +65,7 @@ app.command("create")(jobs_command.create)
 app.command("sim")(sim_command.sim)
 app.command("validate")(validate_command.validate)
 app.command("policies")(sim_command.policies)
+app.command("operator")(operator_command.operator)
 schema_command.register(app)  # shoal schema, shoal explain
 
 err = Console(stderr=True)

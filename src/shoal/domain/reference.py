@@ -67,6 +67,25 @@ NODE_LABELS: tuple[tuple[str, str], ...] = (
     ),
 )
 
+KUBERNETES_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("shoal.dev/job", "label on Pods", "the TrainingJob the pod belongs to (Shoal writes it)"),
+    ("shoal.dev/pod-uid", "label on Pods",
+     "Shoal's id of the pod, by which the operator finds it again after a restart"),
+    ("shoal.dev/rank", "annotation on Pods", "the pod's rank in its job (also `RANK`)"),
+    ("shoal.dev/gpu-index", "annotation on Pods",
+     "the GPU indices Shoal's placement chose on the node, comma-separated"),
+    ("shoal.dev/gpu-fraction", "annotation on Pods",
+     "the share of one GPU a fractional pod may use, for a GPU-sharing device plugin"),
+    ("shoal.dev/stop", "finalizer on TrainingJobs",
+     "keeps a deleted job until its pods are stopped and its quota is released"),
+    ("shoal.dev/tenant", "label on the objects made for a Tenant", "the tenant's name"),
+    ("shoal.dev/role", "label on Namespaces (read)",
+     "`router`: the tenants' network policies let traffic in from this namespace"),
+    ("shoal.dev/pool", "label on Nodes (read)",
+     "the node's pool name in Shoal's views (default `kubernetes`)"),
+)
+"""Labels, annotations and finalizers of the Kubernetes runtime (docs/kubernetes.md)."""
+
 _MEMORY = MEMORY_QUANTITY[1]["pattern"]
 _MAP_KEYS = {"gpus": "<gpuModel>"}
 """Placeholder for the keys of a map field, by the field's name; otherwise ``<key>``."""
@@ -296,6 +315,17 @@ def render() -> str:
         "| --- | --- |",
     ]
     lines += [f"| `{key}` | {_cell(value)} |" for key, value in NODE_LABELS]
+    lines += [
+        "",
+        "## Kubernetes labels and annotations",
+        "",
+        "What the operator writes on (or reads from) cluster objects",
+        "(see docs/kubernetes.md).",
+        "",
+        "| Key | On | Meaning |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| `{key}` | {on} | {_cell(text)} |" for key, on, text in KUBERNETES_KEYS]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,249 @@
+"""The operator's one seam to the API server: plain dicts in and out, Shoal's errors.
+
+``Kube`` reads and writes any kind by name (``kube.get("NetworkPolicy",
+"shoal-default-deny", "team-a")``) through the official ``kubernetes``
+client: core kinds through ``CoreV1Api``, every other group through
+``CustomObjectsApi`` (which serves any ``/apis/<group>/<version>`` path, so
+a version the client library has no class for, such as ``policy/v1beta1``,
+works too).  Which group version each kind uses is chosen by discovery
+(``discovery.py``).  Bodies are the JSON the server sends, never the
+client's models, so what is compared and written back is exactly what the
+server stored.
+
+API errors become ``shoal.errors`` with the server's message and the cause
+chained: 409 -> ``ConflictError`` (``AlreadyExistsError`` for a name in
+use), 404 -> ``NotFoundError``, 400/422 -> ``ManifestError``, 401/403 ->
+``Forbidden``, anything else (5xx, 429, no answer) -> ``UnavailableError``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes import watch as k8s_watch
+from urllib3.exceptions import HTTPError
+
+from shoal.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    Forbidden,
+    ManifestError,
+    NotFoundError,
+    ShoalError,
+    UnavailableError,
+    UnreachableError,
+)
+from shoal.runtime.kubernetes.discovery import ApiKind, Discovery
+
+Body = dict[str, Any]
+
+TIMEOUT_S = 30.0
+"""Per request; a watch sets its own."""
+
+# The client's functions are untyped or typed as the models that
+# ``_preload_content=False`` skips: used through these names.
+_new_client: Callable[..., Any] = k8s_config.new_client_from_config
+_Watch: Callable[[], Any] = k8s_watch.Watch
+
+_CUSTOM_VERBS = {
+    "read": "get_{scope}_custom_object",
+    "list": "list_{scope}_custom_object",
+    "create": "create_{scope}_custom_object",
+    "replace": "replace_{scope}_custom_object",
+    "replace_status": "replace_{scope}_custom_object_status",
+    "delete": "delete_{scope}_custom_object",
+}
+
+
+class Kube:
+    """Get, list, create, replace and delete objects of any served kind, as dicts."""
+
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        self.api_client: Any = api_client
+        self._core = k8s.CoreV1Api(api_client)
+        self._custom = k8s.CustomObjectsApi(api_client)
+        self.discovery = Discovery(self._resources)
+
+    @classmethod
+    def from_kubeconfig(cls, path: str, context: str | None = None) -> Kube:
+        try:
+            api_client = _new_client(config_file=path, context=context)
+        except (OSError, yaml.YAMLError, k8s_config.ConfigException) as exc:
+            raise ManifestError(f"cannot use kubeconfig {path}: {exc}") from exc
+        return cls(api_client)
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    # --- reads -------------------------------------------------------------------
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> Body | None:
+        """The object, or None when there is none."""
+        try:
+            return self._call("read", kind, namespace, name=name)
+        except NotFoundError:
+            return None
+
+    def list(self, kind: str, namespace: str | None = None, labels: str = "") -> list[Body]:
+        """Objects of ``kind`` (in ``namespace``, or everywhere), optionally by label selector."""
+        items: list[Body] = self.listing(kind, namespace, labels).get("items", [])
+        return items
+
+    def listing(self, kind: str, namespace: str | None = None, labels: str = "",
+                fields: str = "") -> Body:
+        """The whole list object, whose ``metadata.resourceVersion`` a watch resumes from."""
+        return self._call("list", kind, namespace, label_selector=labels, field_selector=fields)
+
+    def watch(self, kind: str, namespace: str | None = None, *, since: str, timeout_s: float,
+              labels: str = "", fields: str = "") -> Iterator[tuple[str, Body]]:
+        """``(type, object)`` events after resourceVersion ``since``, for up to ``timeout_s``.
+
+        Types are ADDED, MODIFIED, DELETED and ERROR (the object is then a
+        Status; 410 means ``since`` is too old: list again).
+        """
+        target = self.discovery.kind(kind)
+        method, args, where = self._method("list", target, namespace)
+        selectors = {k: v for k, v in (("label_selector", labels), ("field_selector", fields)) if v}
+        stream = _Watch().stream(
+            method, *args, resource_version=since, timeout_seconds=max(1, int(timeout_s)),
+            _request_timeout=timeout_s + TIMEOUT_S, **where, **selectors)
+        with errors(f"watch {kind}"):
+            for event in stream:
+                yield str(event["type"]), dict(event["raw_object"])
+
+    # --- writes ------------------------------------------------------------------
+
+    def create(self, body: Body) -> Body:
+        return self._call("create", body["kind"], _namespace(body), body=body)
+
+    def replace(self, body: Body) -> Body:
+        """PUT ``body``; fenced by its ``metadata.resourceVersion`` when it has one."""
+        return self._call("replace", body["kind"], _namespace(body),
+                          name=body["metadata"]["name"], body=body)
+
+    def replace_status(self, body: Body) -> Body:
+        """PUT the status subresource (custom kinds); fenced by the resourceVersion."""
+        return self._call("replace_status", body["kind"], _namespace(body),
+                          name=body["metadata"]["name"], body=body)
+
+    def delete(self, kind: str, name: str, namespace: str | None = None,
+               grace_seconds: int | None = None) -> bool:
+        """Ask for deletion (dependents in the background); False when it was already gone.
+
+        ``grace_seconds``: how long the kubelet waits between SIGTERM and
+        SIGKILL (pods; None: the pod's own ``terminationGracePeriodSeconds``).
+        """
+        try:
+            self._call("delete", kind, namespace, name=name, propagation_policy="Background",
+                       grace_period_seconds=grace_seconds)
+        except NotFoundError:
+            return False
+        return True
+
+    def bind(self, pod: str, namespace: str, node: str) -> None:
+        """Bind an unscheduled pod to ``node`` (the Binding subresource, as schedulers do)."""
+        body = {"apiVersion": "v1", "kind": "Binding",
+                "metadata": {"name": pod, "namespace": namespace},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+        with errors(f"bind Pod {namespace}/{pod} to {node}"):
+            # Raw: the client's Binding model cannot read the server's answer back.
+            self._core.create_namespaced_pod_binding(
+                pod, namespace, body,  # type: ignore[arg-type]  # a dict is sent as it is
+                _preload_content=False, _request_timeout=TIMEOUT_S)
+
+    # --- plumbing ----------------------------------------------------------------
+
+    def _call(self, verb: str, kind: str, namespace: str | None, **kwargs: Any) -> Body:
+        target = self.discovery.kind(kind)
+        if target.namespaced and namespace is None and verb != "list":
+            raise ManifestError(f"{kind} is namespaced: name its namespace")
+        method, args, where = self._method(verb, target, namespace)
+        kwargs = {k: v for k, v in {**kwargs, **where}.items() if v not in ("", None)}
+        with errors(f"{verb} {kind} {kwargs.get('name', '')}".rstrip()):
+            response = method(*args, **kwargs, _preload_content=False,
+                              _request_timeout=TIMEOUT_S)
+            raw = response.data
+        decoded: Body = json.loads(raw) if raw else {}
+        return decoded
+
+    def _method(self, verb: str, target: ApiKind, namespace: str | None
+                ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """The client method for ``verb`` on ``target``, its leading arguments and namespace.
+
+        Core methods take the namespace by keyword (after the name); custom
+        object methods take group, version, namespace and plural first.
+        """
+        scoped = target.namespaced and namespace is not None
+        everywhere = verb == "list" and target.namespaced and namespace is None
+        if target.group == "":
+            name = (f"list_{target.snake}_for_all_namespaces" if everywhere else
+                    f"{verb}_{'namespaced_' if scoped else ''}{target.snake}")
+            return getattr(self._core, name), (), ({"namespace": namespace} if scoped else {})
+        gvp = (target.group, target.version)
+        if everywhere:
+            return self._custom.list_custom_object_for_all_namespaces, (*gvp, target.plural), {}
+        name = _CUSTOM_VERBS[verb].format(scope="namespaced" if scoped else "cluster")
+        where = (namespace,) if scoped else ()
+        return getattr(self._custom, name), (*gvp, *where, target.plural), {}
+
+    def _resources(self, group_version: str) -> Body | None:
+        """The server's resource list of one group version; None when it is not served."""
+        group, _, version = group_version.rpartition("/")
+        response: Any
+        with errors(f"discover {group_version}"):
+            try:
+                if group == "":
+                    response = self._core.get_api_resources(_preload_content=False)
+                else:
+                    response = self._custom.get_api_resources(
+                        group, version, _preload_content=False, _request_timeout=TIMEOUT_S)
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        found: Body = json.loads(response.data)
+        return found
+
+
+def _namespace(body: Body) -> str | None:
+    namespace: str | None = body.get("metadata", {}).get("namespace")
+    return namespace
+
+
+@contextmanager
+def errors(doing: str) -> Iterator[None]:
+    """Turn the client's exceptions into Shoal's, naming what was being done."""
+    try:
+        yield
+    except k8s.ApiException as exc:
+        raise api_error(exc, doing) from exc
+    except HTTPError as exc:
+        raise UnreachableError(f"{doing}: the API server does not answer ({exc})") from exc
+
+
+def api_error(exc: k8s.ApiException, doing: str) -> ShoalError:
+    status, reason, message = _status(exc)
+    text = f"{doing}: {message}"
+    kinds: dict[int, type[ShoalError]] = {
+        404: NotFoundError, 400: ManifestError, 422: ManifestError,
+        401: Forbidden, 403: Forbidden,
+    }
+    if status == 409:
+        return AlreadyExistsError(text) if reason == "AlreadyExists" else ConflictError(text)
+    return kinds.get(status, UnavailableError)(text)
+
+
+def _status(exc: k8s.ApiException) -> tuple[int, str, str]:
+    """HTTP status, the Status object's reason and message (the body may not be JSON)."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        body = {}
+    message = body.get("message") or exc.reason or f"HTTP {exc.status}"
+    return int(exc.status or 0), str(body.get("reason", "")), str(message)

@@ -1,0 +1,365 @@
+"""Kubernetes objects <-> the control core's records, as pure functions of JSON.
+
+* A Node becomes a ``domain.nodes.Node``: allocatable CPU, memory and
+  ``nvidia.com/gpu``, the GPU model from the label NVIDIA's GPU feature
+  discovery sets (``nvidia.com/gpu.product``), GPU memory from
+  ``nvidia.com/gpu.memory`` (MiB), labels and taints.
+* A TrainingJob object *is* the job record: its spec is the manifest, its
+  ``status`` holds everything the state machine keeps (``status.py``), and its
+  ``metadata.resourceVersion`` is the version every write is fenced by.
+* A pod of an attempt becomes a Pod object that only Shoal schedules
+  (``schedulerName: shoal``), bound later through the Binding API.
+
+No I/O here, and no ``kubernetes`` import: the adapters do the calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from shoal.control.records import JobRow, PodRecord, PodStatus
+from shoal.domain.base import API_VERSION
+from shoal.domain.job import TrainingJobSpec
+from shoal.domain.names import job_key
+from shoal.domain.nodes import Node, Taint
+from shoal.domain.resources import MILLI
+from shoal.runtime.kubernetes import quantities
+from shoal.runtime.kubernetes.status import JobControl, PodEntry, TrainingJobStatus
+
+__all__ = [
+    "FINALIZER",
+    "GPU",
+    "GPU_MEMORY_LABEL",
+    "GPU_MODEL_LABEL",
+    "JOB_LABEL",
+    "SCHEDULER",
+    "UID_LABEL",
+    "JobObject",
+    "foreign_usage",
+    "node_of",
+    "nodes_of",
+    "pod_manifest",
+    "pod_name",
+    "pod_status",
+    "quantity_mib",
+    "quantity_milli",
+    "row_of",
+    "status_of",
+]
+
+SCHEDULER = "shoal"
+"""``spec.schedulerName`` of every pod Shoal places: other schedulers leave them alone."""
+GPU = "nvidia.com/gpu"
+GPU_MODEL_LABEL = "nvidia.com/gpu.product"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+JOB_LABEL = "shoal.dev/job"
+UID_LABEL = "shoal.dev/pod-uid"
+RANK_ANNOTATION = "shoal.dev/rank"
+FINALIZER = "shoal.dev/stop"
+"""Keeps a deleted TrainingJob until its pods are stopped and its quota is released."""
+DEFAULT_IMAGE = "busybox:1.36"
+"""The container image of a job that names none (the embedded runtime needs none)."""
+
+# Annotations that tools write on every object: not the job's, and large.
+_TOOL_ANNOTATIONS = ("kubectl.kubernetes.io/", "kopf.zalando.org/")
+
+def quantity_milli(text: str | int | float) -> int:
+    """A CPU quantity (``"32"``, ``"500m"``) in millicores."""
+    return round(quantities.value(text) * MILLI)
+
+
+def quantity_mib(text: str | int | float) -> int:
+    """A memory quantity (``"256Gi"``, ``"1e9"``) in MiB, rounded down."""
+    return int(quantities.value(text) // 2**20)
+
+
+def node_of(obj: Mapping[str, Any]) -> Node | None:
+    """The schedulable node a Node object describes; None when it takes no pods.
+
+    A node that is cordoned or not Ready takes no new pods, so it is left out
+    (the pods on it still hold what they use: the controller binds them from
+    its own records).
+    """
+    meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status", {})
+    if spec.get("unschedulable"):
+        return None
+    ready = [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    if ready and ready[-1].get("status") != "True":
+        return None
+    allocatable = status.get("allocatable") or {}
+    labels: dict[str, str] = dict(meta.get("labels") or {})
+    gpus = int(quantities.value(allocatable.get(GPU, 0)))
+    taints = tuple(
+        Taint(key=t["key"], value=t.get("value") or "", effect=t.get("effect", "NoSchedule"))
+        for t in spec.get("taints") or []
+        if t.get("effect") in ("NoSchedule", "PreferNoSchedule", "NoExecute")
+    )
+    memory = labels.get(GPU_MEMORY_LABEL, "")
+    return Node(
+        name=meta["name"],
+        pool=labels.get("shoal.dev/pool", "kubernetes"),
+        cpu=quantity_milli(allocatable.get("cpu", 0)),
+        memory=quantity_mib(allocatable.get("memory", 0)),
+        gpu_model=labels.get(GPU_MODEL_LABEL, "unknown") if gpus else "",
+        gpu_count=gpus,
+        gpu_memory=int(memory) if memory.isdigit() else 0,
+        labels=labels,
+        taints=taints,
+    )
+
+
+_DONE = ("Succeeded", "Failed")
+
+
+def foreign_usage(pods: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, int, int]]:
+    """Per node: CPU (milli), memory (MiB) and whole GPUs requested by pods Shoal did not place."""
+    used: dict[str, tuple[int, int, int]] = {}
+    for pod in pods:
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        node = spec.get("nodeName")
+        if not node or JOB_LABEL in (meta.get("labels") or {}):
+            continue
+        if (pod.get("status") or {}).get("phase") in _DONE:
+            continue
+        cpu = memory = gpus = 0
+        for container in spec.get("containers") or []:
+            resources = container.get("resources") or {}
+            requests = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+            cpu += quantity_milli(requests.get("cpu", 0))
+            memory += quantity_mib(requests.get("memory", 0))
+            gpus += int(quantity_milli(requests.get(GPU, 0)) // 1000)
+        was = used.get(node, (0, 0, 0))
+        used[node] = (was[0] + cpu, was[1] + memory, was[2] + gpus)
+    return used
+
+
+def nodes_of(nodes: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]) -> list[Node]:
+    """Schedulable nodes, by name, with the room others' pods hold taken off."""
+    used = foreign_usage(pods)
+    out: list[Node] = []
+    for obj in sorted(nodes, key=lambda n: n["metadata"]["name"]):
+        node = node_of(obj)
+        if node is None:
+            continue
+        cpu, memory, gpus = used.get(node.name, (0, 0, 0))
+        if cpu or memory or gpus:
+            count = max(0, node.gpu_count - gpus)
+            node = node.model_copy(update={
+                "cpu": max(0, node.cpu - cpu),
+                "memory": max(0, node.memory - memory),
+                "gpu_count": count,
+                "gpu_model": node.gpu_model if count else "",
+            })
+        out.append(node)
+    return out
+
+
+class JobObject:
+    """What the adapters need of one TrainingJob object besides its record."""
+
+    __slots__ = ("annotations", "name", "namespace", "resource_version", "uid")
+
+    def __init__(self, obj: Mapping[str, Any]) -> None:
+        meta = obj["metadata"]
+        self.name: str = meta["name"]
+        self.namespace: str = meta.get("namespace", "")
+        self.uid: str = meta.get("uid", "")
+        self.resource_version: str = meta.get("resourceVersion", "0")
+        self.annotations: dict[str, str] = {
+            k: v for k, v in (meta.get("annotations") or {}).items()
+            if not k.startswith(_TOOL_ANNOTATIONS)
+        }
+
+
+def _epoch(text: str | None) -> float:
+    if not text:
+        return 0.0
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def row_of(obj: Mapping[str, Any]) -> JobRow:
+    """The ``JobRow`` a TrainingJob object stands for (its status, or a new job's)."""
+    meta, spec = obj["metadata"], obj.get("spec") or {}
+    job = JobObject(obj)
+    status = TrainingJobStatus.model_validate(obj.get("status") or {})
+    control = status.control
+    manifest = {
+        "apiVersion": API_VERSION,
+        "kind": "TrainingJob",
+        "metadata": {"name": job.name, "labels": dict(meta.get("labels") or {}),
+                     "annotations": job.annotations},
+        "spec": dict(spec),
+    }
+    tenant = str(spec.get("tenant", job.namespace))
+    pods = tuple(
+        PodRecord(index=p.index, node=p.node, gpus=tuple(p.gpus), uid=p.uid,
+                  started_at=p.started_at, state=p.state, handle=p.name or None,
+                  exit_code=p.exit_code, message=p.message)
+        for p in status.pods
+    )
+    return JobRow(
+        name=job_key(tenant, job.name),
+        tenant=tenant,
+        manifest=manifest,
+        phase=status.phase or "Pending",
+        version=int(job.resource_version),
+        attempts=status.attempts,
+        preemptions=status.preemptions,
+        lost_seconds=control.lost_seconds,
+        submit_time=control.submit_time or _epoch(meta.get("creationTimestamp")),
+        start_time=control.start_time,
+        finish_time=control.finish_time,
+        reason=status.reason,
+        pods=pods,
+        next_attempt_at=control.next_attempt_at,
+        deleted=bool(meta.get("deletionTimestamp")),
+        stop_cause=control.stop_cause,
+        stop_deadline=control.stop_deadline,
+        preemptor=control.preemptor,
+        checkpoint_time=control.checkpoint_time,
+        checkpoint_step=control.checkpoint_step,
+        resumed_from=control.resumed_from,
+        failures=status.failures,
+        ran_seconds=control.ran_seconds,
+        queued_at=control.queued_at,
+    )
+
+
+def _rfc3339(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def status_of(job: JobRow, gpu_milli: int) -> dict[str, Any]:
+    """The ``status`` to write for ``job``, which holds ``gpu_milli`` milli-GPUs.
+
+    Defaults are left out: the 1.20 API server reads an empty string in a
+    custom resource as null and refuses it.
+    """
+    holding = job.phase in ("Running", "Preempting", "Stopping")
+    status = TrainingJobStatus(
+        phase=job.phase,
+        admitted=holding,
+        gpus=gpu_milli / MILLI if holding else 0,
+        reason=job.reason,
+        attempts=job.attempts,
+        preemptions=job.preemptions,
+        failures=job.failures,
+        start_time=_rfc3339(job.start_time),
+        completion_time=_rfc3339(job.finish_time),
+        pods=[
+            PodEntry(index=p.index, name=p.handle or "", node=p.node, gpus=list(p.gpus),
+                     uid=p.uid, started_at=p.started_at, state=p.state,
+                     exit_code=p.exit_code, message=p.message)
+            for p in job.pods
+        ],
+        control=JobControl(
+            stop_cause=job.stop_cause, stop_deadline=job.stop_deadline,
+            preemptor=job.preemptor, next_attempt_at=job.next_attempt_at,
+            lost_seconds=job.lost_seconds, ran_seconds=job.ran_seconds,
+            submit_time=job.submit_time, start_time=job.start_time,
+            finish_time=job.finish_time, queued_at=job.queued_at,
+            checkpoint_time=job.checkpoint_time, checkpoint_step=job.checkpoint_step,
+            resumed_from=job.resumed_from,
+        ),
+    )
+    dumped: dict[str, Any] = status.model_dump(
+        mode="json", by_alias=True, exclude_defaults=True
+    )
+    return dumped
+
+
+def pod_name(job: JobObject, pod: PodRecord) -> str:
+    """A DNS-1123 name unique per pod of every attempt (the uid makes it so)."""
+    return f"{job.name[:40].rstrip('-.')}-{pod.uid[:12]}".lower()
+
+
+def pod_manifest(
+    job: JobObject, row: JobRow, pod: PodRecord, spec: TrainingJobSpec, grace_seconds: float
+) -> dict[str, Any]:
+    """The Pod object for ``pod`` of ``row``; bound later, by ``Pods.start``, to ``pod.node``."""
+    pods = [ps for ps in spec.pod_sets for _ in range(ps.count)]
+    pod_set = pods[pod.index]
+    resources = pod_set.resources
+    requests: dict[str, str] = {}
+    if resources.cpu:
+        requests["cpu"] = f"{resources.cpu}m"
+    if resources.memory:
+        requests["memory"] = f"{resources.memory}Mi"
+    gpu = resources.gpu
+    annotations = {**job.annotations, RANK_ANNOTATION: str(pod.index)}
+    limits: dict[str, str] = {}
+    if gpu is not None and (gpu.count or gpu.fraction):
+        if gpu.fraction is not None and gpu.fraction < 1:
+            # A share of one GPU: the device plugin that shares GPUs reads these
+            # (see docs/kubernetes.md); whole GPUs are plain nvidia.com/gpu.
+            annotations["shoal.dev/gpu-fraction"] = str(gpu.fraction)
+            annotations["shoal.dev/gpu-index"] = ",".join(map(str, pod.gpus))
+        else:
+            limits[GPU] = str(gpu.count)
+            annotations["shoal.dev/gpu-index"] = ",".join(map(str, pod.gpus))
+    env = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+    env += [
+        {"name": "RANK", "value": str(pod.index)},
+        {"name": "WORLD_SIZE", "value": str(len(pods))},
+        {"name": "SHOAL_JOB", "value": row.name},
+    ]
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": spec.image or DEFAULT_IMAGE,
+        "env": env,
+        "resources": {"requests": {**requests, **limits}, "limits": limits}
+        if limits else {"requests": requests},
+    }
+    if spec.command:
+        container["command"] = list(spec.command)
+    if spec.working_dir:
+        container["workingDir"] = spec.working_dir
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(job, pod),
+            "namespace": job.namespace,
+            "labels": {JOB_LABEL: job.name, UID_LABEL: pod.uid},
+            "annotations": annotations,
+            "ownerReferences": [{
+                "apiVersion": API_VERSION, "kind": "TrainingJob", "name": job.name,
+                "uid": job.uid, "controller": True, "blockOwnerDeletion": True,
+            }] if job.uid else [],
+        },
+        "spec": {
+            "schedulerName": SCHEDULER,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": max(0, round(grace_seconds)),
+            "containers": [container],
+        },
+    }
+
+
+def pod_status(obj: Mapping[str, Any] | None) -> PodStatus:
+    """How a Pod object stands, in the control core's words (None: it is gone)."""
+    if obj is None:
+        return PodStatus("lost", None, "the pod is gone")
+    status = obj.get("status") or {}
+    phase = status.get("phase", "Pending")
+    terminated = None
+    for container in status.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        if "terminated" in state:
+            terminated = state["terminated"]
+    code = terminated.get("exitCode") if terminated else None
+    message = (terminated or {}).get("message") or status.get("message") or ""
+    if phase == "Succeeded":
+        return PodStatus("succeeded", 0 if code is None else int(code), message)
+    if phase == "Failed":
+        reason = (terminated or {}).get("reason") or status.get("reason") or ""
+        if reason == "OOMKilled":
+            return PodStatus("oom_killed", code, message or "killed: out of memory")
+        if code in (137, 143):
+            return PodStatus("signalled", code, message or f"killed by a signal (exit {code})")
+        return PodStatus("failed", 1 if code is None else int(code), message or reason)
+    if phase == "Unknown":
+        return PodStatus("lost", None, "its node stopped reporting")
+    return PodStatus("running", None, "")

@@ -1,0 +1,196 @@
+"""The store port on Kubernetes: TrainingJob objects are the job records.
+
+``list_jobs`` reads every TrainingJob (``convert.row_of``); ``save_job`` PUTs
+the status subresource with the resourceVersion the record was read at, so
+the API server fences every write exactly as the embedded store's versions
+do: a stale writer gets 409, which is ``ConflictError``, and nothing changes.
+Tenants are the Tenant objects' specs.
+
+A TrainingJob lives in its tenant's namespace; one whose ``spec.tenant``
+names another namespace is never admitted: its status says why.
+
+Events are Kubernetes Events on the TrainingJob, created right after the
+status write that carries the transition (a crash between the two loses the
+event, never the transition: the status is the record).  Deletion: the
+store puts a finalizer on every job it sees, so a deleted TrainingJob stays
+(``JobRow.deleted``) until the control loop has stopped its pods and the job
+ends; ``finish_deleted`` then lets it go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from shoal.control.cluster_view import workload_of
+from shoal.control.records import FINAL_PHASES, EventRecord, JobRow
+from shoal.domain.base import API_VERSION
+from shoal.errors import NotFoundError
+from shoal.runtime.kubernetes.client import Body, Kube
+from shoal.runtime.kubernetes.convert import FINALIZER, JobObject, row_of, status_of
+
+__all__ = ["KubeStore"]
+
+_EVENT_MESSAGE_MAX = 1024
+
+
+class KubeStore:
+    """Implements ``control.ports.Store`` over TrainingJob and Tenant objects."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self._objects: dict[str, JobObject] = {}
+
+    # -- tenants ----------------------------------------------------------------
+
+    def tenants(self) -> dict[str, dict[str, Any]]:
+        return {
+            item["metadata"]["name"]: dict(item.get("spec") or {})
+            for item in self.kube.list("Tenant")
+        }
+
+    # -- jobs -------------------------------------------------------------------
+
+    def list_jobs(
+        self, tenant: str | None = None, phases: Collection[str] | None = None
+    ) -> list[JobRow]:
+        """Every TrainingJob (deleted ones too, until they let go), oldest first."""
+        rows: list[JobRow] = []
+        for item in self.kube.list("TrainingJob"):
+            row = self._remember(item)
+            if row is None:
+                continue
+            if tenant is not None and row.tenant != tenant:
+                continue
+            if phases is not None and row.phase not in phases:
+                continue
+            rows.append(row)
+        rows.sort(key=lambda r: (r.submit_time, r.name))
+        return rows
+
+    def get_job(self, name: str) -> JobRow:
+        known = self._objects.get(name)
+        tenant, _, short = name.rpartition("/")
+        found = self.kube.get("TrainingJob", short, known.namespace if known else tenant)
+        row = None if found is None else self._remember(found)
+        if row is None:
+            raise NotFoundError(f"job '{name}' not found")
+        return row
+
+    def _remember(self, item: Body) -> JobRow | None:
+        meta = item["metadata"]
+        job = JobObject(item)
+        spec = item.get("spec") or {}
+        if spec.get("tenant") != job.namespace:
+            return None  # not admitted, ever: see ``misplaced``
+        if not meta.get("deletionTimestamp") and FINALIZER not in (meta.get("finalizers") or []):
+            item = self._hold(item)
+            job = JobObject(item)
+        row = row_of(item)
+        self._objects[row.name] = job
+        return row
+
+    def misplaced(self) -> list[Body]:
+        """TrainingJobs whose ``spec.tenant`` is not their namespace."""
+        return [
+            item for item in self.kube.list("TrainingJob")
+            if (item.get("spec") or {}).get("tenant") != item["metadata"].get("namespace")
+        ]
+
+    def _hold(self, item: Body) -> Body:
+        """Add the finalizer (fenced: a job changed meanwhile is read again next pass)."""
+        meta = item["metadata"]
+        body = {
+            "apiVersion": API_VERSION, "kind": "TrainingJob",
+            "metadata": {**meta, "finalizers": [*(meta.get("finalizers") or []), FINALIZER]},
+            "spec": item.get("spec") or {},
+        }
+        updated: Body = self.kube.replace(body)
+        return updated
+
+    def save_job(self, job: JobRow, events: Sequence[EventRecord] = ()) -> JobRow:
+        """PUT the job's status, fenced by the resourceVersion it was read at."""
+        known = self._objects.get(job.name)
+        if known is None:
+            raise NotFoundError(f"job '{job.name}' not found")
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": "TrainingJob",
+            "metadata": {"name": known.name, "namespace": known.namespace,
+                         "resourceVersion": str(job.version)},
+            "status": status_of(job, workload_of(job).gpu_milli),
+        }
+        saved = self.kube.replace_status(body)
+        row = self._remember(saved)
+        assert row is not None
+        for event in events:
+            self._event(known, event.time, event.kind, dict(event.data))
+        return row
+
+    def finish_deleted(self) -> int:
+        """Let deleted jobs that have ended and hold nothing go; returns how many."""
+        done = 0
+        for item in self.kube.list("TrainingJob"):
+            meta = item["metadata"]
+            if not meta.get("deletionTimestamp") or FINALIZER not in (meta.get("finalizers") or []):
+                continue
+            row = row_of(item)
+            if row.phase not in FINAL_PHASES or any(not p.done for p in row.pods):
+                continue
+            body = {
+                "apiVersion": API_VERSION, "kind": "TrainingJob",
+                "metadata": {**meta, "finalizers": [
+                    f for f in meta.get("finalizers") or [] if f != FINALIZER]},
+                "spec": item.get("spec") or {},
+            }
+            try:
+                self.kube.replace(body)
+            except NotFoundError:
+                continue
+            done += 1
+        return done
+
+    # -- events -----------------------------------------------------------------
+
+    def append_event(
+        self, time: float, kind: str, job: str | None, tenant: str | None, data: dict[str, Any]
+    ) -> int:
+        known = self._objects.get(job or "")
+        if known is None:
+            return 0
+        self._event(known, time, kind, data)
+        return 0
+
+    def _event(self, job: JobObject, time: float, kind: str, data: dict[str, Any]) -> None:
+        """A core/v1 Event on the TrainingJob; its name is derived, so a retry is a no-op."""
+        stamp = datetime.fromtimestamp(time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        text = ", ".join(f"{k}={v}" for k, v in sorted(data.items()))[:_EVENT_MESSAGE_MAX]
+        digest = hashlib.blake2b(f"{job.uid}{time}{kind}{text}".encode(), digest_size=6).hexdigest()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{job.name[:200]}.{digest}", "namespace": job.namespace},
+            "involvedObject": {"apiVersion": API_VERSION, "kind": "TrainingJob",
+                               "name": job.name, "namespace": job.namespace, "uid": job.uid},
+            "reason": "".join(part.capitalize() for part in kind.split("_")) or "Event",
+            "message": text or kind,
+            "type": "Warning" if kind in ("error", "failed", "preempted") else "Normal",
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "source": {"component": "shoal"},
+        }
+        try:
+            self.kube.create(body)
+        except Exception:  # an event is a note for people: never worth failing a job over
+            return
+
+    # -- for the pods port --------------------------------------------------------
+
+    def object_of(self, row: JobRow) -> JobObject:
+        known = self._objects.get(row.name)
+        if known is None:
+            raise NotFoundError(f"job '{row.name}' not found")
+        return known

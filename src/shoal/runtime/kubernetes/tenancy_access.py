@@ -1,0 +1,74 @@
+"""Who may do what in a tenant's namespace, and the priority classes its pods use.
+
+Members.  The Tenant model names no people: who belongs to a tenant is the
+cluster's business (its authenticator puts users into groups).  Shoal binds
+the Role ``shoal-member`` to the Group ``shoal:tenant:<name>`` in the
+tenant's namespace: members manage TrainingJobs there and read their pods,
+logs, Jobs, Services and events, as a tenant's token does in the embedded
+runtime.  They cannot write status, quotas, policies or RBAC.
+
+Priorities.  Pods carry a ``priorityClassName``; Shoal writes one
+PriorityClass per built-in priority (``shoal-low``, ``shoal-normal``,
+``shoal-high``, ``shoal-critical``, values from
+``shoal.domain.priority``) that the tenant may use (all of them when its
+``allowedPriorities`` is unset).  They are cluster-wide and shared by
+tenants, so deleting a tenant keeps them.  ``preemptionPolicy: Never``:
+Shoal preempts, the default scheduler must not do it on Shoal's behalf.
+Integer priorities that no built-in class has are not covered yet.  Pure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoal.domain.priority import BUILTIN_CLASSES
+from shoal.domain.tenant import Tenant
+
+Body = dict[str, Any]
+
+ROLE_NAME = "shoal-member"
+BINDING_NAME = "shoal-members"
+RBAC = "rbac.authorization.k8s.io"
+PRIORITY_PREFIX = "shoal-"
+
+_READ = ["get", "list", "watch"]
+_WRITE = ["get", "list", "watch", "create", "update", "patch", "delete"]
+
+
+def members_group(tenant: str) -> str:
+    """The Group whose users are the tenant's members."""
+    return f"shoal:tenant:{tenant}"
+
+
+def member_role() -> Body:
+    return {"kind": "Role", "metadata": {"name": ROLE_NAME}, "rules": [
+        {"apiGroups": ["shoal.dev"], "resources": ["trainingjobs"], "verbs": _WRITE},
+        {"apiGroups": ["shoal.dev"], "resources": ["trainingjobs/status"], "verbs": _READ},
+        {"apiGroups": [""], "resources": ["pods", "pods/log", "services", "events"],
+         "verbs": _READ},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": _READ},
+    ]}
+
+
+def members_binding(tenant: str) -> Body:
+    return {
+        "kind": "RoleBinding", "metadata": {"name": BINDING_NAME},
+        "subjects": [{"kind": "Group", "apiGroup": RBAC, "name": members_group(tenant)}],
+        "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": ROLE_NAME},
+    }
+
+
+def priority_class_name(priority: str) -> str:
+    return f"{PRIORITY_PREFIX}{priority}"
+
+
+def priority_classes(tenant: Tenant) -> list[Body]:
+    """A PriorityClass per built-in priority ``tenant`` may use."""
+    allowed = tenant.spec.allowed_priorities
+    return [
+        {"kind": "PriorityClass", "metadata": {"name": priority_class_name(name)},
+         "value": value, "preemptionPolicy": "Never",
+         "description": f"Shoal priority {name!r}: pods of Shoal's jobs; Shoal preempts"}
+        for name, value in BUILTIN_CLASSES.items()
+        if allowed is None or name in allowed or value in allowed
+    ]

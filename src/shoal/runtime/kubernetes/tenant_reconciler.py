@@ -1,0 +1,190 @@
+"""The tenancy reconciler: load a Tenant and its objects, decide, apply, report.
+
+``reconcile_tenant(kube, name)`` reads the Tenant (and the other tenants,
+whose lending bounds its ResourceQuota), computes its objects
+(``tenancy.py``), compares each with the live one (``sync.py``) and
+creates, updates or recreates what is missing or drifted: a NetworkPolicy
+deleted by hand comes back, a ResourceQuota edited by hand is restored.
+Every update is a PUT fenced by the resourceVersion it read, so a
+concurrent change makes it fail with ``ConflictError`` (retry) rather than
+overwrite.  It then sets the Tenant's ``Ready`` condition and
+``status.namespace``, writing only when they change, so a reconcile that
+finds everything in place writes nothing.
+
+Problems a retry cannot fix become ``Ready=False`` with a reason, not an
+exception: ``InvalidTenant`` (a name that cannot name a namespace, a spec
+the model refuses), ``NamespaceTaken`` (a namespace of that name that
+Shoal did not create; it is never adopted or deleted).  A namespace still
+being deleted is ``NamespaceTerminating`` and raises ``UnavailableError``
+(retry later).  A Tenant that is gone or being deleted is cleaned up: its
+namespace is deleted, and everything in it with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shoal.errors import AlreadyExistsError, ConflictError, ManifestError, UnavailableError
+from shoal.runtime.kubernetes.client import Body, Kube
+from shoal.runtime.kubernetes.status import Condition, TenantStatus
+from shoal.runtime.kubernetes.sync import Action, plan
+from shoal.runtime.kubernetes.tenancy import (
+    TENANT_LABEL,
+    TenantObjects,
+    tenant_from_resource,
+    tenant_objects,
+)
+
+READY = "Ready"
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@dataclass(frozen=True)
+class TenancyOutcome:
+    """What one reconcile did."""
+
+    tenant: str
+    actions: tuple[Action, ...] = ()
+    ready: Condition | None = None
+    """The condition written (None when the Tenant is gone)."""
+    deleting: bool = False
+    """The tenant is gone or going: its namespace was asked to go."""
+    skipped: tuple[str, ...] = field(default=())
+    """Other tenants left out of the quota ceiling because they are invalid."""
+
+    @property
+    def changes(self) -> list[Action]:
+        return [action for action in self.actions if action.verb != "keep"]
+
+
+def reconcile_tenant(kube: Kube, name: str, now: Clock = _utcnow) -> TenancyOutcome:
+    """Bring tenant ``name``'s objects to what its Tenant says (see the module's doc)."""
+    resources = kube.list("Tenant")
+    me = next((t for t in resources if t["metadata"]["name"] == name), None)
+    if me is None or me["metadata"].get("deletionTimestamp"):
+        return TenancyOutcome(name, deleting=not cleanup_tenant(kube, name))
+    try:
+        objects, skipped = _desired(kube, me, resources)
+    except ManifestError as exc:
+        return _report(kube, me, now, "InvalidTenant", str(exc))
+    live_ns = kube.get("Namespace", name)
+    if live_ns is not None and not _ours(live_ns, name, me["metadata"].get("uid")):
+        return _report(kube, me, now, "NamespaceTaken",
+                       f"namespace {name} exists and was not created by Shoal for this tenant; "
+                       f"delete it or rename the tenant")
+    if live_ns is not None and live_ns["metadata"].get("deletionTimestamp"):
+        _report(kube, me, now, "NamespaceTerminating",
+                f"namespace {name} is still being deleted; it is recreated once it is gone")
+        raise UnavailableError(f"namespace {name} is terminating", retry_after_s=5.0)
+    actions = [_apply(kube, plan(objects.namespace, live_ns))]
+    for desired in (*objects.namespaced, *objects.cluster):
+        meta = desired["metadata"]
+        live = kube.get(desired["kind"], meta["name"], meta.get("namespace"))
+        actions.append(_apply(kube, plan(desired, live)))
+    done = _report(kube, me, now, "Reconciled",
+                   f"namespace {name} with its quota, default requests, network policies, "
+                   f"member role and priority classes is in place", namespace=name)
+    return TenancyOutcome(name, tuple(actions), done.ready, skipped=skipped)
+
+
+def cleanup_tenant(kube: Kube, name: str) -> bool:
+    """Delete the tenant's namespace if Shoal made it; True once there is none of Shoal's."""
+    live = kube.get("Namespace", name)
+    if live is None or not _ours(live, name):
+        return True
+    if not live["metadata"].get("deletionTimestamp"):
+        kube.delete("Namespace", name)
+    return False
+
+
+def is_drift(kube: Kube, live: Body) -> bool:
+    """Whether ``live``, an object Shoal made, differs from what its tenant needs now.
+
+    Only reads (the Tenants); lets a watcher skip the events of changes that
+    are not drift, such as a ResourceQuota's usage in its status.
+    """
+    meta = live["metadata"]
+    owner = (meta.get("labels") or {}).get(TENANT_LABEL)
+    where = (live["kind"], meta["name"], meta.get("namespace"))
+    resources = kube.list("Tenant")
+    for me in resources:
+        if owner is not None and me["metadata"]["name"] != owner:
+            continue
+        try:
+            objects, _ = _desired(kube, me, resources)
+        except ManifestError:
+            continue
+        for desired in objects.all():
+            dmeta = desired["metadata"]
+            if (desired["kind"], dmeta["name"], dmeta.get("namespace")) == where:
+                return plan(desired, live).verb != "keep"
+    return False
+
+
+def _desired(kube: Kube, me: Body, resources: list[Body]) -> tuple[TenantObjects, tuple[str, ...]]:
+    tenant = tenant_from_resource(me)
+    others, skipped = [], []
+    for body in resources:
+        if body is me or body["metadata"].get("deletionTimestamp"):
+            continue
+        try:
+            others.append(tenant_from_resource(body))
+        except ManifestError:
+            skipped.append(body["metadata"]["name"])
+    objects = tenant_objects(tenant, others, owner=me, api_version=kube.discovery.api_version)
+    return objects, tuple(skipped)
+
+
+def _ours(namespace: Body, tenant: str, uid: str | None = None) -> bool:
+    """Shoal made it for this tenant: it carries the tenant's label or is owned by its Tenant."""
+    meta = namespace["metadata"]
+    if (meta.get("labels") or {}).get(TENANT_LABEL) == tenant:
+        return True
+    return uid is not None and any(r.get("uid") == uid for r in meta.get("ownerReferences") or [])
+
+
+def _apply(kube: Kube, action: Action) -> Action:
+    body, meta = action.body, action.body["metadata"]
+    if action.verb == "create":
+        try:
+            kube.create(body)
+        except AlreadyExistsError as exc:  # made since it was read: decide again
+            raise ConflictError(str(exc)) from exc
+    elif action.verb == "update":
+        kube.replace(body)
+    elif action.verb == "recreate":
+        kube.delete(body["kind"], meta["name"], meta.get("namespace"))
+        kube.create(body)
+    return action
+
+
+def _report(kube: Kube, me: Body, now: Clock, reason: str, message: str,
+            namespace: str = "") -> TenancyOutcome:
+    """Set the Ready condition (True only for ``Reconciled``) unless it says that already."""
+    name = me["metadata"]["name"]
+    status = TenantStatus.model_validate(me.get("status") or {})
+    ready = "True" if reason == "Reconciled" else "False"
+    old = next((c for c in status.conditions if c.type == READY), None)
+    if old is not None and (old.status, old.reason, old.message) == (ready, reason, message) \
+            and status.namespace == namespace:
+        return TenancyOutcome(name, ready=old)
+    changed_at = old.last_transition_time if old is not None and old.status == ready else now()
+    condition = Condition(type=READY, status=ready, reason=reason, message=message,
+                          last_transition_time=changed_at)
+    others = [c for c in status.conditions if c.type != READY]
+    status = status.model_copy(update={"namespace": namespace,
+                                       "conditions": [*others, condition]})
+    body: dict[str, Any] = {
+        **{k: v for k, v in me.items() if k != "status"},
+        # "" reads as null on this 1.20 build (kubernetes#99804): defaults are left out
+        "status": status.model_dump(mode="json", by_alias=True, exclude_defaults=True),
+    }
+    kube.replace_status(body)
+    return TenancyOutcome(name, ready=condition)

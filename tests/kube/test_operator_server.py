@@ -1,0 +1,101 @@
+"""``shoal operator`` as a process against the real API server: tenancy kept in place.
+
+The operator runs as a subprocess with the plane's kubeconfig; the test
+acts like a user (creates a Tenant, deletes a NetworkPolicy by hand) and
+waits on watches, with deadlines, for the cluster to show the result.  The
+process is stopped with SIGINT, as Ctrl-C would, and must exit cleanly.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.runtime.kubernetes.client import Kube
+from tests.kube.conftest import ControlPlane
+from tests.kube.waiting import State, wait_gone, wait_until
+
+pytestmark = pytest.mark.kube
+
+STOP_TIMEOUT_S = 30
+
+
+@pytest.fixture
+def operator(control_plane: ControlPlane, crds: Kube, tmp_path: Path) -> Iterator[Path]:
+    """A running ``shoal operator``; yields its log, which a failure shows."""
+    log = tmp_path / "operator.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shoal", "operator", "--kubeconfig",
+             str(control_plane.kubeconfig), "--verbose"],
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield log
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            pytest.fail(f"the operator did not stop within {STOP_TIMEOUT_S} s on SIGINT:\n"
+                        f"{log.read_text()[-4000:]}")
+    assert code == 0, log.read_text()[-4000:]
+
+
+def ready(name: str) -> object:
+    def check(tenants: State) -> bool:
+        status = (tenants.get(name, {}).get("status") or {})
+        return any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in status.get("conditions") or [])
+    return check
+
+
+def test_the_operator_makes_and_repairs_a_tenants_objects(crds: Kube, operator: Path) -> None:
+    crds.create({"apiVersion": "shoal.dev/v1alpha1", "kind": "Tenant",
+                 "metadata": {"name": "operated"},
+                 "spec": {"quota": {"cpu": {"nominal": 4}, "gpus": {"a100": {"nominal": 1}}}}})
+    try:
+        wait_until(crds, "Tenant", ready("operated"), fields="metadata.name=operated",  # type: ignore[arg-type]
+                   what=f"Tenant operated Ready (log: {operator})")
+        policies = wait_until(crds, "NetworkPolicy", lambda p: len(p) == 4, namespace="operated",
+                              what="the tenant's four network policies")
+        deny = policies["operated/shoal-default-deny"]["metadata"]["uid"]
+        assert crds.delete("NetworkPolicy", "shoal-default-deny", "operated")
+        wait_until(crds, "NetworkPolicy", lambda p: "operated/shoal-default-deny" in p
+                   and p["operated/shoal-default-deny"]["metadata"]["uid"] != deny,
+                   namespace="operated", what=f"the deleted policy back (log: {operator})")
+    finally:
+        crds.delete("Tenant", "operated")
+    wait_gone(crds, "Namespace", "operated")
+
+
+def test_the_operator_admits_binds_and_finishes_a_training_job(crds: Kube,
+                                                                operator: Path) -> None:
+    from tests.kube.test_control_server import label_gpu_model, tenant, training_job
+
+    label_gpu_model(crds)
+    crds.create(tenant("runs", 8))
+    try:
+        wait_until(crds, "Tenant", ready("runs"), fields="metadata.name=runs",  # type: ignore[arg-type]
+                   what=f"Tenant runs Ready (log: {operator})")
+        crds.create(training_job("short", "runs", pods=1, gpus=2, run_seconds=1))
+        done = wait_until(
+            crds, "TrainingJob",
+            lambda jobs: (jobs.get("runs/short", {}).get("status") or {}).get("phase")
+            == "Succeeded",
+            namespace="runs", what=f"runs/short Succeeded (log: {operator})",
+        )
+        pod = done["runs/short"]["status"]["pods"][0]
+        assert pod["state"] == "succeeded" and len(pod["gpus"]) == 2
+        # Its record lets go once it ends: deleting it leaves nothing behind.
+        assert crds.delete("TrainingJob", "short", "runs")
+        wait_gone(crds, "TrainingJob", "short", "runs")
+    finally:
+        crds.delete("Tenant", "runs")
+    wait_gone(crds, "Namespace", "runs")

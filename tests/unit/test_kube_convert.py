@@ -1,0 +1,184 @@
+"""Kubernetes objects to the control core's records and back (pure, no server)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shoal.control.records import JobRow, PodRecord
+from shoal.domain.job import TrainingJob
+from shoal.runtime.kubernetes.convert import (
+    GPU,
+    JobObject,
+    node_of,
+    nodes_of,
+    pod_manifest,
+    pod_status,
+    quantity_mib,
+    quantity_milli,
+    row_of,
+    status_of,
+)
+
+
+def k8s_node(name: str, gpus: int = 8, **extra: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": "A100",
+                                              "nvidia.com/gpu.memory": "81920",
+                                              "kubernetes.io/hostname": name}},
+        "spec": extra.get("spec", {}),
+        "status": {
+            "allocatable": {"cpu": "32", "memory": "256Gi", GPU: str(gpus), "pods": "110"},
+            "conditions": [{"type": "Ready", "status": extra.get("ready", "True")}],
+        },
+    }
+
+
+def test_quantities() -> None:
+    assert quantity_milli("32") == 32_000
+    assert quantity_milli("500m") == 500
+    assert quantity_milli("1.5") == 1_500
+    assert quantity_mib("256Gi") == 256 * 1024
+    assert quantity_mib("1Mi") == 1
+    assert quantity_mib("2e9") == 1907
+    with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+        quantity_milli("12 cores")
+
+
+def test_a_node_becomes_a_node_with_its_gpu_model_and_labels() -> None:
+    node = node_of(k8s_node("n1", spec={"taints": [{"key": "dedicated", "value": "ml",
+                                                    "effect": "NoSchedule"}]}))
+    assert node is not None
+    assert (node.name, node.cpu, node.memory) == ("n1", 32_000, 256 * 1024)
+    assert (node.gpu_model, node.gpu_count, node.gpu_memory) == ("A100", 8, 81920)
+    assert node.labels["kubernetes.io/hostname"] == "n1"
+    assert [(t.key, t.value, t.effect) for t in node.taints] == [("dedicated", "ml", "NoSchedule")]
+
+
+def test_cordoned_and_unready_nodes_take_no_pods() -> None:
+    assert node_of(k8s_node("n1", spec={"unschedulable": True})) is None
+    assert node_of(k8s_node("n1", ready="False")) is None
+    cpu_only = node_of(k8s_node("n1", gpus=0))
+    assert cpu_only is not None and (cpu_only.gpu_count, cpu_only.gpu_model) == (0, "")
+
+
+def test_pods_of_other_schedulers_hold_room_but_shoals_do_not() -> None:
+    def pod(labels: dict[str, str], phase: str = "Running") -> dict[str, Any]:
+        return {
+            "metadata": {"name": "p", "labels": labels},
+            "spec": {"nodeName": "n1", "containers": [{"resources": {
+                "requests": {"cpu": "2", "memory": "1Gi"}, "limits": {GPU: "3"}}}]},
+            "status": {"phase": phase},
+        }
+
+    nodes = nodes_of([k8s_node("n1"), k8s_node("n0")],
+                     [pod({}), pod({"shoal.dev/job": "x"}), pod({}, "Succeeded")])
+    assert [n.name for n in nodes] == ["n0", "n1"]
+    assert (nodes[1].cpu, nodes[1].memory, nodes[1].gpu_count) == (30_000, 255 * 1024, 5)
+    assert (nodes[0].cpu, nodes[0].gpu_count) == (32_000, 8)
+
+
+def training_job(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "shoal.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {
+            "name": "train", "namespace": "team-a", "uid": "u-1", "resourceVersion": "42",
+            "creationTimestamp": "2026-01-02T03:04:05Z",
+            "annotations": {"fake-kubelet/run-seconds": "5",
+                            "kubectl.kubernetes.io/last-applied-configuration": "{...}"},
+        },
+        "spec": {"tenant": "team-a", "podSets": [
+            {"count": 2, "resources": {"cpu": "2", "memory": "4Gi", "gpu": {"count": 1}}}],
+            **spec},
+    }
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def test_a_new_training_job_is_a_pending_record_versioned_by_its_resource_version() -> None:
+    row = row_of(training_job())
+    assert (row.name, row.tenant, row.phase, row.version) == ("team-a/train", "team-a",
+                                                            "Pending", 42)
+    assert row.submit_time == 1767323045.0
+    # The manifest is the embedded runtime's: the object's spec and its own annotations.
+    job = TrainingJob.model_validate(row.manifest)
+    assert job.metadata.annotations == {"fake-kubelet/run-seconds": "5"}
+    assert job.spec.pod_sets[0].count == 2
+
+
+def test_status_round_trips_every_field_the_state_machine_keeps() -> None:
+    pods = (PodRecord(index=0, node="n1", gpus=(3,), uid="abc", started_at=100.0,
+                      state="running", handle="train-abc"),
+            PodRecord(index=1, node="n2", gpus=(0,), uid="def", started_at=100.5))
+    before = row_of(training_job())
+    job = JobRow(**{**before.__dict__, "phase": "Preempting", "attempts": 2, "preemptions": 1,
+                    "lost_seconds": 12.5, "start_time": 90.0, "reason": "preempted: reclaim",
+                    "pods": pods, "stop_cause": "preempted", "stop_deadline": 130.0,
+                    "preemptor": "team-b/big", "failures": 1, "ran_seconds": 40.0,
+                    "queued_at": 10.0, "checkpoint_time": 95.0, "checkpoint_step": 7,
+                    "resumed_from": 3, "next_attempt_at": None})
+    status = status_of(job, 2000)
+    assert status["admitted"] is True and status["gpus"] == 2.0
+    assert "" not in _strings(status), "empty strings are refused by the 1.20 API server"
+    after = row_of(training_job(status))
+    assert after == JobRow(**{**job.__dict__, "version": 42})
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def test_a_pod_is_shoals_to_schedule_and_carries_rank_gpus_and_annotations() -> None:
+    obj = training_job(image="registry.example/train:1", command=["python", "train.py"],
+                       env={"LR": "0.1"})
+    row = row_of(obj)
+    spec = TrainingJob.model_validate(row.manifest).spec
+    pod = PodRecord(index=1, node="n2", gpus=(4,), uid="0123456789abcdef", started_at=1.0)
+    body = pod_manifest(JobObject(obj), row, pod, spec, 30)
+    assert body["metadata"]["name"] == "train-0123456789ab"
+    assert body["metadata"]["labels"] == {"shoal.dev/job": "train",
+                                          "shoal.dev/pod-uid": "0123456789abcdef"}
+    assert body["metadata"]["annotations"]["fake-kubelet/run-seconds"] == "5"
+    assert body["metadata"]["annotations"]["shoal.dev/gpu-index"] == "4"
+    assert body["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert body["spec"]["schedulerName"] == "shoal"
+    assert "nodeName" not in body["spec"], "bound through the Binding API, not at creation"
+    container = body["spec"]["containers"][0]
+    assert container["image"] == "registry.example/train:1"
+    assert container["command"] == ["python", "train.py"]
+    assert container["resources"]["limits"] == {GPU: "1"}
+    assert container["resources"]["requests"] == {"cpu": "2000m", "memory": "4096Mi", GPU: "1"}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == {"LR": "0.1", "RANK": "1", "WORLD_SIZE": "2", "SHOAL_JOB": "team-a/train"}
+
+
+@pytest.mark.parametrize(
+    ("phase", "terminated", "expected"),
+    [
+        ("Pending", None, ("running", None)),
+        ("Running", None, ("running", None)),
+        ("Succeeded", {"exitCode": 0}, ("succeeded", 0)),
+        ("Failed", {"exitCode": 3}, ("failed", 3)),
+        ("Failed", {"exitCode": 137, "reason": "OOMKilled"}, ("oom_killed", 137)),
+        ("Failed", {"exitCode": 143}, ("signalled", 143)),
+        ("Unknown", None, ("lost", None)),
+    ],
+)
+def test_pod_phases(phase: str, terminated: dict[str, Any] | None,
+                    expected: tuple[str, int | None]) -> None:
+    statuses = [{"state": {"terminated": terminated}}] if terminated else []
+    got = pod_status({"status": {"phase": phase, "containerStatuses": statuses}})
+    assert (got.state, got.exit_code) == expected
+
+
+def test_a_pod_that_is_gone_is_lost() -> None:
+    assert pod_status(None).state == "lost"
