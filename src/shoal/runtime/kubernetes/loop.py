@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from shoal.control.controller import ControlConfig, Controller
+from shoal.control.ports import Clock
 from shoal.control.records import ACTIVE_PHASES, Checkpoint, JobRow
 from shoal.errors import ShoalError
 from shoal.runtime.kubernetes.client import Kube
@@ -52,15 +53,20 @@ class _NoCheckpoints:
 
 
 class KubeControl:
-    """The control core over one cluster."""
+    """The control core over one cluster.
+
+    ``clock``: the control clock (the wall clock unless a test drives time
+    itself, calling ``settle`` at the moments it chooses instead of ``run``).
+    """
 
     def __init__(self, kube: Kube, config: ControlConfig | None = None,
-                 grace_seconds: float = 30.0) -> None:
+                 grace_seconds: float = 30.0, clock: Clock | None = None) -> None:
         self.kube = kube
+        self.clock: Clock = clock or WallClock()
         self.store = KubeStore(kube)
         self.pods = KubePods(kube, self.store, grace_seconds)
         self.controller = Controller(
-            self.store, KubeInventory(kube), self.pods, _NoCheckpoints(), WallClock(),
+            self.store, KubeInventory(kube), self.pods, _NoCheckpoints(), self.clock,
             config or ControlConfig(),
         )
         self.wake = threading.Event()
@@ -99,10 +105,10 @@ class KubeControl:
                 self.error = None
             except ShoalError as exc:  # the API server is away: try again on the next event
                 self.error = exc
-                due = time.time() + 5.0
+                due = self.clock.now() + 5.0
             if on_pass is not None:
                 on_pass()
-            wait = None if due is None else max(0.0, due - time.time()) + 0.05
+            wait = None if due is None else max(0.0, due - self.clock.now()) + 0.05
             self.wake.wait(wait)
         self.wake.set()
 
