@@ -15,6 +15,7 @@ summary at the end of the run says how long the plane took to start and stop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -126,12 +127,15 @@ def kube(control_plane: ControlPlane) -> Iterator[Kube]:
 @pytest.fixture(scope="session")
 def crds(kube: Kube) -> Kube:
     """``kube`` with Shoal's CRDs installed and Established."""
+    from shoal.errors import AlreadyExistsError
     from shoal.runtime.kubernetes.crds import all_crds
     from tests.kube.waiting import wait_until
 
     names = set()
     for manifest in all_crds():
-        kube.create(manifest)
+        # installed already when a test ran first (kubectl apply -k deploy/, the operator)
+        with contextlib.suppress(AlreadyExistsError):
+            kube.create(manifest)
         names.add(manifest["metadata"]["name"])
 
     def established(crds: dict[str, dict]) -> bool:

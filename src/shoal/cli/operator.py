@@ -1,12 +1,16 @@
-"""``shoal operator``: run the Kubernetes operator from outside the cluster.
+"""``shoal operator``: run the Kubernetes operator; ``shoal operator crds``: print its CRDs.
 
-So far it keeps each Tenant's namespace, quota, default requests, network
-policies, member role and priority classes in place
-(``shoal.runtime.kubernetes.operator``).  It needs the ``kube`` extra.
+The operator (``shoal.runtime.kubernetes.operator``) installs or upgrades
+Shoal's CRDs when it may, keeps each Tenant's namespace, quota, default
+requests, network policies, member role and priority classes in place, and
+runs TrainingJobs.  With ``--kubeconfig`` it runs from outside the cluster;
+without, in-cluster as its pod's service account (``deploy/``).  It needs the
+``kube`` extra; printing the CRDs does not.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -16,18 +20,46 @@ from shoal.errors import InputError
 
 
 def operator(
-    kubeconfig: Annotated[Path, typer.Option(
-        "--kubeconfig", help="kubeconfig of the cluster to operate", exists=True, dir_okay=False,
-    )],
+    action: Annotated[str | None, typer.Argument(
+        help="'crds' to print the CustomResourceDefinitions instead of running")] = None,
+    kubeconfig: Annotated[Path | None, typer.Option(
+        "--kubeconfig", exists=True, dir_okay=False,
+        help="kubeconfig of the cluster to operate; unset: in-cluster, as the pod's "
+             "service account",
+    )] = None,
     context: Annotated[str | None, typer.Option(
         "--context", help="the kubeconfig context to use; unset: its current context",
     )] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="log every handler")] = False,
+    output: Annotated[str, typer.Option(
+        "--output", "-o", help="with 'crds': yaml (as deploy/crds.yaml) or json")] = "yaml",
+    webhook_port: Annotated[int | None, typer.Option(
+        "--webhook-port", min=1, max=65535,
+        help="serve the validating admission webhook on 127.0.0.1 at this port (for an "
+             "operator that runs where the API server can reach its loopback)",
+    )] = None,
 ) -> None:
-    """Run the Kubernetes operator until Ctrl-C or SIGTERM."""
+    """Run the Kubernetes operator until Ctrl-C or SIGTERM, or print its CRDs."""
+    if action == "crds":
+        print_crds(output)
+        return
+    if action is not None:
+        raise InputError(f"shoal operator: expected no argument or 'crds', got {action!r}")
     try:
         from shoal.runtime.kubernetes import operator as kube_operator
     except ImportError as exc:
         raise InputError(f"shoal operator needs the kube extra ({exc.name} is missing)",
                          hint="pip install 'shoal[kube]'") from exc
-    kube_operator.run(str(kubeconfig), context, verbose)
+    kube_operator.run(None if kubeconfig is None else str(kubeconfig), context, verbose,
+                      webhook_port=webhook_port)
+
+
+def print_crds(output: str) -> None:
+    from shoal.runtime.kubernetes.crds import all_crds, render
+
+    if output == "yaml":
+        print(render(), end="")
+    elif output == "json":
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": all_crds()}, indent=2))
+    else:
+        raise InputError(f"--output: expected yaml or json, got {output!r}")

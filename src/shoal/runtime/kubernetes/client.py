@@ -10,6 +10,11 @@ works too).  Which group version each kind uses is chosen by discovery
 client's models, so what is compared and written back is exactly what the
 server stored.
 
+``configuration(kubeconfig, context)`` says where the server is and who
+Shoal is there: a kubeconfig, or, without one, the pod's own service
+account (in-cluster: ``KUBERNETES_SERVICE_HOST``/``_PORT`` and the token and
+CA that Kubernetes mounts, the token re-read as the kubelet rotates it).
+
 API errors become ``shoal.errors`` with the server's message and the cause
 chained: 409 -> ``ConflictError`` (``AlreadyExistsError`` for a name in
 use), 404 -> ``NotFoundError``, 400/422 -> ``ManifestError``, 401/403 ->
@@ -19,7 +24,8 @@ use), 404 -> ``NotFoundError``, 400/422 -> ``ManifestError``, 401/403 ->
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,6 +33,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
+from kubernetes.config.incluster_config import InClusterConfigLoader
 from urllib3.exceptions import HTTPError
 
 from shoal.errors import (
@@ -45,11 +52,50 @@ Body = dict[str, Any]
 
 TIMEOUT_S = 30.0
 """Per request; a watch sets its own."""
+SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+"""Where Kubernetes mounts a pod's service account token and the cluster's CA."""
 
 # The client's functions are untyped or typed as the models that
 # ``_preload_content=False`` skips: used through these names.
-_new_client: Callable[..., Any] = k8s_config.new_client_from_config
+_load_kube_config: Callable[..., None] = k8s_config.load_kube_config
+_InCluster: Callable[..., Any] = InClusterConfigLoader
 _Watch: Callable[[], Any] = k8s_watch.Watch
+
+
+def configuration(kubeconfig: str | None, context: str | None = None, *,
+                  service_account: str = SERVICE_ACCOUNT,
+                  environ: Mapping[str, str] | None = None) -> k8s.Configuration:
+    """How to reach the API server: from ``kubeconfig``, or in-cluster when it is None.
+
+    In-cluster reads ``KUBERNETES_SERVICE_HOST`` and ``KUBERNETES_SERVICE_PORT``
+    from ``environ`` (default: the process's) and the token and CA under
+    ``service_account``.  ManifestError when neither can be used.
+    """
+    config = k8s.Configuration()
+    try:
+        if kubeconfig is not None:
+            _load_kube_config(config_file=kubeconfig, context=context,
+                              client_configuration=config)
+            return config
+        _InCluster(token_filename=os.path.join(service_account, "token"),
+                   cert_filename=os.path.join(service_account, "ca.crt"),
+                   environ=os.environ if environ is None else environ,
+                   ).load_and_set(config)
+    except (OSError, yaml.YAMLError, k8s_config.ConfigException) as exc:
+        if kubeconfig is not None:
+            raise ManifestError(f"cannot use kubeconfig {kubeconfig}: {exc}") from exc
+        raise ManifestError(f"cannot use the in-cluster service account: {exc}",
+                            hint="outside a cluster, pass --kubeconfig") from exc
+    return config
+
+
+def bearer_token(config: k8s.Configuration) -> str | None:
+    """The bearer token ``config`` sends, without its scheme (None: it sends none)."""
+    auth: Any = config.auth_settings()  # names the header's value alike in every client version
+    value = str((auth.get("BearerToken") or {}).get("value") or "").strip()
+    scheme, _, token = value.partition(" ")
+    return (token.strip() if scheme.lower() == "bearer" else value) or None
+
 
 _CUSTOM_VERBS = {
     "read": "get_{scope}_custom_object",
@@ -72,11 +118,12 @@ class Kube:
 
     @classmethod
     def from_kubeconfig(cls, path: str, context: str | None = None) -> Kube:
-        try:
-            api_client = _new_client(config_file=path, context=context)
-        except (OSError, yaml.YAMLError, k8s_config.ConfigException) as exc:
-            raise ManifestError(f"cannot use kubeconfig {path}: {exc}") from exc
-        return cls(api_client)
+        return cls.connect(path, context)
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None, context: str | None = None, **where: Any) -> Kube:
+        """A client from ``kubeconfig``, or in-cluster when it is None (see ``configuration``)."""
+        return cls(k8s.ApiClient(configuration=configuration(kubeconfig, context, **where)))
 
     def close(self) -> None:
         self.api_client.close()
@@ -122,10 +169,15 @@ class Kube:
     def create(self, body: Body) -> Body:
         return self._call("create", body["kind"], _namespace(body), body=body)
 
-    def replace(self, body: Body) -> Body:
-        """PUT ``body``; fenced by its ``metadata.resourceVersion`` when it has one."""
+    def replace(self, body: Body, dry_run: bool = False) -> Body:
+        """PUT ``body``; fenced by its ``metadata.resourceVersion`` when it has one.
+
+        ``dry_run``: the server validates, defaults and answers with what it
+        would store, and stores nothing.
+        """
         return self._call("replace", body["kind"], _namespace(body),
-                          name=body["metadata"]["name"], body=body)
+                          name=body["metadata"]["name"], body=body,
+                          dry_run="All" if dry_run else None)
 
     def replace_status(self, body: Body) -> Body:
         """PUT the status subresource (custom kinds); fenced by the resourceVersion."""
@@ -156,6 +208,11 @@ class Kube:
             self._core.create_namespaced_pod_binding(
                 pod, namespace, body,  # type: ignore[arg-type]  # a dict is sent as it is
                 _preload_content=False, _request_timeout=TIMEOUT_S)
+
+    def serves(self, api_version: str, plural: str) -> bool:
+        """Whether the server serves ``plural`` at ``api_version`` now (asks, never cached)."""
+        listing = self._resources(api_version) or {}
+        return any(r.get("name") == plural for r in listing.get("resources", []))
 
     # --- plumbing ----------------------------------------------------------------
 

@@ -24,6 +24,10 @@ validators check in code (``fraction <= 1``, unique pod set names,
 ``lendingLimit <= nominal``, priority class names) are in no JSON schema:
 1.20 has no CEL, so they need the validating webhook.
 
+``render()`` is the YAML of every CRD, as ``deploy/crds.yaml`` holds it
+(``python -m shoal.runtime.kubernetes.crds > deploy/crds.yaml``; a unit
+test checks that the file is current) and ``shoal operator crds`` prints.
+
 Pure: no I/O, no ``kubernetes`` import.
 """
 
@@ -33,6 +37,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
 from pydantic import BaseModel
 
 from shoal.domain.base import API_VERSION
@@ -101,6 +106,12 @@ def crd_name(kind: str) -> str:
 def crd(kind: str) -> Schema:
     """The CustomResourceDefinition of ``kind``; KeyError for a kind that has none."""
     spec = KINDS[kind]
+    names: Schema = {
+        "kind": kind, "listKind": f"{kind}List", "plural": spec.plural,
+        "singular": kind.lower(), "categories": [CATEGORY],
+    }
+    if spec.short_names:  # never an empty list: the server drops it, so kubectl apply
+        names["shortNames"] = list(spec.short_names)  # would see a change every time
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -108,11 +119,7 @@ def crd(kind: str) -> Schema:
         "spec": {
             "group": GROUP,
             "scope": spec.scope,
-            "names": {
-                "kind": kind, "listKind": f"{kind}List", "plural": spec.plural,
-                "singular": kind.lower(), "shortNames": list(spec.short_names),
-                "categories": [CATEGORY],
-            },
+            "names": names,
             "versions": [{
                 "name": VERSION, "served": True, "storage": True,
                 "schema": {"openAPIV3Schema": openapi_schema(kind)},
@@ -125,6 +132,20 @@ def crd(kind: str) -> Schema:
 
 def all_crds() -> list[Schema]:
     return [crd(kind) for kind in KINDS]
+
+
+HEADER = """\
+# Shoal's CustomResourceDefinitions, generated from the pydantic models: do not edit.
+# Regenerate: python -m shoal.runtime.kubernetes.crds > deploy/crds.yaml
+# (shoal operator crds prints the same; the operator installs them when it may).
+"""
+
+
+def render() -> str:
+    """Every CRD as one multi-document YAML text, with a header saying how it was made."""
+    documents = [yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True, width=100)
+                 for manifest in all_crds()]
+    return HEADER + "---\n" + "---\n".join(documents)
 
 
 def openapi_schema(kind: str) -> Schema:
@@ -162,3 +183,7 @@ def _status_schema(model: type[BaseModel]) -> Schema:
     raw: dict[str, Any] = model.model_json_schema(by_alias=True)
     defs = raw.pop("$defs", {})
     return inline_refs(raw, defs)
+
+
+if __name__ == "__main__":
+    print(render(), end="")

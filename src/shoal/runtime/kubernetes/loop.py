@@ -12,6 +12,7 @@ streams and nothing else: no polling.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from shoal.runtime.kubernetes.pods import KubePods
 from shoal.runtime.kubernetes.store import KubeStore
 
 __all__ = ["KubeControl", "WallClock"]
+
+log = logging.getLogger("shoal.operator")
 
 WATCHED: tuple[tuple[str, str], ...] = (
     ("TrainingJob", ""),
@@ -104,6 +107,8 @@ class KubeControl:
                 due = self.settle()
                 self.error = None
             except ShoalError as exc:  # the API server is away: try again on the next event
+                if str(exc) != str(self.error):
+                    log.warning("control loop: %s", exc)
                 self.error = exc
                 due = self.clock.now() + 5.0
             if on_pass is not None:

@@ -14,6 +14,15 @@
   to (all tenants for a shared PriorityClass).  A reconcile that finds
   everything in place writes nothing, so its own events end there.
 
+At start, before any watch, the operator installs or upgrades Shoal's CRDs
+when its role allows it (``install.py``).  kopf's scanning is off: it
+discovers the kinds once at start (after the install) and does not watch
+CustomResourceDefinitions, so the role needs no list or watch on them.
+
+It connects with a kubeconfig, or without one in-cluster, as the pod's
+service account (``client.configuration``, for both the client seam and
+kopf, whose login re-reads the rotated token when the server says 401).
+
 Reconciles run one at a time (kopf calls sync handlers from threads).
 kopf keeps its progress in annotations (``AnnotationsProgressStorage``):
 the Tenant's typed status schema would prune ``status.kopf``.  Handlers
@@ -24,19 +33,20 @@ away, a namespace still terminating) become ``kopf.TemporaryError``.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import kopf
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 
 from shoal.errors import ShoalError
-from shoal.runtime.kubernetes.client import Kube
+from shoal.runtime.kubernetes.client import Kube, bearer_token, configuration
 from shoal.runtime.kubernetes.convert import JOB_LABEL
 from shoal.runtime.kubernetes.crds import GROUP, VERSION
+from shoal.runtime.kubernetes.install import install_crds
 from shoal.runtime.kubernetes.loop import KubeControl
 from shoal.runtime.kubernetes.tenancy import MANAGED_BY, TENANT_LABEL
 from shoal.runtime.kubernetes.tenant_reconciler import (
@@ -44,6 +54,7 @@ from shoal.runtime.kubernetes.tenant_reconciler import (
     is_drift,
     reconcile_tenant,
 )
+from shoal.runtime.kubernetes.webhook import review, self_signed
 
 log = logging.getLogger("shoal.operator")
 
@@ -157,45 +168,81 @@ def settings() -> kopf.OperatorSettings:
     chosen.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATIONS)
     chosen.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATIONS)
     chosen.posting.level = logging.WARNING
+    # Shoal's CRDs are installed before kopf starts: no watch on CRDs needed.
+    chosen.scanning.disabled = True
     return chosen
 
 
-def login_from(kubeconfig: str, context: str | None) -> Callable[..., kopf.ConnectionInfo]:
-    """A kopf login handler that reads the given kubeconfig (not the default one)."""
+def login_from(kubeconfig: str | None, context: str | None,
+               **where: Any) -> Callable[..., kopf.ConnectionInfo]:
+    """A kopf login handler: the given kubeconfig (not the default one), or in-cluster."""
 
     def login(**_: Any) -> kopf.ConnectionInfo:
-        config = k8s.Configuration()
-        load: Callable[..., None] = k8s_config.load_kube_config
-        load(config_file=kubeconfig, context=context, client_configuration=config)
-        # auth_settings() names the header's value alike in every client version
-        auth: Any = config.auth_settings()
-        bearer = str((auth.get("BearerToken") or {}).get("value") or "")
+        config = configuration(kubeconfig, context, **where)  # read again: tokens rotate
         return kopf.ConnectionInfo(
             server=config.host, ca_path=config.ssl_ca_cert, insecure=not config.verify_ssl,
-            token=bearer.removeprefix("Bearer ").strip() or None,
+            token=bearer_token(config),
             certificate_path=config.cert_file, private_key_path=config.key_file,
         )
 
     return login
 
 
-def run(kubeconfig: str, context: str | None = None, verbose: bool = False,
-        stop: threading.Event | None = None) -> None:
-    """Run until SIGINT or SIGTERM (or ``stop``), watching the whole cluster."""
-    kube = Kube.from_kubeconfig(kubeconfig, context)
+def run(kubeconfig: str | None, context: str | None = None, verbose: bool = False,
+        stop: threading.Event | None = None, webhook_port: int | None = None) -> None:
+    """Install the CRDs if allowed, then run until SIGINT or SIGTERM (or ``stop``).
+
+    ``kubeconfig`` None: in-cluster, as the pod's service account.
+    ``webhook_port``: also serve the validating webhook on loopback there.
+    """
+    kopf.configure(verbose=verbose)
+    kube = Kube.connect(kubeconfig, context)
+    try:
+        install_crds(kube)
+        with tempfile.TemporaryDirectory(prefix="shoal-webhook-") as folder:
+            chosen = settings()
+            if webhook_port is not None:
+                cert, key, ca = self_signed(Path(folder))
+                chosen.admission.server = kopf.WebhookServer(
+                    addr="127.0.0.1", port=webhook_port, host="127.0.0.1",
+                    certfile=str(cert), pkeyfile=str(key), cadata=ca)
+                chosen.admission.managed = WEBHOOK_CONFIGURATION
+            _operate(kube, login_from(kubeconfig, context), stop, chosen,
+                     webhook=webhook_port is not None)
+    finally:
+        kube.close()
+
+
+WEBHOOK_CONFIGURATION = "validate.shoal.dev"
+"""The ValidatingWebhookConfiguration kopf keeps while the webhook is served."""
+
+
+def _validate(body: Any, **_: Any) -> None:
+    refused = review(dict(body))
+    if refused is not None:
+        raise kopf.AdmissionError(refused, code=422)
+
+
+def _operate(kube: Kube, login: Callable[..., kopf.ConnectionInfo],
+             stop: threading.Event | None, chosen: kopf.OperatorSettings | None = None,
+             webhook: bool = False) -> None:
+    """kopf's handlers in this thread, the control loop in another, until stopped."""
     control = KubeControl(kube)
     registry = registry_for(Tenancy(kube), control.wake)
-    kopf.on.login(registry=registry)(login_from(kubeconfig, context))
-    kopf.configure(verbose=verbose)
+    kopf.on.login(registry=registry)(login)
+    if webhook:
+        for plural in ("tenants", "trainingjobs"):
+            kopf.on.validate(GROUP, VERSION, plural, id=f"shoal-{plural}",
+                             operations=["CREATE", "UPDATE"], ignore_failures=True,
+                             registry=registry)(_validate)
     done = threading.Event()
     loop = threading.Thread(target=control.run, args=(done,), kwargs={"watch": False},
                             name="shoal-control", daemon=True)
     loop.start()
     try:
-        kopf.run(registry=registry, settings=settings(), clusterwide=True, standalone=True,
-                 stop_flag=stop)
+        kopf.run(registry=registry, settings=chosen or settings(), clusterwide=True,
+                 standalone=True, stop_flag=stop)
     finally:
         done.set()
         control.wake.set()
         loop.join(timeout=30)
-        kube.close()
