@@ -23,6 +23,7 @@ from shoal.domain.tenant import (
     ReclaimWithinCohort,
     WithinTenant,
 )
+from shoal.domain.workload import Constraints
 from shoal.policy import flavors
 from shoal.policy.ledger import QuotaLedger
 from shoal.policy.preemption import NO_CANDIDATES, PreemptionPlan, search_victims
@@ -37,7 +38,8 @@ NOW = 3_600.0
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> tuple[object, ...]:
+def scenarios(draw: st.DrawFn, gangs: tuple[str, ...] = ("same", "spread", "mixed")
+              ) -> tuple[object, ...]:
     state = ClusterState(
         [node(f"n{i}", draw(st.sampled_from([4, 8])), cpu=32)
          for i in range(draw(st.integers(2, 5)))]
@@ -96,14 +98,24 @@ def scenarios(draw: st.DrawFn) -> tuple[object, ...]:
                 checkpoint_interval=draw(st.none() | st.sampled_from([300.0, 700.0])),
             )
         )
-    gpus = draw(st.sampled_from([0.5, 1, 2, 4, 8]))
+    shape = draw(st.sampled_from(gangs))
+    gpus = draw(st.sampled_from([1, 2, 4] if shape != "same" else [0.5, 1, 2, 4, 8]))
     preemptor = workload(
         "new",
         draw(st.sampled_from(NAMES)),
         gpus,
-        pods=draw(st.sampled_from([1, 1, 2, 3])) if gpus >= 1 else 1,
+        pods=draw(st.sampled_from([1, 1, 2, 3] if shape == "same" else [2, 3])) if gpus >= 1 else 1,
         priority=draw(st.sampled_from([0, 1, 2, 2, 3])),
     )
+    # Gangs that a pod count does not place exactly: spread over nodes, or
+    # of two pod shapes (the greedy pass then places at every step).
+    if shape == "spread":
+        preemptor = dataclasses.replace(
+            preemptor, constraints=Constraints(anti_affinity="node")
+        )
+    elif shape == "mixed":
+        other = workload("x", preemptor.tenant, draw(st.sampled_from([1, 2])))
+        preemptor = dataclasses.replace(preemptor, pods=(*preemptor.pods, other.pods[0]))
     claimed = draw(st.sets(st.sampled_from([r.name for r in runs]), max_size=2)) if runs else set()
     return state, quotas, runs, preemptor, claimed
 
@@ -128,6 +140,18 @@ def _same(new: PreemptionPlan | None, old: PreemptionPlan | None) -> None:
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_table_search_equals_one_by_one(scenario: tuple[object, ...]) -> None:
+    _check_against_reference(scenario)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(gangs=("spread", "mixed")))
+def test_gangs_placed_step_by_step_equal_one_by_one(scenario: tuple[object, ...]) -> None:
+    """Gangs whose pod count does not tell where they fit take the greedy pass
+    that places at every step; it too chooses as the one-by-one search."""
+    _check_against_reference(scenario)
+
+
+def _check_against_reference(scenario: tuple[object, ...]) -> None:
     state, quotas, runs, preemptor, claimed = scenario
     assert isinstance(state, ClusterState)
     assert isinstance(quotas, dict) and isinstance(runs, list) and isinstance(claimed, set)

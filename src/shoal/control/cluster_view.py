@@ -99,6 +99,7 @@ def build_state(
                 start_time=start,
                 last_checkpoint=row.checkpoint_time,
                 checkpoint_interval=workload.checkpoint_interval,
+                attempt=row.attempts,
             )
         )
     return state, running

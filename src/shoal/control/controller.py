@@ -45,12 +45,14 @@ from shoal.control.records import (
     JobRow,
     PodRecord,
 )
+from shoal.domain.cluster import Binding
 from shoal.domain.nodes import Node
 from shoal.domain.workload import Workload
 from shoal.errors import ConflictError, InputError
 from shoal.policy.admission import Snapshot, schedule
 from shoal.policy.decisions import Admit, Decision, Inadmissible, Pending, Preempt
 from shoal.policy.placement import Placer, build_placer
+from shoal.policy.snapshot import ReleaseLog
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,13 @@ class Controller:
         self._held: frozenset[tuple[str, int]] = frozenset()
         self._nodes: frozenset[tuple[object, ...]] = frozenset()
         """Jobs whose last pass failed unexpectedly (the others go on), with the error."""
+        # The same, as a log (Snapshot.released): the attempts that stopped
+        # holding, with the bindings they had at the last cycle (node indices
+        # of that cycle's node list), and resets when nodes or tenants change.
+        self.released = ReleaseLog()
+        self._bindings: dict[tuple[str, int], tuple[Binding, ...]] = {}
+        self._layout: tuple[tuple[object, ...], ...] = ()
+        self._digest = ""
 
     def step(self) -> bool:
         """One reconcile pass; True when anything changed (call again soon)."""
@@ -186,6 +195,8 @@ class Controller:
         # started and ended in between gave back nothing that cycle had.
         epoch = self._epoch(holders, nodes.nodes, tenant_rows)
         state, running = view.build_state(list(nodes.nodes), holders)
+        self._bindings = {(r.name, r.attempts): run.bindings
+                          for r, run in zip(holders, running, strict=True)}
         stopping = {r.name for r in holders if r.phase != "Running"}
         # A job already being stopped holds its resources until its pods are
         # gone, but must not be chosen as a victim a second time.
@@ -206,6 +217,7 @@ class Controller:
             nominated=machine.nominated(rows, {r.name for r in waiting}),
             service={r.name: machine.service(r) for r in rows if r.ran_seconds},
             epoch=epoch,
+            released=self.released,
         )
         placer = self.placers.get(self.config.policy, self.config.seed, nodes, mix)
         by_name = {r.name: r for r in rows}
@@ -223,15 +235,23 @@ class Controller:
         """Counts room given back, as the simulator's cluster state does (``Snapshot.epoch``).
 
         An attempt that stopped holding, or a node that came (back), moves it
-        on; the tenants' settings are part of it.
+        on; the tenants' settings are part of it.  The attempts that stopped
+        go to the release log too; nodes or tenants that changed reset it.
         """
         attempts = frozenset((r.name, r.attempts) for r in holders)
-        known = frozenset(_capacity(node) for node in nodes)
-        if (self._held - attempts) or (known - self._nodes):
+        layout = tuple(_capacity(node) for node in nodes)
+        known = frozenset(layout)
+        stopped = self._held - attempts
+        if stopped or (known - self._nodes):
             self._releases += 1
+        for name, attempt in sorted(stopped):
+            self.released.add(name, attempt, self._bindings.get((name, attempt), ()))
         self._held, self._nodes = attempts, known
         digest = hashlib.blake2b(json.dumps(tenants, sort_keys=True, default=str).encode(),
                                  digest_size=8).hexdigest()
+        if layout != self._layout or digest != self._digest:
+            self.released.reset()  # room came otherwise, or node indices moved
+        self._layout, self._digest = layout, digest
         return (self._releases, digest)
 
     def _transition(self, decision: Decision, job: JobRow, names: Sequence[str],

@@ -39,10 +39,10 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from shoal.domain.cluster import Binding
-from shoal.domain.workload import Workload
+from shoal.domain.workload import PodShape, Workload
 from shoal.policy import fairshare, flavors, ordering
 from shoal.policy.decisions import (
     Admit,
@@ -53,13 +53,13 @@ from shoal.policy.decisions import (
     Preempt,
     Waiting,
 )
-from shoal.policy.ledger import LedgerCheck, QuotaLedger
+from shoal.policy.ledger import LedgerCheck, QuotaLedger, QuotaTerms
 from shoal.policy.placement import Placer
-from shoal.policy.preemption import NO_CANDIDATES, search_victims
+from shoal.policy.preemption import NO_CANDIDATES, UNFOUND, Unfound, search
 from shoal.policy.queue import Bucket, PendingQueue
 from shoal.policy.quota import TenantQuota, amount_text, ceiling, total_usage
 from shoal.policy.running_table import RunningTable
-from shoal.policy.snapshot import Running, Snapshot
+from shoal.policy.snapshot import ReleaseLog, Running, Snapshot
 
 __all__ = ["CycleResult", "PendingQueue", "Running", "Snapshot", "schedule"]
 
@@ -70,6 +70,19 @@ class _Plan:
 
     flavors: tuple[flavors.Flavor, ...]
     requests: tuple[dict[str, int], ...]
+    pods: tuple[tuple[PodShape, ...], ...]
+    """The bucket's pods restricted to each flavor (``flavors.restrict``)."""
+    rooms: tuple[int, ...]
+    """Per flavor, a number for (flavor, pods, constraints): what no room depends on."""
+    searches: tuple[int, ...]
+    """Per flavor, a number for what a victim search depends on besides the cluster:
+    (tenant, priority, flavor, pods, constraints)."""
+
+    def restrict(self, workload: Workload, at: int) -> Workload:
+        """``flavors.restrict(workload, self.flavors[at])`` for a workload of the bucket."""
+        if self.flavors[at] is None:
+            return workload
+        return replace(workload, pods=self.pods[at])
 
 
 def schedule(snapshot: Snapshot, placer: Placer) -> CycleResult:
@@ -87,7 +100,11 @@ class _Cycle:
         usage = snapshot.usage
         if usage is None:
             usage = total_usage((r.tenant, r.usage) for r in snapshot.running)
-        self.ledger = QuotaLedger(snapshot.tenants, usage)
+        terms = placer.memo.get("quota terms")
+        self.ledger = QuotaLedger(
+            snapshot.tenants, usage, terms if isinstance(terms, QuotaTerms) else None
+        )
+        placer.memo["quota terms"] = self.ledger.terms
         pending = snapshot.pending
         self.queue = pending if isinstance(pending, PendingQueue) else PendingQueue(pending)
         self.claimed: set[str] = set()
@@ -95,8 +112,8 @@ class _Cycle:
         # Within a cycle the cluster only fills up, usage only grows and
         # victims are only claimed, so a request that found no room (or no
         # victims) fails again for an identical request: remember those.
-        self.no_room: set[object] = set()
-        self.no_victims: set[object] = set()
+        self.no_room: set[int] = set()  # _Plan.rooms
+        self.no_victims: set[int] = set()  # _Plan.searches
         # As in Kueue, only a tenant's head (its first workload that does not
         # fit) may preempt in a cycle; this bounds a cycle's preemption work
         # by the number of tenants, however long the queues are.
@@ -116,13 +133,18 @@ class _Cycle:
         # Tried on their own: nominated workloads go first, and workloads
         # waiting for their victims reserve quota where they stand.
         solo = self.snap.preempting | nominated
+        # Buckets of one tenant often ask for the same (their priorities differ).
+        shares: dict[tuple[str, int], float] = {}
         for bucket in self.queue.buckets():
             plan = self.validate(bucket)
             if isinstance(plan, str):
                 self.decisions.extend(Inadmissible(name, plan) for _, name, _ in bucket.entries)
                 continue
             tenant = self.snap.tenants[bucket.tenant]
-            share = self.ledger.share_after(tenant.name, plan.requests[0])
+            asked = (tenant.name, id(plan.requests[0]))
+            share = shares.get(asked)
+            if share is None:
+                share = shares[asked] = self.ledger.share_after(tenant.name, plan.requests[0])
             cursor = _Cursor(bucket, plan, solo)
             if tenant.strict_fifo or tenant.job_order != "fifo":
                 strict.setdefault(tenant.name, []).append(cursor)
@@ -183,15 +205,20 @@ class _Cycle:
 
     def validate(self, bucket: Bucket) -> _Plan | str:
         # The answer depends only on the bucket's key, its tenant's settings
-        # and node capacities, so it is remembered across cycles.
+        # and node capacities, so it is remembered across cycles, by bucket
+        # (a bucket lives as long as it has workloads) and by key.
         tenant = self.snap.tenants.get(bucket.tenant)
-        key = ("validate", bucket.key)
-        seen = self.placer.memo.get(key)
-        if isinstance(seen, tuple) and seen[0] is tenant:
-            result: _Plan | str = seen[1]
-            return result
-        result = self._validate(bucket.entries[0][2])
-        self.placer.memo[key] = (tenant, result)
+        by_bucket = self.placer.memo.get("plans by bucket")
+        if not isinstance(by_bucket, dict) or len(by_bucket) > _BUCKETS_KEPT:
+            by_bucket = self.placer.memo["plans by bucket"] = {}
+        seen = by_bucket.get(bucket)
+        if seen is None:
+            seen = self.placer.memo.get(("validate", bucket.key))
+        if not (isinstance(seen, tuple) and seen[0] is tenant):
+            seen = (tenant, self._validate(bucket.entries[0][2]))
+            self.placer.memo[("validate", bucket.key)] = seen
+        by_bucket[bucket] = seen
+        result: _Plan | str = seen[1]
         return result
 
     def _validate(self, workload: Workload) -> _Plan | str:
@@ -215,13 +242,40 @@ class _Cycle:
             else:
                 reasons.append(reason)
         if viable:
-            requests = tuple(flavors.request(workload, f) for f in viable)
-            return _Plan(tuple(viable), requests)
+            requests = tuple(self.interned(flavors.request(workload, f)) for f in viable)
+            pods = tuple(flavors.restrict(workload, f).pods for f in viable)
+            what = (workload.pods, workload.constraints)
+            rooms = tuple(self.number(("room", f, *what)) for f in viable)
+            searches = tuple(
+                self.number(("victims", tenant.name, workload.priority, f, *what)) for f in viable
+            )
+            return _Plan(tuple(viable), requests, pods, rooms, searches)
         if reasons:
             return reasons[0]
         models = sorted({m for pod in workload.pods for m in pod.models})
         wanted = ", ".join(f"gpu/{m}" for m in models) if models else "any GPU model"
         return f"tenant {tenant.name} has no quota for {wanted}"
+
+    def number(self, key: tuple[object, ...]) -> int:
+        """A number for ``key``, the same in every cycle (quick to hash)."""
+        numbers = self.placer.memo.get("numbers")
+        if not isinstance(numbers, dict):
+            numbers = self.placer.memo["numbers"] = {}
+        found = numbers.get(key)
+        if found is None:
+            found = numbers[key] = len(numbers)
+        assert isinstance(found, int)
+        return found
+
+    def interned(self, request: dict[str, int]) -> dict[str, int]:
+        """One object for equal requests, across buckets (the cycle then works out
+        the fair share a request leads to once per tenant, not once per bucket)."""
+        key = ("request", tuple(sorted(request.items())))
+        seen = self.placer.memo.get(key)
+        if isinstance(seen, dict):
+            return seen
+        self.placer.memo[key] = request
+        return request
 
     def impossible(self, workload: Workload, flavor: flavors.Flavor) -> str | None:
         """Why ``workload`` could never run with ``flavor``, or None."""
@@ -247,15 +301,15 @@ class _Cycle:
             self.decisions.append(Pending(workload.name, f"StrictFIFO: waiting behind {head}"))
             return False
         reasons: list[object] = []
-        for flavor, request in zip(plan.flavors, plan.requests, strict=True):
+        for at, (flavor, request) in enumerate(zip(plan.flavors, plan.requests, strict=True)):
             quota = self.ledger.check(tenant.name, request)
             if not quota.fits:
                 reasons.append(quota)
                 continue
-            room_key = (flavor, workload.pods, workload.constraints)
+            room_key = plan.rooms[at]
             bindings = None
             if room_key not in self.no_room:
-                restricted = flavors.restrict(workload, flavor)
+                restricted = plan.restrict(workload, at)
                 if self.placer.could_fit(self.state, restricted):
                     bindings = self.placer.place(self.state, restricted)
             if bindings is None:
@@ -303,6 +357,34 @@ class _Cycle:
             return ("epoch", self.snap.epoch, moment)
         return (self.state.lineage, (self.state.releases, moment), self.snap.tenants)
 
+    def failed(
+        self, unfound: Unfound, version: tuple[object, ...], moment: float, borrows: bool
+    ) -> _Failed:
+        log = self.snap.released
+        return _Failed(version, unfound, log, log.count if log is not None else 0, moment,
+                       borrows)
+
+    def still_fails(
+        self, seen: _Failed, version: tuple[object, ...], moment: float, borrows: bool
+    ) -> bool:
+        """Whether a remembered failure holds now: nothing gave room back since, or
+        only releases it survives (``Unfound.survives``), with the tenant borrowing as then."""
+        if _same(seen.version, version):
+            return True
+        log = self.snap.released
+        if log is None or seen.log is not log or seen.moment != moment or seen.borrows != borrows:
+            return False
+        released = log.since(seen.mark)
+        if released is None:
+            return False
+        if not seen.unfound.survives(released):
+            # Releases since ``mark`` broke it and always will (its room count
+            # took them in and fits now): keep it from counting them again.
+            seen.unfound = UNFOUND
+            return False
+        seen.version, seen.mark = version, log.count
+        return True
+
     def outranks(self, workload: Workload) -> Callable[[Running], bool] | None:
         """Under las or srtf: whether ``workload`` goes before a running one of its tenant."""
         tenant = self.snap.tenants[workload.tenant]
@@ -323,27 +405,31 @@ class _Cycle:
 
     def preempt(self, workload: Workload, plan: _Plan) -> bool:
         self.preempt_tried.add(workload.tenant)
-        for flavor, request in zip(plan.flavors, plan.requests, strict=True):
-            key = (workload.tenant, workload.priority, flavor, workload.pods, workload.constraints)
+        for at, request in enumerate(plan.requests):
+            key = plan.searches[at]
             if key in self.no_victims:
                 continue
-            # A search that failed is not tried again until room comes back (a
-            # workload stops, a node comes up) or the tenants change: the
-            # caller's placer remembers it across cycles.  Admissions alone do
-            # not count: they can add candidates (work that found room the
-            # preemptor could not use), which a later search will find, but
-            # retrying on each would cost a search per head per cycle.
+            # A search that failed is not tried again until room comes back
+            # that could change its answer (a workload it did not count as
+            # freed stops, and with its room the preemptor might fit; a node
+            # comes up) or the tenants change: the caller's placer remembers
+            # it across cycles (docs/scheduling.md, "What a cycle costs").
+            # Admissions alone do not count: they can add candidates (work
+            # that found room the preemptor could not use), which a later
+            # search will find, but retrying on each would cost a search per
+            # head per cycle.
             memo_key = ("no_victims", key)
             # Under las or srtf, running jobs move back in the order as they
             # run: time itself is relevant, and a failure holds for this instant only.
             moment = self.snap.now if self.snap.tenants[workload.tenant].job_order != "fifo" else 0
             version = self.epoch(moment)
+            borrows = not self.ledger.within_nominal(workload.tenant, request)
             seen = self.placer.memo.get(memo_key)
-            if isinstance(seen, tuple) and _same(seen, version):
+            if isinstance(seen, _Failed) and self.still_fails(seen, version, moment, borrows):
                 self.no_victims.add(key)
                 continue
-            found = search_victims(
-                flavors.restrict(workload, flavor),
+            found = search(
+                plan.restrict(workload, at),
                 request,
                 self.ledger,
                 self.table(),
@@ -355,9 +441,11 @@ class _Cycle:
             )
             if found is NO_CANDIDATES:
                 continue
-            if found is None or not found.victims:
+            if isinstance(found, Unfound) or not found.victims:
                 self.no_victims.add(key)
-                self.placer.memo[memo_key] = version
+                self.placer.memo[memo_key] = self.failed(
+                    found if isinstance(found, Unfound) else UNFOUND, version, moment, borrows
+                )
                 continue
             for victim in found.victims:
                 run: Running = victim.running
@@ -377,6 +465,29 @@ class _Cycle:
             self.decisions.append(Pending(workload.name, f"waiting for {count} victims to stop"))
             return True
         return False
+
+
+_BUCKETS_KEPT = 10_000
+"""Buckets whose plans a placer's memo keeps by bucket (then it starts over)."""
+
+
+class _Failed:
+    """A failed victim search, as the placer's memo keeps it across cycles."""
+
+    __slots__ = ("borrows", "log", "mark", "moment", "unfound", "version")
+
+    def __init__(self, version: tuple[object, ...], unfound: Unfound, log: ReleaseLog | None,
+                 mark: int, moment: float, borrows: bool) -> None:
+        self.version = version
+        """``_Cycle.epoch`` when it was last known to hold."""
+        self.unfound = unfound
+        self.log = log
+        """The runtime's ``ReleaseLog`` (None: only ``version`` tells)."""
+        self.mark = mark
+        """Releases in ``log`` already accounted for."""
+        self.moment = moment
+        self.borrows = borrows
+        """Whether the preemptor's tenant borrowed with the request, then."""
 
 
 class _Cursor:

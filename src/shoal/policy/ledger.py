@@ -53,22 +53,58 @@ class LedgerCheck:
         return self._reason
 
 
+_Terms = tuple[int | None, int | None, int, tuple[_CohortKey, str] | None]
+"""A tenant's quota on one resource as ``check`` reads it: nominal (None: no quota),
+borrowing limit, guaranteed part, and the cohort totals' key (None: no cohort)."""
+
+_NONE: dict[str, int] = {}
+
 _FITS = LedgerCheck(True, False)
 _FITS_BORROWING = LedgerCheck(True, True)
+
+
+class QuotaTerms:
+    """What ledgers read of the tenants' quotas alone (cohort members, pools,
+    guaranteed parts), worked out once: a caller may keep it across cycles
+    for ledgers of the same tenants (``serves``)."""
+
+    def __init__(self, tenants: Mapping[str, TenantQuota]) -> None:
+        self.tenants = tenants
+        self._seen = tuple(tenants.items())
+        self.members: dict[_CohortKey, list[TenantQuota]] = {}
+        for tenant in tenants.values():
+            self.members.setdefault(_cohort_key(tenant), []).append(tenant)
+        self.cohorts: dict[str, _CohortKey] = {
+            name: _cohort_key(tenant) for name, tenant in tenants.items()
+        }
+        self.pool: dict[tuple[_CohortKey, str], int] = {}
+        self.guaranteed: dict[tuple[str, str], int] = {}
+        self.terms: dict[tuple[str, str], _Terms] = {}
+
+    def serves(self, tenants: Mapping[str, TenantQuota]) -> bool:
+        """Whether these are the same tenants, the very same objects."""
+        return tenants is self.tenants and len(tenants) == len(self._seen) and all(
+            tenants.get(name) is tenant for name, tenant in self._seen
+        )
 
 
 class QuotaLedger:
     """Usage of every tenant, with per-cohort totals kept up to date."""
 
-    def __init__(self, tenants: Mapping[str, TenantQuota], usage: Usage) -> None:
+    def __init__(
+        self, tenants: Mapping[str, TenantQuota], usage: Usage, terms: QuotaTerms | None = None
+    ) -> None:
         self.tenants = tenants
         self.usage: dict[str, dict[str, int]] = {t: dict(v) for t, v in usage.items()}
-        self._members: dict[_CohortKey, list[TenantQuota]] = {}
-        for tenant in tenants.values():
-            self._members.setdefault(_cohort_key(tenant), []).append(tenant)
-        self._pool: dict[tuple[_CohortKey, str], int] = {}
+        if terms is None or not terms.serves(tenants):
+            terms = QuotaTerms(tenants)
+        self.terms = terms
+        self._members = terms.members
+        self._pool = terms.pool
         self._drawn: dict[tuple[_CohortKey, str], int] = {}
-        self._guaranteed: dict[tuple[str, str], int] = {}
+        self._guaranteed = terms.guaranteed
+        self._terms = terms.terms
+        self._cohorts = terms.cohorts
 
     def guaranteed(self, tenant: TenantQuota, resource: str) -> int:
         key = (tenant.name, resource)
@@ -138,43 +174,68 @@ class QuotaLedger:
 
     def check(self, name: str, request: Vector) -> LedgerCheck:
         """``quota.check``, in time proportional to the request's resources."""
-        tenant = self.tenants[name]
-        mine = self.usage.get(name, {})
+        mine = self.usage.get(name, _NONE)
         borrowing = False
+        terms = self._terms
         for resource, amount in sorted(request.items()):
             if amount <= 0:
                 continue
-            if not tenant.has_quota(resource):
+            term = terms.get((name, resource))
+            if term is None:
+                term = self._terms_of(name, resource)
+            nominal, limit, guaranteed, key = term
+            if nominal is None:
                 return LedgerCheck(False, False, resource, ("no-quota", name, resource))
             used = mine.get(resource, 0)
             after = used + amount
-            nominal = tenant.nominal[resource]
-            borrowing = borrowing or after > nominal
-            if tenant.cohort is None:
+            if after > nominal:
+                borrowing = True
+            if key is None:
                 if after > nominal:
-                    return self._short(tenant, resource, amount, used, nominal - used, "solo")
+                    return self._short(name, resource, amount, used, nominal - used, "solo")
                 continue
-            limit = tenant.borrowing_limit.get(resource)
             if limit is not None and after > nominal + limit:
                 return self._short(
-                    tenant, resource, amount, used, nominal + limit - used, "limit", limit
+                    name, resource, amount, used, nominal + limit - used, "limit", limit
                 )
-            guaranteed = self.guaranteed(tenant, resource)
-            need = max(0, after - guaranteed)
-            if need == 0:
+            need = after - guaranteed
+            if need <= 0:
                 continue
-            others = self.drawn(tenant, resource) - max(0, used - guaranteed)
-            available = self.pool(tenant, resource) - others
+            drawn = self._drawn.get(key)
+            if drawn is None:
+                drawn = self.drawn(self.tenants[name], resource)
+            pool = self._pool.get(key)
+            if pool is None:
+                pool = self.pool(self.tenants[name], resource)
+            own = used - guaranteed
+            available = pool - (drawn - own if own > 0 else drawn)
             if need > available:
                 reachable = guaranteed + available
                 return self._short(
-                    tenant, resource, amount, used, reachable - used, "cohort", reachable
+                    name, resource, amount, used, reachable - used, "cohort", reachable
                 )
         return _FITS_BORROWING if borrowing else _FITS
 
+    def _terms_of(self, name: str, resource: str) -> _Terms:
+        """What ``check`` reads of ``name``'s quota on ``resource``, looked up once."""
+        tenant = self.tenants[name]
+        if not tenant.has_quota(resource):
+            term: _Terms = (None, None, 0, None)
+        elif tenant.cohort is None:
+            term = (tenant.nominal[resource], None, 0, None)
+        else:
+            term = (
+                tenant.nominal[resource],
+                tenant.borrowing_limit.get(resource),
+                self.guaranteed(tenant, resource),
+                (self._cohorts[name], resource),
+            )
+        self._terms[(name, resource)] = term
+        return term
+
     def _short(
         self,
-        tenant: TenantQuota,
+        name: str,
         resource: str,
         amount: int,
         used: int,
@@ -182,7 +243,7 @@ class QuotaLedger:
         why: str,
         figure: int = 0,
     ) -> LedgerCheck:
-        args = (why, tenant, resource, amount, used, free, figure)
+        args = (why, self.tenants[name], resource, amount, used, free, figure)
         return LedgerCheck(False, False, resource, args)
 
     # -- changing --------------------------------------------------------------
@@ -195,11 +256,10 @@ class QuotaLedger:
         ``only``: touch just these resources (a victim search reads only the
         preemptor's, and puts everything back when it ends).
         """
-        tenant = self.tenants.get(name)
         mine = self.usage.get(name)
         if mine is None:
             mine = self.usage[name] = {}
-        cohort = None if tenant is None else _cohort_key(tenant)
+        cohort = self._cohorts.get(name)
         for resource, amount in vector.items():
             if only is not None and resource not in only:
                 continue
@@ -211,8 +271,9 @@ class QuotaLedger:
             key = (cohort, resource)
             drawn = self._drawn.get(key)
             if drawn is not None:
-                assert tenant is not None
-                guaranteed = self.guaranteed(tenant, resource)
+                guaranteed = self._guaranteed.get((name, resource))
+                if guaranteed is None:
+                    guaranteed = self.guaranteed(self.tenants[name], resource)
                 if before > guaranteed or after > guaranteed:
                     self._drawn[key] = (
                         drawn + max(0, after - guaranteed) - max(0, before - guaranteed)

@@ -32,12 +32,16 @@ preemptor borrows is judged on current usage, before any victim is removed.
 The search reads running workloads from a ``RunningTable`` (columns), so
 ranking, the per-owner cut-off and the room freed per node are computed for
 all candidates at once; most searches in a busy cluster fail, and they fail
-there, before anything is unbound or placed.
+there, before anything is unbound or placed.  When the preemptor's pods are
+placed exactly by a count of pods per node (``fit_is_exact``), the greedy
+pass keeps that count up to date victim by victim and places once, at the
+end.  A failed search says which releases cannot change its answer
+(``Unfound``), so that its caller need not search again after them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,19 +58,22 @@ from shoal.domain.workload import PodShape, Workload
 from shoal.policy.decisions import PreemptReason
 from shoal.policy.ledger import QuotaLedger
 from shoal.policy.placement import Placer
-from shoal.policy.placement.gang import Free
+from shoal.policy.placement.gang import Free, RoomCount, fit_is_exact
 from shoal.policy.quota import TenantQuota, Usage
 from shoal.policy.running_table import Ints, RunningTable
 from shoal.policy.snapshot import Running
 
 __all__ = [
     "NO_CANDIDATES",
+    "UNFOUND",
     "PreemptionPlan",
     "Running",
     "RunningTable",
+    "Unfound",
     "Victim",
     "find_victims",
     "lost_work",
+    "search",
     "search_victims",
     "within_nominal",
 ]
@@ -117,16 +124,21 @@ def _rule(
     borrows: bool,
     other: TenantQuota | None,
     usage: Usage,
-    request: Vector,
+    wanted: list[str],
 ) -> tuple[PreemptReason, bool] | None:
-    """Why ``other``'s workloads may be evicted for ``tenant``, and whether only lower ones."""
+    """Why ``other``'s workloads may be evicted for ``tenant``, and whether only lower ones.
+
+    ``wanted``: the resources the preemptor requests.
+    """
     if other is None:
         return None
     if other.name == tenant.name:
         return ("priority", True) if policy.within_tenant == WithinTenant.LOWER_PRIORITY else None
     if tenant.cohort is None or other.cohort != tenant.cohort:
         return None
-    if not _borrows_any(other, usage.get(other.name, {}), request):
+    held = usage.get(other.name)
+    nominal = other.nominal
+    if not held or not any(held.get(r, 0) > nominal.get(r, 0) for r in wanted):
         return None
     if borrows:
         if policy.borrow_within_cohort != BorrowWithinCohort.LOWER_PRIORITY:
@@ -197,26 +209,38 @@ def _candidates(
     tenant = tenants[preemptor.tenant]
     policy = tenant.preemption
     borrows = not within_nominal(tenant, usage.get(tenant.name, {}), request)
-    codes = len(table.tenants)
-    ok = np.zeros(codes, dtype=np.bool_)
-    lower = np.zeros(codes, dtype=np.bool_)
+    if borrows and outranks is None and all(
+        level >= preemptor.priority for _, level in table.levels
+    ):
+        return None  # a borrower may only evict lower priorities, and none run
+    wanted = [r for r, amount in request.items() if amount > 0]
     reasons: list[PreemptReason | None] = []
-    for code, owner in enumerate(table.tenants):
-        rule = _rule(tenant, policy, borrows, tenants.get(owner), usage, request)
+    lower_only: list[bool] = []
+    for owner in table.tenants:
+        rule = _rule(tenant, policy, borrows, tenants.get(owner), usage, wanted)
         reasons.append(None if rule is None else rule[0])
-        if rule is not None:
-            ok[code], lower[code] = True, rule[1]
-    if not ok.any():
+        lower_only.append(rule is not None and rule[1])
+    own = table.tenant_code.get(tenant.name, -1)
+    same_level = (
+        outranks is not None and own >= 0 and reasons[own] == "priority" and lower_only[own]
+    )
+    # Which rows the rules allow, counted from the rows per owner and priority:
+    # most searches of a busy cluster end here, with none.
+    if not same_level and not any(
+        reasons[code] is not None and (not lower_only[code] or level < preemptor.priority)
+        for code, level in table.levels
+    ):
         return None
+    ok = np.array([reason is not None for reason in reasons], dtype=np.bool_)
+    lower = np.array(lower_only, dtype=np.bool_)
     size = table.size
     owner_of = table.tenant[:size]
     priority = table.priority[:size]
     present = table.alive[:size] & ok[owner_of]
     present &= ~lower[owner_of] | (priority < preemptor.priority)
     queue: set[int] = set()
-    own = table.tenant_code.get(tenant.name, -1)
     same: Ints | None = None
-    if outranks is not None and own >= 0 and reasons[own] == "priority" and lower[own]:
+    if same_level:
         # Under las or srtf a tenant's own jobs of the same priority may go too.
         same = np.flatnonzero(table.alive[:size] & (owner_of == own) & (priority == preemptor.priority))
         present[same] = True
@@ -317,28 +341,30 @@ def _taken(
 def _free_without(state: ClusterState, table: RunningTable, rows: Ints, gpu: bool) -> Free:
     """The room every node would have with the workloads of ``rows`` gone."""
     n = len(state)
-    nodes = table.pod_node[rows].ravel()
-    real = nodes >= 0
-    nodes = nodes[real]
+    take = np.zeros(table.size + 1, dtype=np.bool_)  # the last one stands for dropped entries
+    take[rows] = True
+    pods = table.pods
+    mine = take[pods.rows]
+    nodes = pods["node"][mine]
     cpu = state.cpu_free + np.bincount(
-        nodes, weights=table.pod_cpu[rows].ravel()[real], minlength=n
+        nodes, weights=pods["cpu"][mine], minlength=n
     ).astype(np.int64)
     memory = state.mem_free + np.bincount(
-        nodes, weights=table.pod_memory[rows].ravel()[real], minlength=n
+        nodes, weights=pods["memory"][mine], minlength=n
     ).astype(np.int64)
     if not gpu:
-        return Free(cpu, memory, state.gpu_free, state.gpu_mem_free)
+        return Free(cpu, memory, state.gpu_free.copy(), state.gpu_mem_free.copy())
     width = state.max_gpus
-    gpu_nodes = table.gpu_node[rows].ravel()
-    real = gpu_nodes >= 0
-    flat = gpu_nodes[real] * width + table.gpu_slot[rows].ravel()[real]
-    gpus = state.gpu_free + np.bincount(
-        flat, weights=table.gpu_milli[rows].ravel()[real], minlength=n * width
+    gpus = table.gpus
+    mine = take[gpus.rows]
+    flat = gpus["node"][mine] * width + gpus["slot"][mine]
+    milli = state.gpu_free + np.bincount(
+        flat, weights=gpus["milli"][mine], minlength=n * width
     ).astype(np.int64).reshape(n, width)
     gpu_memory = state.gpu_mem_free + np.bincount(
-        flat, weights=table.gpu_memory[rows].ravel()[real], minlength=n * width
+        flat, weights=gpus["memory"][mine], minlength=n * width
     ).astype(np.int64).reshape(n, width)
-    return Free(cpu, memory, gpus, gpu_memory)
+    return Free(cpu, memory, milli, gpu_memory)
 
 
 def _could_fit(
@@ -351,41 +377,62 @@ def _could_fit(
     placer: Placer,
     free_gpu: int,
     free_cpu: int,
-) -> bool:
+) -> bool | RoomCount:
     """Whether the greedy pass can succeed: is there room and quota once it has
-    taken every victim it would ever take (``rows``)?
+    taken every victim it would ever take (``rows``)?  True if so; when it is
+    room that lacks, the room count it would then have.
 
     Answered from the ledger and per-node sums alone, without unbinding or
     placing anything.  Quota and room only grow as victims go, so for a lone
     pod the answer is exact; for a gang it is a necessary condition
     (``Placer.could_fit``).
     """
-    tenant = preemptor.tenant
-    if free_gpu + int(table.gpu_total[rows].sum()) < preemptor.gpu_milli:
+    short = (
+        free_gpu + int(table.gpu_total[rows].sum()) < preemptor.gpu_milli
+        or free_cpu + int(table.cpu_total[rows].sum()) < sum(p.cpu for p in preemptor.pods)
+    )
+    if not short and not _quota_after(preemptor, request, ledger, table, rows):
         return False
-    if free_cpu + int(table.cpu_total[rows].sum()) < sum(p.cpu for p in preemptor.pods):
-        return False
-    wanted = [r for r, amount in request.items() if amount > 0]
-    owners = table.tenant[rows]
-    given: dict[str, dict[str, int]] = {}
-    for code in np.unique(owners):
-        mine = rows[owners == code]
-        given[table.tenants[int(code)]] = {
-            r: int(table.usage[r][mine].sum()) if r in table.usage else 0 for r in wanted
-        }
-    for owner, back in given.items():
-        ledger.refund(owner, back)
-    try:
-        if not ledger.check(tenant, request).fits:
-            return False
-    finally:
-        for owner, back in given.items():
-            ledger.charge(owner, back)
     free = _free_without(state, table, rows, preemptor.gpu_milli > 0)
+    if not short and _room_in(free, preemptor, state, placer):
+        return True
+    if len(preemptor.pods) == 1 and not fit_is_exact(preemptor):
+        return False  # a count of pods would not be a necessary condition for it
+    # What a later search could find at most, with these victims gone: nodes
+    # that are down now (held in this cycle) may be up by then.
+    return RoomCount(state, placer, preemptor, free, np.ones(len(state), dtype=np.bool_))
+
+
+def _room_in(free: Free, preemptor: Workload, state: ClusterState, placer: Placer) -> bool:
+    """Whether ``free`` could hold ``preemptor`` (exact for a lone pod, else ``could_fit``)."""
     if len(preemptor.pods) == 1:
         pod = preemptor.pods[0]
         return free.fits_somewhere(state, pod, placer.allowed(state, preemptor, pod))
     return placer.could_fit(state, preemptor, free=free)
+
+
+def _quota_after(
+    preemptor: Workload, request: Vector, ledger: QuotaLedger, table: RunningTable, rows: Ints
+) -> bool:
+    """Whether the preemptor's request fits its quota with the workloads of ``rows`` gone."""
+    wanted = [r for r, amount in request.items() if amount > 0]
+    owners = table.tenant[rows]
+    codes = len(table.tenants)
+    sums = {
+        r: np.bincount(owners, weights=table.usage[r][rows], minlength=codes)
+        for r in wanted if r in table.usage
+    }
+    given = {
+        table.tenants[code]: {r: int(sums[r][code]) if r in sums else 0 for r in wanted}
+        for code in np.flatnonzero(np.bincount(owners, minlength=codes)).tolist()
+    }
+    for owner, back in given.items():
+        ledger.refund(owner, back)
+    try:
+        return ledger.check(preemptor.tenant, request).fits
+    finally:
+        for owner, back in given.items():
+            ledger.charge(owner, back)
 
 
 def search_victims(
@@ -407,22 +454,174 @@ def search_victims(
     and unbinding them in a trial of ``state`` (no copies), one at a time, so
     each step costs one quota check and, once totals allow, one placement.
     """
+    found = search(preemptor, request, ledger, table, state, placer, now, outranks, claimed)
+    return None if isinstance(found, Unfound) else found
+
+
+class Unfound:
+    """A search that found no victims, and which releases cannot change that.
+
+    Releasing a running workload gives back its room and quota and can only
+    shrink the candidates (its owner borrows less), so a failed search stays
+    failed after releases of workloads it had already counted as freed, as
+    long as whether the preemptor's tenant borrows stays the same (that
+    decides which rules apply).  When what it lacked was room, it also stays
+    failed after other releases as long as the room it saw plus theirs still
+    cannot hold the preemptor.  See docs/scheduling.md, "What a cycle costs".
+    """
+
+    __slots__ = ("any_release", "counted", "room")
+
+    def __init__(
+        self,
+        counted: frozenset[tuple[str, int]] = frozenset(),
+        any_release: bool = False,
+        room: RoomCount | None = None,
+    ) -> None:
+        self.counted = counted
+        """The workloads it counted as freed: name and ``Running.attempt``."""
+        self.any_release = any_release
+        """It failed for want of any candidate it may take: no release changes that."""
+        self.room = room
+        """When room is what it lacked: the pods the nodes could take with ``counted``
+        gone (and, once ``survives`` added them, the releases since): a
+        necessary condition for the preemptor to fit."""
+
+    def survives(self, released: Iterable[tuple[str, int, Sequence[Binding]]]) -> bool:
+        """Whether it still fails after ``released`` (name, attempt, bindings) stopped.
+
+        Meant for the same preemptor, request and tenants, and a preemptor's
+        tenant that borrows as it did; ``room`` takes in the releases.
+        """
+        if self.any_release:
+            return True
+        counted = self.counted
+        others = [held for name, attempt, held in released if (name, attempt) not in counted]
+        if not others:
+            return True
+        room = self.room
+        if room is None:
+            return False
+        for bindings in others:
+            room.give(bindings, capped=True)  # it may have come after the search
+        return not room.fits()
+
+
+UNFOUND = Unfound()
+"""A failure that any release may change (the greedy pass itself found no room)."""
+
+
+def search(
+    preemptor: Workload,
+    request: Vector,
+    ledger: QuotaLedger,
+    table: RunningTable,
+    state: ClusterState,
+    placer: Placer,
+    now: float,
+    outranks: Callable[[Running], bool] | None = None,
+    claimed: Collection[str] = (),
+) -> PreemptionPlan | Unfound:
+    """``search_victims``, saying of a failure which releases it survives (``Unfound``)."""
     found = _candidates(preemptor, request, ledger, table, now, outranks, claimed)
     if found is None:
         return NO_CANDIDATES
     if not len(found.rows):
-        return None
+        return Unfound(any_release=True)
     taken = _taken(preemptor, request, ledger, table, found.rows)
     order = np.flatnonzero(taken)
     rows = found.rows[order]
     if not len(rows):
-        return None
+        return Unfound(any_release=True)
     up = state.up
     free_gpu, free_cpu = int(state.gpu_free[up].sum()), int(state.cpu_free[up].sum())
-    if not _could_fit(preemptor, request, ledger, table, rows, state, placer, free_gpu, free_cpu):
-        return None
+    fits = _could_fit(preemptor, request, ledger, table, rows, state, placer, free_gpu, free_cpu)
+    if fits is not True:
+        room = fits if isinstance(fits, RoomCount) and not fits.fits() else None
+        runs = [table.run(slot) for slot in rows.tolist()]
+        return Unfound(frozenset((run.name, run.attempt) for run in runs), room=room)
     ranked = (found.victim(table, int(at)) for at in order)
-    return _greedy(preemptor, request, ledger, state, placer, ranked, free_gpu, free_cpu)
+    if fit_is_exact(preemptor):
+        plan = _greedy_counted(
+            preemptor, request, ledger, state, placer, ranked, free_gpu, free_cpu
+        )
+    else:
+        plan = _greedy(preemptor, request, ledger, state, placer, ranked, free_gpu, free_cpu)
+    return UNFOUND if plan is None else plan
+
+
+def _greedy_counted(
+    preemptor: Workload,
+    request: Vector,
+    ledger: QuotaLedger,
+    state: ClusterState,
+    placer: Placer,
+    ranked: Iterable[Victim],
+    free_gpu: int,
+    free_cpu: int,
+) -> PreemptionPlan | None:
+    """``_greedy`` for a preemptor whose room count is exact (``fit_is_exact``).
+
+    Whether it fits is then a count of its pods per node, kept up to date on
+    the nodes each victim frees or takes back (``RoomCount``), so neither pass
+    unbinds or places anything: the victims are unbound and the preemptor
+    placed once, at the end.  The victims and the placement are those of
+    ``_greedy``: a placement depends only on the state it is made on, and
+    every step that ``_greedy`` keeps leaves the state as the one that last
+    placed found it.
+    """
+    need_gpu, need_cpu = preemptor.gpu_milli, sum(pod.cpu for pod in preemptor.pods)
+    tenant = preemptor.tenant
+    room = RoomCount(state, placer, preemptor)
+    chosen: list[Victim] = []
+    dropped: set[int] = set()  # ids of the chosen victims the drop pass put back
+    gpu_freed = cpu_freed = 0
+    try:
+        for victim in ranked:
+            run = victim.running
+            ledger.refund(run.tenant, run.usage, request)
+            chosen.append(victim)
+            room.give(run.bindings)
+            for binding in run.bindings:
+                gpu_freed += binding.shape.gpu_total_milli
+                cpu_freed += binding.shape.cpu
+            if free_gpu + gpu_freed < need_gpu or free_cpu + cpu_freed < need_cpu:
+                continue
+            if room.fits() and ledger.check(tenant, request).fits:
+                break
+        else:
+            return None
+        # Drop the victims a later one made unnecessary, costliest first.
+        for victim in sorted(chosen, key=lambda v: -v.cost):
+            run = victim.running
+            gpu = sum(b.shape.gpu_total_milli for b in run.bindings)
+            cpu = sum(b.shape.cpu for b in run.bindings)
+            ledger.charge(run.tenant, run.usage, 1, request)
+            room.give(run.bindings, -1)
+            if (
+                free_gpu + gpu_freed - gpu >= need_gpu
+                and free_cpu + cpu_freed - cpu >= need_cpu
+                and room.fits()
+                and ledger.check(tenant, request).fits
+            ):
+                dropped.add(id(victim))
+                gpu_freed, cpu_freed = gpu_freed - gpu, cpu_freed - cpu
+                continue
+            room.give(run.bindings)
+            ledger.refund(run.tenant, run.usage, request)
+        chosen = [v for v in chosen if id(v) not in dropped]
+        dropped.clear()
+        with state.trial():
+            for victim in chosen:
+                for binding in victim.running.bindings:
+                    state.unbind(binding)
+            bindings = placer.place(state, preemptor)
+        assert bindings is not None, "an exact room count promised a placement"
+    finally:
+        for victim in chosen:
+            if id(victim) not in dropped:
+                ledger.charge(victim.running.tenant, victim.running.usage, 1, request)
+    return PreemptionPlan(victims=tuple(chosen), bindings=tuple(bindings))
 
 
 def _greedy(
@@ -568,11 +767,4 @@ def _room_on(
     return any(
         f >= pod.gpu_milli and (not pod.gpu_memory or m >= pod.gpu_memory)
         for f, m in zip(free, memory, strict=True)
-    )
-
-
-def _borrows_any(tenant: TenantQuota, usage: Vector, request: Vector) -> bool:
-    """Whether ``tenant`` uses more than nominal of a resource in ``request``."""
-    return any(
-        usage.get(r, 0) > tenant.nominal.get(r, 0) for r, amount in request.items() if amount > 0
     )

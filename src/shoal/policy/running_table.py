@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from shoal.policy.snapshot import Running
 
-__all__ = ["NAME_WORDS", "RunningTable", "name_key"]
+__all__ = ["NAME_WORDS", "Entries", "RunningTable", "name_key"]
 
 NAME_WORDS = 4
 """Words of ``RunningTable.name_key``: names equal in their first 32 bytes tie there."""
@@ -37,8 +37,10 @@ Bools = npt.NDArray[np.bool_]
 class RunningTable:
     """Columns of running workloads; rows are reused after removal.
 
-    ``alive`` marks the rows in use.  Pods are padded to the widest workload
-    seen (node -1 marks padding), GPU entries likewise (one per GPU a pod uses).
+    ``alive`` marks the rows in use.  Where each workload holds room is kept
+    flat, one entry per pod (``pods``) and one per GPU a pod uses (``gpus``),
+    each naming its row, so the room held by any set of rows is a few sums
+    over all entries (``Entries``).
     """
 
     def __init__(self, runs: Iterable[Running] = (), capacity: int = 64) -> None:
@@ -46,6 +48,8 @@ class RunningTable:
         self.tenant_code: dict[str, int] = {}
         self.slot: dict[str, int] = {}
         self.runs: list[Running | None] = []
+        self.levels: dict[tuple[int, int], int] = {}
+        """Rows in use per (tenant code, priority)."""
         self._free: list[int] = []
         self._size = 0
         self.alive: Bools = np.zeros(0, dtype=np.bool_)
@@ -63,13 +67,10 @@ class RunningTable:
         self.usage: dict[str, Ints] = {}
         self.name_key: npt.NDArray[np.uint64] = np.zeros((0, NAME_WORDS), dtype=np.uint64)
         """The name's first bytes as big-endian words: they sort as the names do."""
-        self.pod_node: Ints = np.zeros((0, 1), dtype=np.int64)
-        self.pod_cpu: Ints = np.zeros((0, 1), dtype=np.int64)
-        self.pod_memory: Ints = np.zeros((0, 1), dtype=np.int64)
-        self.gpu_node: Ints = np.zeros((0, 1), dtype=np.int64)
-        self.gpu_slot: Ints = np.zeros((0, 1), dtype=np.int64)
-        self.gpu_milli: Ints = np.zeros((0, 1), dtype=np.int64)
-        self.gpu_memory: Ints = np.zeros((0, 1), dtype=np.int64)
+        self.pods = Entries(("node", "cpu", "memory"))
+        """One entry per pod: its node, CPU and memory."""
+        self.gpus = Entries(("node", "slot", "milli", "memory"))
+        """One entry per GPU a pod uses: its node and slot, milli-GPU and GPU memory."""
         self._grow(capacity)
         for run in runs:
             self.add(run)
@@ -111,11 +112,16 @@ class RunningTable:
                 slot = self._size
                 self._size += 1
             self.slot[name] = slot
+        else:
+            self._forget(slot)
         self.runs[slot] = run
         workload = run.workload
+        code = self.code(workload.tenant)
+        level = (code, workload.priority)
+        self.levels[level] = self.levels.get(level, 0) + 1
         self.alive[slot] = True
         self.preemptible[slot] = workload.preemptible
-        self.tenant[slot] = self.code(workload.tenant)
+        self.tenant[slot] = code
         self.priority[slot] = workload.priority
         self.start[slot] = run.start_time
         self.checkpoint[slot] = math.nan if run.last_checkpoint is None else run.last_checkpoint
@@ -129,40 +135,34 @@ class RunningTable:
                 column = self.usage[resource] = np.zeros(len(self.alive), dtype=np.int64)
                 column[slot] = amount
         bindings = run.bindings
-        gpus = sum(len(b.gpus) for b in bindings)
-        if len(bindings) > self.pod_node.shape[1] or gpus > self.gpu_node.shape[1]:
-            self._widen(len(bindings), gpus)
-        self.pod_node[slot] = -1
-        self.pod_cpu[slot] = self.pod_memory[slot] = 0
-        self.gpu_node[slot] = -1
-        self.gpu_slot[slot] = self.gpu_milli[slot] = self.gpu_memory[slot] = 0
-        at = 0
-        gpu_total = cpu_total = 0
-        for i, binding in enumerate(bindings):
-            shape = binding.shape
-            self.pod_node[slot, i] = binding.node
-            self.pod_cpu[slot, i] = shape.cpu
-            self.pod_memory[slot, i] = shape.memory
-            gpu_total += shape.gpu_total_milli
-            cpu_total += shape.cpu
-            for gpu in binding.gpus:
-                self.gpu_node[slot, at] = binding.node
-                self.gpu_slot[slot, at] = gpu
-                self.gpu_milli[slot, at] = shape.gpu_milli
-                self.gpu_memory[slot, at] = shape.gpu_memory
-                at += 1
-        self.gpu_total[slot] = gpu_total
-        self.cpu_total[slot] = cpu_total
+        self.pods.add(slot, [(b.node, b.shape.cpu, b.shape.memory) for b in bindings])
+        self.gpus.add(slot, [
+            (b.node, gpu, b.shape.gpu_milli, b.shape.gpu_memory) for b in bindings for gpu in b.gpus
+        ])
+        self.gpu_total[slot] = sum(b.shape.gpu_total_milli for b in bindings)
+        self.cpu_total[slot] = sum(b.shape.cpu for b in bindings)
 
     def remove(self, name: str) -> None:
         """Forget the workload ``name`` (nothing happens if it has no row)."""
         slot = self.slot.pop(name, None)
         if slot is None:
             return
+        self._forget(slot)
         self.runs[slot] = None
         self.alive[slot] = False
         self.preemptible[slot] = False
         self._free.append(slot)
+
+    def _forget(self, slot: int) -> None:
+        """Take the row's workload out of ``levels`` and its room out of the entries."""
+        level = (int(self.tenant[slot]), int(self.priority[slot]))
+        left = self.levels[level] - 1
+        if left:
+            self.levels[level] = left
+        else:
+            del self.levels[level]
+        self.pods.drop(slot)
+        self.gpus.drop(slot)
 
     def run(self, slot: int) -> Running:
         run = self.runs[slot]
@@ -184,25 +184,89 @@ class RunningTable:
         self.name_key = np.concatenate(
             [self.name_key, np.zeros((more, NAME_WORDS), dtype=np.uint64)]
         )
-        for attr in ("pod_node", "pod_cpu", "pod_memory",
-                     "gpu_node", "gpu_slot", "gpu_milli", "gpu_memory"):
-            block = getattr(self, attr)
-            fill = -1 if attr.endswith("_node") else 0
-            extra = np.full((more, block.shape[1]), fill, dtype=np.int64)
-            setattr(self, attr, np.concatenate([block, extra]))
+        self.pods.grow_rows(capacity)
+        self.gpus.grow_rows(capacity)
 
-    def _widen(self, pods: int, gpus: int) -> None:
-        for attrs, width in (
-            (("pod_node", "pod_cpu", "pod_memory"), pods),
-            (("gpu_node", "gpu_slot", "gpu_milli", "gpu_memory"), gpus),
-        ):
-            for attr in attrs:
-                block = getattr(self, attr)
-                if width <= block.shape[1]:
-                    continue
-                fill = -1 if attr.endswith("_node") else 0
-                extra = np.full((block.shape[0], width - block.shape[1]), fill, dtype=np.int64)
-                setattr(self, attr, np.concatenate([block, extra], axis=1))
+
+class Entries:
+    """Integer columns of entries (pods, or GPUs of pods), each entry owned by a row.
+
+    A row's entries are contiguous (``first[row]``, ``count[row]``).  Dropping a
+    row zeroes all its entries but ``node`` (zero room, so sums over entries
+    need not skip them) and marks them ``row`` -1; once dropped entries are
+    the majority, the columns are compacted.
+    """
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.used = 0
+        self.dead = 0
+        self.row: Ints = np.zeros(0, dtype=np.int64)
+        self.columns: dict[str, Ints] = {name: np.zeros(0, dtype=np.int64) for name in names}
+        self.first: Ints = np.zeros(0, dtype=np.int64)
+        self.count: Ints = np.zeros(0, dtype=np.int64)
+
+    def __getitem__(self, name: str) -> Ints:
+        """Column ``name`` of the entries in use (a view)."""
+        return self.columns[name][: self.used]
+
+    @property
+    def rows(self) -> Ints:
+        """The row of each entry in use, -1 for a dropped one (a view)."""
+        return self.row[: self.used]
+
+    def grow_rows(self, capacity: int) -> None:
+        more = capacity - len(self.first)
+        if more > 0:
+            self.first = np.concatenate([self.first, np.zeros(more, dtype=np.int64)])
+            self.count = np.concatenate([self.count, np.zeros(more, dtype=np.int64)])
+
+    def add(self, row: int, values: list[tuple[int, ...]]) -> None:
+        """Give ``row`` the entries ``values`` (one tuple per entry, in ``names`` order)."""
+        need = len(values)
+        if self.used + need > len(self.row):
+            self._compact_or_grow(need)
+        at = self.used
+        self.first[row], self.count[row] = at, need
+        if need:
+            self.row[at:at + need] = row
+            for name, column in zip(self.names, zip(*values, strict=True), strict=True):
+                self.columns[name][at:at + need] = column
+            self.used += need
+
+    def drop(self, row: int) -> None:
+        at, need = int(self.first[row]), int(self.count[row])
+        if need:
+            self.row[at:at + need] = -1
+            for name, column in self.columns.items():
+                if name != "node":
+                    column[at:at + need] = 0
+            self.dead += need
+        self.count[row] = 0
+
+    def _compact_or_grow(self, need: int) -> None:
+        if self.dead * 2 >= self.used and self.dead:
+            keep = np.flatnonzero(self.row[: self.used] >= 0)
+            moved = np.full(self.used, -1, dtype=np.int64)
+            moved[keep] = np.arange(len(keep))
+            owners = np.flatnonzero(self.count > 0)
+            self.first[owners] = moved[self.first[owners]]
+            size = len(self.row)
+            self.row = _padded(self.row[keep], size, -1)
+            for name in self.names:
+                self.columns[name] = _padded(self.columns[name][keep], size, 0)
+            self.used, self.dead = len(keep), 0
+        if self.used + need > len(self.row):
+            size = max(2 * len(self.row), self.used + need, 64)
+            self.row = _padded(self.row[: self.used], size, -1)
+            for name in self.names:
+                self.columns[name] = _padded(self.columns[name][: self.used], size, 0)
+
+
+def _padded(values: Ints, size: int, fill: int) -> Ints:
+    out = np.full(size, fill, dtype=np.int64)
+    out[: len(values)] = values
+    return out
 
 
 def name_key(name: str) -> npt.NDArray[np.uint64]:

@@ -31,6 +31,9 @@ class Running:
     start_time: float
     last_checkpoint: float | None = None
     checkpoint_interval: float | None = None
+    attempt: int = 0
+    """Which attempt of the workload this is (its job record's ``attempts``), where the
+    runtime counts them: with the name, it tells attempts apart in a ``ReleaseLog``."""
     weight: float = field(init=False, repr=False, compare=False)
     """What one second of its lost work costs: milli-GPUs held, or cores when it has none."""
 
@@ -79,6 +82,47 @@ def progress_saved(
     return start + ((now - start) // interval) * interval
 
 
+class ReleaseLog:
+    """What gave room back, as a runtime keeps it across cycles: each running
+    workload that stopped holding resources (name, attempt and bindings), in
+    order, and *resets* for anything else (a node that came up or changed,
+    tenants that changed).
+
+    A cycle remembers ``count`` when a victim search fails and later reads
+    what was released since (``since``), to tell whether the failure can still
+    hold (``preemption.Unfound``).  Only the last ``kept`` entries are kept.
+    """
+
+    def __init__(self, kept: int = 4096) -> None:
+        self.kept = kept
+        self._entries: list[tuple[str, int, tuple[Binding, ...]]] = []
+        self._dropped = 0  # entries dropped from the front
+        self._reset = 0  # ``count`` at the last reset
+
+    @property
+    def count(self) -> int:
+        """Entries added so far."""
+        return self._dropped + len(self._entries)
+
+    def add(self, name: str, attempt: int, bindings: tuple[Binding, ...]) -> None:
+        """The attempt ``attempt`` of workload ``name`` stopped holding ``bindings``."""
+        self._entries.append((name, attempt, bindings))
+        if len(self._entries) >= 2 * self.kept:
+            del self._entries[: self.kept]
+            self._dropped += self.kept
+
+    def reset(self) -> None:
+        """Room came back otherwise (or node indices moved): nothing before counts."""
+        self._reset = self.count
+
+    def since(self, mark: int) -> list[tuple[str, int, tuple[Binding, ...]]] | None:
+        """What was released after the first ``mark`` entries, oldest first; None
+        after a reset, or when the entries are no longer kept."""
+        if mark < self._reset or mark < self._dropped:
+            return None
+        return self._entries[mark - self._dropped:]
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What a cycle sees; it leaves every part as it found it.
@@ -109,6 +153,10 @@ class Snapshot:
     no workload stopped, no node come up and no tenant changed between them (so a
     victim search that failed in the first fails in the second).  None: unknown; the
     cycle then compares cluster states, which only a runtime that keeps one can match."""
+    released: ReleaseLog | None = None
+    """The runtime's log of what gave room back, kept across cycles, if it keeps one:
+    a failed victim search then survives releases that cannot change its answer
+    (``preemption.Unfound``).  With none, any release retries it (``epoch``)."""
     service: Mapping[str, Service] = field(default_factory=dict)
     """What each workload ran before its current attempt (read by las and srtf orderings);
     a workload missing here has run nothing."""

@@ -38,6 +38,7 @@ from shoal.policy.preemption import Running
 from shoal.policy.queue import PendingQueue
 from shoal.policy.quota import TenantQuota
 from shoal.policy.running_table import RunningTable
+from shoal.policy.snapshot import ReleaseLog
 from shoal.sim.timeline import Timeline
 
 FINISH, STOPPED, NODE_DOWN, NODE_UP, ARRIVE, SERVICE = 0, 1, 2, 3, 4, 5
@@ -130,6 +131,8 @@ class ReplayEngine:
         self.running: dict[str, Running] = {}  # what the admission cycle sees
         # The same, as columns kept across cycles: victim searches read them.
         self.table = RunningTable()
+        # What gave room back, for the cycles' memory of failed victim searches.
+        self.released = ReleaseLog()
         self.usage: dict[str, dict[str, int]] = {}
         self.preempting: dict[str, str] = {}  # victim -> preemptor, until the victim stops
         # victim -> preemptor, until the victim runs again (its record's preemptor)
@@ -262,6 +265,7 @@ class ReplayEngine:
                         record.row, now, "node failure", self._interval(record)))
             return
         self.state.set_up(node, True)
+        self.released.reset()
         self._log(now, "node-up", node=name)
 
     def _interval(self, record: JobRecord) -> float | None:
@@ -288,6 +292,7 @@ class ReplayEngine:
             service=self.services,
             usage=self.usage,
             running_table=self.table,
+            released=self.released,
         )
         preempted = False
         # Only the actions: the queue's bulk Pending decisions carry nothing to apply.
@@ -353,6 +358,7 @@ class ReplayEngine:
             usage=dict(decision.usage),
             start_time=now,
             checkpoint_interval=self._interval(record),
+            attempt=record.row.attempts + 1,
         )
         self._charge(record.workload.tenant, decision.usage, +1)
         self.pending.discard(name)
@@ -416,6 +422,7 @@ class ReplayEngine:
         self.running.pop(name, None)
         self.preempting.pop(name, None)
         self.table.remove(name)
+        self.released.add(name, running.attempt, running.bindings)
 
     def _charge(self, tenant: str, usage: Mapping[str, int], sign: int) -> None:
         held = self.usage.setdefault(tenant, {})

@@ -5,6 +5,11 @@ undone before returning, so a gang that does not fit leaves nothing behind (no
 partial holds, no deadlock) and no placement copies the cluster.  ``pack`` first tries topology domains (NVLink domain, rack,
 zone) that can hold the whole gang, tightest first; ``anti_affinity`` keeps
 pods of the workload on distinct nodes or racks.
+
+Before placing, ``could_fit`` counts how many pods of each shape the nodes
+could take (a necessary condition, exact for identical pods placed freely:
+``fit_is_exact``); ``RoomCount`` keeps that count up to date while pods are
+given back or taken again on a few nodes, without touching the state.
 """
 
 from __future__ import annotations
@@ -188,9 +193,12 @@ class Free:
                 gpu[node, slot] += shape.gpu_milli
         return cls(cpu, memory, gpu)
 
-    def pods_per_node(self, state: ClusterState, pod: PodShape) -> IntArray:
-        """How many pods of this shape each node could still take (0 on nodes that are down)."""
-        room = np.where(state.up, np.int64(1 << 40), 0)
+    def pods_per_node(
+        self, state: ClusterState, pod: PodShape, up: BoolArray | None = None
+    ) -> IntArray:
+        """How many pods of this shape each node could still take (0 on nodes that are
+        down; ``up``: the nodes to count as up, if not those that are)."""
+        room = np.where(state.up if up is None else up, np.int64(1 << 40), 0)
         if pod.cpu:
             room = np.minimum(room, self.cpu // pod.cpu)
         if pod.memory:
@@ -207,6 +215,144 @@ class Free:
                 room = np.minimum(room, slots // pod.gpu_count)
         result: IntArray = np.maximum(room, 0)
         return result
+
+
+def fit_is_exact(workload: Workload) -> bool:
+    """Whether counting pods per node (``RoomCount``) is exact for ``workload``: it
+    can be placed whenever the nodes could take as many pods as it has.
+
+    So it is for identical pods placed with no packing or spreading, none of
+    which asks for GPU memory: placing one of them on a node takes exactly one
+    from that node's ``pods_per_node`` count (a whole GPU, a fraction of one
+    GPU, CPU and memory only go down by one pod's worth), so the pods go one
+    by one for as long as the count says they can.
+    """
+    pods = workload.pods
+    pod = pods[0]
+    if pod.gpu_memory or (pod.gpu_count and pod.gpu_milli < MILLI and pod.gpu_count != 1):
+        return False
+    if len(pods) == 1:
+        return True
+    constraints = workload.constraints
+    if constraints.pack != "none" or constraints.anti_affinity != "none":
+        return False
+    return all(other == pod for other in pods)
+
+
+class RoomCount:
+    """``Placer.could_fit`` kept up to date as pods go or come back on a few nodes.
+
+    It counts, per pod shape of a workload, how many pods of that shape the
+    nodes could take (``Free.pods_per_node`` on the nodes it may use, one per
+    node under anti-affinity), starting from ``free`` (or the state's room)
+    and changing only the nodes that ``give`` touches: the cluster state is
+    not touched.  ``fits()`` answers as ``could_fit`` would on that room, for a
+    lone pod too; for a workload that ``fit_is_exact`` it is whether it can be
+    placed.  ``up``: the nodes to count as up (read as they change), if not
+    the state's.
+    """
+
+    __slots__ = ("_base", "_free", "_shapes", "_state", "_up", "counts")
+
+    def __init__(
+        self,
+        state: ClusterState,
+        placer: Placer,
+        workload: Workload,
+        free: Free | None = None,
+        up: BoolArray | None = None,
+    ) -> None:
+        self._state = state
+        self._up = up = state.up if up is None else up
+        self._base = base = free if free is not None else Free.of(state)
+        once = len(workload.pods) > 1 and workload.constraints.anti_affinity != "none"
+        wanted: dict[PodShape, int] = {}
+        for pod in workload.pods:
+            wanted[pod] = wanted.get(pod, 0) + 1
+        self._shapes: list[_Shape] = []
+        for pod, count in wanted.items():
+            allowed = placer.allowed(state, workload, pod)
+            if pod.gpu_count and pod.gpu_milli >= MILLI and pod.gpu_memory:
+                # Whole GPUs with too little memory take no pod (as pods_per_node).
+                allowed = allowed & (state.gpu_memory >= pod.gpu_memory)
+            per_node = base.pods_per_node(state, pod, up) * allowed
+            if once:
+                per_node = np.minimum(per_node, 1)
+            self._shapes.append(_Shape(pod, count, allowed, once, per_node))
+        self.counts = [int(shape.first.sum()) for shape in self._shapes]
+        """Per shape, how many pods of it the nodes could take."""
+        self._free: dict[int, list[int]] = {}
+        """Touched nodes' free CPU, memory and per-GPU milli (one list)."""
+
+    def fits(self) -> bool:
+        return all(
+            count >= shape.count for count, shape in zip(self.counts, self._shapes, strict=True)
+        )
+
+    def give(self, bindings: Sequence[Binding], sign: int = 1, capped: bool = False) -> None:
+        """Pods of ``bindings`` gone (``sign=-1``: back again).
+
+        ``capped``: the room may be counted as free already (pods that came
+        after the room was taken and went again); a node's room then never
+        exceeds its capacity, so the counts only grow.
+        """
+        for binding in bindings:
+            node, shape = binding.node, binding.shape
+            free = self._free.get(node)
+            if free is None:
+                base = self._base
+                free = [int(base.cpu[node]), int(base.memory[node])]
+                free.extend(int(v) for v in base.gpu[node])
+                self._free[node] = free
+                for kind in self._shapes:
+                    kind.now[node] = int(kind.first[node])
+            free[0] += sign * shape.cpu
+            free[1] += sign * shape.memory
+            for gpu in binding.gpus:
+                free[2 + gpu] += sign * shape.gpu_milli
+            if capped:
+                state = self._state
+                free[0] = min(free[0], int(state.cpu_cap[node]))
+                free[1] = min(free[1], int(state.mem_cap[node]))
+                for gpu in binding.gpus:
+                    free[2 + gpu] = min(free[2 + gpu], MILLI)
+            up = bool(self._up[node])
+            for i, kind in enumerate(self._shapes):
+                count = kind.on(node, free) if up else 0
+                self.counts[i] += count - kind.now[node]
+                kind.now[node] = count
+
+
+class _Shape:
+    """One pod shape of a ``RoomCount``: how many the workload has, and per node
+    how many could go there (first, and now for the nodes touched since)."""
+
+    __slots__ = ("allowed", "count", "first", "now", "once", "pod")
+
+    def __init__(
+        self, pod: PodShape, count: int, allowed: BoolArray, once: bool, first: IntArray
+    ) -> None:
+        self.pod, self.count, self.allowed, self.once, self.first = pod, count, allowed, once, first
+        self.now: dict[int, int] = {}
+
+    def on(self, node: int, free: list[int]) -> int:
+        """``Free.pods_per_node`` of one node that is up, from its free ``free``."""
+        if not self.allowed[node]:
+            return 0
+        pod = self.pod
+        room = 1 << 40
+        if pod.cpu:
+            room = min(room, free[0] // pod.cpu)
+        if pod.memory:
+            room = min(room, free[1] // pod.memory)
+        if pod.gpu_count:
+            gpus = free[2:]
+            if pod.gpu_milli >= MILLI:
+                room = min(room, sum(1 for v in gpus if v == MILLI) // pod.gpu_count)
+            else:
+                room = min(room, sum(v // pod.gpu_milli for v in gpus) // pod.gpu_count)
+        room = max(room, 0)
+        return min(room, 1) if self.once else room
 
 
 def pods_per_node(state: ClusterState, pod: PodShape) -> IntArray:
