@@ -21,12 +21,9 @@ import json
 import logging
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +33,7 @@ import yaml
 from shoal.runtime.kubernetes.client import Kube
 from shoal.runtime.kubernetes.convert import JOB_LABEL
 from tests.kube.conftest import ROOT, ControlPlane
+from tests.kube.operator_process import running_operator
 from tests.kube.waiting import wait_gone, wait_until
 from tests.unit.test_deploy_files import base_documents
 
@@ -43,7 +41,6 @@ pytestmark = pytest.mark.kube
 
 DEPLOY = ROOT / "deploy"
 NAMESPACE, ACCOUNT = "shoal-system", "shoal-operator"
-STOP_TIMEOUT_S = 30
 TOKEN_TIMEOUT_S = 60.0
 COLLECTIONS = {
     "CustomResourceDefinition": "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
@@ -187,27 +184,6 @@ def as_operator(control_plane: ControlPlane, operator_token: str,
                                                    tmp_path / "sa.kubeconfig")))
     yield kube
     kube.close()
-
-
-@contextmanager
-def running_operator(kubeconfig: Path, log: Path) -> Iterator[None]:
-    """``shoal operator`` as a process; stopped with SIGINT, it must exit 0."""
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "operator", "--kubeconfig", str(kubeconfig),
-             "--verbose"], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            pytest.fail(f"the operator did not stop within {STOP_TIMEOUT_S} s on SIGINT:\n"
-                        f"{log.read_text()[-4000:]}")
-    assert code == 0, log.read_text()[-4000:]
 
 
 def _ready(name: str) -> Any:

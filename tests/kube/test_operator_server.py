@@ -8,9 +8,6 @@ process is stopped with SIGINT, as Ctrl-C would, and must exit cleanly.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,34 +15,19 @@ import pytest
 
 from shoal.runtime.kubernetes.client import Kube
 from tests.kube.conftest import ControlPlane
+from tests.kube.operator_process import running_operator
 from tests.kube.waiting import State, wait_gone, wait_until
 
 pytestmark = pytest.mark.kube
 
-STOP_TIMEOUT_S = 30
 
 
 @pytest.fixture
 def operator(control_plane: ControlPlane, crds: Kube, tmp_path: Path) -> Iterator[Path]:
     """A running ``shoal operator``; yields its log, which a failure shows."""
     log = tmp_path / "operator.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "operator", "--kubeconfig",
-             str(control_plane.kubeconfig), "--verbose"],
-            stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with running_operator(control_plane.kubeconfig, log, "--verbose"):
         yield log
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            pytest.fail(f"the operator did not stop within {STOP_TIMEOUT_S} s on SIGINT:\n"
-                        f"{log.read_text()[-4000:]}")
-    assert code == 0, log.read_text()[-4000:]
 
 
 def ready(name: str) -> object:

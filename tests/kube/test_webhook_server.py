@@ -9,9 +9,6 @@ embedded runtime gives (``webhook.review``), and a valid one is stored.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ import pytest
 from shoal.errors import ShoalError
 from shoal.runtime.kubernetes.client import Kube
 from tests.kube.conftest import ControlPlane, free_port
+from tests.kube.operator_process import running_operator
 from tests.kube.waiting import wait_gone, wait_until
 
 pytestmark = pytest.mark.kube
@@ -34,32 +32,22 @@ def webhook(control_plane: ControlPlane, crds: Kube,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One operator serving the webhook for this module's tests; yields its log."""
     log = tmp_path_factory.mktemp("webhook") / "operator.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "operator", "--kubeconfig",
-             str(control_plane.kubeconfig), "--webhook-port", str(free_port())],
-            stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with running_operator(control_plane.kubeconfig, log, "--webhook-port", str(free_port())):
         crds.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "hooked"}})
-        with control_plane.http() as http:
-            wait_until(crds, "Namespace", lambda _: http.get(f"{PATH}/{CONFIGURATION}")
-                       .status_code == 200, what=f"the webhook registered (log: {log})")
-        yield log
-    finally:
-        process.send_signal(signal.SIGINT)
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        # Never leave a webhook behind for the session's other tests.
-        with control_plane.http() as http:
-            http.delete(f"{PATH}/{CONFIGURATION}")
-        for job in crds.list("TrainingJob", "hooked"):
-            crds.replace({**job, "metadata": {**job["metadata"], "finalizers": []}})
-            crds.delete("TrainingJob", job["metadata"]["name"], "hooked")
-        crds.delete("Namespace", "hooked")
-        wait_gone(crds, "Namespace", "hooked")
+            with control_plane.http() as http:
+                wait_until(crds, "Namespace", lambda _: http.get(f"{PATH}/{CONFIGURATION}")
+                           .status_code == 200, what=f"the webhook registered (log: {log})")
+            yield log
+        finally:
+            for item in crds.list("TrainingJob", "hooked"):
+                crds.replace({**item, "metadata": {**item["metadata"], "finalizers": []}})
+                crds.delete("TrainingJob", item["metadata"]["name"], "hooked")
+            crds.delete("Namespace", "hooked")
+    # Never leave a webhook behind for the session's other tests.
+    with control_plane.http() as http:
+        http.delete(f"{PATH}/{CONFIGURATION}")
+    wait_gone(crds, "Namespace", "hooked")
 
 
 def job(name: str, **spec: Any) -> dict[str, Any]:
