@@ -119,6 +119,13 @@ def test_a_gang_is_admitted_bound_by_shoal_run_and_succeeds(loop: KubeControl) -
     nodes = {p["spec"]["nodeName"] for p in pods}
     assert len(nodes) == 2
     assert {p["metadata"]["annotations"]["shoal.dev/rank"] for p in pods} == {"0", "1"}
+    # As stored by the API server (after its ServiceAccount admission): no API
+    # token is mounted into the tenant's containers, and they run as nobody.
+    for pod in pods:
+        mounts = [m["mountPath"] for c in pod["spec"]["containers"]
+                  for m in c.get("volumeMounts") or []]
+        assert not any("serviceaccount" in path for path in mounts), mounts
+        assert pod["spec"]["securityContext"]["runAsUser"] == 65534
     done = phase(kube, "gang", "ka", "Succeeded")
     assert done["status"]["attempts"] == 1
     assert "admitted" not in done["status"] or done["status"]["admitted"] is False

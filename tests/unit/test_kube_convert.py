@@ -152,6 +152,14 @@ def test_a_pod_is_shoals_to_schedule_and_carries_rank_gpus_and_annotations() -> 
     assert body["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     assert body["spec"]["schedulerName"] == "shoal"
     assert "nodeName" not in body["spec"], "bound through the Binding API, not at creation"
+    # A tenant's pod: no API token, no root, no privilege, no capability.
+    assert body["spec"]["automountServiceAccountToken"] is False
+    assert body["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert body["spec"]["securityContext"]["runAsUser"] == 65534
+    assert body["spec"]["containers"][0]["securityContext"] == {
+        "allowPrivilegeEscalation": False, "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
     container = body["spec"]["containers"][0]
     assert container["image"] == "registry.example/train:1"
     assert container["command"] == ["python", "train.py"]

@@ -59,6 +59,8 @@ UID_LABEL = "shoal.dev/pod-uid"
 RANK_ANNOTATION = "shoal.dev/rank"
 FINALIZER = "shoal.dev/stop"
 """Keeps a deleted TrainingJob until its pods are stopped and its quota is released."""
+NOBODY = 65534
+"""The user and group tenants' pods run as."""
 DEFAULT_IMAGE = "busybox:1.36"
 """The container image of a job that names none (the embedded runtime needs none)."""
 
@@ -312,6 +314,10 @@ def pod_manifest(
         "resources": {"requests": {**requests, **limits}, "limits": limits}
         if limits else {"requests": requests},
     }
+    container["securityContext"] = {
+        "allowPrivilegeEscalation": False, "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
     if spec.command:
         container["command"] = list(spec.command)
     if spec.working_dir:
@@ -333,6 +339,15 @@ def pod_manifest(
             "schedulerName": SCHEDULER,
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": max(0, round(grace_seconds)),
+            # A tenant's code gets no API credentials and no privilege: it runs
+            # as nobody, gains none, holds no capability, under the runtime's
+            # default seccomp profile.
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True, "runAsUser": NOBODY, "runAsGroup": NOBODY,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
             "containers": [container],
         },
     }
