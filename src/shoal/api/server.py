@@ -17,20 +17,23 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shoal import errors
 from shoal.app import apply as applying
-from shoal.app import lifecycle, queries
+from shoal.app import lifecycle, metrics, queries
 from shoal.app.core import App
 from shoal.app.ports import Caller
 from shoal.domain.phases import FINAL_PHASES
@@ -214,7 +217,23 @@ TenantParam = Annotated[str | None, Query(
     "have a job of that name; a tenant's token may only name its own")]
 
 
-def create_app(core: App, health: Callable[[], dict[str, Any]]) -> FastAPI:
+class _Scrape(Collector):
+    """The control plane's metric families (``app.metrics``) for one scrape."""
+
+    def __init__(self, found: list[metrics.Family]) -> None:
+        self.found = found
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for family in self.found:
+            gauge = GaugeMetricFamily(family.name, family.help, labels=list(family.labels))
+            for values, value in family.samples:
+                gauge.add_metric(list(values), value)
+            yield gauge
+
+
+def create_app(core: App, health: Callable[[], dict[str, Any]],
+               collectors: Sequence[Collector] = ()) -> FastAPI:
+    """The API over ``core``; ``collectors``: more metrics for ``/metrics`` (e.g. a router's)."""
     api = FastAPI(title="Shoal control plane", version="v1", default_response_class=SafeJSONResponse)
     api.state.core = core
     api.add_middleware(Guard, core=core)
@@ -248,6 +267,15 @@ def create_app(core: App, health: Callable[[], dict[str, Any]]) -> FastAPI:
         if who.role != "admin":
             raise errors.Forbidden("only an admin token may read the control loop's errors")
         return health()
+
+    @api.get("/metrics")
+    def prometheus(who: Who) -> Response:
+        """Prometheus text format; needs an admin token (``bearer_token`` in a scrape config)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Scrape(metrics.families(core, who)))
+        for collector in collectors:
+            registry.register(collector)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @api.post("/v1/apply")
     def apply(body: ApplyRequest, who: Who) -> dict[str, Any]:
