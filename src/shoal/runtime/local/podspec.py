@@ -40,6 +40,8 @@ class PodSpec:
     """Who the command runs as; None: the control plane's own user."""
     own: tuple[Path, ...] = field(default_factory=tuple)
     """The folders Shoal made for this pod (workdir, checkpoints): handed to ``user``."""
+    listen: Path | None = None
+    """A Unix socket the control plane binds for the pod to serve on (``runtime.local.listen``)."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from shoal.control.records import PodStatus
 from shoal.errors import InternalError
 from shoal.runtime.local import sandbox
 from shoal.runtime.local.cgroups import Cgroups, Limits, cgroup_name, join_then_exec
+from shoal.runtime.local.listen import LISTEN_FD_ENV, bind_listener
 from shoal.runtime.local.pods import (
     RUNNING,
     CommandNotFoundError,
@@ -159,6 +160,16 @@ class LocalProcesses:
         """Start the pod; :class:`PodStartError` (an InputError) when its spec cannot run."""
         self._collect()
         env = environment(spec)
+        listener = bind_listener(spec.listen) if spec.listen is not None else None
+        try:
+            if listener is not None:
+                env[LISTEN_FD_ENV] = str(listener)
+            return self._start(spec, env, listener)
+        finally:
+            if listener is not None:
+                os.close(listener)  # the pod holds it now (or it failed to start)
+
+    def _start(self, spec: PodSpec, env: dict[str, str], listener: int | None) -> PodHandle:
         if spec.user is not None:
             env["HOME"] = str(spec.workdir)  # the plane's HOME is not the pod's to read
         argv = [resolve_command(spec, env), *spec.command[1:]]
@@ -202,6 +213,7 @@ class LocalProcesses:
                 argv, stdin=script, stdout=log, stderr=subprocess.STDOUT,
                 cwd="/" if spec.user is not None else spec.workdir, env=root_env,
                 start_new_session=True, umask=0o077,
+                pass_fds=() if listener is None else (listener,),
             )
         except OSError as exc:
             self._release(cgroup)
