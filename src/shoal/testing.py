@@ -4,8 +4,11 @@
 SQLite store; ``FakePods`` records what the controller asked for and lets the
 test decide when each pod ends (and whether it honours SIGTERM);
 ``FakeCheckpoints`` reports what the test says a job saved;
-``FakeInventory`` serves a fixed list of nodes.  ``fake_controller`` wires
-them to a real ``Controller``::
+``FakeInventory`` serves a fixed list of nodes.  For services,
+``MemoryServices`` stores them, ``FakeReplicas`` lets the test say how each
+replica stands and ``FakeTraffic`` plays the router (the load it reports,
+the routes it was given).  ``fake_controller`` wires the job ports to a real
+``Controller``::
 
     from shoal.testing import fake_controller
     world = fake_controller(nodes, tenants)
@@ -32,15 +35,20 @@ from shoal.control.records import (
     PodRecord,
     PodStatus,
 )
+from shoal.control.services import ReplicaStatus, RevisionLoad, ServiceRecord
 from shoal.domain.nodes import Node
 from shoal.errors import AlreadyExistsError, ConflictError, NotFoundError
+from shoal.policy.rollout import RevisionWindow
 
 __all__ = [
     "FakeCheckpoints",
     "FakeClock",
     "FakeInventory",
     "FakePods",
+    "FakeReplicas",
+    "FakeTraffic",
     "FakeWorld",
+    "MemoryServices",
     "MemoryStore",
     "fake_controller",
 ]
@@ -303,3 +311,98 @@ def fake_controller(
     controller = Controller(store, inventory, pods, checkpoints, clock, config,
                             new_uid=lambda: f"uid-{next(counter)}")
     return FakeWorld(controller, store, pods, clock, checkpoints, inventory)
+
+
+# -- services ---------------------------------------------------------------------
+
+
+class MemoryServices:
+    """``control.services.ServiceStore`` in memory, fenced by version like the others."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, ServiceRecord] = {}
+        self.events: list[dict[str, Any]] = []
+
+    def put(self, record: ServiceRecord) -> ServiceRecord:
+        """Create or replace a service's spec (as ``apply`` does); keeps its row."""
+        old = self.records.get(record.row.name)
+        if old is not None:
+            record = replace(record, row=old.row, version=old.version + 1)
+        self.records[record.row.name] = record
+        return record
+
+    def list_services(self) -> list[ServiceRecord]:
+        return [self.records[name] for name in sorted(self.records)]
+
+    def save_service(self, record: ServiceRecord,
+                     events: Sequence[EventRecord] = ()) -> ServiceRecord:
+        current = self.records.get(record.row.name)
+        if current is None:
+            raise NotFoundError(f"service {record.row.name} not found")
+        if current.version != record.version:
+            raise ConflictError(f"service {record.row.name} changed since it was read")
+        saved = replace(record, version=record.version + 1)
+        self.records[record.row.name] = saved
+        for event in events:
+            self.events.append({"time": event.time, "kind": event.kind,
+                                "service": record.row.name, "data": dict(event.data)})
+        return saved
+
+    def forget_service(self, record: ServiceRecord) -> None:
+        self.records.pop(record.row.name, None)
+
+
+class FakeReplicas:
+    """``control.services.Replicas``: remembers the count asked per revision; the test
+    says how replicas stand (``set``), by default each asked one is ``starting``."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+        self.states: dict[tuple[str, str, int], ReplicaStatus] = {}
+
+    def scale(self, record: ServiceRecord, revision: str, count: int) -> None:
+        self.counts[(record.row.name, revision)] = count
+
+    def set(self, service: str, revision: str, index: int, state: str, *,
+            endpoint: str | None = None, message: str = "", load_failed: bool = False) -> None:
+        self.states[(service, revision, index)] = ReplicaStatus(
+            f"{revision}-{index}", revision, state, endpoint, message, load_failed)  # type: ignore[arg-type]
+
+    def observe(self, record: ServiceRecord) -> list[ReplicaStatus]:
+        found = []
+        for (service, revision), count in sorted(self.counts.items()):
+            if service != record.row.name:
+                continue
+            for index in range(count):
+                found.append(self.states.get((service, revision, index),
+                                             ReplicaStatus(f"{revision}-{index}", revision,
+                                                           "starting")))
+        return found
+
+
+class FakeTraffic:
+    """``control.services.Traffic``: reports the load the test queues; keeps the routes."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[dict[str, int], dict[str, list[str]], list[str]]] = {}
+        self.loads: dict[tuple[str, str], list[RevisionLoad]] = {}
+        self.in_flight: dict[tuple[str, str], int] = {}
+        self.windows: dict[tuple[str, str], RevisionWindow] = {}
+
+    def route(self, record: ServiceRecord, split: Mapping[str, int],
+              endpoints: Mapping[str, Sequence[str]], activating: Sequence[str],
+              now: float) -> None:
+        self.routes[record.row.name] = (dict(split), {k: list(v) for k, v in endpoints.items()},
+                                        list(activating))
+
+    def close(self, service: str) -> None:
+        self.routes.pop(service, None)
+
+    def load(self, service: str, revision: str, now: float) -> RevisionLoad:
+        queued = self.loads.get((service, revision))
+        if queued:
+            return queued.pop(0)
+        return RevisionLoad(in_flight=self.in_flight.get((service, revision), 0))
+
+    def window(self, service: str, revision: str, now: float, seconds: float) -> RevisionWindow:
+        return self.windows.get((service, revision), RevisionWindow(0, 0, None))

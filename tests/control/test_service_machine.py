@@ -113,3 +113,10 @@ def test_promote_and_abort_by_hand() -> None:
     assert isinstance(down, sm.ServiceStep)
     assert down.service.revision("digits-r2").phase == "RolledBack"
     assert down.events[0].data["reason"] == "aborted by hand"
+
+
+def test_a_rolled_back_model_is_not_deployed_again_until_the_spec_changes() -> None:
+    row = sm.loaded(sm.deploy(ready_service(), "model-b", 10, 5.0).service, "digits-r2", 6.0).service
+    row = sm.abort(row, 7.0).service  # type: ignore[union-attr]
+    assert not sm.deploy(row, "model-b", 10, 8.0).changed
+    assert sm.deploy(row, "model-c", 10, 8.0).service.canary == "digits-r3"

@@ -8,12 +8,12 @@ on sleeps.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.kube.loops import running
 from tests.kube.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -82,13 +82,8 @@ def loop(crds: Kube) -> Iterator[KubeControl]:
         kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
         kube.create(tenant(name, gpus))
     control = KubeControl(kube, grace_seconds=1)
-    stop = threading.Event()
-    thread = threading.Thread(target=control.run, args=(stop,), daemon=True)
-    thread.start()
-    yield control
-    stop.set()
-    control.wake.set()
-    thread.join(timeout=30)
+    with running(control, join_s=30):
+        yield control
     for name in ("ka", "kb"):
         for job in kube.list("TrainingJob", name):
             meta = job["metadata"]

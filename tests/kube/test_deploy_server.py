@@ -255,10 +255,8 @@ def test_in_cluster_configuration_is_the_service_accounts(
     kube = Kube.connect(None, **where)
     try:
         assert isinstance(kube.list("Tenant"), list)
-        with pytest.raises(Forbidden):  # not admin: a Service is not the operator's to make
-            kube.create({"apiVersion": "v1", "kind": "Service",
-                         "metadata": {"name": "nope", "namespace": "default"},
-                         "spec": {"ports": [{"port": 80}]}})
+        with pytest.raises(Forbidden):  # not admin: a Node is not the operator's to make
+            kube.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "nope"}})
     finally:
         kube.close()
     connection = login_from(None, None, **where)()

@@ -51,6 +51,7 @@ from tests.control.test_same_decisions import (
     scenario,
     simulated,
 )
+from tests.kube.claims import release_claims
 from tests.kube.conftest import ControlPlane
 from tests.kube.waiting import State, wait_until
 
@@ -150,6 +151,7 @@ def tenants(crds: Kube) -> Iterator[None]:
                 crds.replace({**job, "metadata": {**job["metadata"], "finalizers": []}})
                 crds.delete("TrainingJob", job["metadata"]["name"], name)
             crds.delete("Tenant", name)
+            release_claims(crds, name)  # the jobs' checkpoint claims: no pvc-protection here
             crds.delete("Namespace", name)
         wait_until(crds, "Namespace", lambda found: not set(TENANTS) & set(found),
                    what=f"namespaces {TENANTS} gone", timeout_s=WAIT_S)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from shoal.errors import ShoalError
+from shoal.errors import ConflictError, ShoalError
 from shoal.runtime.kubernetes.client import Kube
 from tests.kube.conftest import ControlPlane, free_port
 from tests.kube.operator_process import running_operator
@@ -41,8 +41,20 @@ def webhook(control_plane: ControlPlane, crds: Kube,
             yield log
         finally:
             for item in crds.list("TrainingJob", "hooked"):
-                crds.replace({**item, "metadata": {**item["metadata"], "finalizers": []}})
-                crds.delete("TrainingJob", item["metadata"]["name"], "hooked")
+                # Deleted first: the operator puts its finalizer back only on jobs
+                # that are not being deleted; it may write their status meanwhile.
+                name = item["metadata"]["name"]
+                crds.delete("TrainingJob", name, "hooked")
+                for _ in range(5):
+                    found = crds.get("TrainingJob", name, "hooked")
+                    if found is None:
+                        break
+                    try:
+                        crds.replace({**found, "metadata": {**found["metadata"],
+                                                            "finalizers": []}})
+                        break
+                    except ConflictError:
+                        continue
             crds.delete("Namespace", "hooked")
     # Never leave a webhook behind for the session's other tests.
     with control_plane.http() as http:

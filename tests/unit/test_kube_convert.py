@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -11,14 +12,20 @@ from shoal.domain.job import TrainingJob
 from shoal.runtime.kubernetes.convert import (
     GPU,
     JobObject,
+    claim_manifest,
+    conditions_of,
     node_of,
     nodes_of,
     pod_manifest,
     pod_status,
     quantity_mib,
     quantity_milli,
+    reported_step,
     row_of,
+    service_manifest,
+    service_name,
     status_of,
+    worker_job,
 )
 
 
@@ -166,7 +173,126 @@ def test_a_pod_is_shoals_to_schedule_and_carries_rank_gpus_and_annotations() -> 
     assert container["resources"]["limits"] == {GPU: "1"}
     assert container["resources"]["requests"] == {"cpu": "2000m", "memory": "4096Mi", GPU: "1"}
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env == {"LR": "0.1", "RANK": "1", "WORLD_SIZE": "2", "SHOAL_JOB": "team-a/train"}
+    assert env == {"LR": "0.1", "RANK": "1", "WORLD_SIZE": "2", "SHOAL_JOB": "team-a/train",
+                   "MASTER_ADDR": "worker-0.tj-train.team-a.svc", "MASTER_PORT": "29500"}
+    # Its DNS name under the job's headless Service: worker-<rank>.<service>.
+    assert (body["spec"]["hostname"], body["spec"]["subdomain"]) == ("worker-1", "tj-train")
+    assert "volumes" not in body["spec"], "a job that does not checkpoint gets no claim"
+
+
+def test_each_pod_is_a_job_of_one_pod_that_the_job_controller_never_retries() -> None:
+    obj = training_job()
+    row = row_of(obj)
+    spec = TrainingJob.model_validate(row.manifest).spec
+    pod = PodRecord(index=0, node="n1", gpus=(0,), uid="0123456789abcdef", started_at=1.0)
+    body = worker_job(JobObject(obj), row, pod, spec, 30)
+    assert (body["apiVersion"], body["kind"]) == ("batch/v1", "Job")
+    assert body["metadata"]["name"] == "train-0123456789ab"
+    assert body["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    job_spec = body["spec"]
+    assert (job_spec["parallelism"], job_spec["completions"], job_spec["backoffLimit"]) == (
+        1, 1, 0)
+    template = job_spec["template"]
+    assert template["metadata"]["labels"] == {"shoal.dev/job": "train",
+                                              "shoal.dev/pod-uid": "0123456789abcdef"}
+    assert template["metadata"]["annotations"]["shoal.dev/rank"] == "0"
+    assert template["spec"]["schedulerName"] == "shoal"
+    assert template["spec"]["restartPolicy"] == "Never"
+    assert "ownerReferences" not in template["metadata"], "the Job controller owns its pod"
+
+
+def test_the_headless_service_selects_the_jobs_pods_even_before_they_are_ready() -> None:
+    service = service_manifest(JobObject(training_job()))
+    assert service["metadata"]["name"] == "tj-train"
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"shoal.dev/job": "train"}
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["metadata"]["ownerReferences"][0]["kind"] == "TrainingJob"
+
+
+@pytest.mark.parametrize("name", ["0-starts-with-a-digit", "has.dots.in.it", "x" * 200])
+def test_a_service_name_is_always_a_dns_label(name: str) -> None:
+    obj = training_job()
+    obj["metadata"]["name"] = name
+    service = service_name(JobObject(obj))
+    assert re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", service), service
+    other = dict(obj, metadata={**obj["metadata"], "name": name.replace("-", ".")})
+    if other["metadata"]["name"] != name:
+        assert service_name(JobObject(other)) != service
+
+
+def test_a_job_that_checkpoints_gets_a_claim_mounted_where_the_env_says() -> None:
+    obj = training_job(checkpointIntervalSeconds=60)
+    obj["metadata"]["annotations"]["shoal.dev/checkpoint-size"] = "50Gi"
+    row = row_of(obj)
+    spec = TrainingJob.model_validate(row.manifest).spec
+    job = JobObject(obj)
+    claim = claim_manifest(job, spec)
+    assert claim["metadata"]["name"] == "train-checkpoints"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "two pods, maybe two nodes"
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    pod = PodRecord(index=0, node="n1", gpus=(0,), uid="abc", started_at=1.0)
+    body = pod_manifest(job, row, pod, spec, 30)
+    assert body["spec"]["volumes"] == [{"name": "checkpoints", "persistentVolumeClaim": {
+        "claimName": "train-checkpoints"}}]
+    container = body["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["volumeMounts"] == [{"name": "checkpoints",
+                                          "mountPath": env["SHOAL_CHECKPOINT_DIR"]}]
+    assert body["spec"]["securityContext"]["fsGroup"] == 65534
+
+
+@pytest.mark.parametrize(
+    ("annotation", "message", "expected"),
+    [
+        (None, None, None),
+        ('{"step": 120}', None, 120),
+        (None, '{"step": 7}', 7),
+        ('{"step": 3}', '{"step": 9}', 9),
+        ('{"step": -1}', "not json", None),
+        ('{"step": true}', '[1, 2]', None),
+        ("[" * 5000, '{"step": "12"}', None),
+    ],
+)
+def test_the_checkpoint_a_pod_reports(annotation: str | None, message: str | None,
+                                      expected: int | None) -> None:
+    pod: dict[str, Any] = {"metadata": {"annotations": {}}, "status": {}}
+    if annotation is not None:
+        pod["metadata"]["annotations"]["shoal.dev/checkpoint"] = annotation
+    if message is not None:
+        pod["status"]["containerStatuses"] = [{"state": {"terminated": {
+            "exitCode": 143, "message": message}}}]
+    assert reported_step(pod) == expected
+
+
+def test_conditions_say_why_a_job_waits_and_why_it_was_requeued() -> None:
+    pending = row_of(training_job())
+    [admitted] = conditions_of(pending.evolve(reason="quota: 16 GPUs asked, 8 free"))
+    assert (admitted.type, admitted.status, admitted.reason) == ("Admitted", "False", "Waiting")
+    assert admitted.message == "quota: 16 GPUs asked, 8 free"
+    pods = (PodRecord(index=0, node="n1", gpus=(0,), uid="a", started_at=100.0),)
+    running = pending.evolve(phase="Running", attempts=1, pods=pods)
+    [admitted] = conditions_of(running)
+    assert (admitted.status, admitted.reason) == ("True", "Admitted")
+    assert "n1" in admitted.message
+    lost = pending.evolve(attempts=1, preemptions=1, queued_at=150.0,
+                          reason="pod train-x is gone (deleted)")
+    admitted, requeued = conditions_of(lost)
+    assert (requeued.type, requeued.reason) == ("Requeued", "PodLost")
+    assert requeued.message == "pod train-x is gone (deleted)"
+    # Kept, with what it said then, while the job waits for another reason and runs again.
+    previous = [c.model_dump(mode="json", by_alias=True) for c in (admitted, requeued)]
+    later = conditions_of(lost.evolve(reason="waiting for room"), previous)
+    assert later[1] == requeued
+    again = conditions_of(running.evolve(attempts=2, preemptions=1, queued_at=150.0), previous)
+    assert [c.type for c in again] == ["Admitted", "Requeued"] and again[1] == requeued
+    timed_out = conditions_of(lost.evolve(queued_at=200.0, reason="not bound within 30 s: x"),
+                              previous)
+    assert timed_out[1].reason == "BindTimeout"
+    retried = conditions_of(lost.evolve(queued_at=300.0, failures=1, preemptions=0,
+                                        reason="retrying after: exit 3"), previous)
+    assert (retried[0].reason, retried[1].reason) == ("BackingOff", "AttemptFailed")
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,7 @@ def test_every_kind_parses() -> None:
     assert training.spec.pod_sets[1].resources.gpu is not None
     assert training.spec.pod_sets[1].resources.gpu.milli_per_gpu == 500
     assert isinstance(sim, Simulation) and sim.spec.seeds == list(range(42, 52))
-    assert set(KINDS) == {"NodePool", "Tenant", "TrainingJob", "Simulation"}
+    assert set(KINDS) == {"NodePool", "Tenant", "TrainingJob", "Simulation", "InferenceService"}
 
 
 def test_empty_text_has_no_manifests() -> None:
@@ -169,7 +169,7 @@ def test_unknown_kind_lists_known_kinds() -> None:
     text = "apiVersion: shoal.dev/v1alpha1\nmetadata: {name: a}\nkind: Deployment\n"
     assert error_of(text) == (
         "m.yaml:3: unknown kind 'Deployment'; "
-        "expected one of NodePool, Simulation, Tenant, TrainingJob"
+        "expected one of InferenceService, NodePool, Simulation, Tenant, TrainingJob"
     )
 
 

@@ -93,6 +93,41 @@ class ShoalClient:
                                          params=_tenant(tenant))
         return job
 
+    def services(self) -> list[dict[str, Any]]:
+        services: list[dict[str, Any]] = self._call("GET", "/v1/services")["services"]
+        return services
+
+    def service(self, name: str, tenant: str | None = None) -> dict[str, Any]:
+        found: dict[str, Any] = self._call("GET", f"/v1/services/{_segment(name)}",
+                                           params=_tenant(tenant))
+        return found
+
+    def delete_service(self, name: str, tenant: str | None = None) -> dict[str, Any]:
+        found: dict[str, Any] = self._call("DELETE", f"/v1/services/{_segment(name)}",
+                                           params=_tenant(tenant))
+        return found
+
+    def rollout(self, name: str, action: str, tenant: str | None = None) -> dict[str, Any]:
+        found: dict[str, Any] = self._call("POST", f"/v1/services/{_segment(name)}/rollout",
+                                           params=_tenant(tenant), json={"action": action})
+        return found
+
+    def infer(self, url: str, model: str, body: bytes) -> tuple[int, Any]:
+        """POST an OIP v2 infer request to a service's router with this client's token."""
+        headers = {"Content-Type": "application/json"}
+        token = self.http.headers.get("Authorization")
+        if token:
+            headers["Authorization"] = token
+        try:
+            response = httpx.post(f"{url}/v2/models/{_segment(model)}/infer", content=body,
+                                  headers=headers, timeout=self.http.timeout)
+        except httpx.HTTPError as exc:
+            raise errors.UnreachableError(f"cannot reach the service at {url}: {exc}") from exc
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            return response.status_code, {"error": response.text[:1000]}
+
     def log_page(self, name: str, pod: int = 0, offset: int = 0,
                  limit: int | None = None, tenant: str | None = None) -> tuple[bytes, int]:
         """One read of a pod's log: its bytes from ``offset`` (at most ``limit``,

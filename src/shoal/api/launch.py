@@ -23,6 +23,7 @@ from typing import Any
 import uvicorn
 
 from shoal.api.server import create_app
+from shoal.api.traffic import AutoscalerMetrics, RouterTraffic
 from shoal.api.workspace import LocalWorkspace
 from shoal.app.core import App
 from shoal.errors import ShoalError, UnknownReferenceError
@@ -39,6 +40,7 @@ from shoal.runtime.local.users import (
     resolve_mode,
     unreachable,
 )
+from shoal.serving.routers import ServiceRouters
 
 _log = logging.getLogger(__name__)
 PROBE_UID = 2**31 - 2
@@ -54,10 +56,14 @@ class Running:
     server: uvicorn.Server
     thread: threading.Thread
 
+    routers: ServiceRouters | None = None
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.plane.stop()
+        if self.routers is not None:
+            self.routers.close()
 
 
 def admin_token(plane: EmbeddedPlane) -> str:
@@ -178,7 +184,14 @@ def start(state_dir: Path, host: str = "127.0.0.1", port: int = 0,
     if not plane.store.nodes():
         plane.store.put_node(LOCAL_NODE, local_node_spec())
     port = sock.getsockname()[1]
-    api = create_app(wire(plane), lambda: _health(plane))
+    core = wire(plane)
+    # Each service's router checks callers' tokens with the API's own check.
+    routers = ServiceRouters(lambda token: plane.store.resolve_token(token, plane.clock.now()))
+    plane.serve(RouterTraffic(routers))
+    assert plane.services is not None
+    api = create_app(core, lambda: _health(plane),
+                     collectors=[routers.registry, AutoscalerMetrics(plane.services)],
+                     service_live=routers.live)
     config = uvicorn.Config(api, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="shoal-api",
@@ -190,8 +203,9 @@ def start(state_dir: Path, host: str = "127.0.0.1", port: int = 0,
         tick.wait(0.01)
     if not server.started:
         plane.stop()
+        routers.close()
         sock.close()
         raise ShoalError(f"the API on {host}:{port} did not start (see the messages above)")
     display = f"[{host}]" if ":" in host else host
     return Running(url=f"http://{display}:{port}", token=token, plane=plane, server=server,
-                   thread=thread)
+                   thread=thread, routers=routers)

@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shoal import errors
 from shoal.app import apply as applying
-from shoal.app import lifecycle, metrics, queries
+from shoal.app import lifecycle, metrics, queries, services
 from shoal.app.core import App
 from shoal.app.ports import Caller
 from shoal.domain.phases import FINAL_PHASES
@@ -231,9 +231,20 @@ class _Scrape(Collector):
             yield gauge
 
 
+class RolloutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["promote", "abort"]
+
+
+def _nothing_live(key: str) -> dict[str, Any]:
+    return {}
+
+
 def create_app(core: App, health: Callable[[], dict[str, Any]],
-               collectors: Sequence[Collector] = ()) -> FastAPI:
-    """The API over ``core``; ``collectors``: more metrics for ``/metrics`` (e.g. a router's)."""
+               collectors: Sequence[Collector] = (),
+               service_live: services.Live = _nothing_live) -> FastAPI:
+    """The API over ``core``; ``collectors``: more metrics for ``/metrics`` (e.g. the
+    routers'); ``service_live``: a service's router URL and recent p95, by its key."""
     api = FastAPI(title="Shoal control plane", version="v1", default_response_class=SafeJSONResponse)
     api.state.core = core
     api.add_middleware(Guard, core=core)
@@ -314,6 +325,24 @@ def create_app(core: App, health: Callable[[], dict[str, Any]],
                             headers={NEXT_OFFSET: str(offset + len(first))})
         return StreamingResponse(_follow(core, who, name, pod, offset, first, tenant),
                                  media_type="text/plain; charset=utf-8")
+
+    @api.get("/v1/services")
+    def list_services(who: Who) -> dict[str, Any]:
+        return {"services": services.list_services(core, who, service_live)}
+
+    @api.get("/v1/services/{name}")
+    def get_service(name: str, who: Who, tenant: TenantParam = None) -> dict[str, Any]:
+        return services.get_service(core, who, name, tenant, service_live)
+
+    @api.delete("/v1/services/{name}")
+    def delete_service(name: str, who: Who, tenant: TenantParam = None) -> dict[str, Any]:
+        return services.delete_service(core, who, name, tenant, service_live)
+
+    @api.post("/v1/services/{name}/rollout")
+    def rollout(name: str, body: RolloutRequest, who: Who,
+                tenant: TenantParam = None) -> dict[str, Any]:
+        """Promote the canary now, or abort it (rolled back); refused without a canary."""
+        return services.rollout(core, who, name, body.action, tenant, service_live)
 
     @api.get("/v1/events")
     def events(

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shoal.app import services
 from shoal.app.checks import Specs, authorise, check_job, check_unique, with_tenant_defaults
 from shoal.app.core import App
 from shoal.app.ports import Caller, JobRecord
@@ -26,6 +27,7 @@ from shoal.domain.manifest import Manifest, parse_manifests
 from shoal.domain.names import job_key
 from shoal.domain.nodes import NodePool
 from shoal.domain.phases import FINAL_PHASES
+from shoal.domain.service import InferenceService
 from shoal.domain.tenant import Tenant
 from shoal.errors import AlreadyExistsError, ImmutableError, NotFoundError, PayloadTooLarge
 
@@ -67,7 +69,7 @@ def apply_manifests(app: App, caller: Caller, manifests: list[Manifest]) -> list
     seen = (store.tenants(), store.nodes())
     tenants, nodes = dict(seen[0]), dict(seen[1])
     plans = {i: _plan(m, tenants, nodes) for i, m in enumerate(manifests)
-             if not isinstance(m, TrainingJob)}
+             if isinstance(m, Tenant | NodePool)}
     for item in plans.values():  # later documents may define what earlier ones use
         if isinstance(item.manifest, Tenant):
             tenants[item.manifest.metadata.name] = item.spec
@@ -80,6 +82,11 @@ def apply_manifests(app: App, caller: Caller, manifests: list[Manifest]) -> list
             defaulted = with_tenant_defaults(manifest, tenants)
             spec = defaulted.model_dump(mode="json", by_alias=True)
             plans[i] = _plan_job(app, caller, defaulted, spec)
+    jobs_here = {m.metadata.name for m in manifests if isinstance(m, TrainingJob)}
+    for i, manifest in enumerate(manifests):
+        if isinstance(manifest, InferenceService):
+            spec, result = services.plan_service(app, manifest, tenants, nodes, jobs_here)
+            plans[i] = Planned(manifest, spec, result)  # type: ignore[arg-type]
     plan = [plans[i] for i in range(len(manifests))]
     for item in plan:
         job = item.manifest
@@ -143,6 +150,11 @@ def _write(app: App, plan: list[Planned], seen: tuple[Specs, Specs]) -> None:
                 row = store.create_job(key, manifest.spec.tenant, item.spec, now,
                                        app.workspace.checkpoint_dir(key))
                 store.append_event(now, "submitted", key, row.tenant, {})
+            elif isinstance(manifest, InferenceService):
+                key = job_key(manifest.spec.tenant, name)
+                store.put_service(key, manifest.spec.tenant, item.spec)
+                store.append_event(now, f"service-{item.result}", None, manifest.spec.tenant,
+                                   {"service": name})
         # Last, so that nothing before it can fail afterwards: the new job must
         # not see (or resume from) the files of the finished job it replaces.
         for item in plan:

@@ -18,6 +18,8 @@ from shoal.domain.job import TrainingJob
 from shoal.domain.manifest import Manifest
 from shoal.domain.names import job_key
 from shoal.domain.nodes import NodePool, NodePoolSpec, expand_pool
+from shoal.domain.replica import RESERVED_LABELS
+from shoal.domain.service import InferenceService
 from shoal.domain.tenant import Tenant, TenantSpec
 from shoal.domain.workload import from_training_job
 from shoal.errors import Forbidden, InputError, UnknownReferenceError
@@ -40,6 +42,19 @@ def authorise(caller: Caller, manifest: Manifest) -> None:
         if caller.role != "admin" and caller.tenant != tenant:
             raise Forbidden(
                 f"TrainingJob {name}: your token belongs to tenant {caller.tenant!r}, "
+                f"not {tenant!r}"
+            )
+        reserved = sorted(set(manifest.metadata.labels) & set(RESERVED_LABELS))
+        if reserved:
+            raise InputError(
+                f"TrainingJob {name}: metadata.labels.{reserved[0]}: the label is Shoal's "
+                "(it marks the replicas of an InferenceService)")
+        return
+    if isinstance(manifest, InferenceService):
+        tenant = manifest.spec.tenant
+        if caller.role != "admin" and caller.tenant != tenant:
+            raise Forbidden(
+                f"InferenceService {name}: your token belongs to tenant {caller.tenant!r}, "
                 f"not {tenant!r}"
             )
         return

@@ -1,4 +1,5 @@
-"""What the control plane exports to Prometheus: quota use per tenant and jobs per phase.
+"""What the control plane exports to Prometheus: quota use per tenant, jobs per phase,
+replicas wanted and ready per service revision.
 
 Read on each scrape from the same store the API reads (``queries.tenants``),
 so a scrape shows what ``shoal get tenants`` shows.  Values are in
@@ -17,6 +18,7 @@ from typing import Literal
 from shoal.app.core import App
 from shoal.app.ports import Caller
 from shoal.app.queries import tenants
+from shoal.domain.names import job_name
 from shoal.domain.phases import PHASES
 from shoal.domain.resources import CPU, MEMORY, MILLI, is_gpu
 from shoal.errors import Forbidden
@@ -64,8 +66,20 @@ def families(app: App, caller: Caller) -> list[Family]:
                                (borrowed, status["borrowed"])):
             for resource, amount in sorted(vector.items()):
                 family.samples.append(((name, resource), in_base_units(resource, amount)))
+    desired = Family("shoal_service_replicas_desired",
+                     "Replicas the autoscaler wants for a service's revision", "gauge",
+                     ("tenant", "service", "revision"))
+    ready = Family("shoal_service_replicas_ready",
+                   "Replicas of a service's revision that are ready to serve", "gauge",
+                   ("tenant", "service", "revision"))
+    for service in app.store.services():
+        name = job_name(service["name"])
+        for revision, seen in sorted((service["state"].get("replicas") or {}).items()):
+            labels = (service["tenant"], name, job_name(revision))
+            desired.samples.append((labels, float(seen["desired"])))
+            ready.samples.append((labels, float(seen["ready"])))
     counts = Counter((row.tenant, row.phase) for row in app.store.list_jobs())
     for tenant in sorted({t for t, _ in counts}):
         for phase in PHASES:
             jobs.samples.append(((tenant, phase), float(counts.get((tenant, phase), 0))))
-    return [nominal, used, borrowed, jobs]
+    return [nominal, used, borrowed, jobs, desired, ready]

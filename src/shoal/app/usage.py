@@ -33,6 +33,13 @@ def tenant_status(
         node for name, spec in sorted(nodes.items())
         for node in expand_pool(name, NodePoolSpec.model_validate(spec))
     ])
+    return tenant_status_in(tenants, state, jobs)
+
+
+def tenant_status_in(
+    tenants: Mapping[str, dict[str, Any]], state: ClusterState, jobs: Sequence[JobRecord],
+) -> list[dict[str, Any]]:
+    """``tenant_status`` on the nodes of ``state`` (a cluster's nodes are not node pools)."""
     used: dict[str, list[dict[str, int]]] = {}
     for row in jobs:
         if row.phase in HOLDING_PHASES:

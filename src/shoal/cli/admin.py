@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from shoal.api.client import ShoalClient
+from shoal.cli.cluster import Plane
 from shoal.cli.tables import age, clock, out, table
 from shoal.errors import InputError
 
@@ -39,7 +39,7 @@ def show_minted(minted: dict[str, Any]) -> None:
               + "it is not shown again", highlight=False, soft_wrap=True)
 
 
-def tokens(api: ShoalClient, names: list[str]) -> list[dict[str, Any]]:
+def tokens(api: Plane, names: list[str]) -> list[dict[str, Any]]:
     return api.tokens()
 
 
@@ -53,31 +53,33 @@ def render_tokens(rows: list[dict[str, Any]], wide: bool) -> Any:
         for t in rows], wide)
 
 
-def _tenant(api: ShoalClient, name: str) -> str:
+def _tenant(api: Plane, name: str) -> str:
     done = api.delete_tenant(name)
+    if "tokens_revoked" not in done:  # a cluster: the operator removes its namespace
+        return f"tenant/{name} deleted (its namespace and the jobs in it go with it)"
     jobs = done["jobs_deleted"]
     return (f"tenant/{name} deleted ({done['tokens_revoked']} token(s) revoked"
             + (f", {jobs} finished job(s) deleted)" if jobs else ")"))
 
 
-def _nodepool(api: ShoalClient, name: str) -> str:
+def _nodepool(api: Plane, name: str) -> str:
     done = api.delete_nodepool(name)
     return f"nodepool/{name} deleted ({done['nodes']} node(s))"
 
 
-def _token(api: ShoalClient, name: str) -> str:
+def _token(api: Plane, name: str) -> str:
     api.revoke_token(name)
     return f"token/{name} revoked"
 
 
-DELETERS: dict[str, Callable[[ShoalClient, str], str]] = {
+DELETERS: dict[str, Callable[[Plane, str], str]] = {
     "tenant": _tenant, "tenants": _tenant,
     "nodepool": _nodepool, "nodepools": _nodepool, "node": _nodepool, "nodes": _nodepool,
     "token": _token, "tokens": _token,
 }
 
 
-def delete(what: str, names: list[str], api: ShoalClient) -> None:
+def delete(what: str, names: list[str], api: Plane) -> None:
     """Delete tenants, node pools or tokens one by one, stopping at the first refusal."""
     deleter = DELETERS[what]
     for name in names:

@@ -6,6 +6,11 @@ this command starts (``python -m shoal server --port 0``, detached, its log in
 ``<state>/server.log``), like ``ray start``: it keeps scheduling queued jobs
 between commands until ``shoal server stop``.  A lock file makes two
 commands started at once share one server.
+
+With ``--kubeconfig PATH`` (and ``--context NAME``) the control plane is that
+cluster instead (``cli/cluster.py``).  Only the flag selects it: ``$KUBECONFIG``
+is not read, so a shell set up for ``kubectl`` never sends ``shoal`` commands
+to a cluster unasked (as ``$SHOAL_SERVER`` is Shoal's own variable).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import httpx
 from rich.console import Console
 
 from shoal.api.client import ShoalClient
+from shoal.cli.cluster import Plane
+from shoal.cli.cluster import connect as cluster_connect
 from shoal.errors import InputError, ShoalError, UnreachableError
 
 SERVER_FILE = "server.json"
@@ -61,14 +68,27 @@ def _token(directory: Path, explicit: str | None) -> str | None:
 
 
 @contextmanager
-def client(server: str | None, token: str | None, home: Path | None) -> Iterator[ShoalClient]:
+def client(server: str | None, token: str | None, home: Path | None,
+           kubeconfig: Path | None = None, context: str | None = None) -> Iterator[Plane]:
+    """The control plane: a cluster with ``kubeconfig``, else Shoal's API (see the module)."""
+    if kubeconfig is not None:
+        given = [flag for flag, value in (("--server", server), ("--token", token),
+                                          ("--state-dir", home)) if value is not None]
+        if given:
+            raise InputError(f"{', '.join(given)}: not used with --kubeconfig (the cluster is "
+                             "the control plane, and the kubeconfig says who you are)")
+        with cluster_connect(kubeconfig, context) as api:
+            yield api
+        return
+    if context is not None:
+        raise InputError("--context: names a context of a kubeconfig; pass --kubeconfig too")
     directory = state_dir(home)
     url = server or os.environ.get("SHOAL_SERVER") or ensure_local(directory)
-    api = ShoalClient(url, _token(directory, token))
+    plane = ShoalClient(url, _token(directory, token))
     try:
-        yield api
+        yield plane
     finally:
-        api.close()
+        plane.close()
 
 
 def recorded(directory: Path) -> dict[str, Any] | None:

@@ -1,4 +1,9 @@
-"""kubectl-style verbs: ``apply``, ``get``, ``describe``, ``logs``, ``delete``, ``create``."""
+"""kubectl-style verbs: ``apply``, ``get``, ``describe``, ``logs``, ``delete``, ``create``.
+
+Each talks to Shoal's control plane (``connect.client``), or with
+``--kubeconfig`` to a cluster (``cluster.ClusterApi``), which answers the same
+calls with the same data, so the output is the same on both.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +19,20 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from shoal.api.client import ShoalClient
 from shoal.cli import admin as admin_verbs
+from shoal.cli import services as service_verbs
 from shoal.cli import tables
+from shoal.cli.cluster import ClusterApi, Plane
 from shoal.cli.connect import client
 from shoal.cli.interrupts import Interrupted
-from shoal.cli.manifests import request_files
+from shoal.cli.manifests import load, manifest_files, read_text, request_files
 from shoal.cli.manifests import resolve_working_dirs as _resolve_working_dirs
+from shoal.cli.options import ContextOption, KubeconfigOption
 from shoal.cli.tables import age, amount, check_output, clock, emit, out, show, table, vector
-from shoal.errors import InputError
+from shoal.domain.job import TrainingJob
+from shoal.domain.nodes import NodePool
+from shoal.domain.tenant import Tenant
+from shoal.errors import InputError, NotFoundError
 
 __all__ = ["_resolve_working_dirs", "apply", "create", "delete", "describe", "get", "logs"]
 
@@ -40,16 +50,23 @@ TenantOpt = Annotated[str | None, typer.Option(
 
 KINDS = {"job": "jobs", "jobs": "jobs", "tenant": "tenants", "tenants": "tenants",
          "node": "nodes", "nodes": "nodes", "nodepool": "nodes", "nodepools": "nodes",
-         "event": "events", "events": "events", "token": "tokens", "tokens": "tokens"}
+         "event": "events", "events": "events", "token": "tokens", "tokens": "tokens",
+         "service": "services", "services": "services", "svc": "services"}
 
 
 def apply(
     file: Annotated[Path, typer.Option("--filename", "-f", help="manifest file or folder")],
     server: Server = None, token: Token = None, home: Home = None,
+    kubeconfig: KubeconfigOption = None, context: ContextOption = None,
 ) -> None:
     """Create or update tenants and node pools and submit jobs (a folder: all its YAML files)."""
-    files = request_files(file)  # every file checked before anything is sent
-    with client(server, token, home) as api:
+    if kubeconfig is None:
+        files = request_files(file)  # every file checked before anything is sent
+    else:
+        load(file)  # the same located errors, before the cluster is asked anything
+        # As written: a workingDir is a path inside the job's container there.
+        files = [(str(path), read_text(path)) for path in manifest_files(file)]
+    with client(server, token, home, kubeconfig, context) as api:
         applied = api.apply_files(files)
     for item in applied:
         out.print(f"{item['kind'].lower()}/{item['name']} {item.get('result', 'applied')}",
@@ -57,19 +74,21 @@ def apply(
 
 
 def get(
-    what: Annotated[str, typer.Argument(help="jobs, tenants, nodes, events or tokens")],
+    what: Annotated[str, typer.Argument(help="jobs, services, tenants, nodes, events or tokens")],
     names: Annotated[list[str] | None, typer.Argument(help="only these (jobs)")] = None,
     server: Server = None, token: Token = None, home: Home = None, output: Output = "table",
     watch: Watch = False, tenant: TenantOpt = None,
+    kubeconfig: KubeconfigOption = None, context: ContextOption = None,
 ) -> None:
     """List jobs, tenants (quota and usage), nodes, events or tokens (admin); a tenant's
     token sees its own."""
     kind = KINDS.get(what)
     if kind is None:
         raise InputError(
-            f"shoal get: expected jobs, tenants, nodes, events or tokens, got {what!r}")
-    if (names or tenant) and kind != "jobs":
-        raise InputError(f"shoal get {what}: names and --tenant are only accepted for jobs")
+            f"shoal get: expected jobs, services, tenants, nodes, events or tokens, got {what!r}")
+    if ((names or tenant) and kind not in ("jobs", "services")) or (tenant and kind != "jobs"):
+        raise InputError(f"shoal get {what}: names are only accepted for jobs and services, "
+                         "--tenant for jobs")
     check_output(output)
     fetch = _FETCH[kind] if kind != "jobs" else (
         lambda api, wanted: _jobs(api, wanted, tenant))
@@ -78,7 +97,7 @@ def get(
         if not emit(data, output):
             show(_RENDER[kind](data, output == "wide"))
 
-    with client(server, token, home) as api:
+    with client(server, token, home, kubeconfig, context) as api:
         if watch:
             _watch(lambda: fetch(api, names or []), present)
         else:
@@ -102,8 +121,10 @@ def _watch(fetch: Callable[[], Any], present: Callable[[Any], None]) -> None:
         raise Interrupted("stopped watching; the jobs keep running") from None
 
 
-def _jobs(api: ShoalClient, names: list[str], tenant: str | None = None) -> list[dict[str, Any]]:
-    jobs = [j for j in api.jobs() if tenant is None or j["tenant"] == tenant]
+def _jobs(api: Plane, names: list[str], tenant: str | None = None) -> list[dict[str, Any]]:
+    # A cluster lists one tenant's namespace only when asked: all its members may list.
+    listed = api.jobs(tenant) if isinstance(api, ClusterApi) else api.jobs()
+    jobs = [j for j in listed if tenant is None or j["tenant"] == tenant]
     if not names:
         return jobs
     found: dict[str, list[dict[str, Any]]] = {}
@@ -133,7 +154,7 @@ def _render_jobs(jobs: list[dict[str, Any]], wide: bool) -> Any:
     return table([*columns, "REASON"], rows, wide)
 
 
-def _tenants(api: ShoalClient, names: list[str]) -> list[dict[str, Any]]:
+def _tenants(api: Plane, names: list[str]) -> list[dict[str, Any]]:
     return api.tenant_status()
 
 
@@ -160,7 +181,7 @@ def _render_tenants(tenants: list[dict[str, Any]], wide: bool) -> Any:
     return table(columns, rows, wide)
 
 
-def _nodes(api: ShoalClient, names: list[str]) -> dict[str, Any]:
+def _nodes(api: Plane, names: list[str]) -> dict[str, Any]:
     return api.node_summary()
 
 
@@ -184,7 +205,7 @@ def _render_nodes(summary: dict[str, Any], wide: bool) -> Any:
     return table(columns, rows, wide)
 
 
-def _events(api: ShoalClient, names: list[str]) -> list[dict[str, Any]]:
+def _events(api: Plane, names: list[str]) -> list[dict[str, Any]]:
     return api.events()
 
 
@@ -203,13 +224,14 @@ def _render_events(events: list[dict[str, Any]], wide: bool) -> Any:
     return table(columns, rows, wide)
 
 
-_FETCH: dict[str, Callable[[ShoalClient, list[str]], Any]] = {
+_FETCH: dict[str, Callable[[Plane, list[str]], Any]] = {
     "jobs": _jobs, "tenants": _tenants, "nodes": _nodes, "events": _events,
-    "tokens": admin_verbs.tokens,
+    "tokens": admin_verbs.tokens, "services": service_verbs.fetch,
 }
 _RENDER: dict[str, Callable[[Any, bool], Any]] = {
     "jobs": _render_jobs, "tenants": _render_tenants, "nodes": _render_nodes,
     "events": _render_events, "tokens": admin_verbs.render_tokens,
+    "services": service_verbs.render,
 }
 
 
@@ -228,13 +250,17 @@ def describe(
     what: Annotated[str, typer.Argument(help="job")],
     name: Annotated[str, typer.Argument(help="the job's name")],
     server: Server = None, token: Token = None, home: Home = None, output: Output = "table",
-    tenant: TenantOpt = None,
+    tenant: TenantOpt = None, kubeconfig: KubeconfigOption = None, context: ContextOption = None,
 ) -> None:
-    """Show one job: its spec, pods and events."""
-    if KINDS.get(what) != "jobs":
-        raise InputError(f"shoal describe: expected 'job', got {what!r}")
+    """Show one job (its spec, pods and events) or service (revisions, traffic, events)."""
+    if KINDS.get(what) not in ("jobs", "services"):
+        raise InputError(f"shoal describe: expected 'job' or 'service', got {what!r}")
     check_output(output)
-    with client(server, token, home) as api:
+    if KINDS[what] == "services":
+        with client(server, token, home, kubeconfig, context) as api:
+            service_verbs.describe(api, name, tenant, output)
+        return
+    with client(server, token, home, kubeconfig, context) as api:
         job = api.job(name, tenant)
     if emit(job, output):
         return
@@ -289,11 +315,12 @@ def logs(
     limit_bytes: Annotated[int | None, typer.Option(
         "--limit-bytes", min=1, help="print at most this many bytes of the log")] = None,
     server: Server = None, token: Token = None, home: Home = None, tenant: TenantOpt = None,
+    kubeconfig: KubeconfigOption = None, context: ContextOption = None,
 ) -> None:
     """Print a pod's log (read page by page, never whole)."""
     if follow and limit_bytes is not None:
         raise InputError("shoal logs: --limit-bytes and --follow do not go together")
-    with client(server, token, home) as api:
+    with client(server, token, home, kubeconfig, context) as api:
         if not follow:
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             for page in api.iter_log(name, pod, limit_bytes=limit_bytes, tenant=tenant):
@@ -309,32 +336,52 @@ def logs(
 
 
 def delete(
-    what: Annotated[str, typer.Argument(help="job, tenant, nodepool (or node) or token")],
+    what: Annotated[str | None, typer.Argument(help="job, tenant, nodepool (or node) or token")
+                    ] = None,
     names: Annotated[list[str] | None, typer.Argument(
         help="the jobs', tenants' or node pools' names, or the tokens' ids")] = None,
     all_jobs: Annotated[bool, typer.Option("--all", help="every job you can see")] = False,
+    file: Annotated[Path | None, typer.Option(
+        "--filename", "-f", help="delete what this manifest file or folder defines")] = None,
     server: Server = None, token: Token = None, home: Home = None, tenant: TenantOpt = None,
+    kubeconfig: KubeconfigOption = None, context: ContextOption = None,
 ) -> None:
     """Stop jobs' pods (SIGTERM, then SIGKILL after the grace period) and cancel them;
     or (admin) delete tenants without active jobs, node pools that run no pods, or
-    revoke tokens."""
+    revoke tokens; or delete what a manifest file defines (-f)."""
+    connect = (server, token, home, kubeconfig, context)
+    if file is not None:
+        if what is not None or all_jobs or tenant is not None:
+            raise InputError("shoal delete -f: the file names what to delete; give no kind, "
+                             "names, --all or --tenant")
+        _delete_files(file, connect)
+        return
+    if what is None:
+        raise InputError("shoal delete: name a kind and what to delete, or pass -f FILE")
     if what in admin_verbs.DELETERS:
         if all_jobs or not names:
             raise InputError(f"shoal delete {what}: name what to delete (--all is for jobs)")
-        with client(server, token, home) as api:
+        with client(*connect) as api:
             admin_verbs.delete(what, names, api)
         return
+    if KINDS.get(what) == "services":
+        if all_jobs or not names:
+            raise InputError("shoal delete service: name the services to delete")
+        with client(*connect) as api:
+            service_verbs.delete(api, names, tenant)
+        return
     if KINDS.get(what) != "jobs":
-        raise InputError(
-            f"shoal delete: expected job, tenant, nodepool (or node) or token, got {what!r}")
+        raise InputError(f"shoal delete: expected job, service, tenant, nodepool (or node) or "
+                         f"token, got {what!r}")
     if all_jobs and names:
         raise InputError("shoal delete job: give job names or --all, not both")
     if not all_jobs and not names:
         raise InputError("shoal delete job: name the jobs to delete, or pass --all")
-    with client(server, token, home) as api:
+    with client(*connect) as api:
         targets = [(name, tenant) for name in names or []]
         if all_jobs:
-            targets = [(j["name"], j["tenant"]) for j in api.jobs()
+            listed = api.jobs(tenant) if isinstance(api, ClusterApi) else api.jobs()
+            targets = [(j["name"], j["tenant"]) for j in listed
                        if not j.get("deleted") and tenant in (None, j["tenant"])]
             names = [name for name, _ in targets]
         for name, owner in targets:
@@ -342,6 +389,27 @@ def delete(
             out.print(f"job/{name} deleted", highlight=False)
     if all_jobs and not names:
         out.print("No jobs.")
+
+
+def _delete_files(path: Path, connect: tuple[Any, ...]) -> None:
+    """Delete what the manifests define, last document first (jobs before their tenant);
+    one already gone is said so and skipped, as ``kubectl delete --ignore-not-found``."""
+    manifests = load(path)  # every file checked before anything is deleted
+    with client(*connect) as api:
+        for manifest in reversed(manifests):
+            name, kind = manifest.metadata.name, manifest.kind.lower()
+            try:
+                if isinstance(manifest, TrainingJob):
+                    api.delete(name, manifest.spec.tenant)
+                    line = f"{kind}/{name} deleted"
+                elif isinstance(manifest, Tenant | NodePool):
+                    line = admin_verbs.DELETERS[kind](api, name)
+                else:
+                    raise InputError(f"{manifest.kind} {name}: shoal delete -f deletes "
+                                     "Tenants, NodePools and TrainingJobs")
+            except NotFoundError:
+                line = f"{kind}/{name} not found"
+            out.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def create(

@@ -21,6 +21,7 @@ from shoal.cli import operator as operator_command
 from shoal.cli import run as run_command
 from shoal.cli import schema as schema_command
 from shoal.cli import server as server_command
+from shoal.cli import services as services_command
 from shoal.cli import sim as sim_command
 from shoal.cli import validate as validate_command
 from shoal.cli.interrupts import EXIT_CODE, Interrupted
@@ -62,6 +63,8 @@ app.command("describe")(jobs_command.describe)
 app.command("logs")(jobs_command.logs)
 app.command("delete")(jobs_command.delete)
 app.command("create")(jobs_command.create)
+app.command("infer")(services_command.infer)
+app.command("rollout")(services_command.rollout)
 app.command("sim")(sim_command.sim)
 app.command("validate")(validate_command.validate)
 app.command("policies")(sim_command.policies)

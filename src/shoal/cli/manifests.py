@@ -2,8 +2,9 @@
 
 A folder means every ``*.yaml``/``*.yml`` in it, sorted by name.  Every
 syntax or schema error is the located ``ManifestError`` (file, line, field)
-before anything is sent; relative ``workingDir`` values are made absolute
-from the manifest's folder, since the control plane does not know it.
+before anything is sent; relative ``workingDir`` values (and an
+InferenceService's ``model.path``) are made absolute from the manifest's
+folder, since the control plane does not know it.
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ def resolve_working_dirs(path: Path) -> str:
             folder = Path(spec["workingDir"])
             if not folder.is_absolute():
                 spec["workingDir"] = str((path.resolve().parent / folder).resolve())
+                changed = True
+        model = spec.get("model") if isinstance(spec, dict) else None
+        if isinstance(model, dict) and isinstance(model.get("path"), str):
+            # An InferenceService's model file, relative to the manifest as written.
+            file = Path(model["path"])
+            if not file.is_absolute():
+                model["path"] = str((path.resolve().parent / file).resolve())
                 changed = True
     return yaml.safe_dump_all(docs, sort_keys=False) if changed else text
 

@@ -21,6 +21,8 @@ from shoal.sim.html_report import write_html
 from shoal.sim.plan import SimPlan, run_plan
 from shoal.sim.scenario import parse_seeds, plan_from_flags
 from shoal.sim.scenario_manifest import plan_from_simulation
+from shoal.sim.serve_plan import ServePlan, plan_from_serve, read_simulation, run_serve_plan
+from shoal.sim.serve_report import write_serve_html
 
 out = Console()
 err = Console(stderr=True)
@@ -33,7 +35,7 @@ def sim(
     trace: Annotated[
         Path | None, typer.Option(help="trace: an openb folder or a CSV job trace")
     ] = None,
-    mode: Annotated[str | None, typer.Option(help="fill or replay")] = None,
+    mode: Annotated[str | None, typer.Option(help="fill, replay or serve")] = None,
     policy: Annotated[
         str | None, typer.Option(help="placement policies, comma-separated (see shoal policies)")
     ] = None,
@@ -53,6 +55,10 @@ def sim(
         raise InputError(f"--output: expected table or json, got {output!r}")
     # Ctrl-C is caught from the start: reading a big trace while planning is
     # long work too, and an interrupt CPython swallows there must still count.
+    serve = _serve_plan(scenario, trace, mode, policy, queueing)
+    if serve is not None:
+        _serve(serve, output, html)
+        return
     with CtrlC() as ctrl_c:
         try:
             plan = _plan(scenario, trace, mode, policy, seeds, workload, target)
@@ -74,6 +80,70 @@ def sim(
         print(json.dumps(report))
         return
     _print_table(report)
+    if html is not None:
+        out.print(f"HTML report: {html}")
+
+
+def _serve_plan(
+    scenario: Path | None,
+    trace: Path | None,
+    mode: str | None,
+    policy: str | None,
+    queueing: str | None,
+) -> ServePlan | None:
+    """The serve-mode plan when the scenario (or --mode) asks for one; None otherwise."""
+    if scenario is None:
+        if mode == "serve":
+            raise InputError(
+                "--mode serve needs a Simulation manifest (service time, SLO); "
+                "see examples/serving/azure-code-sim.yaml"
+            )
+        return None
+    sim_manifest = read_simulation(scenario)
+    if sim_manifest.spec.mode != "serve":
+        if mode == "serve":
+            raise InputError(f"--mode serve: {scenario} is a {sim_manifest.spec.mode} scenario")
+        return None
+    if mode not in (None, "serve"):
+        raise InputError(f"--mode {mode}: {scenario} is a serve scenario")
+    if trace is not None:
+        raise InputError("give either a scenario file or --trace, not both")
+    if queueing is not None:
+        raise InputError("--queueing: orders queues of a replay; serve mode has none")
+    policies = [p.strip() for p in policy.split(",") if p.strip()] if policy else None
+    plan = plan_from_serve(scenario, sim_manifest, policies)
+    plan.check()
+    return plan
+
+
+def _serve(plan: ServePlan, output: str, html: Path | None) -> None:
+    with CtrlC() as ctrl_c:
+        try:
+            report = run_serve_plan(plan, lambda *_: ctrl_c.check())
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "interrupted: the simulation stopped; no report was written") from None
+    if html is not None:
+        write_serve_html(report, html, title=f"Shoal simulation: {plan.name}")
+    if output == "json":
+        print(json.dumps(report))
+        return
+    table = Table(title=f"{report['scenario']}: serve")
+    heads = ("policy", "SLO attained", "p50 s", "p99 s", "cold starts", "replica-s", "wall s")
+    for name in heads:
+        table.add_column(name, justify="right" if name != "policy" else "left", no_wrap=True)
+    for r in report["results"]:
+        m = r["metrics"]
+        table.add_row(
+            r["policy"],
+            f"{100 * m['slo_attainment']:.2f} %",
+            f"{m['latency_p50_s']:.3f}",
+            f"{m['latency_p99_s']:.3f}",
+            str(m["cold_starts"]),
+            f"{m['replica_seconds']:,.0f}",
+            f"{r['wall_time_s']:.2f}",
+        )
+    out.print(table)
     if html is not None:
         out.print(f"HTML report: {html}")
 

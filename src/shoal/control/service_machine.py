@@ -28,7 +28,7 @@ from shoal.policy.rollout import CanaryState, Verdict
 
 __all__ = [
     "Emit", "Refused", "RevisionRow", "ServiceRow", "ServiceStep", "abort", "deploy",
-    "judged", "load_failed", "loaded", "promote",
+    "judged", "load_failed", "loaded", "promote", "row_from_json", "row_to_json",
 ]
 
 RevisionPhase = Literal["Loading", "Ready", "Failed", "RolledBack", "Retired"]
@@ -60,6 +60,9 @@ class ServiceRow:
     takes over as soon as it is ready, with no analysis)."""
     canary_state: CanaryState = field(default_factory=CanaryState)
     version: int = 0
+    replicas: tuple[tuple[str, int, int, str], ...] = ()
+    """Observed, not decided here: per revision with replicas, (name, desired, ready, why
+    a replica waits: its admission's reason, or "")."""
 
     def revision(self, name: str) -> RevisionRow:
         for revision in self.revisions:
@@ -124,7 +127,7 @@ def _set(row: ServiceRow, name: str, phase: RevisionPhase, reason: str = "") -> 
 
 
 def deploy(row: ServiceRow, model: str, canary_percent: int, now: float) -> ServiceStep:
-    """The spec names ``model``: a new revision unless the newest live one serves it already.
+    """The spec names ``model``: a new revision unless the newest one has that model.
 
     With a stable revision the new one is its canary (a canary still being
     judged is superseded: retired); with none it becomes the stable one.
@@ -132,7 +135,9 @@ def deploy(row: ServiceRow, model: str, canary_percent: int, now: float) -> Serv
     """
     row = replace(row, canary_percent=canary_percent)
     newest = row.revisions[-1] if row.revisions else None
-    if newest is not None and newest.model == model and newest.phase in _LIVE:
+    if newest is not None and newest.model == model:
+        # Served already, or failed or rolled back: the same model is not tried
+        # again until the spec names another (or another version of it).
         return ServiceStep(row)
     number = newest.number + 1 if newest is not None else 1
     revision = RevisionRow(f"{row.name}-r{number}", number, model, "Loading", now)
@@ -234,3 +239,39 @@ def _roll_back(row: ServiceRow, reason: str, evidence: Mapping[str, Any]) -> Ser
                   canary_state=CanaryState())
     return ServiceStep(row, (_emit("rolled-back", revision=canary, stable=row.stable,
                                    reason=reason, **evidence),))
+
+
+def row_to_json(row: ServiceRow) -> dict[str, Any]:
+    """The row as stored (JSON); ``version`` is the store's, kept apart."""
+    return {
+        "name": row.name, "tenant": row.tenant,
+        "revisions": [
+            {"name": r.name, "number": r.number, "model": r.model, "phase": r.phase,
+             "createdAt": r.created_at, "reason": r.reason}
+            for r in row.revisions
+        ],
+        "stable": row.stable, "canary": row.canary, "canaryPercent": row.canary_percent,
+        "canaryHealthySince": row.canary_state.healthy_since,
+        # Derived, for readers that do not run this module (the API, the CLI):
+        "phase": row.phase, "traffic": row.traffic(),
+        "replicas": {name: {"desired": desired, "ready": ready, **({"waiting": why} if why else {})}
+                     for name, desired, ready, why in row.replicas},
+    }
+
+
+def row_from_json(data: Mapping[str, Any], version: int = 0) -> ServiceRow:
+    return ServiceRow(
+        name=str(data["name"]), tenant=str(data["tenant"]),
+        revisions=tuple(
+            RevisionRow(str(r["name"]), int(r["number"]), str(r["model"]), r["phase"],
+                        float(r["createdAt"]), str(r.get("reason", "")))
+            for r in data.get("revisions", ())
+        ),
+        stable=data.get("stable"), canary=data.get("canary"),
+        canary_percent=int(data.get("canaryPercent", 0)),
+        canary_state=CanaryState(data.get("canaryHealthySince")),
+        version=version,
+        replicas=tuple((str(name), int(seen["desired"]), int(seen["ready"]),
+                        str(seen.get("waiting", "")))
+                       for name, seen in (data.get("replicas") or {}).items()),
+    )

@@ -21,13 +21,15 @@ from shoal.domain.base import API_VERSION
 from shoal.domain.job import TrainingJob
 from shoal.domain.manifest_errors import describe, locate
 from shoal.domain.nodes import NodePool
+from shoal.domain.service import InferenceService
 from shoal.domain.simulation import Simulation
 from shoal.domain.tenant import Tenant
 from shoal.errors import ManifestError
 
-Manifest = NodePool | Tenant | TrainingJob | Simulation
+Manifest = NodePool | Tenant | TrainingJob | Simulation | InferenceService
 
 KINDS: dict[str, type[BaseModel]] = {
+    "InferenceService": InferenceService,
     "NodePool": NodePool,
     "Simulation": Simulation,
     "Tenant": Tenant,

@@ -83,6 +83,18 @@ KUBERNETES_KEYS: tuple[tuple[str, str, str], ...] = (
      "`router`: the tenants' network policies let traffic in from this namespace"),
     ("shoal.dev/pool", "label on Nodes (read)",
      "the node's pool name in Shoal's views (default `kubernetes`)"),
+    ("shoal.dev/checkpoint", "annotation on Pods (read)",
+     "`{\"step\": N}`: the newest checkpoint the pod saved (or the same JSON as its "
+     "container's termination message); the next attempt resumes from it"),
+    ("shoal.dev/checkpoint-size", "annotation on TrainingJobs (read)",
+     "the size of the job's checkpoint PersistentVolumeClaim (default `10Gi`)"),
+    ("shoal.dev/checkpoint-storage-class", "annotation on TrainingJobs (read)",
+     "the storage class of the job's checkpoint PersistentVolumeClaim (default: the "
+     "cluster's)"),
+    ("shoal.dev/service", "label on an InferenceService's replica jobs",
+     "the service the replica serves (set by Shoal; a user's TrainingJob may not carry it)"),
+    ("shoal.dev/revision", "label on an InferenceService's replica jobs",
+     "the revision whose model the replica loads (set by Shoal, like `shoal.dev/service`)"),
 )
 """Labels, annotations and finalizers of the Kubernetes runtime (docs/kubernetes.md)."""
 

@@ -29,6 +29,7 @@ from pydantic_core import core_schema
 
 from shoal.domain.job import TrainingJob
 from shoal.domain.nodes import NodePool
+from shoal.domain.service import InferenceService
 from shoal.domain.simulation import Simulation
 from shoal.domain.tenant import Tenant
 
@@ -41,6 +42,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "Tenant": Tenant,
     "TrainingJob": TrainingJob,
     "Simulation": Simulation,
+    "InferenceService": InferenceService,
 }
 """Every manifest kind, in the order the reference documents them."""
 

@@ -142,6 +142,15 @@ class TraceColumns(Spec):
     checkpoint_interval: str | None = Field(
         default=None, description="seconds between checkpoints"
     )
+    arrival_time: str | None = Field(
+        default=None, description="serve mode: when the request arrives, seconds or a timestamp"
+    )
+    input_tokens: str | None = Field(
+        default=None, description="serve mode: the request's prompt tokens"
+    )
+    output_tokens: str | None = Field(
+        default=None, description="serve mode: the tokens the request generates"
+    )
 
     def as_mapping(self) -> dict[str, str]:
         """camelCase logical name -> header name, for the columns that are mapped."""
@@ -166,6 +175,9 @@ class TraceUnits(Spec):
     duration: TimeUnit | None = Field(default=None, description="run time")
     checkpoint_interval: TimeUnit | None = Field(
         default=None, description="time between checkpoints"
+    )
+    arrival_time: TimeUnit | None = Field(
+        default=None, description="serve mode: arrival times written as numbers"
     )
 
     def as_mapping(self) -> dict[str, str]:
@@ -279,6 +291,68 @@ class ReplaySpec(Spec):
     )
 
 
+SERVE_COLUMNS = ("arrivalTime", "inputTokens", "outputTokens")
+_JOB_ONLY = (
+    ("missing_duration", "missingDuration"),
+    ("duplicates", "duplicates"),
+    ("split", "split"),
+)
+
+
+class ServiceTimeSpec(Spec):
+    """How long one request keeps a replica slot: fixed + per-token terms."""
+
+    fixed_seconds: float = Field(default=0.0, ge=0, description="per request")
+    per_input_token_seconds: float = Field(
+        default=0.0, ge=0, description="per prompt token (prefill); needs columns.inputTokens"
+    )
+    per_output_token_seconds: float = Field(
+        default=0.0, ge=0, description="per generated token (decode); needs columns.outputTokens"
+    )
+
+    @model_validator(mode="after")
+    def _takes_time(self) -> ServiceTimeSpec:
+        if not (self.fixed_seconds or self.per_input_token_seconds or self.per_output_token_seconds):
+            raise ValueError("a request must take some time: give fixedSeconds or a per-token term")
+        return self
+
+
+class SloSpec(Spec):
+    """The latency objective: ``percentile`` % of requests within ``latencySeconds``."""
+
+    latency_seconds: float = Field(gt=0, description="the latency bound")
+    percentile: float = Field(
+        default=95.0, gt=0, lt=100, description="the share of requests that must meet it, in %"
+    )
+    measure: Literal["response", "firstToken"] = Field(
+        default="response",
+        description="response: arrival to last token; firstToken: arrival to the first token "
+        "(waiting + fixed + prompt terms)",
+    )
+
+
+class ServeSpec(Spec):
+    """Serve mode: request arrivals against autoscaled replicas of one service."""
+
+    service_time: ServiceTimeSpec = Field(description="the service-time model")
+    concurrency: int = Field(default=1, ge=1, description="requests one replica serves at once")
+    cold_start_seconds: float = Field(
+        default=5.0, ge=0, description="from ordering a replica to its serving"
+    )
+    initial_replicas: int = Field(default=1, ge=0, description="warm replicas at the start")
+    min_replicas: int = Field(default=0, ge=0, description="the autoscaler's lower bound")
+    max_replicas: int | None = Field(
+        default=None, ge=1, description="the autoscaler's upper bound; unset: none"
+    )
+    slo: SloSpec = Field(description="the latency objective the policies are judged on")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServeSpec:
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise _reject(("maxReplicas",), "maxReplicas is below minReplicas", self.max_replicas)
+        return self
+
+
 class SimulationSpec(Spec):
     """A cluster, tenants, a job trace, a mode and the policies to compare."""
 
@@ -290,12 +364,15 @@ class SimulationSpec(Spec):
         default=None, description="the default in replay mode when no tenants are given"
     )
     trace: TraceSpec
-    mode: Literal["fill", "replay"] = Field(
+    mode: Literal["fill", "replay", "serve"] = Field(
         description="fill: the FGD paper's experiment (nothing leaves); replay: a job trace "
-        "over time with quotas and preemption"
+        "over time with quotas and preemption; serve: request arrivals against an autoscaled "
+        "service"
     )
     policies: list[Annotated[str, Field(min_length=1)]] = Field(
-        min_length=1, description="placement policies to compare (shoal policies lists them)"
+        min_length=1,
+        description="placement policies to compare (shoal policies lists them); serve mode: "
+        "autoscaling policies (kpa, hpa, shoal)",
     )
     seeds: Seeds = Field(
         default_factory=lambda: [42],
@@ -303,6 +380,7 @@ class SimulationSpec(Spec):
     )
     fill: FillSpec | None = Field(default=None, description="mode fill only")
     replay: ReplaySpec | None = Field(default=None, description="mode replay only")
+    serve: ServeSpec | None = Field(default=None, description="mode serve only")
 
     @model_validator(mode="before")
     @classmethod
@@ -317,6 +395,16 @@ class SimulationSpec(Spec):
 
     @model_validator(mode="after")
     def _consistent(self) -> SimulationSpec:
+        if self.mode == "serve":
+            return self._consistent_serve()
+        if self.serve is not None:
+            raise _reject(("serve",), f"serve settings given, but mode is {self.mode}", {})
+        mapped = self.trace.columns.as_mapping() if self.trace.columns else {}
+        for key in SERVE_COLUMNS:
+            if key in mapped:
+                raise _reject(
+                    ("trace", "columns", key), f"{key} is for serve mode; mode is {self.mode}", ""
+                )
         cluster, trace = self.cluster, self.trace
         if cluster.nodes_from_trace and trace.format != "openb":
             raise _reject(
@@ -335,6 +423,46 @@ class SimulationSpec(Spec):
         if getattr(self, other) is not None:
             raise _reject((other,), f"{other} settings given, but mode is {self.mode}", {})
         self._check_failures()
+        return self
+
+    def _consistent_serve(self) -> SimulationSpec:
+        trace = self.trace
+        if self.serve is None:
+            raise _reject(("serve",), "mode serve needs a serve section (serviceTime, slo)", {})
+        for other in ("fill", "replay", "tenants_from_trace"):
+            if getattr(self, other) is not None:
+                alias = "tenantsFromTrace" if other == "tenants_from_trace" else other
+                raise _reject((alias,), f"{alias} is not used in serve mode", {})
+        if self.tenants or self.cluster.node_pools or self.cluster.nodes_from_trace:
+            where = "tenants" if self.tenants else "cluster"
+            raise _reject((where,), f"{where} is not used in serve mode", {})
+        if trace.format != "csv":
+            raise _reject(("trace", "format"), "serve mode reads a csv request trace", trace.format)
+        for field, alias in _JOB_ONLY:
+            if field in trace.model_fields_set:
+                raise _reject(("trace", alias), f"{alias} is for job traces, not serve mode", "")
+        mapped = trace.columns.as_mapping() if trace.columns else {}
+        jobs = [key for key in mapped if key not in SERVE_COLUMNS]
+        if jobs:
+            raise _reject(
+                ("trace", "columns", jobs[0]),
+                f"{jobs[0]} is a job column; serve mode maps {', '.join(SERVE_COLUMNS)}",
+                "",
+            )
+        units = trace.units.as_mapping() if trace.units else {}
+        if set(units) - {"arrivalTime"}:
+            bad = sorted(set(units) - {"arrivalTime"})[0]
+            raise _reject(("trace", "units", bad), "serve mode only has units.arrivalTime", "")
+        time = self.serve.service_time
+        needs = (("inputTokens", time.per_input_token_seconds),
+                 ("outputTokens", time.per_output_token_seconds))
+        for key, per_token in needs:
+            if per_token and key not in mapped:
+                raise _reject(
+                    ("trace", "columns", key),
+                    f"serviceTime has a per-token term for {key}: map the column that holds them",
+                    "",
+                )
         return self
 
     def _check_failures(self) -> None:

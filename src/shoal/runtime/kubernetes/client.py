@@ -15,6 +15,12 @@ Shoal is there: a kubeconfig, or, without one, the pod's own service
 account (in-cluster: ``KUBERNETES_SERVICE_HOST``/``_PORT`` and the token and
 CA that Kubernetes mounts, the token re-read as the kubelet rotates it).
 
+Every request is counted by verb and kind (``Kube.calls``: ``get``,
+``list``, ``create``, ``replace``, ``replace_status``, ``delete``, ``bind``,
+``discover``, and ``watch`` per stream opened; a 409 is also counted as
+``conflict``), so a benchmark can say what a job costs and a test can show
+that an idle operator makes no calls but its watches.
+
 API errors become ``shoal.errors`` with the server's message and the cause
 chained: 409 -> ``ConflictError`` (``AlreadyExistsError`` for a name in
 use), 404 -> ``NotFoundError``, 400/422 -> ``ManifestError``, 401/403 ->
@@ -25,6 +31,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -32,8 +40,8 @@ from typing import Any
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes import watch as k8s_watch
 from kubernetes.config.incluster_config import InClusterConfigLoader
+from kubernetes.watch.watch import iter_resp_lines
 from urllib3.exceptions import HTTPError
 
 from shoal.errors import (
@@ -59,7 +67,7 @@ SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 # ``_preload_content=False`` skips: used through these names.
 _load_kube_config: Callable[..., None] = k8s_config.load_kube_config
 _InCluster: Callable[..., Any] = InClusterConfigLoader
-_Watch: Callable[[], Any] = k8s_watch.Watch
+_lines: Callable[[Any], Iterator[str]] = iter_resp_lines
 
 
 def configuration(kubeconfig: str | None, context: str | None = None, *,
@@ -107,11 +115,39 @@ _CUSTOM_VERBS = {
 }
 
 
+class Calls:
+    """Requests made, by ``(verb, kind)``: cheap, thread-safe counters."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def count(self, verb: str, kind: str) -> None:
+        with self._lock:
+            self._counts[(verb, kind)] += 1
+
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def by_verb(self) -> dict[str, int]:
+        verbs: Counter[str] = Counter()
+        for (verb, _), n in self.snapshot().items():
+            verbs[verb] += n
+        return dict(verbs)
+
+    def requests(self) -> int:
+        """Every request but the watch streams (and 409s, already counted as their verb)."""
+        return sum(n for (verb, _), n in self.snapshot().items()
+                   if verb not in ("watch", "conflict"))
+
+
 class Kube:
     """Get, list, create, replace and delete objects of any served kind, as dicts."""
 
     def __init__(self, api_client: k8s.ApiClient) -> None:
         self.api_client: Any = api_client
+        self.calls = Calls()
         self._core = k8s.CoreV1Api(api_client)
         self._custom = k8s.CustomObjectsApi(api_client)
         self.discovery = Discovery(self._resources)
@@ -148,21 +184,39 @@ class Kube:
         return self._call("list", kind, namespace, label_selector=labels, field_selector=fields)
 
     def watch(self, kind: str, namespace: str | None = None, *, since: str, timeout_s: float,
-              labels: str = "", fields: str = "") -> Iterator[tuple[str, Body]]:
+              labels: str = "", fields: str = "", bookmarks: bool = False
+              ) -> Iterator[tuple[str, Body]]:
         """``(type, object)`` events after resourceVersion ``since``, for up to ``timeout_s``.
 
         Types are ADDED, MODIFIED, DELETED and ERROR (the object is then a
-        Status; 410 means ``since`` is too old: list again).
+        Status; 410 means ``since`` is too old: list again), and with
+        ``bookmarks`` BOOKMARK (only ``metadata.resourceVersion`` is meant:
+        where to resume from).  Events are parsed as JSON, never as the
+        client's models.
         """
         target = self.discovery.kind(kind)
         method, args, where = self._method("list", target, namespace)
-        selectors = {k: v for k, v in (("label_selector", labels), ("field_selector", fields)) if v}
-        stream = _Watch().stream(
-            method, *args, resource_version=since, timeout_seconds=max(1, int(timeout_s)),
-            _request_timeout=timeout_s + TIMEOUT_S, **where, **selectors)
+        selectors: dict[str, Any] = {
+            k: v for k, v in (("label_selector", labels), ("field_selector", fields)) if v}
+        if bookmarks:
+            selectors["allow_watch_bookmarks"] = True
+        self.calls.count("watch", kind)
         with errors(f"watch {kind}"):
-            for event in stream:
-                yield str(event["type"]), dict(event["raw_object"])
+            response = method(*args, watch=True, resource_version=since,
+                              timeout_seconds=max(1, int(timeout_s)), _preload_content=False,
+                              _request_timeout=timeout_s + TIMEOUT_S, **where, **selectors)
+            try:
+                for line in _lines(response):
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    kind_of = str(event.get("type", ""))
+                    if kind_of == "BOOKMARK" and not bookmarks:
+                        continue
+                    yield kind_of, dict(event.get("object") or {})
+            finally:
+                response.close()
+                response.release_conn()
 
     # --- writes ------------------------------------------------------------------
 
@@ -203,6 +257,7 @@ class Kube:
         body = {"apiVersion": "v1", "kind": "Binding",
                 "metadata": {"name": pod, "namespace": namespace},
                 "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+        self.calls.count("bind", "Pod")
         with errors(f"bind Pod {namespace}/{pod} to {node}"):
             # Raw: the client's Binding model cannot read the server's answer back.
             self._core.create_namespaced_pod_binding(
@@ -222,10 +277,16 @@ class Kube:
             raise ManifestError(f"{kind} is namespaced: name its namespace")
         method, args, where = self._method(verb, target, namespace)
         kwargs = {k: v for k, v in {**kwargs, **where}.items() if v not in ("", None)}
-        with errors(f"{verb} {kind} {kwargs.get('name', '')}".rstrip()):
-            response = method(*args, **kwargs, _preload_content=False,
-                              _request_timeout=TIMEOUT_S)
-            raw = response.data
+        self.calls.count("get" if verb == "read" else verb, kind)
+        try:
+            with errors(f"{verb} {kind} {kwargs.get('name', '')}".rstrip()):
+                response = method(*args, **kwargs, _preload_content=False,
+                                  _request_timeout=TIMEOUT_S)
+                raw = response.data
+        except ConflictError as exc:
+            if not isinstance(exc, AlreadyExistsError):
+                self.calls.count("conflict", kind)
+            raise
         decoded: Body = json.loads(raw) if raw else {}
         return decoded
 
@@ -253,6 +314,7 @@ class Kube:
         """The server's resource list of one group version; None when it is not served."""
         group, _, version = group_version.rpartition("/")
         response: Any
+        self.calls.count("discover", group_version)
         with errors(f"discover {group_version}"):
             try:
                 if group == "":

@@ -7,14 +7,21 @@
 * A TrainingJob object *is* the job record: its spec is the manifest, its
   ``status`` holds everything the state machine keeps (``status.py``), and its
   ``metadata.resourceVersion`` is the version every write is fenced by.
-* A pod of an attempt becomes a Pod object that only Shoal schedules
-  (``schedulerName: shoal``), bound later through the Binding API.
+* A pod of an attempt becomes a ``batch/v1`` Job of one pod (``worker_job``)
+  whose pod only Shoal schedules (``schedulerName: shoal``), bound later
+  through the Binding API.  Its rank, the world size and the master's address
+  (the rank-0 pod's name under the job's headless Service, ``service_manifest``)
+  are in its environment; a job that checkpoints mounts its PersistentVolumeClaim
+  (``claim_manifest``) at ``CHECKPOINT_PATH``.
 
 No I/O here, and no ``kubernetes`` import: the adapters do the calls.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +33,7 @@ from shoal.domain.names import job_key
 from shoal.domain.nodes import Node, Taint
 from shoal.domain.resources import MILLI
 from shoal.runtime.kubernetes import quantities
-from shoal.runtime.kubernetes.status import JobControl, PodEntry, TrainingJobStatus
+from shoal.runtime.kubernetes.status import Condition, JobControl, PodEntry, TrainingJobStatus
 
 __all__ = [
     "FINALIZER",
@@ -37,6 +44,9 @@ __all__ = [
     "SCHEDULER",
     "UID_LABEL",
     "JobObject",
+    "claim_manifest",
+    "claim_name",
+    "conditions_of",
     "foreign_usage",
     "node_of",
     "nodes_of",
@@ -45,8 +55,12 @@ __all__ = [
     "pod_status",
     "quantity_mib",
     "quantity_milli",
+    "reported_step",
     "row_of",
+    "service_manifest",
+    "service_name",
     "status_of",
+    "worker_job",
 ]
 
 SCHEDULER = "shoal"
@@ -63,6 +77,18 @@ NOBODY = 65534
 """The user and group tenants' pods run as."""
 DEFAULT_IMAGE = "busybox:1.36"
 """The container image of a job that names none (the embedded runtime needs none)."""
+MASTER_PORT = 29500
+"""``MASTER_PORT`` of every job (PyTorch's default rendezvous port)."""
+CHECKPOINT_PATH = "/shoal/checkpoints"
+"""Where a job's checkpoint volume is mounted; ``$SHOAL_CHECKPOINT_DIR`` says so, as embedded."""
+CHECKPOINT_ANNOTATION = "shoal.dev/checkpoint"
+"""On a pod: ``{"step": N}``, the newest checkpoint the job saved (see ``reported_step``)."""
+CHECKPOINT_SIZE_ANNOTATION = "shoal.dev/checkpoint-size"
+"""On a TrainingJob: the size its checkpoint claim asks for (default ``DEFAULT_CHECKPOINT_SIZE``)."""
+CHECKPOINT_CLASS_ANNOTATION = "shoal.dev/checkpoint-storage-class"
+"""On a TrainingJob: the StorageClass of its checkpoint claim (default: the cluster's)."""
+DEFAULT_CHECKPOINT_SIZE = "10Gi"
+_MAX_MESSAGE = 4096
 
 # Annotations that tools write on every object: not the job's, and large.
 _TOOL_ANNOTATIONS = ("kubectl.kubernetes.io/", "kopf.zalando.org/")
@@ -161,7 +187,7 @@ def nodes_of(nodes: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any
 class JobObject:
     """What the adapters need of one TrainingJob object besides its record."""
 
-    __slots__ = ("annotations", "name", "namespace", "resource_version", "uid")
+    __slots__ = ("annotations", "conditions", "name", "namespace", "resource_version", "uid")
 
     def __init__(self, obj: Mapping[str, Any]) -> None:
         meta = obj["metadata"]
@@ -173,6 +199,8 @@ class JobObject:
             k: v for k, v in (meta.get("annotations") or {}).items()
             if not k.startswith(_TOOL_ANNOTATIONS)
         }
+        self.conditions: list[dict[str, Any]] = list(
+            (obj.get("status") or {}).get("conditions") or [])
 
 
 def _epoch(text: str | None) -> float:
@@ -229,13 +257,79 @@ def row_of(obj: Mapping[str, Any]) -> JobRow:
     )
 
 
+ADMITTED = "Admitted"
+REQUEUED = "Requeued"
+NOT_BOUND = "not bound within"
+"""How the reason of a gang that could not be bound in time begins (``pods.py``)."""
+
+
+def _second(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(int(seconds), UTC)
+
+
+def _admitted(job: JobRow) -> Condition:
+    """Whether the job holds quota now, and if not, why (its ``reason`` in one word)."""
+    if job.phase in ("Running", "Preempting", "Stopping"):
+        nodes = ", ".join(sorted({p.node for p in job.pods}))
+        return Condition(type=ADMITTED, status="True", reason="Admitted",
+                         message=f"attempt {job.attempts} admitted on {nodes}; "
+                                 f"Shoal binds its pods there",
+                         last_transition_time=_second(job.attempt_start))
+    if job.phase == "Pending":
+        if job.reason.startswith("retrying after"):
+            why = "BackingOff"
+        elif job.reason.startswith("unknown tenant"):
+            why = "TenantNotFound"
+        else:
+            why = "Waiting"
+        return Condition(type=ADMITTED, status="False", reason=why,
+                         message=job.reason or "waiting for the next admission cycle",
+                         last_transition_time=_second(job.queued_at or job.submit_time))
+    return Condition(type=ADMITTED, status="False", reason=job.phase,
+                     message=job.reason or f"the job {job.phase.lower()}",
+                     last_transition_time=_second(job.finish_time))
+
+
+def _requeue_reason(reason: str) -> str:
+    if reason.startswith("preempted"):
+        return "Preempted"
+    if reason.startswith("retrying after"):
+        return "AttemptFailed"
+    if NOT_BOUND in reason:
+        return "BindTimeout"
+    return "PodLost"
+
+
+def conditions_of(job: JobRow, previous: Sequence[Mapping[str, Any]] = ()) -> list[Condition]:
+    """``Admitted`` (now) and ``Requeued`` (the last attempt that ended early, and why).
+
+    ``Requeued`` is set when an attempt ends and the job goes back to
+    Pending (``queued_at`` moves on) and kept, with the reason it had then,
+    while later attempts run: reasons change, the condition says what happened.
+    """
+    conditions = [_admitted(job)]
+    kept = next((Condition.model_validate(c) for c in previous if c.get("type") == REQUEUED),
+                None)
+    when = _second(job.queued_at)
+    ran_before = job.attempts > 0 and (job.preemptions or job.failures)
+    if job.phase == "Pending" and when is not None and ran_before and (
+            kept is None or kept.last_transition_time != when):
+        kept = Condition(type=REQUEUED, status="True", reason=_requeue_reason(job.reason),
+                         message=job.reason or "requeued", last_transition_time=when)
+    if kept is not None:
+        conditions.append(kept)
+    return conditions
+
+
 def _rfc3339(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
-def status_of(job: JobRow, gpu_milli: int) -> dict[str, Any]:
+def status_of(job: JobRow, gpu_milli: int,
+              previous: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The ``status`` to write for ``job``, which holds ``gpu_milli`` milli-GPUs.
 
+    ``previous``: the conditions the object has now (``conditions_of``).
     Defaults are left out: the 1.20 API server reads an empty string in a
     custom resource as null and refuses it.
     """
@@ -256,6 +350,7 @@ def status_of(job: JobRow, gpu_milli: int) -> dict[str, Any]:
                      exit_code=p.exit_code, message=p.message)
             for p in job.pods
         ],
+        conditions=conditions_of(job, previous),
         control=JobControl(
             stop_cause=job.stop_cause, stop_deadline=job.stop_deadline,
             preemptor=job.preemptor, next_attempt_at=job.next_attempt_at,
@@ -273,14 +368,46 @@ def status_of(job: JobRow, gpu_milli: int) -> dict[str, Any]:
 
 
 def pod_name(job: JobObject, pod: PodRecord) -> str:
-    """A DNS-1123 name unique per pod of every attempt (the uid makes it so)."""
+    """A DNS-1123 name unique per pod of every attempt (the uid makes it so).
+
+    It names the pod's worker Job; the Job controller names the pod after it.
+    """
     return f"{job.name[:40].rstrip('-.')}-{pod.uid[:12]}".lower()
+
+
+_NOT_LABEL = re.compile(r"[^a-z0-9-]+")
+
+
+def service_name(job: JobObject) -> str:
+    """The job's headless Service: a DNS-1035 label (a letter first, 63 at most)."""
+    plain = f"tj-{job.name}"
+    if len(plain) <= 63 and not _NOT_LABEL.search(plain):
+        return plain
+    digest = hashlib.blake2b(job.name.encode(), digest_size=4).hexdigest()
+    return f"tj-{_NOT_LABEL.sub('-', job.name)[:48].strip('-')}-{digest}"
+
+
+def claim_name(job: JobObject) -> str:
+    """The job's checkpoint PersistentVolumeClaim."""
+    return f"{job.name[:240]}-checkpoints"
+
+
+def _owner(job: JobObject) -> list[dict[str, Any]]:
+    return [{
+        "apiVersion": API_VERSION, "kind": "TrainingJob", "name": job.name,
+        "uid": job.uid, "controller": True, "blockOwnerDeletion": True,
+    }] if job.uid else []
+
+
+def checkpoints(spec: TrainingJobSpec) -> bool:
+    """Whether the job asks for checkpointing (it says how often it saves one)."""
+    return spec.checkpoint_interval_seconds is not None
 
 
 def pod_manifest(
     job: JobObject, row: JobRow, pod: PodRecord, spec: TrainingJobSpec, grace_seconds: float
 ) -> dict[str, Any]:
-    """The Pod object for ``pod`` of ``row``; bound later, by ``Pods.start``, to ``pod.node``."""
+    """The Pod of ``pod`` of ``row``: the template of its worker Job (``worker_job``)."""
     pods = [ps for ps in spec.pod_sets for _ in range(ps.count)]
     pod_set = pods[pod.index]
     resources = pod_set.resources
@@ -301,16 +428,22 @@ def pod_manifest(
         else:
             limits[GPU] = str(gpu.count)
             annotations["shoal.dev/gpu-index"] = ",".join(map(str, pod.gpus))
+    service = service_name(job)
     env = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
     env += [
         {"name": "RANK", "value": str(pod.index)},
         {"name": "WORLD_SIZE", "value": str(len(pods))},
+        # The rank-0 pod's name under the job's headless Service (its
+        # hostname and subdomain below): resolvable before it is Ready.
+        {"name": "MASTER_ADDR", "value": f"worker-0.{service}.{job.namespace}.svc"},
+        {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
         {"name": "SHOAL_JOB", "value": row.name},
     ]
     container: dict[str, Any] = {
         "name": "worker",
         "image": spec.image or DEFAULT_IMAGE,
         "env": env,
+        "ports": [{"name": "master", "containerPort": MASTER_PORT}],
         "resources": {"requests": {**requests, **limits}, "limits": limits}
         if limits else {"requests": requests},
     }
@@ -322,6 +455,30 @@ def pod_manifest(
         container["command"] = list(spec.command)
     if spec.working_dir:
         container["workingDir"] = spec.working_dir
+    security: dict[str, Any] = {
+        "runAsNonRoot": True, "runAsUser": NOBODY, "runAsGroup": NOBODY,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    pod_spec: dict[str, Any] = {
+        "schedulerName": SCHEDULER,
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": max(0, round(grace_seconds)),
+        "hostname": f"worker-{pod.index}",
+        "subdomain": service,
+        # A tenant's code gets no API credentials and no privilege: it runs
+        # as nobody, gains none, holds no capability, under the runtime's
+        # default seccomp profile.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": security,
+        "containers": [container],
+    }
+    if checkpoints(spec):
+        env.append({"name": "SHOAL_CHECKPOINT_DIR", "value": CHECKPOINT_PATH})
+        container["volumeMounts"] = [{"name": "checkpoints", "mountPath": CHECKPOINT_PATH}]
+        pod_spec["volumes"] = [{"name": "checkpoints",
+                                "persistentVolumeClaim": {"claimName": claim_name(job)}}]
+        security["fsGroup"] = NOBODY  # the volume is writable by the job's user
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -330,27 +487,115 @@ def pod_manifest(
             "namespace": job.namespace,
             "labels": {JOB_LABEL: job.name, UID_LABEL: pod.uid},
             "annotations": annotations,
-            "ownerReferences": [{
-                "apiVersion": API_VERSION, "kind": "TrainingJob", "name": job.name,
-                "uid": job.uid, "controller": True, "blockOwnerDeletion": True,
-            }] if job.uid else [],
+            "ownerReferences": _owner(job),
+        },
+        "spec": pod_spec,
+    }
+
+
+def worker_job(
+    job: JobObject, row: JobRow, pod: PodRecord, spec: TrainingJobSpec, grace_seconds: float
+) -> dict[str, Any]:
+    """The ``batch/v1`` Job that runs ``pod``: one pod, never retried by the Job controller.
+
+    ``backoffLimit: 0`` and ``restartPolicy: Never``: a failed pod fails the
+    Job, and the control core decides about retries (the whole gang, with its
+    backoff).  One Job per pod, so each carries its rank, GPU indices and
+    hostname in its template (v1.20 has no Indexed completion mode).
+    """
+    pod_body = pod_manifest(job, row, pod, spec, grace_seconds)
+    meta = pod_body["metadata"]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": job.namespace,
+            "labels": dict(meta["labels"]),
+            "annotations": {RANK_ANNOTATION: str(pod.index)},
+            "ownerReferences": meta["ownerReferences"],
         },
         "spec": {
-            "schedulerName": SCHEDULER,
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": max(0, round(grace_seconds)),
-            # A tenant's code gets no API credentials and no privilege: it runs
-            # as nobody, gains none, holds no capability, under the runtime's
-            # default seccomp profile.
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "securityContext": {
-                "runAsNonRoot": True, "runAsUser": NOBODY, "runAsGroup": NOBODY,
-                "seccompProfile": {"type": "RuntimeDefault"},
+            "parallelism": 1,
+            "completions": 1,
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": dict(meta["labels"]),
+                             "annotations": dict(meta["annotations"])},
+                "spec": pod_body["spec"],
             },
-            "containers": [container],
         },
     }
+
+
+def service_manifest(job: JobObject) -> dict[str, Any]:
+    """The job's headless Service: DNS names for its pods (``worker-<rank>.<service>``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": service_name(job), "namespace": job.namespace,
+                     "labels": {JOB_LABEL: job.name}, "ownerReferences": _owner(job)},
+        "spec": {
+            "clusterIP": "None",
+            "selector": {JOB_LABEL: job.name},
+            # Workers look the master up while it starts, before it is Ready.
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "master", "port": MASTER_PORT, "targetPort": MASTER_PORT}],
+        },
+    }
+
+
+def claim_manifest(job: JobObject, spec: TrainingJobSpec) -> dict[str, Any]:
+    """The job's checkpoint volume: kept across attempts, deleted with the TrainingJob.
+
+    ReadWriteOnce for one pod; ReadWriteMany for a gang, whose pods may land
+    on several nodes.  ``shoal.dev/checkpoint-size`` and
+    ``shoal.dev/checkpoint-storage-class`` on the TrainingJob choose size and class.
+    """
+    world = sum(ps.count for ps in spec.pod_sets)
+    claim: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce" if world == 1 else "ReadWriteMany"],
+        "resources": {"requests": {
+            "storage": job.annotations.get(CHECKPOINT_SIZE_ANNOTATION, DEFAULT_CHECKPOINT_SIZE)}},
+    }
+    storage_class = job.annotations.get(CHECKPOINT_CLASS_ANNOTATION)
+    if storage_class:
+        claim["storageClassName"] = storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim_name(job), "namespace": job.namespace,
+                     "labels": {JOB_LABEL: job.name}, "ownerReferences": _owner(job)},
+        "spec": claim,
+    }
+
+
+def _step_of(text: str | None) -> int | None:
+    """``{"step": N}`` (N >= 0) in ``text``, else None: the tenant wrote it, so anything goes."""
+    if not text or len(text) > _MAX_MESSAGE:
+        return None
+    try:
+        step = json.loads(text).get("step")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def reported_step(obj: Mapping[str, Any]) -> int | None:
+    """The newest checkpoint step a pod reports, by Shoal's convention (None: none).
+
+    Either its annotation ``shoal.dev/checkpoint`` or the termination message
+    of a container that ended, both ``{"step": N}`` (the message is what the
+    workload writes to ``/dev/termination-log``; the kubelet copies it into
+    the pod's status).  The larger wins.
+    """
+    steps = [_step_of(((obj.get("metadata") or {}).get("annotations") or {})
+                      .get(CHECKPOINT_ANNOTATION))]
+    for container in (obj.get("status") or {}).get("containerStatuses") or []:
+        ended = (container.get("state") or {}).get("terminated") or {}
+        steps.append(_step_of(ended.get("message")))
+    found = [s for s in steps if s is not None]
+    return max(found) if found else None
 
 
 def pod_status(obj: Mapping[str, Any] | None) -> PodStatus:

@@ -26,6 +26,8 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "Node": ("v1",),
     "Pod": ("v1",),
     "Service": ("v1",),
+    "Endpoints": ("v1",),
+    "PersistentVolumeClaim": ("v1",),
     "Event": ("v1",),
     "Job": ("batch/v1",),
     "ResourceQuota": ("v1",),

@@ -3,11 +3,18 @@
 ``KubeControl`` wires the control core (``control.controller.Controller``,
 the same state machine and admission cycle as the embedded and simulated
 runtimes) to the Kubernetes ports: TrainingJobs are the store, Nodes the
-inventory, Pods the pods.  ``run`` watches TrainingJobs, Tenants, Nodes and
-Shoal's Pods; every event wakes the loop, which passes until nothing
-changes, then sleeps until the next event or the next deadline it knows of
-(a grace period ending, a retry's backoff).  An idle cluster costs the watch
-streams and nothing else: no polling.
+inventory, Pods the pods.  ``run`` keeps TrainingJobs, Tenants, Nodes and
+Pods in memory by watches (``cache.py``: list once, then watch from the last
+resourceVersion) and reads them from there; every change wakes the loop,
+which passes until nothing changes, then sleeps until the next change or
+the next deadline it knows of (a grace period ending, a retry's backoff).
+An idle cluster costs the watch streams and nothing else: no polling, no
+list per pass.  Writes go to the API server, fenced by resourceVersion; a
+pass whose write met a 409 ends there, and the next one waits a backoff
+(0.05 s doubling to 5 s while conflicts go on) instead of spinning.
+
+Without ``run`` (a test calling ``settle`` at moments it chooses) nothing
+is watched and every read goes to the API server.
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ from collections.abc import Callable
 
 from shoal.control.controller import ControlConfig, Controller
 from shoal.control.ports import Clock
-from shoal.control.records import ACTIVE_PHASES, Checkpoint, JobRow
+from shoal.control.records import ACTIVE_PHASES
 from shoal.errors import ShoalError
+from shoal.runtime.kubernetes.cache import Cache, CachedKube, Watched
+from shoal.runtime.kubernetes.checkpoints import KubeCheckpoints
 from shoal.runtime.kubernetes.client import Kube
 from shoal.runtime.kubernetes.convert import JOB_LABEL
 from shoal.runtime.kubernetes.inventory import KubeInventory
@@ -31,14 +40,16 @@ __all__ = ["KubeControl", "WallClock"]
 
 log = logging.getLogger("shoal.operator")
 
-WATCHED: tuple[tuple[str, str], ...] = (
-    ("TrainingJob", ""),
-    ("Tenant", ""),
-    ("Node", ""),
-    ("Pod", JOB_LABEL),
+WATCHED: tuple[Watched, ...] = (
+    Watched("TrainingJob"),
+    Watched("Tenant"),
+    Watched("Node"),
+    Watched("Pod", JOB_LABEL, complement=f"!{JOB_LABEL}"),
+    Watched("Pod", f"!{JOB_LABEL}", complement=JOB_LABEL),
 )
-"""Kinds whose changes can change a decision, with the label their objects must carry."""
-WATCH_TIMEOUT_S = 300.0
+"""Kinds whose changes can change a decision: Shoal's pods and the others
+(which hold room on their nodes: the inventory's foreign usage), apart."""
+_CONFLICT_BACKOFF_S = (0.05, 5.0)
 _MAX_PASSES = 1000
 """Passes in a row before the loop takes a breath (a pass that keeps changing is a bug)."""
 
@@ -46,13 +57,6 @@ _MAX_PASSES = 1000
 class WallClock:
     def now(self) -> float:
         return time.time()
-
-
-class _NoCheckpoints:
-    """What a job saved is not visible to the operator yet: each attempt starts fresh."""
-
-    def latest(self, job: JobRow) -> Checkpoint | None:
-        return None
 
 
 class KubeControl:
@@ -66,21 +70,32 @@ class KubeControl:
                  grace_seconds: float = 30.0, clock: Clock | None = None) -> None:
         self.kube = kube
         self.clock: Clock = clock or WallClock()
-        self.store = KubeStore(kube)
-        self.pods = KubePods(kube, self.store, grace_seconds)
+        self.wake = threading.Event()
+        self.cache = Cache(kube, WATCHED, on_change=self.wake.set)
+        self.view = CachedKube(kube, self.cache)
+        """The seam the ports use: reads of watched kinds from the cache once it listed."""
+        self.store = KubeStore(self.view)
+        self.pods = KubePods(self.view, self.store, grace_seconds)
         self.controller = Controller(
-            self.store, KubeInventory(kube), self.pods, _NoCheckpoints(), self.clock,
+            self.store, KubeInventory(self.view), self.pods,
+            KubeCheckpoints(self.view, self.store, self.clock), self.clock,
             config or ControlConfig(),
         )
-        self.wake = threading.Event()
         self.error: Exception | None = None
+        self.passes = 0
+        self.conflicted = 0
+        """Settles in a row whose writes met a 409."""
 
     def settle(self) -> float | None:
-        """Pass until nothing changes; returns when the next known deadline is due."""
+        """Pass until nothing changes, or a write meets a 409; returns the next deadline."""
+        conflicts = self.view.conflicts
         for _ in range(_MAX_PASSES):
-            if not self.controller.step():
+            self.passes += 1
+            changed = self.controller.step()
+            if not changed or self.view.conflicts != conflicts:
                 break
         self.store.finish_deleted()
+        self.conflicted = self.conflicted + 1 if self.view.conflicts != conflicts else 0
         return self.next_deadline()
 
     def next_deadline(self) -> float | None:
@@ -94,13 +109,14 @@ class KubeControl:
             watch: bool = True) -> None:
         """Settle whenever woken, until ``stop`` is set.
 
-        ``watch``: watch the ``WATCHED`` kinds itself; False when the caller
-        sets ``wake`` on their events (the operator's kopf handlers do).
+        ``watch``: keep the ``WATCHED`` kinds in the cache (and wait until
+        they are listed before the first pass); False when the caller sets
+        ``wake`` on their events, and every read then goes to the server.
         """
         if watch:
-            for kind, label in WATCHED:
-                threading.Thread(target=self._watch, args=(kind, label, stop),
-                                 name=f"watch-{kind}", daemon=True).start()
+            self.cache.start(stop)
+            while not stop.is_set() and not self.cache.wait_synced(1.0):
+                continue
         while not stop.is_set():
             self.wake.clear()
             try:
@@ -113,28 +129,12 @@ class KubeControl:
                 due = self.clock.now() + 5.0
             if on_pass is not None:
                 on_pass()
+            if self.conflicted:
+                # Someone else changed what this pass wrote: the cache holds the
+                # object as it now is; decide again after a pause, not at once.
+                low, high = _CONFLICT_BACKOFF_S
+                stop.wait(min(high, low * 2 ** (self.conflicted - 1)))
+                continue
             wait = None if due is None else max(0.0, due - self.clock.now()) + 0.05
             self.wake.wait(wait)
         self.wake.set()
-
-    def _watch(self, kind: str, label: str, stop: threading.Event) -> None:
-        """List, then watch from the list's resourceVersion; wake the loop on every event."""
-        since = ""
-        while not stop.is_set():
-            try:
-                if not since:
-                    listing = self.kube.listing(kind, labels=label)
-                    since = str(listing.get("metadata", {}).get("resourceVersion", ""))
-                    self.wake.set()
-                for kind_of, obj in self.kube.watch(kind, since=since, timeout_s=WATCH_TIMEOUT_S,
-                                                    labels=label):
-                    if stop.is_set():
-                        return
-                    if kind_of == "ERROR":
-                        since = ""  # 410 Gone: too old, list again
-                        break
-                    since = str(obj.get("metadata", {}).get("resourceVersion", since))
-                    self.wake.set()
-            except ShoalError:
-                since = ""
-                stop.wait(1.0)

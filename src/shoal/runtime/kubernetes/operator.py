@@ -1,8 +1,9 @@
-"""The operator process: kopf runs the tenancy reconciler and wakes the control loop.
+"""The operator process: kopf runs the tenancy reconciler beside the control loop.
 
-* TrainingJobs, Tenants, Nodes and Shoal's Pods: any event wakes the control
-  loop (``loop.KubeControl``, the control core that admits, binds, stops and
-  requeues jobs), which runs in a thread of its own, one pass at a time.
+* The control loop (``loop.KubeControl``, the control core that admits,
+  binds, stops and requeues jobs) runs in a thread of its own, one pass at a
+  time, woken by its own watches of TrainingJobs, Tenants, Nodes and Pods
+  (which also feed its cache: ``cache.py``); kopf does not watch those.
 
 * A Tenant created, changed or found at start: reconcile it and the other
   tenants of its cohorts (old and new), whose ResourceQuota ceilings depend
@@ -228,7 +229,7 @@ def _operate(kube: Kube, login: Callable[..., kopf.ConnectionInfo],
              webhook: bool = False) -> None:
     """kopf's handlers in this thread, the control loop in another, until stopped."""
     control = KubeControl(kube)
-    registry = registry_for(Tenancy(kube), control.wake)
+    registry = registry_for(Tenancy(kube))  # the loop watches for itself
     kopf.on.login(registry=registry)(login)
     if webhook:
         for plural in ("tenants", "trainingjobs"):
@@ -236,8 +237,8 @@ def _operate(kube: Kube, login: Callable[..., kopf.ConnectionInfo],
                              operations=["CREATE", "UPDATE"], ignore_failures=True,
                              registry=registry)(_validate)
     done = threading.Event()
-    loop = threading.Thread(target=control.run, args=(done,), kwargs={"watch": False},
-                            name="shoal-control", daemon=True)
+    loop = threading.Thread(target=control.run, args=(done,), name="shoal-control",
+                            daemon=True)
     loop.start()
     try:
         kopf.run(registry=registry, settings=chosen or settings(), clusterwide=True,

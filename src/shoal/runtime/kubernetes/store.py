@@ -7,7 +7,11 @@ do: a stale writer gets 409, which is ``ConflictError``, and nothing changes.
 Tenants are the Tenant objects' specs.
 
 A TrainingJob lives in its tenant's namespace; one whose ``spec.tenant``
-names another namespace is never admitted: its status says why.
+names another namespace, or a tenant that no Tenant object stands for, is
+left out of the control core's view (never admitted, never failed) and its
+status says why, once: ``phase: Pending`` with the condition ``Admitted``
+False, reason ``TenantMismatch`` or ``TenantNotFound``.  Fixing the spec,
+or creating the Tenant, lets it in on the next pass.
 
 Events are Kubernetes Events on the TrainingJob, created right after the
 status write that carries the transition (a crash between the two loses the
@@ -27,9 +31,16 @@ from typing import Any
 from shoal.control.cluster_view import workload_of
 from shoal.control.records import FINAL_PHASES, EventRecord, JobRow
 from shoal.domain.base import API_VERSION
-from shoal.errors import NotFoundError
+from shoal.errors import ConflictError, NotFoundError
 from shoal.runtime.kubernetes.client import Body, Kube
-from shoal.runtime.kubernetes.convert import FINALIZER, JobObject, row_of, status_of
+from shoal.runtime.kubernetes.convert import (
+    ADMITTED,
+    FINALIZER,
+    JobObject,
+    row_of,
+    status_of,
+)
+from shoal.runtime.kubernetes.status import Condition
 
 __all__ = ["KubeStore"]
 
@@ -56,8 +67,13 @@ class KubeStore:
     def list_jobs(
         self, tenant: str | None = None, phases: Collection[str] | None = None
     ) -> list[JobRow]:
-        """Every TrainingJob (deleted ones too, until they let go), oldest first."""
+        """Every TrainingJob (deleted ones too, until they let go), oldest first.
+
+        Pending jobs of a tenant that has no Tenant object are left out (see
+        the module's doc); so are jobs outside their tenant's namespace.
+        """
         rows: list[JobRow] = []
+        items: dict[str, Body] = {}
         for item in self.kube.list("TrainingJob"):
             row = self._remember(item)
             if row is None:
@@ -67,8 +83,44 @@ class KubeStore:
             if phases is not None and row.phase not in phases:
                 continue
             rows.append(row)
+            items[row.name] = item
+        waiting = [r for r in rows if r.phase == "Pending" and not r.deleted]
+        if waiting:
+            known = {t["metadata"]["name"] for t in self.kube.list("Tenant")}
+            orphans = {r.name for r in waiting if r.tenant not in known}
+            for name in sorted(orphans):
+                row = next(r for r in waiting if r.name == name)
+                self._unadmitted(items[name], "TenantNotFound",
+                                 f"no Tenant named {row.tenant!r}: the job waits until "
+                                 f"one is created")
+            rows = [r for r in rows if r.name not in orphans]
         rows.sort(key=lambda r: (r.submit_time, r.name))
         return rows
+
+    def _unadmitted(self, item: Body, reason: str, message: str) -> None:
+        """Say, once, why a job is left out: ``Admitted`` False with ``reason``."""
+        status = dict(item.get("status") or {})
+        old = [c for c in status.get("conditions") or [] if c.get("type") == ADMITTED]
+        if status.get("phase") == "Pending" and old and old[0].get("reason") == reason \
+                and old[0].get("message") == message:
+            return
+        now = datetime.now(UTC).replace(microsecond=0)
+        condition = Condition(type=ADMITTED, status="False", reason=reason, message=message,
+                              last_transition_time=now)
+        others = [c for c in status.get("conditions") or [] if c.get("type") != ADMITTED]
+        meta = item["metadata"]
+        body = {
+            "apiVersion": API_VERSION, "kind": "TrainingJob",
+            "metadata": {"name": meta["name"], "namespace": meta.get("namespace", ""),
+                         "resourceVersion": meta.get("resourceVersion", "")},
+            "status": {**status, "phase": "Pending", "reason": message,
+                       "conditions": [*others, condition.model_dump(
+                           mode="json", by_alias=True, exclude_defaults=True)]},
+        }
+        try:
+            self.kube.replace_status(body)
+        except ConflictError:
+            return  # changed meanwhile: the next pass looks again
 
     def get_job(self, name: str) -> JobRow:
         known = self._objects.get(name)
@@ -84,6 +136,11 @@ class KubeStore:
         job = JobObject(item)
         spec = item.get("spec") or {}
         if spec.get("tenant") != job.namespace:
+            if not meta.get("deletionTimestamp"):
+                self._unadmitted(item, "TenantMismatch",
+                                 f"spec.tenant is {spec.get('tenant')!r} but the job is in "
+                                 f"namespace {job.namespace!r}: a TrainingJob lives in its "
+                                 f"tenant's namespace")
             return None  # not admitted, ever: see ``misplaced``
         if not meta.get("deletionTimestamp") and FINALIZER not in (meta.get("finalizers") or []):
             item = self._hold(item)
@@ -120,7 +177,7 @@ class KubeStore:
             "kind": "TrainingJob",
             "metadata": {"name": known.name, "namespace": known.namespace,
                          "resourceVersion": str(job.version)},
-            "status": status_of(job, workload_of(job).gpu_milli),
+            "status": status_of(job, workload_of(job).gpu_milli, known.conditions),
         }
         saved = self.kube.replace_status(body)
         row = self._remember(saved)

@@ -11,6 +11,14 @@ overwrite.  It then sets the Tenant's ``Ready`` condition and
 ``status.namespace``, writing only when they change, so a reconcile that
 finds everything in place writes nothing.
 
+A Tenant whose nominal quota asks for more than the cluster's nodes have
+(more GPUs of a model, CPU or memory than all Ready nodes together) is
+accepted all the same (quota is a promise about sharing; nodes come and go),
+with the warning condition ``QuotaFits=False``, reason
+``QuotaExceedsCluster``, naming what exceeds and by how much; ``True`` when
+it fits.  Nodes are read at each reconcile of the tenant (a change of nodes
+alone does not reconcile it).
+
 Problems a retry cannot fix become ``Ready=False`` with a reason, not an
 exception: ``InvalidTenant`` (a name that cannot name a namespace, a spec
 the model refuses), ``NamespaceTaken`` (a namespace of that name that
@@ -27,8 +35,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from shoal.domain.resources import CPU, GPU_PREFIX, MEMORY, MILLI
+from shoal.domain.tenant import Tenant
 from shoal.errors import AlreadyExistsError, ConflictError, ManifestError, UnavailableError
 from shoal.runtime.kubernetes.client import Body, Kube
+from shoal.runtime.kubernetes.convert import nodes_of
 from shoal.runtime.kubernetes.status import Condition, TenantStatus
 from shoal.runtime.kubernetes.sync import Action, plan
 from shoal.runtime.kubernetes.tenancy import (
@@ -39,6 +50,7 @@ from shoal.runtime.kubernetes.tenancy import (
 )
 
 READY = "Ready"
+QUOTA_FITS = "QuotaFits"
 Clock = Callable[[], datetime]
 
 
@@ -90,7 +102,8 @@ def reconcile_tenant(kube: Kube, name: str, now: Clock = _utcnow) -> TenancyOutc
         actions.append(_apply(kube, plan(desired, live)))
     done = _report(kube, me, now, "Reconciled",
                    f"namespace {name} with its quota, default requests, network policies, "
-                   f"member role and priority classes is in place", namespace=name)
+                   f"member role and priority classes is in place", namespace=name,
+                   fits=quota_fits(tenant_from_resource(me), kube.list("Node")))
     return TenancyOutcome(name, tuple(actions), done.ready, skipped=skipped)
 
 
@@ -165,22 +178,67 @@ def _apply(kube: Kube, action: Action) -> Action:
     return action
 
 
+def quota_fits(tenant: Tenant, nodes: list[Body]) -> tuple[str, str, str]:
+    """``(status, reason, message)`` of ``QuotaFits``: does nominal quota fit in the nodes?"""
+    have: dict[str, int] = {CPU: 0, MEMORY: 0}
+    for node in nodes_of(nodes, []):
+        have[CPU] += node.cpu
+        have[MEMORY] += node.memory
+        if node.gpu_count:
+            key = GPU_PREFIX + node.gpu_model
+            have[key] = have.get(key, 0) + node.gpu_count * MILLI
+    over = []
+    for resource, (nominal, _, _) in sorted(tenant.spec.quota.by_resource().items()):
+        if resource not in have and not resource.startswith(GPU_PREFIX):
+            continue  # pods: no node capacity to compare with
+        if nominal > have.get(resource, 0):
+            over.append(_exceeds(resource, nominal, have.get(resource, 0)))
+    if over:
+        return ("False", "QuotaExceedsCluster",
+                f"nominal quota exceeds what the cluster's Ready nodes have: {'; '.join(over)}; "
+                f"the tenant is accepted, but cannot use all of it at once")
+    return ("True", "QuotaFits", "nominal quota fits in the cluster's Ready nodes")
+
+
+def _exceeds(resource: str, nominal: int, have: int) -> str:
+    if resource.startswith(GPU_PREFIX):
+        model = resource[len(GPU_PREFIX):]
+        return f"{nominal / MILLI:g} {model} GPUs asked, {have / MILLI:g} in the cluster"
+    if resource == CPU:
+        return f"{nominal / MILLI:g} CPUs asked, {have / MILLI:g} in the cluster"
+    return f"{nominal / 1024:g} GiB of memory asked, {have / 1024:g} GiB in the cluster"
+
+
+def _condition(old: Condition | None, kind: str, status: str, reason: str, message: str,
+               now: Clock) -> Condition:
+    changed_at = old.last_transition_time if old is not None and old.status == status else now()
+    return Condition(type=kind, status=status,
+                     reason=reason, message=message, last_transition_time=changed_at)
+
+
 def _report(kube: Kube, me: Body, now: Clock, reason: str, message: str,
-            namespace: str = "") -> TenancyOutcome:
-    """Set the Ready condition (True only for ``Reconciled``) unless it says that already."""
+            namespace: str = "", fits: tuple[str, str, str] | None = None) -> TenancyOutcome:
+    """Set the Ready condition (True only for ``Reconciled``) unless it says that already.
+
+    ``fits``: the ``QuotaFits`` condition to set with it (None: left as it is).
+    """
     name = me["metadata"]["name"]
     status = TenantStatus.model_validate(me.get("status") or {})
     ready = "True" if reason == "Reconciled" else "False"
     old = next((c for c in status.conditions if c.type == READY), None)
+    old_fits = next((c for c in status.conditions if c.type == QUOTA_FITS), None)
+    same_fits = fits is None or (old_fits is not None and (
+        old_fits.status, old_fits.reason, old_fits.message) == fits)
     if old is not None and (old.status, old.reason, old.message) == (ready, reason, message) \
-            and status.namespace == namespace:
+            and status.namespace == namespace and same_fits:
         return TenancyOutcome(name, ready=old)
-    changed_at = old.last_transition_time if old is not None and old.status == ready else now()
-    condition = Condition(type=READY, status=ready, reason=reason, message=message,
-                          last_transition_time=changed_at)
-    others = [c for c in status.conditions if c.type != READY]
+    condition = _condition(old, READY, ready, reason, message, now)
+    others = [c for c in status.conditions if c.type not in (READY, QUOTA_FITS)]
+    extra = [] if old_fits is None else [old_fits]
+    if fits is not None:
+        extra = [_condition(old_fits, QUOTA_FITS, *fits, now)]
     status = status.model_copy(update={"namespace": namespace,
-                                       "conditions": [*others, condition]})
+                                       "conditions": [*others, condition, *extra]})
     body: dict[str, Any] = {
         **{k: v for k, v in me.items() if k != "status"},
         # "" reads as null on this 1.20 build (kubernetes#99804): defaults are left out

@@ -23,8 +23,10 @@ from typing import Any
 from shoal.control.records import JobRow, PodRecord, PodStatus
 from shoal.domain.job import TrainingJob
 from shoal.domain.names import job_name
+from shoal.domain.replica import is_replica
 from shoal.runtime.local import sandbox
 from shoal.runtime.local.discover import find_pod
+from shoal.runtime.local.listen import socket_path
 from shoal.runtime.local.logs import LogLimits, rotate_if_full
 from shoal.runtime.local.podspec import PodHandle, PodSpec
 from shoal.runtime.local.process import LocalProcesses
@@ -204,6 +206,8 @@ class LocalPods:
             exit_file=log.with_suffix(f".{pod.uid}.exit"),
             user=self.users.of(job.tenant),
             own=own,
+            # An inference replica serves on a socket the plane binds (runtime.local.listen).
+            listen=socket_path(self.state_dir, job.name) if is_replica(job.manifest) else None,
         )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import socket
 import stat
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from shoal.errors import InternalError
 
-__all__ = ["LISTEN_FD_ENV", "MAX_SOCKET_PATH", "bind_listener", "socket_folder"]
+__all__ = ["LISTEN_FD_ENV", "MAX_SOCKET_PATH", "bind_listener", "socket_folder", "socket_path"]
 
 LISTEN_FD_ENV = "SHOAL_LISTEN_FD"
 MAX_SOCKET_PATH = 107
@@ -41,6 +42,12 @@ def socket_folder(state_dir: Path) -> Path:
     if stat.S_IMODE(info.st_mode) != 0o700:
         os.chmod(folder, 0o700)
     return folder
+
+
+def socket_path(state_dir: Path, job: str) -> Path:
+    """The socket of the pod of job ``job`` (its key): short whatever the names' length."""
+    digest = hashlib.sha256(job.encode()).hexdigest()[:16]
+    return socket_folder(state_dir) / f"{digest}.sock"
 
 
 def bind_listener(path: Path, backlog: int = 1024) -> int:

@@ -18,13 +18,16 @@ from pathlib import Path
 from shoal.control.controller import ControlConfig, Controller
 from shoal.control.machine import RetryPolicy
 from shoal.control.ports import Clock
+from shoal.control.services import ServiceReconciler, Traffic
 from shoal.errors import InputError, ShoalError
+from shoal.policy.autoscaling.for_service import policy_for
 from shoal.runtime.local import memory
 from shoal.runtime.local.checkpoints import LocalCheckpoints
 from shoal.runtime.local.inventory import PoolInventory
 from shoal.runtime.local.launcher import LocalPods
 from shoal.runtime.local.logs import LogLimits
 from shoal.runtime.local.process import LocalProcesses
+from shoal.runtime.local.replicas import LocalReplicas
 from shoal.runtime.local.store import SqliteStore, StoreError
 from shoal.runtime.local.users import DEFAULT_UID_BASE, UID_RANGE, PodUsers, resolve_mode
 
@@ -127,11 +130,18 @@ class EmbeddedPlane:
             self.store, PoolInventory(self.store), self.pods, LocalCheckpoints(), self.clock,
             config,
         )
+        self.services: ServiceReconciler | None = None
         self.tick = tick_seconds
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+
+    def serve(self, traffic: Traffic) -> None:
+        """Run inference services too, their requests going through ``traffic`` (the routers)."""
+        replicas = LocalReplicas(self.store, self.state_dir, self.pods.job_dir, self.clock.now)
+        self.services = ServiceReconciler(self.store.service_table, replicas, traffic,
+                                          self.clock, policy_for)
 
     def _isolation(self, tenant: str) -> str:
         return str(self.store.tenants().get(tenant, {}).get("isolation", "process"))
@@ -164,7 +174,10 @@ class EmbeddedPlane:
 
     def step(self) -> bool:
         """One pass of the control loop (for callers that drive it themselves)."""
-        return self.controller.step()
+        busy = self.controller.step()
+        if self.services is not None:
+            busy = self.services.step() or busy
+        return busy
 
     def _loop(self) -> None:
         trimmed = time.monotonic()
@@ -173,7 +186,7 @@ class EmbeddedPlane:
                 memory.give_back()
                 trimmed = time.monotonic()
             try:
-                busy = self.controller.step()
+                busy = self.step()
                 self.error = None
             except Exception as exc:  # surfaced by the API's health check
                 self.error = exc

@@ -39,6 +39,7 @@ from shoal.runtime.local.store_schema import (
     job_from_row,
     migrate,
 )
+from shoal.runtime.local.store_services import ServiceTable
 from shoal.runtime.local.store_tokens import (
     Role,
     find_principal,
@@ -260,6 +261,29 @@ class SqliteStore(Database):
                 raise NotFound(f"job '{name}' not found")
             return job if job.deleted else self.update_job(name, job.version, deleted=True)
 
+    # -- services (runtime.local.store_services) -----------------------------------
+
+    @property
+    def service_table(self) -> ServiceTable:
+        return ServiceTable(self)
+
+    def put_service(self, key: str, tenant: str, spec: dict[str, Any]) -> str:
+        return self.service_table.put_service(key, tenant, spec)
+
+    def services(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        return self.service_table.services(tenant)
+
+    def _service_view(self, key: str) -> dict[str, Any]:
+        return next(s for s in self.services() if s["name"] == key)
+
+    def delete_service(self, key: str) -> dict[str, Any]:
+        self.service_table.delete_service(key)
+        return self._service_view(key)
+
+    def request_rollout(self, key: str, action: str) -> dict[str, Any]:
+        self.service_table.request_rollout(key, action)
+        return self._service_view(key)
+
     # -- events ---------------------------------------------------------------
 
     def append_event(
@@ -278,13 +302,19 @@ class SqliteStore(Database):
         self, since_id: int = 0, job: str | None = None, tenant: str | None = None
     ) -> list[dict[str, Any]]:
         """Events after ``since_id`` in the order recorded: ``{id, time, kind, job, tenant, data}``."""
-        sql = "SELECT id, time, kind, job, tenant, data FROM events WHERE id > ?"
+        sql = "SELECT id, time, kind, job, tenant, data, service FROM events WHERE id > ?"
         params: list[Any] = [since_id]
         for column, value in (("job", job), ("tenant", tenant)):
             if value is not None:
                 sql, params = sql + f" AND {column} = ?", [*params, value]
         rows = self._conn().execute(sql + " ORDER BY id", params)
-        return [{**dict(row), "data": json.loads(row["data"])} for row in rows]
+        found = []
+        for row in rows:
+            event = {**dict(row), "data": json.loads(row["data"])}
+            if event["service"] is None:
+                del event["service"]  # a job's, tenant's or node pool's event
+            found.append(event)
+        return found
 
     # -- tokens ---------------------------------------------------------------
 

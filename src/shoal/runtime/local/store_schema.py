@@ -145,12 +145,32 @@ _V5 = (
     "ALTER TABLE jobs ADD COLUMN queued_at REAL",
 )
 
+# Inference services: the spec as applied and the revision state machine's row
+# (control.service_machine), fenced by version like jobs; names are per
+# tenant ("<tenant>/<name>"), as for jobs.  ``request``: a rollout asked by
+# hand (promote, abort) that the reconciler has not carried out yet.  Their
+# events name the service.
+_V6 = (
+    """CREATE TABLE services (
+        name TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        request TEXT NOT NULL DEFAULT ''
+    )""",
+    "CREATE INDEX services_tenant ON services (tenant)",
+    "ALTER TABLE events ADD COLUMN service TEXT",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, tenants, nodes, events, tokens", _V1),
     Migration(2, "job stop cause, deadline, preemptor, checkpoint, failures", _V2),
     Migration(3, "token creation and expiry times", _V3),
     Migration(4, "job names scoped per tenant", _V4),
     Migration(5, "seconds each job has run, and when it last waited", _V5),
+    Migration(6, "inference services", _V6),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -1,0 +1,121 @@
+"""The control core's traffic port over this plane's routers (``serving.routers``).
+
+``route`` starts a service's router on first use and gives it the split and
+the ready replicas (Unix sockets, ``unix:PATH``); ``load`` turns the
+router's counters into the autoscaler's samples (arrivals since the last
+call, in-flight requests averaged over the passes in between); ``window``
+gives the canary analysis its requests, server errors and p95 over the
+window.  Wired by ``api.launch``: the runtime may not import the serving
+shell, nor the serving shell the control core.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from shoal.control.services import RevisionLoad, ServiceReconciler, ServiceRecord
+from shoal.domain.names import job_name
+from shoal.policy.autoscaling.base import MetricSample
+from shoal.policy.rollout import RevisionWindow
+from shoal.serving.router import RevisionRoute
+from shoal.serving.routers import ServiceRouters
+
+__all__ = ["AutoscalerMetrics", "RouterTraffic"]
+
+_HISTORY = 4096
+
+
+@dataclass
+class _Seen:
+    last_at: float | None = None
+    last_arrivals: int = 0
+    in_flight: list[int] = field(default_factory=list)
+    totals: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    """(time, answered, server errors) at each pass, to count a window's requests."""
+
+
+class RouterTraffic:
+    def __init__(self, host: ServiceRouters) -> None:
+        self.host = host
+        self._seen: dict[tuple[str, str], _Seen] = {}
+
+    def route(self, record: ServiceRecord, split: Mapping[str, int],
+              endpoints: Mapping[str, Sequence[str]], activating: Sequence[str],
+              now: float) -> None:
+        key = record.row.name
+        name = job_name(key)
+        self.host.ensure(key, name, record.row.tenant)
+        revisions = sorted(set(split) | set(endpoints))
+        self.host.update(key, [
+            RevisionRoute(name=job_name(revision), weight=split.get(revision, 0),
+                          replicas=tuple(f"unix:{path}" for path in endpoints.get(revision, ())),
+                          model=name)
+            for revision in revisions
+        ])
+        stats = self.host.stats(key, 60.0)
+        for revision in revisions:
+            snapshot = stats.get(job_name(revision))
+            if snapshot is None:
+                continue
+            seen = self._seen.setdefault((key, revision), _Seen())
+            seen.in_flight.append(snapshot.in_flight)
+            seen.totals.append((now, snapshot.completed, snapshot.errors))
+
+    def close(self, service: str) -> None:
+        self.host.remove(service)
+        for key in [k for k in self._seen if k[0] == service]:
+            del self._seen[key]
+
+    def load(self, service: str, revision: str, now: float) -> RevisionLoad:
+        snapshot = self.host.stats(service, 60.0).get(job_name(revision))
+        seen = self._seen.setdefault((service, revision), _Seen())
+        if snapshot is None:
+            return RevisionLoad()
+        samples: tuple[MetricSample, ...] = ()
+        if seen.last_at is not None and now > seen.last_at:
+            averaged = (sum(seen.in_flight) / len(seen.in_flight) if seen.in_flight
+                        else float(snapshot.in_flight))
+            samples = (MetricSample(end=now, seconds=now - seen.last_at, concurrency=averaged,
+                                    arrivals=snapshot.arrivals - seen.last_arrivals),)
+        seen.last_at, seen.last_arrivals, seen.in_flight = now, snapshot.arrivals, []
+        return RevisionLoad(samples=samples, in_flight=snapshot.in_flight)
+
+    def window(self, service: str, revision: str, now: float, seconds: float) -> RevisionWindow:
+        snapshot = self.host.stats(service, seconds).get(job_name(revision))
+        if snapshot is None:
+            return RevisionWindow(0, 0, None)
+        seen = self._seen.get((service, revision))
+        start = (0.0, 0, 0)
+        if seen is not None:
+            for entry in seen.totals:
+                if entry[0] <= now - seconds:
+                    start = entry
+        return RevisionWindow(requests=snapshot.completed - start[1],
+                              errors=snapshot.errors - start[2], p95_s=snapshot.latency_p95_s)
+
+
+
+class AutoscalerMetrics(Collector):
+    """The autoscalers' last decisions, for ``/metrics``: replicas asked, and panic mode."""
+
+    def __init__(self, services: ServiceReconciler) -> None:
+        self.services = services
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        asked = GaugeMetricFamily("shoal_autoscaler_desired_replicas",
+                                  "Replicas the autoscaler last asked for a revision",
+                                  labels=["tenant", "service", "revision"])
+        panic = GaugeMetricFamily("shoal_autoscaler_panic",
+                                  "1 while the revision's autoscaler is in panic mode (KPA)",
+                                  labels=["tenant", "service", "revision"])
+        for service, revision, replicas, panicking in self.services.decisions():
+            labels = [service.partition("/")[0], job_name(service), job_name(revision)]
+            asked.add_metric(labels, replicas)
+            panic.add_metric(labels, 1.0 if panicking else 0.0)
+        yield asked
+        yield panic
