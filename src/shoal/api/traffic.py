@@ -2,8 +2,9 @@
 
 ``route`` starts a service's router on first use and gives it the split and
 the ready replicas (Unix sockets, ``unix:PATH``); ``load`` turns the
-router's counters into the autoscaler's samples (arrivals since the last
-call, in-flight requests averaged over the passes in between); ``window``
+router's counters into the autoscaler's samples, 1 s buckets of the mean
+in-flight requests and the arrivals, as the serving simulator makes them
+(read at every pass of the loop); ``window``
 gives the canary analysis its requests, server errors and p95 over the
 window.  Wired by ``api.launch``: the runtime may not import the serving
 shell, nor the serving shell the control core.
@@ -11,6 +12,7 @@ shell, nor the serving shell the control core.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,15 +30,41 @@ from shoal.serving.routers import ServiceRouters
 __all__ = ["AutoscalerMetrics", "RouterTraffic"]
 
 _HISTORY = 4096
+_SAMPLE_S = 1.0
+_KEPT_SAMPLES = 600
 
 
 @dataclass
 class _Seen:
+    """One revision's figures between the autoscaler's calls, in 1 s buckets as the
+    simulator keeps them (``sim.serve``): in-flight requests are held constant between
+    two passes, and the arrivals seen at a pass count in the bucket the pass falls in."""
+
     last_at: float | None = None
-    last_arrivals: int = 0
-    in_flight: list[int] = field(default_factory=list)
+    in_flight: int = 0
+    arrivals: int = 0
+    bucket_end: float = 0.0
+    area: float = 0.0
+    bucket_arrivals: int = 0
+    closed: list[MetricSample] = field(default_factory=list)
     totals: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
     """(time, answered, server errors) at each pass, to count a window's requests."""
+
+    def observe(self, now: float, in_flight: int, arrivals: int) -> None:
+        if self.last_at is None:
+            self.last_at, self.bucket_end = now, math.floor(now) + _SAMPLE_S
+            self.in_flight, self.arrivals = in_flight, arrivals
+            return
+        while self.bucket_end <= now:
+            self.area += self.in_flight * (self.bucket_end - self.last_at)
+            self.closed.append(MetricSample(self.bucket_end, _SAMPLE_S, self.area / _SAMPLE_S,
+                                            self.bucket_arrivals))
+            self.last_at, self.area, self.bucket_arrivals = self.bucket_end, 0.0, 0
+            self.bucket_end += _SAMPLE_S
+        self.area += self.in_flight * (now - self.last_at)
+        self.bucket_arrivals += arrivals - self.arrivals
+        self.last_at, self.in_flight, self.arrivals = now, in_flight, arrivals
+        del self.closed[:-_KEPT_SAMPLES]  # nobody asked for a long while: keep the newest
 
 
 class RouterTraffic:
@@ -63,7 +91,7 @@ class RouterTraffic:
             if snapshot is None:
                 continue
             seen = self._seen.setdefault((key, revision), _Seen())
-            seen.in_flight.append(snapshot.in_flight)
+            seen.observe(now, snapshot.in_flight, snapshot.arrivals)
             seen.totals.append((now, snapshot.completed, snapshot.errors))
 
     def close(self, service: str) -> None:
@@ -72,17 +100,13 @@ class RouterTraffic:
             del self._seen[key]
 
     def load(self, service: str, revision: str, now: float) -> RevisionLoad:
+        """The 1 s samples closed since the last call, and the requests in flight now."""
         snapshot = self.host.stats(service, 60.0).get(job_name(revision))
-        seen = self._seen.setdefault((service, revision), _Seen())
         if snapshot is None:
             return RevisionLoad()
-        samples: tuple[MetricSample, ...] = ()
-        if seen.last_at is not None and now > seen.last_at:
-            averaged = (sum(seen.in_flight) / len(seen.in_flight) if seen.in_flight
-                        else float(snapshot.in_flight))
-            samples = (MetricSample(end=now, seconds=now - seen.last_at, concurrency=averaged,
-                                    arrivals=snapshot.arrivals - seen.last_arrivals),)
-        seen.last_at, seen.last_arrivals, seen.in_flight = now, snapshot.arrivals, []
+        seen = self._seen.setdefault((service, revision), _Seen())
+        seen.observe(now, snapshot.in_flight, snapshot.arrivals)
+        samples, seen.closed = tuple(seen.closed), []
         return RevisionLoad(samples=samples, in_flight=snapshot.in_flight)
 
     def window(self, service: str, revision: str, now: float, seconds: float) -> RevisionWindow:
