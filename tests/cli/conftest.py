@@ -52,13 +52,17 @@ def _alive(pid: int) -> bool:
 
 
 def stop_background(home: Path) -> None:
-    """Cancel the jobs of the state folder's background server, then stop it."""
+    """Delete the services and cancel the jobs of the state folder's background server
+    (a service's replicas are jobs that it would make again), then stop it."""
     record = home / "server.json"
     if not record.exists():
         return
     data = json.loads(record.read_text())
     token = (home / "admin-token").read_text().strip()
     with ShoalClient(data["url"], token) as api:
+        for service in api.services():
+            api.delete_service(service["name"], service["tenant"])
+        wait_for(lambda: not api.services(), 120)
         for row in api.jobs():
             if row["phase"] in ("Pending", "Running", "Preempting"):
                 api.delete(row["name"], row["tenant"])

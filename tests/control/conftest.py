@@ -69,6 +69,10 @@ def plane(tmp_path: Path) -> Iterator[launch.Running]:
         yield running
     finally:
         admin = ShoalClient(running.url, running.token)
+        # Services first: their replicas are jobs that the plane would make again.
+        for service in admin.services():
+            admin.delete_service(service["name"], service["tenant"])
+        wait_for(lambda: not admin.services(), 120)
         for row in admin.jobs():
             if row["phase"] in ("Pending", "Running", "Preempting"):
                 admin.delete(row["name"], row["tenant"])
