@@ -15,7 +15,7 @@ import pytest
 from shoal.api import launch
 from shoal.api.client import ShoalClient
 from shoal.errors import InputError, NotFoundError
-from tests.control.conftest import admin, plane, wait_for
+from tests.control.conftest import admin, job, plane, wait_for
 
 __all__ = ["admin", "plane"]  # the embedded control plane fixtures
 
@@ -163,3 +163,113 @@ def test_the_service_view_shows_the_recent_p95(served: dict[str, Any], admin: Sh
     infer(client_for(served), digits[2], admin.create_token("team-a"))
     p95 = get(admin, "digits")["p95_s"]
     assert p95 is not None and 0 < p95 < 60
+
+
+
+SANDBOXED_TENANT = """
+apiVersion: shoal.dev/v1alpha1
+kind: Tenant
+metadata: {name: team-s}
+spec: {isolation: sandbox, quota: {cpu: {nominal: 2}, memory: {nominal: 4Gi}}}
+"""
+
+TRAIN = """
+import joblib, os, sys
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+x, y = load_digits(return_X_y=True)
+model = LogisticRegression(max_iter=2000, random_state=0).fit(x, y)
+joblib.dump(model, os.path.join(os.environ["SHOAL_CHECKPOINT_DIR"], "model.joblib"))
+"""
+
+
+def trained_service(name: str, job: str, tenant: str) -> str:
+    return f"""
+apiVersion: shoal.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: {name}}}
+spec:
+  tenant: {tenant}
+  framework: sklearn
+  model: {{from: {{trainingJob: {job}, path: model.joblib}}}}
+  resources: {{cpu: 250m, memory: 512Mi}}
+  replicas: {{min: 1, max: 1}}
+"""
+
+
+@pytest.fixture
+def sandboxed(admin: ShoalClient) -> Iterator[list[str]]:
+    """The sandbox tenant team-s; the services a test lists are deleted after it."""
+    import shutil
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap (bwrap) is not installed")
+    admin.apply_text(SANDBOXED_TENANT, "t.yaml")
+    made: list[str] = []
+    yield made
+    for name in made:
+        admin._call("DELETE", f"/v1/services/{name}")
+    wait_for(lambda: not any(j["name"].startswith(tuple(f"{n}-r" for n in made))
+                             and j["phase"] == "Running" for j in admin.jobs()), TIMEOUT)
+
+
+def answers(view: dict[str, Any], name: str, rows: np.ndarray, token: str) -> list[int]:
+    tensor = http.InferInput("input", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows, binary_data=False)
+    result = client_for(view).infer(name, [tensor], headers={"Authorization": f"Bearer {token}"})
+    outputs = [result.as_numpy(o["name"]) for o in result.get_response()["outputs"]]
+    predicted = next(v for v in outputs if v.shape[0] == rows.shape[0] and v.ndim == 1)
+    return [int(v) for v in predicted.tolist()]
+
+
+def test_a_sandboxed_replica_is_shown_its_model_file_read_only(
+        admin: ShoalClient, sandboxed: list[str],
+        digits: tuple[Path, Any, np.ndarray]) -> None:
+    """The sandbox hides /tmp and the jobs root: a replica of a sandbox tenant is shown
+    the one model file its service names, and serves on the socket the plane hands it
+    from inside its own network namespace."""
+    path, model, rows = digits
+    sandboxed.append("boxed")
+    admin.apply_text(service("boxed", path, tenant="team-s"), "boxed.yaml")
+    view = wait_for(lambda: (v := get(admin, "boxed"))["phase"] == "Ready" and v, TIMEOUT)
+    assert answers(view, "boxed", rows, admin.create_token("team-s")) == \
+        model.predict(rows).tolist()
+
+
+def test_a_sandboxed_replica_serves_what_its_tenants_job_trained(
+        admin: ShoalClient, sandboxed: list[str],
+        digits: tuple[Path, Any, np.ndarray]) -> None:
+    _, model, rows = digits
+    admin.apply_text(job("train-boxed", "team-s", ["python", "-c", TRAIN], gpus=0,
+                         memory="1Gi"), "train.yaml")
+    sandboxed.append("trained")
+    admin.apply_text(trained_service("trained", "train-boxed", "team-s"), "svc.yaml")
+    view = wait_for(lambda: (v := get(admin, "trained"))["phase"] == "Ready" and v, 2 * TIMEOUT)
+    assert admin.job("train-boxed")["phase"] == "Succeeded"
+    assert answers(view, "trained", rows, admin.create_token("team-s")) == \
+        model.predict(rows).tolist()
+
+
+def test_the_model_annotation_is_shoals_alone(admin: ShoalClient) -> None:
+    manifest = job("sneaky", "team-a", ["true"], gpus=0,
+                   annotations=", annotations: {shoal.dev/model-source: /etc}")
+    with pytest.raises(InputError, match=r"metadata\.annotations\.shoal\.dev/model-source"):
+        admin.apply_text(manifest, "j.yaml")
+
+
+def test_a_sandboxed_replica_is_never_shown_the_state_folder(
+        plane: launch.Running, admin: ShoalClient, sandboxed: list[str],
+        digits: tuple[Path, Any, np.ndarray]) -> None:
+    """Attack: a sandbox tenant's service names a file in another tenant's job folder
+    (where the planes keeps every tenant's checkpoints): the replica is not started
+    with it shown, and says why; nothing there is read."""
+    victim = plane.plane.state_dir / "jobs" / "team-a" / "secret" / "checkpoints"
+    victim.mkdir(parents=True, exist_ok=True)
+    target = victim / "model.joblib"
+    target.write_bytes(digits[0].read_bytes())
+    sandboxed.append("thief")
+    admin.apply_text(service("thief", target, tenant="team-s"), "thief.yaml")
+    replica = wait_for(lambda: next((j for j in admin.jobs() if j["name"] == "thief-r1-0"
+                                     and j["phase"] == "Failed"), None), TIMEOUT)
+    assert "which the sandbox hides" in replica["reason"], replica["reason"]
+    assert get(admin, "thief")["phase"] != "Ready"

@@ -18,7 +18,7 @@ from shoal.domain.job import TrainingJob
 from shoal.domain.manifest import Manifest
 from shoal.domain.names import job_key
 from shoal.domain.nodes import NodePool, NodePoolSpec, expand_pool
-from shoal.domain.replica import RESERVED_LABELS
+from shoal.domain.replica import MODEL_ANNOTATION, RESERVED_LABELS
 from shoal.domain.service import InferenceService
 from shoal.domain.tenant import Tenant, TenantSpec
 from shoal.domain.workload import from_training_job
@@ -49,6 +49,10 @@ def authorise(caller: Caller, manifest: Manifest) -> None:
             raise InputError(
                 f"TrainingJob {name}: metadata.labels.{reserved[0]}: the label is Shoal's "
                 "(it marks the replicas of an InferenceService)")
+        if MODEL_ANNOTATION in manifest.metadata.annotations:
+            raise InputError(
+                f"TrainingJob {name}: metadata.annotations.{MODEL_ANNOTATION}: the annotation "
+                "is Shoal's (it shows an InferenceService replica its model)")
         return
     if isinstance(manifest, InferenceService):
         tenant = manifest.spec.tenant

@@ -16,13 +16,23 @@ from typing import Any
 from shoal.domain.base import API_VERSION
 from shoal.domain.service import InferenceServiceSpec
 
-__all__ = ["RESERVED_LABELS", "REVISION_LABEL", "SERVICE_LABEL", "is_replica", "replica_job"]
+__all__ = [
+    "MODEL_ANNOTATION",
+    "RESERVED_LABELS",
+    "REVISION_LABEL",
+    "SERVICE_LABEL",
+    "is_replica",
+    "replica_job",
+]
 
 SERVICE_LABEL = "shoal.dev/service"
 """On a replica's job: the service (its name, without the tenant) it serves."""
 REVISION_LABEL = "shoal.dev/revision"
 """On a replica's job: the revision (``<service>-r<N>``) whose model it loads."""
 RESERVED_LABELS = (SERVICE_LABEL, REVISION_LABEL)
+MODEL_ANNOTATION = "shoal.dev/model-source"
+"""On a replica's job: the model file, or the TrainingJob checkpoint folder it is in,
+which a sandbox shows the replica read-only.  Shoal's alone, like the labels."""
 
 
 def is_replica(manifest: Mapping[str, Any]) -> bool:
@@ -31,16 +41,20 @@ def is_replica(manifest: Mapping[str, Any]) -> bool:
 
 
 def replica_job(service: str, revision: str, index: int, spec: InferenceServiceSpec,
-                command: Sequence[str]) -> dict[str, Any]:
+                command: Sequence[str], reads: str | None = None) -> dict[str, Any]:
     """The TrainingJob manifest of replica ``index`` of ``revision`` (``<service>-r<N>``).
 
     It never retries by itself: a replica that fails is replaced by the
     service's reconciler, or fails its revision when its model cannot load.
+    ``reads``: the model's file or folder (``MODEL_ANNOTATION``).
     """
+    metadata: dict[str, Any] = {"name": f"{revision}-{index}",
+                                "labels": {SERVICE_LABEL: service, REVISION_LABEL: revision}}
+    if reads is not None:
+        metadata["annotations"] = {MODEL_ANNOTATION: reads}
     return {
         "apiVersion": API_VERSION, "kind": "TrainingJob",
-        "metadata": {"name": f"{revision}-{index}",
-                     "labels": {SERVICE_LABEL: service, REVISION_LABEL: revision}},
+        "metadata": metadata,
         "spec": {
             "tenant": spec.tenant, "command": list(command), "maxRetries": 0,
             "podSets": [{"name": "replica", "count": 1, "resources": spec.resources.model_dump(

@@ -23,7 +23,7 @@ from typing import Any
 from shoal.control.records import JobRow, PodRecord, PodStatus
 from shoal.domain.job import TrainingJob
 from shoal.domain.names import job_name
-from shoal.domain.replica import is_replica
+from shoal.domain.replica import MODEL_ANNOTATION, is_replica
 from shoal.runtime.local import sandbox
 from shoal.runtime.local.discover import find_pod
 from shoal.runtime.local.listen import socket_path
@@ -159,6 +159,18 @@ class LocalPods:
                     handle.write(str(self._ports[key]))
         return self._ports[key]
 
+    def _model_source(self, job: JobRow, manifest: TrainingJob) -> dict[str, tuple[Path, ...]]:
+        """What a replica reads (only Shoal sets the annotation: ``app.checks``): the
+        checkpoint folder of one of its tenant's jobs, or else a file named in its
+        service, shown as a program is (never a path in the state folder)."""
+        source = manifest.metadata.annotations.get(MODEL_ANNOTATION)
+        if not source:
+            return {}
+        path = Path(source)
+        if path.name == "checkpoints" and path.parent.parent == self.state_dir / "jobs" / job.tenant:
+            return {"shared": (path,)}
+        return {"readable": (path,)}
+
     def spec(self, job: JobRow, pod: PodRecord, rendezvous_port: int | None = None) -> PodSpec:
         """The process that runs ``pod``: command, environment, folders, limits, isolation."""
         manifest = TrainingJob.model_validate(job.manifest)
@@ -186,6 +198,7 @@ class LocalPods:
                    else self.job_dir(job.name) / f"pod-{pod.index}")
         # Only the folders Shoal made are handed to the pod's user, never a host folder.
         own = tuple(p for p in (workdir, checkpoint_dir) if p.is_relative_to(self.job_dir(job.name)))
+        replica = is_replica(job.manifest)
         return PodSpec(
             job=job_name(job.name),
             tenant=job.tenant,
@@ -207,7 +220,8 @@ class LocalPods:
             user=self.users.of(job.tenant),
             own=own,
             # An inference replica serves on a socket the plane binds (runtime.local.listen).
-            listen=socket_path(self.state_dir, job.name) if is_replica(job.manifest) else None,
+            listen=socket_path(self.state_dir, job.name) if replica else None,
+            **(self._model_source(job, manifest) if replica else {}),
         )
 
 

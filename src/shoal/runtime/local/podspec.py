@@ -40,6 +40,12 @@ class PodSpec:
     """Who the command runs as; None: the control plane's own user."""
     own: tuple[Path, ...] = field(default_factory=tuple)
     """The folders Shoal made for this pod (workdir, checkpoints): handed to ``user``."""
+    readable: tuple[Path, ...] = field(default_factory=tuple)
+    """Host paths the pod reads besides its program (a replica's model): a sandbox shows
+    them read-only (``sandbox.sandbox_argv``)."""
+    shared: tuple[Path, ...] = field(default_factory=tuple)
+    """Folders Shoal made for another job of the same tenant that the pod reads (the
+    checkpoint folder its model is in): a sandbox binds them read-only."""
     listen: Path | None = None
     """A Unix socket the control plane binds for the pod to serve on (``runtime.local.listen``)."""
 

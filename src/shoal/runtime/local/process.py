@@ -233,6 +233,7 @@ class LocalProcesses:
                 argv, workdir=spec.workdir, hostname=hostname(spec), writable=spec.writable,
                 jobs_root=self.jobs_root, network=spec.network, gpus=bool(spec.gpus),
                 search_path=env.get("PATH", os.defpath), user=spec.user, enter=enter,
+                readable=spec.readable, shared=spec.shared,
             )
         except sandbox.SandboxPathError as exc:
             raise sandbox.SandboxPathError(f"pod {pod_name(spec)}: {exc.message}", hint=exc.hint) from None

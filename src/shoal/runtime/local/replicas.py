@@ -184,9 +184,17 @@ class LocalReplicas:
         # so a request may name the revision it wants through the router.
         args[args.index("--version") + 1] = revision
         command = [self.python, "-m", "shoal.serving.replica", *args]
-        manifest = replica_job(service, revision, index, spec, command)
+        manifest = replica_job(service, revision, index, spec, command, self.model_source(record))
         self.store.create_job(key, tenant, manifest, self.now(),
                               str(self.job_dir(key) / "checkpoints"))
+
+    def model_source(self, record: ServiceRecord) -> str | None:
+        """What a sandboxed replica is shown read-only: the model file, or the whole
+        checkpoint folder of the TrainingJob that wrote it (``MODEL_ANNOTATION``)."""
+        model = record.spec.model
+        if model.from_ is None:
+            return model.path
+        return self.store.get_job(f"{record.row.tenant}/{model.from_.training_job}").checkpoint_dir
 
     def model_path(self, record: ServiceRecord) -> str | None:
         """The model file: ``model.path``, or what the TrainingJob wrote to its checkpoints."""

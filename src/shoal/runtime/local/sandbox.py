@@ -141,6 +141,8 @@ def sandbox_argv(
     search_path: str = os.defpath,
     user: PodUser | None = None,
     enter: Sequence[str] = (),
+    readable: Sequence[Path] = (),
+    shared: Sequence[Path] = (),
 ) -> list[str]:
     """The argv that runs ``command`` (its program already resolved) inside a sandbox.
 
@@ -149,6 +151,12 @@ def sandbox_argv(
     that ``setpriv`` needs to switch to it, and ``setpriv`` drops them all.
     ``enter``: what runs the command once inside (and after the switch); it
     enters the working folder itself.
+    ``readable``: what the pod reads besides its program (an inference replica's
+    model file), shown read-only as the program is: only what it names is
+    bound, never a whole hidden area nor anything in the jobs root.
+    ``shared``: folders Shoal made inside the jobs root for another job of the
+    same tenant (the checkpoint folder a replica's model is in), bound
+    read-only as they are, and only when no link leads to them.
     :class:`SandboxPathError` when what the pod runs cannot be shown to it.
     """
     bwrap = bwrap_path()
@@ -158,6 +166,11 @@ def sandbox_argv(
         )
     exposure = Exposure(workdir, (workdir, *writable), jobs_root, search_path, user)
     exposure.program(Path(command[0]))
+    for path in readable:
+        exposure.show(path, "model", trusted=True)
+    for path in shared:
+        if _real(path) != path.absolute():
+            raise SandboxPathError(f"model folder {path}: a link leads to it")
     # /dev/shm as on a host (1777): POSIX shared memory and semaphores, which
     # multiprocessing and PyTorch's data loaders need, work for the pod's user.
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--perms", "1777", "--tmpfs",
@@ -177,6 +190,8 @@ def sandbox_argv(
     if jobs_root is not None:
         # Hide every tenant's workdir; the pod's own is bound back below.
         argv += ["--tmpfs", str(jobs_root)]
+    for path in shared:
+        argv += ["--ro-bind", str(path), str(path)]
     for path in (workdir, *writable):
         argv += ["--bind", str(path), str(path)]
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", hostname]

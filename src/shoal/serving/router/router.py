@@ -124,6 +124,7 @@ class Router:
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
+        self._bound: int | None = None  # the port it got: read by other threads as it stops
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
 
@@ -154,6 +155,7 @@ class Router:
                                 access_log=False, timeout_keep_alive=30)
         self._server = _QuietServer(config)
         self._socket, self._loop, self._thread = sock, asyncio.get_running_loop(), threading.get_ident()
+        self._bound = sock.getsockname()[1]
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started and not self._task.done():
             await asyncio.sleep(0.005)  # uvicorn offers no event; the socket already listens
@@ -178,10 +180,9 @@ class Router:
 
     @property
     def port(self) -> int:
-        if self._socket is None:
+        if self._bound is None:
             raise InputError(f"the router of service {self.service!r} is not started")
-        port: int = self._socket.getsockname()[1]
-        return port
+        return self._bound
 
     @property
     def url(self) -> str:
