@@ -30,6 +30,7 @@ from shoal.errors import ShoalError, UnknownReferenceError
 from shoal.plugins import require_policies
 from shoal.policy.placement import scorer_names
 from shoal.runtime.local import memory
+from shoal.runtime.local.listen import socket_folder
 from shoal.runtime.local.logs import LogLimits as LogLimits  # for the CLI
 from shoal.runtime.local.machine import LOCAL_NODE, local_node_spec
 from shoal.runtime.local.plane import EmbeddedPlane
@@ -186,7 +187,8 @@ def start(state_dir: Path, host: str = "127.0.0.1", port: int = 0,
     port = sock.getsockname()[1]
     core = wire(plane)
     # Each service's router checks callers' tokens with the API's own check.
-    routers = ServiceRouters(lambda token: plane.store.resolve_token(token, plane.clock.now()))
+    routers = ServiceRouters(lambda token: plane.store.resolve_token(token, plane.clock.now()),
+                             ports=socket_folder(plane.state_dir) / "router-ports.json")
     plane.serve(RouterTraffic(routers))
     assert plane.services is not None
     api = create_app(core, lambda: _health(plane),
