@@ -85,6 +85,35 @@ def free_port(pair: bool = False) -> int:
                 return port
 
 
+def private_bin(folder: Path) -> Path | None:
+    """The shipped binaries, with a kube-controller-manager that opens no insecure port.
+
+    v1.20's controller manager also listens on the fixed port 10252 unless told
+    ``--port=0``, which kube-up.sh does not say: so that two test planes can run
+    at once on one machine (two suites, or a suite and a benchmark), their
+    ``KUBE_BIN`` is a folder of links to the shipped binaries and a wrapper
+    that adds it.  None when there is no tarball beside kube-up.sh (KUBE_BIN
+    then comes from the environment, as kube-up.sh reads it).
+    """
+    tarballs = sorted(KUBE.glob("kube-bin-*.tar.xz"))
+    if os.environ.get("KUBE_BIN") or not tarballs:
+        return None
+    cache = Path(os.environ.get("KUBE_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shoal-kube")
+    real = cache / tarballs[0].name.removesuffix(".tar.xz")
+    if not (real / "kube-apiserver").is_file():
+        return None  # kube-up.sh unpacks it on its first start; the fixed port stays
+    private = folder / "bin"
+    private.mkdir()
+    for binary in real.iterdir():
+        if binary.name != "kube-controller-manager":
+            (private / binary.name).symlink_to(binary)
+    wrapper = private / "kube-controller-manager"
+    wrapper.write_text(f'#!/bin/sh\nexec "{real}/kube-controller-manager" --port=0 "$@"\n')
+    wrapper.chmod(0o755)
+    return private
+
+
 @pytest.fixture(scope="session")
 def control_plane(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
@@ -99,6 +128,9 @@ def control_plane(
            "ETCD_PORT": str(free_port(pair=True)), "KCM_PORT": str(free_port()),
            "SCHED_PORT": str(free_port()), "KUBE_SCHEDULER": "0",
            "FAKE_NODES": str(FAKE_NODES)}
+    binaries = private_bin(folder)
+    if binaries is not None:
+        env["KUBE_BIN"] = str(binaries)
     timings = request.config.stash.setdefault(_TIMINGS, {})
     began = time.monotonic()
     try:
