@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/kube_scale.py [--nodes 1000] [--jobs 10000] [--tenants 50]
                                        [--run-seconds 30] [--idle-seconds 10] [--out FILE]
+                                       [--kcm-qps 500] [--profile FILE]
 
 Starts a control plane of its own from ../shared/kube (etcd, kube-apiserver,
 kube-controller-manager v1.20.2, the fake kubelet with ``--nodes`` nodes of
@@ -20,7 +21,9 @@ Measured: the time from the first submission until every job's pod is bound
 client seam: ``Kube.calls``) per job, and, once every job has succeeded and
 the operator has been quiet for a while, its requests over
 ``--idle-seconds`` of an idle cluster (the no-polling property: only the
-watch streams may stay open).  Prints one JSON object (and writes it to
+watch streams may stay open), with the serving reconciler's timed pass
+(``list InferenceService`` every 2 s) counted apart: it is no part of the
+TrainingJob path this measures.  Prints one JSON object (and writes it to
 ``--out``); ``--profile FILE`` writes cProfile's statistics of the control
 loop's thread (wall time: waiting on the server shows).
 """
@@ -138,10 +141,38 @@ class Operator:
 # -- the cluster ---------------------------------------------------------------------------
 
 
-def plane_env(folder: Path, nodes: int) -> dict[str, str]:
+def kube_bin(folder: Path, qps: int) -> dict[str, str]:
+    """``KUBE_BIN``: the unpacked binaries, kube-controller-manager with ``--port=0`` and ``qps``.
+
+    kube-controller-manager v1.20 also serves plain HTTP on 0.0.0.0:10252
+    unless told ``--port=0``: a second plane on the machine would fail to
+    start on it.  Its client may send 20 requests a second by default
+    (``--kube-api-qps``), so its Job controller could make no more than
+    about 10 pods a second: ``qps`` (0: the default) lifts that, as large
+    clusters do.  Without the unpacked binaries, kube-up.sh's defaults.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shoal-kube"
+    found = sorted(cache.glob("kube-bin-*/kube-controller-manager"))
+    if not found:
+        return {}
+    real = found[-1].parent
+    mine = folder / "bin"
+    mine.mkdir()
+    for item in real.iterdir():
+        (mine / item.name).symlink_to(item)
+    kcm = mine / "kube-controller-manager"
+    kcm.unlink()
+    rate = f" --kube-api-qps={qps} --kube-api-burst={2 * qps}" if qps else ""
+    kcm.write_text(f'#!/bin/sh\nexec {real}/kube-controller-manager --port=0{rate} "$@"\n')
+    kcm.chmod(0o755)
+    return {"KUBE_BIN": str(mine)}
+
+
+def plane_env(folder: Path, nodes: int, qps: int) -> dict[str, str]:
     return {**os.environ, "KUBE_DIR": str(folder), "KUBE_PORT": str(free_port()),
             "ETCD_PORT": str(free_port()), "KCM_PORT": str(free_port()),
-            "SCHED_PORT": str(free_port()), "KUBE_SCHEDULER": "0", "FAKE_NODES": str(nodes)}
+            "SCHED_PORT": str(free_port()), "KUBE_SCHEDULER": "0", "FAKE_NODES": str(nodes),
+            **kube_bin(folder, qps)}
 
 
 def label_models(kube: Any) -> None:
@@ -229,14 +260,25 @@ def wait(event: threading.Event, timeout_s: float, what: str, progress: Any) -> 
             raise SystemExit(f"not within {timeout_s:.0f} s: {what} ({progress()})")
 
 
+SERVING_KINDS = ("InferenceService",)
+"""Kinds only the serving reconciler reads (its timed pass): not the TrainingJob path."""
+
+
+def training_requests(counters: dict[str, Any]) -> int:
+    """Requests but the watch streams and the serving reconciler's."""
+    return sum(n for key, n in counters["calls"].items()
+               if key.split()[0] not in ("watch", "conflict")
+               and key.split()[-1] not in SERVING_KINDS)
+
+
 def quiet(operator: Operator, window_s: float, timeout_s: float) -> dict[str, Any]:
-    """The operator's counters once a ``window_s`` went by without a request."""
+    """The operator's counters once a ``window_s`` went by without a request (serving's apart)."""
     deadline = time.monotonic() + timeout_s
     last = operator.counters()
     while time.monotonic() < deadline:
         threading.Event().wait(window_s)
         now = operator.counters()
-        if now["requests"] == last["requests"]:
+        if training_requests(now) == training_requests(last):
             return now
         last = now
     raise SystemExit("the operator never went quiet")
@@ -247,7 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from shoal.runtime.kubernetes.install import install_crds
 
     folder = Path(tempfile.mkdtemp(prefix="shoal-kube-scale-"))
-    env = plane_env(folder, args.nodes)
+    env = plane_env(folder, args.nodes, args.kcm_qps)
     began = time.monotonic()
     started = subprocess.run([str(KUBE_UP), "start"], env=env, capture_output=True, text=True,
                              timeout=1800, check=False)
@@ -295,8 +337,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         calm = quiet(operator, 3.0, 600)
         threading.Event().wait(args.idle_seconds)  # an idle cluster: nothing happens
         idle = operator.counters()
-        idle_requests = {k: n - calm["calls"].get(k, 0) for k, n in idle["calls"].items()
-                         if n != calm["calls"].get(k, 0) and not k.startswith("watch ")}
+        idle_calls = {k: n - calm["calls"].get(k, 0) for k, n in idle["calls"].items()
+                      if n != calm["calls"].get(k, 0) and not k.startswith("watch ")}
+        idle_requests = {k: n for k, n in idle_calls.items()
+                         if k.split()[-1] not in SERVING_KINDS}
+        idle_serving = {k: n for k, n in idle_calls.items() if k.split()[-1] in SERVING_KINDS}
+        work_calls = {k: n - settled["calls"].get(k, 0) for k, n in at_bound["calls"].items()
+                      if n != settled["calls"].get(k, 0) and not k.startswith("watch ")}
         work = {verb: n - settled["by_verb"].get(verb, 0)
                 for verb, n in at_bound["by_verb"].items()}
         done = {verb: n - settled["by_verb"].get(verb, 0)
@@ -304,6 +351,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "nodes": args.nodes, "gpus": args.nodes * GPUS_PER_NODE, "tenants": args.tenants,
             "jobs": args.jobs, "run_seconds": args.run_seconds, "cores": os.cpu_count(),
+            "kcm_qps": args.kcm_qps,
             "submit_s": round(submit_s, 1),
             "all_bound_s": round(bound_s, 1),
             "jobs_bound_per_s": round(args.jobs / bound_s, 1),
@@ -314,8 +362,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                        if n},
             "calls_per_job_to_succeeded": {v: round(n / args.jobs, 2)
                                            for v, n in sorted(done.items()) if n},
+            "calls_per_job_to_bound_by_kind": {k: round(n / args.jobs, 2)
+                                               for k, n in sorted(work_calls.items())},
             "idle_seconds": args.idle_seconds,
             "idle_requests": idle_requests,
+            "idle_requests_serving_pass": idle_serving,
         }
     finally:
         for stop in stops:
@@ -340,6 +391,8 @@ def main() -> None:
     parser.add_argument("--run-seconds", type=int, default=30)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--kcm-qps", type=int, default=500,
+                        help="kube-controller-manager's --kube-api-qps (0: its default, 20)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--profile", type=Path,
                         help="write cProfile statistics of the control loop's thread here")

@@ -86,10 +86,11 @@ def test_a_requeued_job_resumes_from_the_step_its_pods_reported_on_its_claim(
     body = training_job("ckpt", NS, pods=1, gpus=1)
     body["spec"]["checkpointIntervalSeconds"] = 60
     created = kube.create(body)
-    # Saved Running with its pods starting first; their handles once they are bound.
+    # Saved Running with its pods starting first; their names once they are bound.
     state = wait_until(kube, "TrainingJob", lambda jobs: job_status(jobs).get("phase")
                        == "Running" and bool(job_status(jobs).get("pods")) and all(
-                           p.get("state") == "running" for p in job_status(jobs)["pods"]),
+                           p.get("state") == "running" and p.get("name", "").startswith("ckpt-")
+                           for p in job_status(jobs)["pods"]),
                        namespace=NS, what="ckpt Running, its pod bound")
     first = job_status(state)
     assert "resumedFrom" not in first["control"], "the first attempt starts fresh"

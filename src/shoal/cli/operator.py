@@ -38,6 +38,20 @@ def operator(
         help="serve the validating admission webhook on 127.0.0.1 at this port (for an "
              "operator that runs where the API server can reach its loopback)",
     )] = None,
+    leader_elect: Annotated[bool | None, typer.Option(
+        "--leader-elect/--no-leader-elect",
+        help="act only while holding the Lease shoal-operator, as a standby until then "
+             "(so that several replicas may run); default: on in-cluster, off with "
+             "--kubeconfig",
+    )] = None,
+    lease_namespace: Annotated[str | None, typer.Option(
+        "--leader-elect-namespace",
+        help="the Lease's namespace; default: the pod's own in-cluster, else 'default'",
+    )] = None,
+    lease_seconds: Annotated[int, typer.Option(
+        "--leader-elect-lease-seconds", min=1,
+        help="how long a leader's lease lasts without renewal (renewed every 2/15 of it)",
+    )] = 15,
 ) -> None:
     """Run the Kubernetes operator until Ctrl-C or SIGTERM, or print its CRDs."""
     if action == "crds":
@@ -51,7 +65,8 @@ def operator(
         raise InputError(f"shoal operator needs the kube extra ({exc.name} is missing)",
                          hint="pip install 'shoal[kube]'") from exc
     kube_operator.run(None if kubeconfig is None else str(kubeconfig), context, verbose,
-                      webhook_port=webhook_port)
+                      webhook_port=webhook_port, leader_elect=leader_elect,
+                      lease_namespace=lease_namespace, lease_seconds=lease_seconds)
 
 
 def print_crds(output: str) -> None:

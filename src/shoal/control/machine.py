@@ -381,14 +381,15 @@ def _with_statuses(job: JobRow, statuses: Mapping[str, PodStatus]) -> JobRow:
                 pods.append(replace(pod, state="lost", message=status.message))
                 changed = True
         elif status.state == "running":
-            if pod.state != "running":
-                pods.append(replace(pod, state="running"))
+            handle = status.handle or pod.handle
+            if pod.state != "running" or handle != pod.handle:
+                pods.append(replace(pod, state="running", handle=handle))
                 changed = True
             else:
                 pods.append(pod)
         else:
             pods.append(replace(pod, state=status.state, exit_code=status.exit_code,
-                                message=status.message))
+                                message=status.message, handle=status.handle or pod.handle))
             changed = True
     return job.evolve(pods=tuple(pods)) if changed else job
 

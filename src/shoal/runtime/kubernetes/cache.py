@@ -45,6 +45,7 @@ log = logging.getLogger("shoal.operator")
 
 Key = tuple[str, str]
 """``(namespace, name)``; the namespace is "" for cluster-scoped kinds."""
+Bodies = list[Body]
 
 WATCH_TIMEOUT_S = 300.0
 _BACKOFF_S = (0.5, 10.0)
@@ -64,11 +65,16 @@ class Watched:
     ``complement``: the selector of another informer of the same kind that,
     with this one, holds every object of the kind (Shoal's pods and the
     others), so that a read of the whole kind can be answered from both.
+    ``index``: a label whose values the informer indexes (``Cache.labelled``
+    answers "the objects whose label is this" without a scan); every object
+    that carries it must match ``labels`` (Shoal's pod-uid label comes with
+    its job label).
     """
 
     kind: str
     labels: str = ""
     complement: str | None = None
+    index: str = ""
 
 
 def key_of(body: Body) -> Key:
@@ -134,6 +140,13 @@ def _lean(body: Body) -> Body:
 TRIM: dict[str, Callable[[Body], Body]] = {"Pod": trim_pod, "Node": trim_node}
 
 
+def _label(obj: Body | None, label: str) -> str | None:
+    if obj is None:
+        return None
+    value = ((obj.get("metadata") or {}).get("labels") or {}).get(label)
+    return None if value is None else str(value)
+
+
 def _same(a: Body, b: Body) -> bool:
     """Equal but for the resourceVersion."""
     ma, mb = a.get("metadata") or {}, b.get("metadata") or {}
@@ -194,8 +207,10 @@ class Informer:
 
     def __init__(self, kube: Kube, kind: str, labels: str = "",
                  on_change: Callable[[], None] | None = None,
-                 watch_timeout_s: float = WATCH_TIMEOUT_S) -> None:
-        self.kube, self.kind, self.labels = kube, kind, labels
+                 watch_timeout_s: float = WATCH_TIMEOUT_S, index: str = "") -> None:
+        self.kube, self.kind, self.labels, self.index = kube, kind, labels, index
+        self.indexed: dict[str, set[Key]] = {}
+        """Keys of the held objects by the value of their ``index`` label."""
         self.on_change = on_change or (lambda: None)
         self.watch_timeout_s = watch_timeout_s
         self.trim = TRIM.get(kind, _lean)
@@ -208,12 +223,39 @@ class Informer:
         self.lists = 0
         self.watches: list[str] = []
         """The resourceVersion each watch started from, in order."""
+        self.listeners: list[Callable[[Body], None]] = []
+        """Called, in the watch's thread, with each object a watch event added or changed."""
         self._lock = threading.Lock()
 
     # -- reads ----------------------------------------------------------------------
 
     def get(self, namespace: str, name: str) -> Body | None:
         return self.items.get((namespace, name))
+
+    def labelled(self, value: str) -> list[Body]:
+        """The held objects whose ``index`` label is ``value``."""
+        with self._lock:
+            return [self.items[k] for k in self.indexed.get(value, ()) if k in self.items]
+
+    def _put(self, key: Key, obj: Body | None) -> None:
+        """Hold ``obj`` under ``key`` (None: drop it), keeping the index (lock held)."""
+        old = self.items.pop(key, None) if obj is None else self.items.get(key)
+        if obj is not None:
+            self.items[key] = obj
+        if not self.index:
+            return
+        before = _label(old, self.index)
+        after = _label(obj, self.index)
+        if before == after:
+            return
+        if before is not None:
+            keys = self.indexed.get(before)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.indexed[before]
+        if after is not None:
+            self.indexed.setdefault(after, set()).add(key)
 
     def values(self) -> list[Body]:
         with self._lock:
@@ -246,6 +288,12 @@ class Informer:
             changed = set(fresh) != set(self.items) or any(
                 version_of(self.items[k]) != version_of(v) for k, v in fresh.items())
             self.items = fresh
+            self.indexed = {}
+            if self.index:
+                for key, item in fresh.items():
+                    value = _label(item, self.index)
+                    if value is not None:
+                        self.indexed.setdefault(value, set()).add(key)
             self._gone.clear()
             self.resource_version = str(listing.get("metadata", {}).get("resourceVersion", ""))
             self.lists += 1
@@ -270,6 +318,9 @@ class Informer:
                 raise UnavailableError(f"watch {self.kind}: {obj.get('message') or obj}")
             version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
             if type_ != "BOOKMARK" and self.apply(obj, deleted=type_ == "DELETED"):
+                if type_ != "DELETED":
+                    for listener in self.listeners:
+                        listener(obj)
                 self.on_change()
             if version:
                 self.resource_version = version
@@ -287,15 +338,15 @@ class Informer:
                 self._gone[key] = version
                 if held is None:
                     return False
-                del self.items[key]
+                self._put(key, None)
                 self.generation += 1
                 return True
             self._gone.pop(key, None)
             new = self.trim(obj)
             if held is not None and _same(held, new):
-                self.items[key] = new
+                self._put(key, new)
                 return False
-            self.items[key] = new
+            self._put(key, new)
             self.generation += 1
             return True
 
@@ -304,7 +355,7 @@ class Informer:
         with self._lock:
             held = self.items.get(key)
             if held is not None:
-                self.items[key] = change(held)
+                self._put(key, change(held))
                 self.generation += 1
 
 
@@ -316,7 +367,8 @@ class Cache:
                  watch_timeout_s: float = WATCH_TIMEOUT_S) -> None:
         self.watched = tuple(watched)
         self.informers: dict[tuple[str, str], Informer] = {
-            (w.kind, w.labels): Informer(kube, w.kind, w.labels, on_change, watch_timeout_s)
+            (w.kind, w.labels): Informer(kube, w.kind, w.labels, on_change, watch_timeout_s,
+                                         index=w.index)
             for w in self.watched
         }
         self._complete = {w.kind for w in self.watched if w.labels == "" or w.complement is not None}
@@ -332,6 +384,11 @@ class Cache:
         for thread in threads:
             thread.start()
         return threads
+
+    def listen(self, kind: str, labels: str, listener: Callable[[Body], None]) -> None:
+        """Have ``listener`` called with every object the watch of ``kind``/``labels`` adds
+        or changes, in the watch's thread, before the loop is woken (it must be quick)."""
+        self.informers[(kind, labels)].listeners.append(listener)
 
     def wait_synced(self, timeout_s: float | None = None) -> bool:
         """Whether every informer has listed (waiting up to ``timeout_s``)."""
@@ -354,6 +411,14 @@ class Cache:
                    if k == kind and (labels is None or sel == labels))
 
     # -- reads ------------------------------------------------------------------------
+
+    def labelled(self, kind: str, label: str, value: str) -> list[Body] | None:
+        """Objects of ``kind`` whose ``label`` is ``value``, from the informer that indexes
+        that label; None when none has listed."""
+        for informer in self._ready(kind) or ():
+            if informer.index == label:
+                return informer.labelled(value)
+        return None
 
     def get(self, kind: str, name: str, namespace: str | None) -> Body | _Miss | None:
         ready = self._ready(kind)
@@ -428,6 +493,13 @@ class CachedKube(Kube):
     def listing(self, kind: str, namespace: str | None = None, labels: str = "",
                 fields: str = "") -> Body:
         return self.inner.listing(kind, namespace, labels, fields)
+
+    def labelled(self, kind: str, namespace: str, label: str, value: str) -> Bodies:
+        """Objects of ``kind`` in ``namespace`` whose ``label`` is ``value`` (indexed if watched)."""
+        found = self.cache.labelled(kind, label, value)
+        if found is None:
+            return self.inner.list(kind, namespace, labels=f"{label}={value}")
+        return [o for o in found if (o.get("metadata") or {}).get("namespace") == namespace]
 
     def watch(self, kind: str, namespace: str | None = None, *, since: str, timeout_s: float,
               labels: str = "", fields: str = "", bookmarks: bool = False

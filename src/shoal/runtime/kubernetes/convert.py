@@ -1,9 +1,9 @@
 """Kubernetes objects <-> the control core's records, as pure functions of JSON.
 
-* A Node becomes a ``domain.nodes.Node``: allocatable CPU, memory and
-  ``nvidia.com/gpu``, the GPU model from the label NVIDIA's GPU feature
-  discovery sets (``nvidia.com/gpu.product``), GPU memory from
-  ``nvidia.com/gpu.memory`` (MiB), labels and taints.
+* A Node becomes a ``domain.nodes.Node``: allocatable CPU, memory and GPUs
+  (whole, MIG slices or shared: ``gpu_resources.py``), the GPU model from the
+  label NVIDIA's GPU feature discovery sets (``nvidia.com/gpu.product``), GPU
+  memory from ``nvidia.com/gpu.memory`` (MiB), labels and taints.
 * A TrainingJob object *is* the job record: its spec is the manifest, its
   ``status`` holds everything the state machine keeps (``status.py``), and its
   ``metadata.resourceVersion`` is the version every write is fenced by.
@@ -32,7 +32,7 @@ from shoal.domain.job import TrainingJobSpec
 from shoal.domain.names import job_key
 from shoal.domain.nodes import Node, Taint
 from shoal.domain.resources import MILLI
-from shoal.runtime.kubernetes import quantities
+from shoal.runtime.kubernetes import gpu_resources, quantities
 from shoal.runtime.kubernetes.status import Condition, JobControl, PodEntry, TrainingJobStatus
 
 __all__ = [
@@ -118,21 +118,23 @@ def node_of(obj: Mapping[str, Any]) -> Node | None:
         return None
     allocatable = status.get("allocatable") or {}
     labels: dict[str, str] = dict(meta.get("labels") or {})
-    gpus = int(quantities.value(allocatable.get(GPU, 0)))
+    # Whole GPUs, MIG slices or shared GPUs: ``gpu_resources`` says which.
+    offer = gpu_resources.offer_of(allocatable, labels)
+    if offer is not None and offer.sharing:
+        labels[gpu_resources.SHARING_LABEL] = gpu_resources.SHARING
     taints = tuple(
         Taint(key=t["key"], value=t.get("value") or "", effect=t.get("effect", "NoSchedule"))
         for t in spec.get("taints") or []
         if t.get("effect") in ("NoSchedule", "PreferNoSchedule", "NoExecute")
     )
-    memory = labels.get(GPU_MEMORY_LABEL, "")
     return Node(
         name=meta["name"],
         pool=labels.get("shoal.dev/pool", "kubernetes"),
         cpu=quantity_milli(allocatable.get("cpu", 0)),
         memory=quantity_mib(allocatable.get("memory", 0)),
-        gpu_model=labels.get(GPU_MODEL_LABEL, "unknown") if gpus else "",
-        gpu_count=gpus,
-        gpu_memory=int(memory) if memory.isdigit() else 0,
+        gpu_model=offer.model if offer else "",
+        gpu_count=offer.count if offer else 0,
+        gpu_memory=offer.memory if offer else 0,
         labels=labels,
         taints=taints,
     )
@@ -141,8 +143,15 @@ def node_of(obj: Mapping[str, Any]) -> Node | None:
 _DONE = ("Succeeded", "Failed")
 
 
-def foreign_usage(pods: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, int, int]]:
-    """Per node: CPU (milli), memory (MiB) and whole GPUs requested by pods Shoal did not place."""
+def foreign_usage(pods: Sequence[Mapping[str, Any]], counted: Mapping[str, str] | None = None,
+                  ) -> dict[str, tuple[int, int, int]]:
+    """Per node: CPU (milli), memory (MiB) and GPUs requested by pods Shoal did not place.
+
+    ``counted``: per node, the resource that counts the GPUs Shoal places
+    there (``gpu_resources.resource_of_model``; default ``nvidia.com/gpu``).
+    A share of a shared GPU counts as a whole one: which GPU it is on, its
+    plugin knows, not Shoal.
+    """
     used: dict[str, tuple[int, int, int]] = {}
     for pod in pods:
         meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
@@ -157,7 +166,7 @@ def foreign_usage(pods: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, int
             requests = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
             cpu += quantity_milli(requests.get("cpu", 0))
             memory += quantity_mib(requests.get("memory", 0))
-            gpus += int(quantity_milli(requests.get(GPU, 0)) // 1000)
+            gpus += gpu_resources.gpus_requested(requests, (counted or {}).get(node, GPU))
         was = used.get(node, (0, 0, 0))
         used[node] = (was[0] + cpu, was[1] + memory, was[2] + gpus)
     return used
@@ -165,12 +174,12 @@ def foreign_usage(pods: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, int
 
 def nodes_of(nodes: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]) -> list[Node]:
     """Schedulable nodes, by name, with the room others' pods hold taken off."""
-    used = foreign_usage(pods)
+    found = [n for obj in sorted(nodes, key=lambda n: n["metadata"]["name"])
+             if (n := node_of(obj)) is not None]
+    used = foreign_usage(pods, {n.name: gpu_resources.resource_of_model(n.gpu_model)
+                                for n in found})
     out: list[Node] = []
-    for obj in sorted(nodes, key=lambda n: n["metadata"]["name"]):
-        node = node_of(obj)
-        if node is None:
-            continue
+    for node in found:
         cpu, memory, gpus = used.get(node.name, (0, 0, 0))
         if cpu or memory or gpus:
             count = max(0, node.gpu_count - gpus)
@@ -416,20 +425,12 @@ def pod_manifest(
         requests["cpu"] = f"{resources.cpu}m"
     if resources.memory:
         requests["memory"] = f"{resources.memory}Mi"
-    gpu = resources.gpu
-    annotations = {**job.annotations, RANK_ANNOTATION: str(pod.index)}
-    limits: dict[str, str] = {}
-    if gpu is not None and (gpu.count or gpu.fraction):
-        if gpu.fraction is not None and gpu.fraction < 1:
-            # A share of one GPU: the device plugin that shares GPUs reads these
-            # (see docs/kubernetes.md); whole GPUs are plain nvidia.com/gpu.
-            annotations["shoal.dev/gpu-fraction"] = str(gpu.fraction)
-            annotations["shoal.dev/gpu-index"] = ",".join(map(str, pod.gpus))
-        else:
-            limits[GPU] = str(gpu.count)
-            annotations["shoal.dev/gpu-index"] = ",".join(map(str, pod.gpus))
+    # Whole GPUs, MIG slices or a share of one GPU (``gpu_resources``).
+    gpus = gpu_resources.pod_gpus(resources.gpu, pod.gpus)
+    annotations = {**job.annotations, RANK_ANNOTATION: str(pod.index), **gpus.annotations}
+    limits = gpus.limits
     service = service_name(job)
-    env = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+    env = [{"name": k, "value": v} for k, v in sorted({**spec.env, **gpus.env}.items())]
     env += [
         {"name": "RANK", "value": str(pod.index)},
         {"name": "WORLD_SIZE", "value": str(len(pods))},

@@ -3,7 +3,9 @@
 Nodes become ``domain.nodes.Node`` (``convert.node_of``).  Pods that another
 scheduler placed (no ``shoal.dev/job`` label) hold room Shoal cannot use, so
 their requests are taken off their node's CPU, memory and GPUs before
-Shoal places anything; Shoal's own pods are not taken off here: the control
+Shoal places anything (GPUs of the kind Shoal places there: MIG slices of
+the node's profile, or whole GPUs, a share of a shared GPU counting as a
+whole one: ``gpu_resources.py``); Shoal's own pods are not taken off here: the control
 core binds them from its job records, as in every runtime.  Only those
 foreign pods are read (``!shoal.dev/job``): Shoal's own thousands are not.
 

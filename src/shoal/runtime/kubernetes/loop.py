@@ -13,8 +13,15 @@ list per pass.  Writes go to the API server, fenced by resourceVersion; a
 pass whose write met a 409 ends there, and the next one waits a backoff
 (0.05 s doubling to 5 s while conflicts go on) instead of spinning.
 
+While ``run`` runs, the pods port works in the background (``pods.py``:
+creates and Bindings from pools of threads, each worker's pod bound from
+the Pod watch's thread as it appears), the store puts the finalizer on new
+jobs side by side and sends Events without waiting, and the loop also wakes
+when a gang's bind timeout is due.
+
 Without ``run`` (a test calling ``settle`` at moments it chooses) nothing
-is watched and every read goes to the API server.
+is watched, every read goes to the API server and ``start`` binds before it
+returns.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from shoal.control.controller import ControlConfig, Controller
 from shoal.control.ports import Clock
@@ -31,7 +39,7 @@ from shoal.errors import ShoalError
 from shoal.runtime.kubernetes.cache import Cache, CachedKube, Watched
 from shoal.runtime.kubernetes.checkpoints import KubeCheckpoints
 from shoal.runtime.kubernetes.client import Kube
-from shoal.runtime.kubernetes.convert import JOB_LABEL
+from shoal.runtime.kubernetes.convert import JOB_LABEL, UID_LABEL
 from shoal.runtime.kubernetes.inventory import KubeInventory
 from shoal.runtime.kubernetes.pods import KubePods
 from shoal.runtime.kubernetes.store import KubeStore
@@ -44,7 +52,7 @@ WATCHED: tuple[Watched, ...] = (
     Watched("TrainingJob"),
     Watched("Tenant"),
     Watched("Node"),
-    Watched("Pod", JOB_LABEL, complement=f"!{JOB_LABEL}"),
+    Watched("Pod", JOB_LABEL, complement=f"!{JOB_LABEL}", index=UID_LABEL),
     Watched("Pod", f"!{JOB_LABEL}", complement=JOB_LABEL),
 )
 """Kinds whose changes can change a decision: Shoal's pods and the others
@@ -117,6 +125,21 @@ class KubeControl:
             self.cache.start(stop)
             while not stop.is_set() and not self.cache.wait_synced(1.0):
                 continue
+            self.pods.background(self.wake.set)
+            self.cache.listen("Pod", JOB_LABEL, self.pods.appeared)
+            self.store.background = ThreadPoolExecutor(4, thread_name_prefix="kube-hold")
+            self.store.notes = ThreadPoolExecutor(2, thread_name_prefix="kube-event")
+        try:
+            self._passes(stop, on_pass)
+        finally:
+            for pool in (self.store.background, self.store.notes):
+                if pool is not None:
+                    pool.shutdown(wait=True)
+            self.store.background = self.store.notes = None
+            self.pods.foreground()
+            self.wake.set()
+
+    def _passes(self, stop: threading.Event, on_pass: Callable[[], None] | None) -> None:
         while not stop.is_set():
             self.wake.clear()
             try:
@@ -136,5 +159,8 @@ class KubeControl:
                 stop.wait(min(high, low * 2 ** (self.conflicted - 1)))
                 continue
             wait = None if due is None else max(0.0, due - self.clock.now()) + 0.05
+            binding = self.pods.next_due()  # a gang whose pods may not come in time
+            if binding is not None:
+                left = max(0.0, binding - self.pods.monotonic()) + 0.05
+                wait = left if wait is None else min(wait, left)
             self.wake.wait(wait)
-        self.wake.set()

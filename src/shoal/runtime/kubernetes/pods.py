@@ -1,27 +1,44 @@
 """The pods port on Kubernetes: a ``batch/v1`` Job per pod, whose pod Shoal binds.
 
 ``start`` makes sure the job's headless Service (and, for a job that
-checkpoints, its PersistentVolumeClaim) exists, creates the pod's worker Job
-(``convert.worker_job``: one pod, ``schedulerName: shoal``, labelled with the
-job and Shoal's pod uid, owned by the TrainingJob; the first pod's start
-creates those of the whole gang, so that the Job controller makes their pods
-while Shoal waits for the first), waits on a watch for the
-Job controller to create its pod and binds that pod, through the Binding API,
-to the node the placement chose: gangs, fractional GPUs and topology are
-Shoal's decisions on Kubernetes too.  The handle is the bound Pod's name.
+checkpoints, its PersistentVolumeClaim) exists and creates the pod's worker
+Job (``convert.worker_job``: one pod, ``schedulerName: shoal``, labelled with
+the job and Shoal's pod uid, owned by the TrainingJob; the first pod's start
+creates those of the whole gang).  The Job controller then makes the pod,
+which Shoal binds, through the Binding API, to the node the placement chose:
+gangs, fractional GPUs and topology are Shoal's decisions on Kubernetes too.
+
+**In the background** (``background``, as the control loop's ``run`` sets
+it): ``start`` hands the creates to a small pool of threads and returns at
+once, with the handle ``BINDING + <Job name>``.  The pod is bound when it
+appears on the Pod watch: ``observe`` of a pod that has that handle finds
+it in the watch-fed cache by its uid label and hands the Binding to the
+pool; once bound, ``observe`` reports it with its name as the new handle
+(``PodStatus.handle``), which the control core records.  The loop never
+waits for the Job controller, and independent requests (the Jobs of many
+gangs, their Bindings, events) go out side by side, at most ``workers`` at a
+time.  Without it (a test calling ``settle`` at moments it chooses) ``start``
+does all of it before it returns, waiting on a watch for the pod: the handle
+is then the bound pod's name at once.
 
 **Gang bind timeout.**  The pods of an attempt must all be bound within
-``bind_timeout_s`` of the first one's start.  A pod that the Job controller
-does not create in time (a ResourceQuota refuses it, say), or that cannot be
-bound (its node is gone), gets the handle ``UNBOUND + <job name>``; observe
-reports it ``lost`` with the reason, so the control core stops the whole gang
-and requeues it (no retry used, after the retry backoff): no gang holds part
-of its nodes while it waits.
+``bind_timeout_s`` of the first one's start (of the first look at them,
+after a restart).  A pod that the Job controller does not create in time (a
+ResourceQuota refuses it, say), or that cannot be bound (its node is gone),
+is reported ``lost`` with the reason, so the control core stops the whole
+gang and requeues it (no retry used, after the retry backoff): no gang holds
+part of its nodes while it waits.  (A handle ``UNBOUND + <Job name>`` says
+the same: earlier versions recorded it.)
 
 Everything is idempotent: a Job that exists already is taken as it is, a pod
 found by its uid label that is bound already stays where it is, and after a
 restart a pod without a handle whose Job or pod was never made or never
-bound is ``absent``, which the control core starts (again) under the same id.
+bound is ``absent``, which the control core starts (again) under the same
+id.  A pod that this process bound and that is gone before its name was
+recorded is lost, never replaced: the Job controller's replacement is never
+bound.  (After a restart that memory is gone: a pod bound, then deleted by
+hand while no operator ran, before its name was recorded, is replaced by
+the Job controller's next one.)
 
 ``observe`` reads the bound Pod (``convert.pod_status``).  A pod deleted by
 hand is gone: ``lost``, and the control core requeues the gang (the Job
@@ -30,16 +47,24 @@ controller's replacement pod is never bound, and goes with its Job).
 new pod) and then the pod with the grace period (the kubelet sends SIGTERM,
 then SIGKILL); ``kill`` does the same at once; ``release`` deletes the
 attempt's Jobs, and with them (background propagation) their ended pods.
+In the background these deletes go to the pool too, each after the pod's
+creates and Binding still in flight, so that nothing is made after it is
+deleted.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
 
 from shoal.control import cluster_view as view
 from shoal.control.records import JobRow, PodRecord, PodStatus
-from shoal.errors import AlreadyExistsError, NotFoundError, ShoalError
+from shoal.errors import AlreadyExistsError, InputError, NotFoundError, ShoalError
 from shoal.runtime.kubernetes.client import Body, Kube
 from shoal.runtime.kubernetes.convert import (
     NOT_BOUND,
@@ -54,14 +79,21 @@ from shoal.runtime.kubernetes.convert import (
 )
 from shoal.runtime.kubernetes.store import KubeStore
 
-__all__ = ["BIND_TIMEOUT_S", "UNBOUND", "KubePods"]
+__all__ = ["BINDING", "BIND_TIMEOUT_S", "UNBOUND", "WORKERS", "KubePods"]
 
 UNBOUND = "job:"
 """Handle prefix of a pod whose worker Job exists but whose pod was not bound (no pod name
 has a colon)."""
+BINDING = "bind:"
+"""Handle prefix of a pod whose worker Job is made and whose pod Shoal binds when it appears."""
 BIND_TIMEOUT_S = 30.0
 """How long the pods of one attempt may take, together, to be created and bound."""
-_DEADLINES_KEPT = 1000
+WORKERS = 8
+"""Requests in flight at most, in the background (creates and Bindings)."""
+_DEADLINES_KEPT = 100_000
+_RUNNING = PodStatus("running", None, "")
+
+log = logging.getLogger("shoal.operator")
 
 
 class KubePods:
@@ -82,6 +114,44 @@ class KubePods:
         """Pods whose worker Job this process created with their gang's first (by uid)."""
         self._why: dict[str, str] = {}
         """Why a pod was not bound, by its uid (observe reports it)."""
+        self.pool: ThreadPoolExecutor | None = None
+        """Creates, in the background (None: ``start`` does them in turn)."""
+        self.binder: ThreadPoolExecutor | None = None
+        """Bindings, apart: never queued behind a burst of creates."""
+        self._wake: Callable[[], None] = lambda: None
+        self._creating: dict[str, Future[None]] = {}
+        """The creates of a pod's worker Job (and its gang's objects), by pod uid."""
+        self._binding: dict[str, Future[str | None]] = {}
+        """Bindings in flight or done, by pod uid."""
+        self._bound: dict[str, str] = {}
+        """The pod this process bound, by Shoal's pod uid, until its name is recorded."""
+        self._deleting: dict[str, Future[None]] = {}
+        """Deletes in flight, by pod uid (a kill is asked again on every pass)."""
+        self._placed: dict[str, tuple[JobObject, PodRecord]] = {}
+        """Pods started in the background and not bound yet: bound as soon as they appear."""
+        self._lock = threading.Lock()
+        """Hands each pod's Binding to the pool once (the watch's thread and the loop's)."""
+        self._unbound: dict[str, float] = {}
+        """Pods last seen waiting for their pod (by uid), with their gang's deadline."""
+
+    # -- the background ---------------------------------------------------------------
+
+    def background(self, wake: Callable[[], None], workers: int = WORKERS) -> None:
+        """Create, and bind, in ``workers`` threads each from now on; ``wake`` when one ends."""
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="kube-create")
+        self.binder = ThreadPoolExecutor(workers, thread_name_prefix="kube-bind")
+        self._wake = wake
+
+    def foreground(self) -> None:
+        """Finish what is in flight and go back to doing everything in ``start``."""
+        pools, self.pool, self.binder = (self.pool, self.binder), None, None
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    def next_due(self) -> float | None:
+        """When (``monotonic``) a pod waiting for its pod runs out of time; None: none waits."""
+        return min(self._unbound.values(), default=None)
 
     # -- start --------------------------------------------------------------------------
 
@@ -89,24 +159,50 @@ class KubePods:
         owner = self.store.object_of(job)
         spec = view.manifest_of(job).spec
         name = pod_name(owner, pod)
+        bodies: list[Body] = []
         if pod.index == 0:  # once per attempt, before any of its Jobs: kept across attempts
-            self._ensure(service_manifest(owner))
+            bodies.append(service_manifest(owner))
             if checkpoints(spec):
-                self._ensure(claim_manifest(owner, spec))
+                bodies.append(claim_manifest(owner, spec))
             # Every Job of the gang at once: the Job controller makes their pods
-            # while this waits for the first.
-            for other in job.pods:
-                self._ensure(worker_job(owner, job, other, spec, self.grace_seconds))
-                self._made.add(other.uid)
-        if pod.uid not in self._made:
-            self._ensure(worker_job(owner, job, pod, spec, self.grace_seconds))
+            # while the first is bound.
+            bodies += [worker_job(owner, job, other, spec, self.grace_seconds)
+                       for other in job.pods]
+            gang = [other.uid for other in job.pods]
+        elif pod.uid not in self._made and pod.uid not in self._creating:
+            bodies.append(worker_job(owner, job, pod, spec, self.grace_seconds))
+            gang = [pod.uid]
+        else:
+            gang = []
         self._made.discard(pod.uid)
         key = (job.name, job.attempts)
         if key not in self._deadlines and len(self._deadlines) > _DEADLINES_KEPT:
             self._deadlines.clear()
+        if self.pool is not None:
+            if bodies:
+                made = self.pool.submit(self._make, key, bodies)
+                for uid in gang:
+                    self._creating[uid] = made
+            for other in job.pods if pod.index == 0 else (pod,):
+                self._placed[other.uid] = (owner, other)
+            return BINDING + name
         deadline = self._deadlines.setdefault(key, self.monotonic() + self.bind_timeout_s)
+        self._ensure_all(bodies)
+        self._made.update(u for u in gang if u != pod.uid)
         bound = self._bind_within(owner, name, pod, deadline)
         return bound if bound is not None else UNBOUND + name
+
+    def _make(self, key: tuple[str, int], bodies: Sequence[Body]) -> None:
+        """Create the gang's objects; its bind timeout runs from when its Jobs exist.
+
+        (Not from ``start``: a burst of gangs waits its turn in the pool first.)
+        """
+        self._ensure_all(bodies)
+        self._deadlines[key] = self.monotonic() + self.bind_timeout_s
+
+    def _ensure_all(self, bodies: Sequence[Body]) -> None:
+        for body in bodies:
+            self._ensure(body)
 
     def _ensure(self, body: Body) -> None:
         try:
@@ -130,14 +226,17 @@ class KubePods:
                 return self._bind(owner, alive[0]["metadata"]["name"], pod)
             left = deadline - self.monotonic()
             if left <= 0:
-                self._why[pod.uid] = (f"{NOT_BOUND} {self.bind_timeout_s:g} s: the Job "
-                                      f"{job_name} has no pod{self._job_trouble(owner, job_name)}")
+                self._why[pod.uid] = self._no_pod(owner, job_name)
                 return None
             since = str(listing.get("metadata", {}).get("resourceVersion", ""))
             for kind, _ in self.kube.watch("Pod", owner.namespace, since=since,
                                            timeout_s=min(left, 30.0), labels=selector):
                 if kind != "DELETED":
                     break  # made (or changed): look again
+
+    def _no_pod(self, owner: JobObject, job_name: str) -> str:
+        return (f"{NOT_BOUND} {self.bind_timeout_s:g} s: the Job {job_name} has no pod"
+                f"{self._job_trouble(owner, job_name)}")
 
     def _bind(self, owner: JobObject, name: str, pod: PodRecord) -> str | None:
         # The Binding API takes any node name, even one that is gone (the pod
@@ -150,6 +249,40 @@ class KubePods:
             self._why[pod.uid] = f"{NOT_BOUND} {self.bind_timeout_s:g} s: pod {name}: {exc}"
             return None
         return name
+
+    def appeared(self, obj: Body) -> None:
+        """A pod the Pod watch brought (its thread): bind it now if it is one Shoal waits for.
+
+        So a pod is bound as soon as the Job controller makes it, even while
+        the loop is busy with a long pass (a burst's admissions).
+        """
+        meta = obj.get("metadata") or {}
+        uid = (meta.get("labels") or {}).get(UID_LABEL)
+        placed = self._placed.get(uid) if uid else None
+        if placed is None or meta.get("deletionTimestamp") or \
+                (obj.get("spec") or {}).get("nodeName"):
+            return
+        owner, pod = placed
+        self._bind_later(owner, str(meta["name"]), pod)
+
+    def _bind_later(self, owner: JobObject, name: str, pod: PodRecord) -> None:
+        """Bind in the pool, once; the loop is woken when it is done (observe records it)."""
+        def bind() -> str | None:
+            try:
+                bound = self._bind(owner, name, pod)
+                if bound is not None:
+                    self._bound[pod.uid] = bound
+                return bound
+            finally:
+                self._wake()
+
+        binder = self.binder
+        if binder is None:
+            return
+        with self._lock:
+            if pod.uid in self._binding or pod.uid not in self._placed:
+                return  # bound, or being bound, already; or no longer wanted
+            self._binding[pod.uid] = binder.submit(bind)
 
     def _job_trouble(self, owner: JobObject, job_name: str) -> str:
         """What the Job controller said about the Job lately (why it made no pod), if anything."""
@@ -173,6 +306,9 @@ class KubePods:
         if pod.handle.startswith(UNBOUND):
             why = self._why.get(pod.uid) or f"{NOT_BOUND} {self.bind_timeout_s:g} s"
             return PodStatus("lost", None, why)
+        if pod.handle.startswith(BINDING):
+            return self._waiting(job, owner, pod, pod.handle[len(BINDING):])
+        self._forget(pod.uid)
         found = self.kube.get("Pod", pod.handle, owner.namespace)
         if found is None:
             # Asked of the server itself: a watch cache may not have seen the pod yet.
@@ -184,12 +320,91 @@ class KubePods:
             return PodStatus("lost", None, f"pod {pod.handle} is gone (deleted)")
         return pod_status(found)
 
+    def _forget(self, uid: str) -> None:
+        """The pod's name is recorded: what was kept to bind it is done with."""
+        if uid in self._bound or uid in self._binding or uid in self._creating:
+            self._bound.pop(uid, None)
+            self._binding.pop(uid, None)
+            self._creating.pop(uid, None)
+        self._unbound.pop(uid, None)
+        if uid in self._placed:
+            with self._lock:
+                self._placed.pop(uid, None)
+
+    def _pods_of(self, owner: JobObject, pod: PodRecord) -> list[Body]:
+        """The pod's pods not being deleted (found by its uid label; from the cache if watched)."""
+        labelled: Callable[..., list[Body]] | None = getattr(self.kube, "labelled", None)
+        found = (labelled("Pod", owner.namespace, UID_LABEL, pod.uid) if labelled is not None
+                 else self.kube.list("Pod", owner.namespace, labels=f"{UID_LABEL}={pod.uid}"))
+        return [p for p in found if not p["metadata"].get("deletionTimestamp")]
+
+    def _waiting(self, job: JobRow, owner: JobObject, pod: PodRecord,
+                 job_name: str) -> PodStatus:
+        """A pod started in the background: bound (its name the new handle), or bound now."""
+        self._unbound.pop(pod.uid, None)
+        status = self._look(job, owner, pod, job_name)
+        if status.state != "running" or status.handle is not None:
+            with self._lock:  # bound, or given up: a pod that shows up later is not bound
+                self._placed.pop(pod.uid, None)
+        return status
+
+    def _look(self, job: JobRow, owner: JobObject, pod: PodRecord, job_name: str) -> PodStatus:
+        made = self._creating.get(pod.uid)
+        if made is not None and not made.done():
+            return _RUNNING  # its Job's pod shows up on the watch, which wakes the loop
+        failed = made.exception() if made is not None else None
+        if failed is not None:
+            if isinstance(failed, InputError):  # the server refuses it as written: every time
+                return PodStatus("failed", None, f"the Job {job_name}: {failed}")
+            return PodStatus("lost", None, f"the Job {job_name} was not made: {failed}")
+        pods = self._pods_of(owner, pod)
+        mine = self._bound.get(pod.uid)
+        if mine is not None:
+            kept = next((p for p in pods if p["metadata"]["name"] == mine), None)
+            if kept is None:  # bound by this process, gone before its name was recorded
+                return PodStatus("lost", None, f"pod {mine} is gone (deleted)")
+            return replace(pod_status(kept), handle=mine)
+        bound = next((p for p in pods if (p.get("spec") or {}).get("nodeName")), None)
+        if bound is not None:
+            return replace(pod_status(bound), handle=bound["metadata"]["name"])
+        binding = self._binding.get(pod.uid)
+        if binding is not None and not binding.done():
+            return _RUNNING
+        if binding is not None and binding.result() is None:
+            return PodStatus("lost", None, self._why.get(pod.uid) or NOT_BOUND)
+        if job.phase != "Running" or job.deleted:
+            # Being stopped before it was bound: it never ran, and never will
+            # (its Job goes with the attempt).
+            return PodStatus("lost", None, "stopped before it was bound")
+        key = (job.name, job.attempts)
+        deadline = self._deadlines.setdefault(key, self.monotonic() + self.bind_timeout_s)
+        if self.monotonic() >= deadline:
+            if pods:
+                return PodStatus("lost", None, f"{NOT_BOUND} {self.bind_timeout_s:g} s: "
+                                               f"pod {pods[0]['metadata']['name']} not bound")
+            return PodStatus("lost", None, self._no_pod(owner, job_name))
+        if pods:
+            if self.pool is None:
+                name = self._bind(owner, pods[0]["metadata"]["name"], pod)
+                if name is None:
+                    return PodStatus("lost", None, self._why.get(pod.uid) or NOT_BOUND)
+                return replace(_RUNNING, handle=name)
+            self._placed.setdefault(pod.uid, (owner, pod))  # after a restart
+            self._bind_later(owner, pods[0]["metadata"]["name"], pod)
+        elif made is None and self.pool is not None:
+            # Started by an earlier process (or never made): make sure of it, once.
+            self._creating[pod.uid] = self.pool.submit(
+                self._ensure, worker_job(owner, job, pod, view.manifest_of(job).spec,
+                                         self.grace_seconds))
+        if not pods:
+            self._unbound[pod.uid] = deadline  # the loop looks again then, if nothing else
+        return _RUNNING
+
     def _unrecorded(self, owner: JobObject, pod: PodRecord) -> PodStatus:
         """A pod saved ``starting`` whose start was not recorded (the loop stopped between)."""
-        pods = self.kube.list("Pod", owner.namespace, labels=f"{UID_LABEL}={pod.uid}")
-        bound = [p for p in pods if (p.get("spec") or {}).get("nodeName")]
+        bound = [p for p in self._pods_of(owner, pod) if (p.get("spec") or {}).get("nodeName")]
         if bound:
-            return pod_status(bound[0])
+            return replace(pod_status(bound[0]), handle=bound[0]["metadata"]["name"])
         # Never bound, so it never ran: ``start`` (idempotent) makes and binds it.
         return PodStatus("absent", None, "never bound")
 
@@ -203,15 +418,69 @@ class KubePods:
 
     def release(self, job: JobRow, pods: Sequence[PodRecord]) -> None:
         owner = self.store.object_of(job)
+        names = [pod_name(owner, pod) for pod in pods]
+        waits = self._in_flight(pods)
         for pod in pods:
-            self.kube.delete("Job", pod_name(owner, pod), owner.namespace)
             self._why.pop(pod.uid, None)
             self._made.discard(pod.uid)
+            self._forget(pod.uid)
+            self._deleting.pop(pod.uid, None)
         self._deadlines.pop((job.name, job.attempts), None)
+
+        def delete() -> None:
+            _wait(waits)
+            for name in names:
+                self.kube.delete("Job", name, owner.namespace)
+
+        self._later(delete)
 
     def _delete(self, job: JobRow, pod: PodRecord, grace: int) -> None:
         owner = self.store.object_of(job)
-        # The Job first: the Job controller replaces a deleted pod of a live Job.
-        self.kube.delete("Job", pod_name(owner, pod), owner.namespace)
-        if pod.handle and not pod.handle.startswith(UNBOUND):
-            self.kube.delete("Pod", pod.handle, owner.namespace, grace_seconds=grace)
+        with self._lock:  # stopped: a pod that shows up from now on is not bound
+            self._placed.pop(pod.uid, None)
+        busy = self._deleting.get(pod.uid)
+        if busy is not None and not busy.done():
+            return  # asked already: the next pass asks again if the pod is still there
+        waits = self._in_flight([pod])
+
+        def delete() -> None:
+            _wait(waits)
+            # The Job first: the Job controller replaces a deleted pod of a live Job.
+            self.kube.delete("Job", pod_name(owner, pod), owner.namespace)
+            handle = pod.handle or ""
+            if handle.startswith(BINDING):
+                handle = self._bound.get(pod.uid) or next(
+                    (p["metadata"]["name"] for p in self._pods_of(owner, pod)
+                     if (p.get("spec") or {}).get("nodeName")), "")
+            if handle and not handle.startswith(UNBOUND):
+                self.kube.delete("Pod", handle, owner.namespace, grace_seconds=grace)
+
+        done = self._later(delete)
+        if done is not None:
+            self._deleting[pod.uid] = done
+
+    def _in_flight(self, pods: Sequence[PodRecord]) -> list[Future[Any]]:
+        """The pods' creates and Bindings not known to be done (deletes wait for them)."""
+        return [f for pod in pods for f in (self._creating.get(pod.uid),
+                                            self._binding.get(pod.uid))
+                if f is not None and not f.done()]
+
+    def _later(self, work: Callable[[], None]) -> Future[None] | None:
+        """``work`` in the pool (after what was handed to it before); at once without one."""
+        if self.pool is None:
+            work()
+            return None
+        done = self.pool.submit(work)
+        done.add_done_callback(_log_failure)
+        return done
+
+
+def _wait(futures: Sequence[Future[Any]]) -> None:
+    for future in futures:
+        future.exception()  # waits; what failed is reported by observe, or moot now
+
+
+def _log_failure(done: Future[None]) -> None:
+    failed = done.exception()
+    if failed is not None:  # the next pass asks again where it matters (a pod still there)
+        log.warning("deleting a worker: %s", failed)

@@ -19,12 +19,19 @@ event, never the transition: the status is the record).  Deletion: the
 store puts a finalizer on every job it sees, so a deleted TrainingJob stays
 (``JobRow.deleted``) until the control loop has stopped its pods and the job
 ends; ``finish_deleted`` then lets it go.
+
+Each TrainingJob is converted to its record once per resourceVersion (kept
+by uid and version, dropped when the object goes).  With pools set (the
+control loop's ``run`` sets them: ``background``, ``notes``), the finalizers
+of newly seen jobs are put on side by side and Events are created without
+waiting for them.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Sequence
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +60,12 @@ class KubeStore:
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
         self._objects: dict[str, JobObject] = {}
+        self._rows: dict[tuple[str, str], tuple[str, str, JobRow, JobObject]] = {}
+        """Records by (namespace, name), with the uid and resourceVersion they were read at."""
+        self.background: Executor | None = None
+        """Where finalizer writes of new jobs go, side by side (None: done in turn)."""
+        self.notes: Executor | None = None
+        """Where Event creates go, not waited for (None: done in turn)."""
 
     # -- tenants ----------------------------------------------------------------
 
@@ -74,7 +87,9 @@ class KubeStore:
         """
         rows: list[JobRow] = []
         items: dict[str, Body] = {}
-        for item in self.kube.list("TrainingJob"):
+        listed = self._held(self.kube.list("TrainingJob"))
+        self._forget_gone(listed)
+        for item in listed:
             row = self._remember(item)
             if row is None:
                 continue
@@ -131,8 +146,40 @@ class KubeStore:
             raise NotFoundError(f"job '{name}' not found")
         return row
 
+    def _held(self, items: list[Body]) -> list[Body]:
+        """``items``, those new to the store with the finalizer put on (side by side)."""
+        pool = self.background
+        new = [i for i, item in enumerate(items) if _unheld(item)
+               and (item.get("spec") or {}).get("tenant") == item["metadata"].get("namespace")]
+        if pool is None or len(new) < 2:
+            return items
+        def hold(item: Body) -> Body:
+            try:
+                return self._hold(item)
+            except ConflictError:
+                return item  # changed meanwhile: ``_remember`` tries again in turn
+        out = list(items)
+        for i, held in zip(new, pool.map(hold, [items[i] for i in new]), strict=True):
+            out[i] = held
+        return out
+
+    def _forget_gone(self, items: list[Body]) -> None:
+        """Drop the records of jobs no longer listed."""
+        if len(self._rows) <= len(items):
+            return
+        listed = {(i["metadata"].get("namespace", ""), i["metadata"]["name"]) for i in items}
+        for key in [k for k in self._rows if k not in listed]:
+            _, _, row, _ = self._rows.pop(key)
+            self._objects.pop(row.name, None)
+
     def _remember(self, item: Body) -> JobRow | None:
         meta = item["metadata"]
+        key = (str(meta.get("namespace", "")), str(meta["name"]))
+        known = self._rows.get(key)
+        if known is not None and known[0] == meta.get("uid", "") \
+                and known[1] == meta.get("resourceVersion", "0"):
+            self._objects[known[2].name] = known[3]
+            return known[2]
         job = JobObject(item)
         spec = item.get("spec") or {}
         if spec.get("tenant") != job.namespace:
@@ -142,11 +189,12 @@ class KubeStore:
                                  f"namespace {job.namespace!r}: a TrainingJob lives in its "
                                  f"tenant's namespace")
             return None  # not admitted, ever: see ``misplaced``
-        if not meta.get("deletionTimestamp") and FINALIZER not in (meta.get("finalizers") or []):
+        if _unheld(item):
             item = self._hold(item)
             job = JobObject(item)
         row = row_of(item)
         self._objects[row.name] = job
+        self._rows[key] = (job.uid, job.resource_version, row, job)
         return row
 
     def misplaced(self) -> list[Body]:
@@ -239,6 +287,12 @@ class KubeStore:
             "count": 1,
             "source": {"component": "shoal"},
         }
+        if self.notes is not None:
+            self.notes.submit(self._create_event, body)
+        else:
+            self._create_event(body)
+
+    def _create_event(self, body: Body) -> None:
         try:
             self.kube.create(body)
         except Exception:  # an event is a note for people: never worth failing a job over
@@ -251,3 +305,9 @@ class KubeStore:
         if known is None:
             raise NotFoundError(f"job '{row.name}' not found")
         return known
+
+
+def _unheld(item: Body) -> bool:
+    """A live job without Shoal's finalizer yet."""
+    meta = item["metadata"]
+    return not meta.get("deletionTimestamp") and FINALIZER not in (meta.get("finalizers") or [])

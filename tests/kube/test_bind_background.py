@@ -1,0 +1,239 @@
+"""Binding in the background, against a scripted stand-in for the API server.
+
+``KubePods.start`` (with ``background`` set, as the control loop's ``run``
+sets it) creates the job's objects in a pool and returns at once; the pod is
+bound when it shows up, and its name comes back as the new handle.  Here the
+"Job controller" is the test: it makes the pod when the test says, so every
+case is exact (the bind timeout runs on a fake monotonic clock).  The real
+API server shows the same in ``test_jobs_server.py`` and the benchmark.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shoal.control import machine
+from shoal.control.records import JobRow, PodRecord, PodStatus
+from shoal.errors import AlreadyExistsError, ManifestError
+from shoal.runtime.kubernetes.convert import JobObject, row_of
+from shoal.runtime.kubernetes.pods import BINDING, KubePods
+
+Body = dict[str, Any]
+NS = "team-a"
+
+
+class Server:
+    """What KubePods asks of the seam: objects by kind, Bindings, deletes; every call kept."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], Body] = {("Node", "n1"): {"metadata": {"name": "n1"}}}
+        self.calls: list[str] = []
+        self.refuse: Exception | None = None
+        self.lock = threading.Lock()
+
+    def create(self, body: Body) -> Body:
+        with self.lock:
+            name = body["metadata"]["name"]
+            self.calls.append(f"create {body['kind']} {name}")
+            if self.refuse is not None:
+                raise self.refuse
+            if (body["kind"], name) in self.objects:
+                raise AlreadyExistsError(f"{name} exists")
+            self.objects[(body["kind"], name)] = body
+            return body
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> Body | None:
+        return self.objects.get((kind, name))
+
+    def list(self, kind: str, namespace: str | None = None, labels: str = "") -> list[Body]:
+        label, _, value = labels.partition("=")
+        return [o for (k, _), o in list(self.objects.items()) if k == kind
+                and (o["metadata"].get("labels") or {}).get(label) == value]
+
+    def listing(self, kind: str, namespace: str | None = None, labels: str = "",
+                fields: str = "") -> Body:
+        return {"metadata": {"resourceVersion": "1"}, "items": []}
+
+    def bind(self, pod: str, namespace: str, node: str) -> None:
+        with self.lock:
+            self.calls.append(f"bind {pod} {node}")
+            self.objects[("Pod", pod)]["spec"]["nodeName"] = node
+
+    def delete(self, kind: str, name: str, namespace: str | None = None,
+               grace_seconds: int | None = None) -> bool:
+        self.calls.append(f"delete {kind} {name}")
+        return self.objects.pop((kind, name), None) is not None
+
+    def job_controller(self, suffix: str = "abcde") -> str:
+        """Make the pod of the (one) worker Job that has none yet, as the Job controller does."""
+        job = next(o for (k, _), o in self.objects.items() if k == "Job")
+        name = f"{job['metadata']['name']}-{suffix}"
+        self.objects[("Pod", name)] = {
+            "metadata": {"name": name, "namespace": NS,
+                         "labels": dict(job["spec"]["template"]["metadata"]["labels"])},
+            "spec": {"schedulerName": "shoal"}, "status": {"phase": "Pending"}}
+        return name
+
+
+class Store:
+    def __init__(self, obj: Body) -> None:
+        self.job = JobObject(obj)
+
+    def object_of(self, row: JobRow) -> JobObject:
+        return self.job
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def training_job() -> Body:
+    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": "train", "namespace": NS, "uid": "job-uid",
+                         "resourceVersion": "7", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"tenant": NS, "podSets": [{"count": 1, "resources": {
+                "cpu": "1", "memory": "1Gi", "gpu": {"count": 1}}}]}}
+
+
+@pytest.fixture()
+def world() -> Iterator[tuple[Server, KubePods, JobRow, Clock]]:
+    obj = training_job()
+    pod = PodRecord(index=0, node="n1", gpus=(0,), uid="0123456789abcdef", started_at=1.0)
+    row = row_of(obj).evolve(phase="Running", attempts=1, pods=(pod,))
+    server, clock = Server(), Clock()
+    pods = KubePods(server, Store(obj), bind_timeout_s=30.0, monotonic=clock)  # type: ignore[arg-type]
+    woken = threading.Event()
+    pods.background(woken.set, workers=2)
+    yield server, pods, row, clock
+    pods.foreground()
+
+
+def started(row: JobRow, handle: str) -> JobRow:
+    return machine.started(row, row.pods[0].uid, handle)
+
+
+def settle(pods: KubePods) -> None:
+    """Let the pool finish what it was given (the test's only wait: no sleeping)."""
+    pool = pods.pool
+    assert pool is not None
+    pool.submit(lambda: None).result(timeout=30)
+    for future in [*pods._creating.values(), *pods._binding.values()]:
+        future.exception(timeout=30)
+
+
+def test_start_returns_before_the_pod_exists_and_the_pod_is_bound_when_it_appears(
+        world: tuple[Server, KubePods, JobRow, Clock]) -> None:
+    server, pods, row, _ = world
+    handle = pods.start(row, row.pods[0])
+    assert handle.startswith(BINDING), "no waiting for the Job controller"
+    row = started(row, handle)
+    settle(pods)
+    assert [c.split()[1] for c in server.calls] == ["Service", "Job"]
+    # No pod yet: running (nothing to record), and the loop is told when to look again.
+    assert pods.observe(row, row.pods[0]) == PodStatus("running", None, "")
+    assert pods.next_due() == 130.0
+    name = server.job_controller()
+    assert pods.observe(row, row.pods[0]).handle is None, "the Binding is sent, not done"
+    settle(pods)
+    assert server.calls[-1] == f"bind {name} n1"
+    status = pods.observe(row, row.pods[0])
+    assert status == PodStatus("running", None, "", handle=name)
+    # The control core records the pod's name as the handle: no second Binding, ever.
+    step = machine.observe(row, {row.pods[0].uid: status}, 2.0, None,
+                           machine.RetryPolicy(), 0)
+    assert step.job.pods[0].handle == name and step.job.pods[0].state == "running"
+    assert pods.observe(step.job, step.job.pods[0]).state == "running"
+    assert sum(c.startswith("bind ") for c in server.calls) == 1
+    assert pods.next_due() is None
+
+
+def test_a_pod_not_made_in_time_is_lost_and_a_late_one_is_never_bound(
+        world: tuple[Server, KubePods, JobRow, Clock]) -> None:
+    server, pods, row, clock = world
+    row = started(row, pods.start(row, row.pods[0]))
+    settle(pods)
+    assert pods.observe(row, row.pods[0]).state == "running"
+    clock.now += 30.0
+    lost = pods.observe(row, row.pods[0])
+    assert lost.state == "lost" and lost.message.startswith("not bound within 30 s")
+    server.job_controller()
+    assert pods.observe(row, row.pods[0]).state == "lost"
+    assert not any(c.startswith("bind ") for c in server.calls)
+
+
+def test_a_bound_pod_deleted_before_its_name_is_recorded_is_lost_not_replaced(
+        world: tuple[Server, KubePods, JobRow, Clock]) -> None:
+    server, pods, row, _ = world
+    row = started(row, pods.start(row, row.pods[0]))
+    settle(pods)
+    first = server.job_controller("first")
+    pods.observe(row, row.pods[0])
+    settle(pods)
+    del server.objects[("Pod", first)]  # deleted by hand: the Job controller replaces it
+    server.job_controller("again")
+    lost = pods.observe(row, row.pods[0])
+    assert lost == PodStatus("lost", None, f"pod {first} is gone (deleted)")
+    assert [c for c in server.calls if c.startswith("bind ")] == [f"bind {first} n1"]
+
+
+def test_a_pod_of_a_stopping_job_is_not_bound_and_nothing_is_made_after_release(
+        world: tuple[Server, KubePods, JobRow, Clock]) -> None:
+    server, pods, row, _ = world
+    row = started(row, pods.start(row, row.pods[0]))
+    job_name = row.pods[0].handle[len(BINDING):]  # type: ignore[index]
+    stopping = row.evolve(phase="Stopping")
+    settle(pods)
+    server.job_controller()
+    assert pods.observe(stopping, stopping.pods[0]) == PodStatus(
+        "lost", None, "stopped before it was bound")
+    pods.release(stopping, stopping.pods)  # after the creates in flight: nothing comes back
+    pods.foreground()  # what was handed to the pools is done
+    assert server.calls.index(f"create Job {job_name}") < server.calls.index(
+        f"delete Job {job_name}")
+    assert ("Job", job_name) not in server.objects
+    assert not any(c.startswith("bind ") for c in server.calls)
+
+
+def test_a_job_the_server_refuses_fails_the_pod_with_the_servers_reason(
+        world: tuple[Server, KubePods, JobRow, Clock]) -> None:
+    server, pods, row, _ = world
+    server.refuse = ManifestError("spec.template: invalid")
+    row = started(row, pods.start(row, row.pods[0]))
+    settle(pods)
+    failed = pods.observe(row, row.pods[0])
+    assert failed.state == "failed" and "spec.template: invalid" in failed.message
+
+
+def test_a_pod_is_bound_as_the_watch_brings_it_without_waiting_for_a_pass(
+        world: tuple[Server, KubePods, JobRow, Clock]) -> None:
+    server, pods, row, clock = world
+    row = started(row, pods.start(row, row.pods[0]))
+    settle(pods)
+    name = server.job_controller()
+    pods.appeared(server.objects[("Pod", name)])  # what the Pod watch's thread does
+    pods.appeared(server.objects[("Pod", name)])  # a second event: still one Binding
+    settle(pods)
+    assert [c for c in server.calls if c.startswith("bind ")] == [f"bind {name} n1"]
+    clock.now += 60.0  # bound in time: the deadline no longer matters
+    assert pods.observe(row, row.pods[0]).handle == name
+
+
+def test_a_pod_that_appears_after_its_gang_gave_up_is_not_bound(
+        world: tuple[Server, KubePods, JobRow, Clock]) -> None:
+    server, pods, row, clock = world
+    row = started(row, pods.start(row, row.pods[0]))
+    settle(pods)
+    clock.now += 30.0
+    assert pods.observe(row, row.pods[0]).state == "lost"
+    late = server.job_controller()
+    pods.appeared(server.objects[("Pod", late)])
+    settle(pods)
+    assert not any(c.startswith("bind ") for c in server.calls)
