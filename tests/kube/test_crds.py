@@ -16,13 +16,14 @@ from shoal.control import records
 from shoal.domain.job import TrainingJob
 from shoal.domain.phases import PHASES
 from shoal.domain.schema import SchemaError
+from shoal.domain.service import InferenceService
 from shoal.domain.tenant import Tenant
 from shoal.runtime.kubernetes import status
 from shoal.runtime.kubernetes.crds import KINDS, all_crds, crd, narrowings, openapi_schema
 from shoal.runtime.kubernetes.structural import Narrowing, structural_problems, to_structural
 from tests.kube.manifests import a_job, edit, example_documents, without_shorthands
 
-MODELS = {"Tenant": Tenant, "TrainingJob": TrainingJob}
+MODELS = {"Tenant": Tenant, "TrainingJob": TrainingJob, "InferenceService": InferenceService}
 
 
 def node_at(schema: dict[str, Any], json_path: str) -> dict[str, Any]:

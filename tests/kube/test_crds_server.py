@@ -19,6 +19,7 @@ pytestmark = pytest.mark.kube
 
 JOBS = "/apis/shoal.dev/v1alpha1/namespaces/default/trainingjobs"
 TENANTS = "/apis/shoal.dev/v1alpha1/tenants"
+SERVICES = "/apis/shoal.dev/v1alpha1/namespaces/default/inferenceservices"
 
 
 @pytest.fixture
@@ -34,7 +35,8 @@ def test_the_server_takes_the_examples(http: httpx.Client) -> None:
         doc["metadata"]["name"] = f"example-{doc['metadata']['name']}-{len(name)}-{name[-1]}"
         if doc["kind"] == "Tenant":
             doc["spec"].pop("cohort", None)
-        response = http.post(TENANTS if doc["kind"] == "Tenant" else JOBS, json=doc)
+        where = {"Tenant": TENANTS, "InferenceService": SERVICES}.get(doc["kind"], JOBS)
+        response = http.post(where, json=doc)
         assert response.status_code == 201, (name, response.text)
 
 

@@ -45,8 +45,8 @@ def test_the_operator_makes_and_repairs_a_tenants_objects(crds: Kube, operator: 
     try:
         wait_until(crds, "Tenant", ready("operated"), fields="metadata.name=operated",  # type: ignore[arg-type]
                    what=f"Tenant operated Ready (log: {operator})")
-        policies = wait_until(crds, "NetworkPolicy", lambda p: len(p) == 4, namespace="operated",
-                              what="the tenant's four network policies")
+        policies = wait_until(crds, "NetworkPolicy", lambda p: len(p) == 7, namespace="operated",
+                              what="the tenant's seven network policies")
         deny = policies["operated/shoal-default-deny"]["metadata"]["uid"]
         assert crds.delete("NetworkPolicy", "shoal-default-deny", "operated")
         wait_until(crds, "NetworkPolicy", lambda p: "operated/shoal-default-deny" in p

@@ -15,7 +15,11 @@ from shoal.runtime.kubernetes.tenancy import (
     tenant_from_resource,
     tenant_objects,
 )
-from shoal.runtime.kubernetes.tenancy_access import members_group, priority_classes
+from shoal.runtime.kubernetes.tenancy_access import (
+    member_role,
+    members_group,
+    priority_classes,
+)
 from shoal.runtime.kubernetes.tenancy_network import network_policies
 from shoal.runtime.kubernetes.tenancy_quota import hard_limits, limit_range
 
@@ -118,7 +122,7 @@ def test_default_requests_become_the_limit_range() -> None:
 # --- network, members, priorities ---------------------------------------------------
 
 
-def test_network_policies_deny_by_default_and_allow_three_paths() -> None:
+def test_network_policies_deny_by_default_and_allow_six_paths() -> None:
     policies = {p["metadata"]["name"]: p["spec"] for p in network_policies()}
     deny = policies["shoal-default-deny"]
     assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
@@ -133,6 +137,18 @@ def test_network_policies_deny_by_default_and_allow_three_paths() -> None:
     assert {(p["protocol"], p["port"]) for p in dns["egress"][0]["ports"]} == {
         ("UDP", 53), ("TCP", 53)}
     assert dns["policyTypes"] == ["Egress"]
+    routers = {"matchExpressions": [{"key": "shoal.dev/router", "operator": "Exists"}]}
+    callers = policies["shoal-allow-to-routers"]
+    assert callers["podSelector"] == routers and callers["policyTypes"] == ["Ingress"]
+    assert callers["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    api = policies["shoal-allow-routers-to-api"]
+    assert api["podSelector"] == routers and api["policyTypes"] == ["Egress"]
+    assert {p["port"] for p in api["egress"][0]["ports"]} == {443, 6443}
+    scrape = policies["shoal-allow-metrics-to-operator"]
+    assert scrape["podSelector"] == routers and scrape["ingress"] == [{
+        "from": [{"namespaceSelector": {"matchLabels": {
+            "app.kubernetes.io/name": "shoal-operator"}}}],
+        "ports": [{"protocol": "TCP", "port": 9090}]}]
 
 
 @pytest.mark.parametrize(
@@ -162,7 +178,7 @@ def test_the_whole_set_is_labelled_owned_and_versioned() -> None:
         {"apiVersion": "shoal.dev/v1alpha1", "kind": "Tenant", "name": "team-a", "uid": "u-1",
          "controller": True}]
     kinds = sorted(o["kind"] for o in objects.namespaced)
-    assert kinds == ["LimitRange", *["NetworkPolicy"] * 4, "ResourceQuota", "Role",
+    assert kinds == ["LimitRange", *["NetworkPolicy"] * 7, "ResourceQuota", "Role",
                      "RoleBinding"]
     for body in (namespace, *objects.namespaced):
         assert body["metadata"]["labels"][TENANT_LABEL] == "team-a"
@@ -185,3 +201,13 @@ def test_a_stored_tenant_is_read_through_the_model() -> None:
     stored["spec"] = {"quota": {"cpu": {"nominal": 1, "lendingLimit": 2}}}
     with pytest.raises(ManifestError, match=r"Tenant team-a is invalid: .*lendingLimit"):
         tenant_from_resource(stored)
+
+
+def test_members_write_jobs_and_services_and_only_read_their_status() -> None:
+    grants = {(group, resource): set(rule["verbs"]) for rule in member_role()["rules"]
+              for group in rule["apiGroups"] for resource in rule["resources"]}
+    every = {"get", "list", "watch", "create", "update", "patch", "delete"}
+    for kind in ("trainingjobs", "inferenceservices"):
+        assert grants[("shoal.dev", kind)] == every
+        assert grants[("shoal.dev", f"{kind}/status")] == {"get", "list", "watch"}
+    assert ("shoal.dev", "tenants") not in grants

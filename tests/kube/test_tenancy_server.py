@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shoal.errors import UnavailableError
+from shoal.errors import Forbidden, UnavailableError
 from shoal.runtime.kubernetes import quantities
 from shoal.runtime.kubernetes.client import Kube
 from shoal.runtime.kubernetes.sync import plan
@@ -93,7 +93,7 @@ def test_a_tenant_gets_its_namespace_and_every_object(crds: Kube, make_tenant: M
                 quota={"cpu": {"nominal": 8, "lendingLimit": 2}, "gpus": {"a100": {"nominal": 1}}})
     outcome = reconcile_tenant(crds, "alpha")
     namespaced = {k: v for k, v in verbs(outcome).items() if not k.startswith("PriorityClass")}
-    assert set(namespaced.values()) == {"create"} and len(namespaced) == 9, namespaced
+    assert set(namespaced.values()) == {"create"} and len(namespaced) == 12, namespaced
     assert drift(crds, "alpha") == []
     namespace = crds.get("Namespace", "alpha")
     assert namespace is not None
@@ -107,7 +107,8 @@ def test_a_tenant_gets_its_namespace_and_every_object(crds: Kube, make_tenant: M
                     "requests.nvidia.com/gpu": 3, "pods": 1000}
     assert {p["metadata"]["name"] for p in crds.list("NetworkPolicy", "alpha")} == {
         "shoal-default-deny", "shoal-allow-same-namespace", "shoal-allow-from-router",
-        "shoal-allow-dns"}
+        "shoal-allow-dns", "shoal-allow-to-routers", "shoal-allow-routers-to-api",
+        "shoal-allow-metrics-to-operator"}
     assert ready(crds, "alpha")[:2] == ("True", "Reconciled")
     assert crds.get("Tenant", "alpha")["status"]["namespace"] == "alpha"  # type: ignore[index]
 
@@ -225,6 +226,58 @@ def test_members_manage_jobs_in_their_namespace_only(
     assert not allowed(control_plane, group, "update", "trainingjobs/status", "members-a")
     assert not allowed(control_plane, group, "update", "resourcequotas", "members-a",
                        api_group="")
+
+
+def test_members_manage_services_in_their_namespace_only(
+    control_plane: ControlPlane, crds: Kube, make_tenant: MakeTenant,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from tests.kube.test_deploy_server import kubeconfig_for, service_account_token
+
+    for name in ("svc-members-a", "svc-members-b"):
+        make_tenant(name, quota=QUOTA)
+        reconcile_tenant(crds, name)
+    group = "shoal:tenant:svc-members-a"
+    assert allowed(control_plane, group, "get", "inferenceservices/status", "svc-members-a")
+    assert not allowed(control_plane, group, "update", "inferenceservices/status",
+                       "svc-members-a")
+    # A member's own token: a ServiceAccount of the namespace bound to shoal-member.
+    with control_plane.http() as http:
+        http.post("/api/v1/namespaces/svc-members-a/serviceaccounts",
+                  json={"metadata": {"name": "member"}}).raise_for_status()
+        http.post("/apis/rbac.authorization.k8s.io/v1/namespaces/svc-members-a/rolebindings",
+                  json={"metadata": {"name": "test-member"},
+                        "subjects": [{"kind": "ServiceAccount", "name": "member",
+                                      "namespace": "svc-members-a"}],
+                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                    "name": "shoal-member"}}).raise_for_status()
+    token = service_account_token(control_plane, "svc-members-a", "member")
+    path = kubeconfig_for(control_plane, token, tmp_path_factory.mktemp("member") / "kubeconfig")
+    member = Kube.from_kubeconfig(str(path))
+    try:
+        mine = member.create(_service("digits", "svc-members-a"))
+        assert mine["metadata"]["namespace"] == "svc-members-a"
+        assert member.get("InferenceService", "digits", "svc-members-a") is not None
+        assert [s["metadata"]["name"] for s in member.list("InferenceService",
+                                                          "svc-members-a")] == ["digits"]
+        with pytest.raises(Forbidden):
+            member.replace_status({**mine, "status": {"phase": "Ready"}})
+        with pytest.raises(Forbidden):
+            member.create(_service("digits", "svc-members-b"))
+        with pytest.raises(Forbidden):
+            member.get("InferenceService", "digits", "svc-members-b")
+        assert member.delete("InferenceService", "digits", "svc-members-a")
+        assert crds.get("InferenceService", "digits", "svc-members-a") is None
+        assert crds.get("InferenceService", "digits", "svc-members-b") is None
+    finally:
+        member.close()
+
+
+def _service(name: str, namespace: str) -> Body:
+    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "InferenceService",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"tenant": namespace, "framework": "sklearn",
+                     "model": {"path": "/models/digits.joblib"}}}
 
 
 # --- bad names and specs are conditions, not crashes ---------------------------------

@@ -27,9 +27,11 @@ linear = pytest.importorskip("sklearn.linear_model")
 TIMEOUT = 120.0  # a replica imports scikit-learn and loads its model: slow on a busy machine
 
 
-def service(name: str, model: Path, *, canary: int | None = None, tenant: str = "team-a",
+def service(name: str, model: Path | str, *, canary: int | None = None, tenant: str = "team-a",
             replicas: str = "{min: 1, max: 1}") -> str:
+    """A service's manifest; ``model``: a file, or a ``from`` mapping (a str)."""
     rollout = f"\n  canary: {{trafficPercent: {canary}}}" if canary is not None else ""
+    source = f"{{from: {model}}}" if isinstance(model, str) else f"{{path: {model}}}"
     return f"""
 apiVersion: shoal.dev/v1alpha1
 kind: InferenceService
@@ -37,7 +39,7 @@ metadata: {{name: {name}}}
 spec:
   tenant: {tenant}
   framework: sklearn
-  model: {{path: {model}}}
+  model: {source}
   resources: {{cpu: 250m, memory: 512Mi}}
   replicas: {replicas}{rollout}
 """
@@ -183,20 +185,6 @@ joblib.dump(model, os.path.join(os.environ["SHOAL_CHECKPOINT_DIR"], "model.jobli
 """
 
 
-def trained_service(name: str, job: str, tenant: str) -> str:
-    return f"""
-apiVersion: shoal.dev/v1alpha1
-kind: InferenceService
-metadata: {{name: {name}}}
-spec:
-  tenant: {tenant}
-  framework: sklearn
-  model: {{from: {{trainingJob: {job}, path: model.joblib}}}}
-  resources: {{cpu: 250m, memory: 512Mi}}
-  replicas: {{min: 1, max: 1}}
-"""
-
-
 @pytest.fixture
 def sandboxed(admin: ShoalClient) -> Iterator[list[str]]:
     """The sandbox tenant team-s; the services a test lists are deleted after it."""
@@ -243,7 +231,8 @@ def test_a_sandboxed_replica_serves_what_its_tenants_job_trained(
     admin.apply_text(job("train-boxed", "team-s", ["python", "-c", TRAIN], gpus=0,
                          memory="1Gi"), "train.yaml")
     sandboxed.append("trained")
-    admin.apply_text(trained_service("trained", "train-boxed", "team-s"), "svc.yaml")
+    admin.apply_text(service("trained", "{trainingJob: train-boxed, path: model.joblib}",
+                             tenant="team-s"), "svc.yaml")
     view = wait_for(lambda: (v := get(admin, "trained"))["phase"] == "Ready" and v, 2 * TIMEOUT)
     assert admin.job("train-boxed")["phase"] == "Succeeded"
     assert answers(view, "trained", rows, admin.create_token("team-s")) == \

@@ -69,3 +69,59 @@ def test_a_tenant_lending_more_than_it_has_is_refused() -> None:
     assert review(tenant) == (
         "Tenant team-a: spec: quota gpu/A100: lendingLimit (2000) cannot exceed nominal (1000)"
     )
+
+
+def service(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "shoal.dev/v1alpha1", "kind": "InferenceService",
+        "metadata": {"name": "digits", "namespace": "team-a", "uid": "x",
+                     "resourceVersion": "1",
+                     "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+        "spec": {"tenant": "team-a", "framework": "sklearn",
+                 "model": {"path": "/models/digits.joblib", "version": "1"}, **spec},
+    }
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"replicas": {"min": 3, "max": 2}},
+        {"autoscaling": {"metric": "latency", "sloP95Ms": 100}},
+        {"autoscaling": {"policy": "shoal", "metric": "latency"}},
+        {"model": {"version": "1"}},
+        {"model": {"path": "/m.pt", "entryPoint": "net:Net"}},
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]},
+                    {"name": "x", "datatype": "FP32", "shape": [-1, 4]}]},
+        {"autoscaling": {"metric": "latency"}, "replicas": {"min": 3, "max": 2}},
+    ],
+    ids=["min-above-max", "latency-without-shoal", "latency-without-slo", "no-model",
+         "entry-point-not-pytorch", "duplicate-tensor", "two-errors"],
+)
+def test_a_service_is_refused_in_the_same_words_as_shoal_apply(spec: dict[str, Any]) -> None:
+    obj = service(**spec)
+    refused = review(obj)
+    assert refused is not None
+    strip_apply = re.compile(r"job\.yaml(:\d+)?: ")
+    strip_hook = re.compile(r"InferenceService team-a/digits: ")
+    assert strip_hook.sub("", refused) == strip_apply.sub("", _apply_error(obj))
+
+
+def test_a_valid_service_passes() -> None:
+    assert review(service()) is None
+
+
+def test_a_service_outside_its_tenants_namespace_is_refused() -> None:
+    obj = service(tenant="team-b")
+    assert review(obj) == (
+        "InferenceService team-a/digits: spec.tenant: an InferenceService lives in its "
+        "tenant's namespace: expected 'team-a', got 'team-b'"
+    )
+
+
+def test_an_object_being_deleted_is_let_through() -> None:
+    # Stored while the webhook was away, it must still lose its finalizer.
+    obj = service(replicas={"min": 3, "max": 2})
+    obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert review(obj) is None
+    obj["metadata"].pop("deletionTimestamp")
+    assert review(obj) is not None

@@ -12,65 +12,24 @@ shell, nor the serving shell the control core.
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shoal.control.load_samples import LoadSamples
 from shoal.control.services import RevisionLoad, ServiceReconciler, ServiceRecord
 from shoal.domain.names import job_name
-from shoal.policy.autoscaling.base import MetricSample
 from shoal.policy.rollout import RevisionWindow
 from shoal.serving.router import RevisionRoute
 from shoal.serving.routers import ServiceRouters
 
 __all__ = ["AutoscalerMetrics", "RouterTraffic"]
 
-_HISTORY = 4096
-_SAMPLE_S = 1.0
-_KEPT_SAMPLES = 600
-
-
-@dataclass
-class _Seen:
-    """One revision's figures between the autoscaler's calls, in 1 s buckets as the
-    simulator keeps them (``sim.serve``): in-flight requests are held constant between
-    two passes, and the arrivals seen at a pass count in the bucket the pass falls in."""
-
-    last_at: float | None = None
-    in_flight: int = 0
-    arrivals: int = 0
-    bucket_end: float = 0.0
-    area: float = 0.0
-    bucket_arrivals: int = 0
-    closed: list[MetricSample] = field(default_factory=list)
-    totals: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
-    """(time, answered, server errors) at each pass, to count a window's requests."""
-
-    def observe(self, now: float, in_flight: int, arrivals: int) -> None:
-        if self.last_at is None:
-            self.last_at, self.bucket_end = now, math.floor(now) + _SAMPLE_S
-            self.in_flight, self.arrivals = in_flight, arrivals
-            return
-        while self.bucket_end <= now:
-            self.area += self.in_flight * (self.bucket_end - self.last_at)
-            self.closed.append(MetricSample(self.bucket_end, _SAMPLE_S, self.area / _SAMPLE_S,
-                                            self.bucket_arrivals))
-            self.last_at, self.area, self.bucket_arrivals = self.bucket_end, 0.0, 0
-            self.bucket_end += _SAMPLE_S
-        self.area += self.in_flight * (now - self.last_at)
-        self.bucket_arrivals += arrivals - self.arrivals
-        self.last_at, self.in_flight, self.arrivals = now, in_flight, arrivals
-        del self.closed[:-_KEPT_SAMPLES]  # nobody asked for a long while: keep the newest
-
-
 class RouterTraffic:
     def __init__(self, host: ServiceRouters) -> None:
         self.host = host
-        self._seen: dict[tuple[str, str], _Seen] = {}
+        self._seen: dict[tuple[str, str], LoadSamples] = {}
 
     def route(self, record: ServiceRecord, split: Mapping[str, int],
               endpoints: Mapping[str, Sequence[str]], activating: Sequence[str],
@@ -90,7 +49,7 @@ class RouterTraffic:
             snapshot = stats.get(job_name(revision))
             if snapshot is None:
                 continue
-            seen = self._seen.setdefault((key, revision), _Seen())
+            seen = self._seen.setdefault((key, revision), LoadSamples())
             seen.observe(now, snapshot.in_flight, snapshot.arrivals)
             seen.totals.append((now, snapshot.completed, snapshot.errors))
 
@@ -104,7 +63,7 @@ class RouterTraffic:
         snapshot = self.host.stats(service, 60.0).get(job_name(revision))
         if snapshot is None:
             return RevisionLoad()
-        seen = self._seen.setdefault((service, revision), _Seen())
+        seen = self._seen.setdefault((service, revision), LoadSamples())
         seen.observe(now, snapshot.in_flight, snapshot.arrivals)
         samples, seen.closed = tuple(seen.closed), []
         return RevisionLoad(samples=samples, in_flight=snapshot.in_flight)

@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any
 from shoal.api.client import ShoalClient
 from shoal.app.checks import check_tenant, check_unique, with_tenant_defaults
 from shoal.app.queries import AmbiguousNameError, check_pod
+from shoal.app.services import service_view
 from shoal.app.usage import tenant_status_in
 from shoal.app.views import job_detail, job_summary
 from shoal.domain.cluster import ClusterState
 from shoal.domain.job import TrainingJob
 from shoal.domain.manifest import Manifest, parse_manifests
 from shoal.domain.phases import ACTIVE_PHASES
+from shoal.domain.service import InferenceServiceSpec
 from shoal.domain.tenant import Tenant
 from shoal.errors import Forbidden, InputError, NotFoundError, ShoalError
 
@@ -54,6 +56,28 @@ def connect(kubeconfig: Path, context: str | None) -> Iterator[ClusterApi]:
             yield ClusterApi(cluster)
     finally:
         cluster.close()
+
+
+def _service_record(obj: Body) -> dict[str, Any]:
+    """An InferenceService object as the embedded store's service row (``service_view``'s input)."""
+    meta, status = obj["metadata"], obj.get("status") or {}
+    raw = obj.get("spec") or {}
+    try:
+        spec = InferenceServiceSpec.model_validate(raw).model_dump(
+            mode="json", by_alias=True, exclude_none=True)
+    except ValueError:  # refused by the operator (status says why): shown as stored
+        spec = {**raw, "replicas": {"min": 1, "max": 1, **(raw.get("replicas") or {})}}
+    state = dict(status.get("control") or {})
+    if status.get("phase"):
+        state["phase"] = status["phase"]
+    return {"name": f"{meta['namespace']}/{meta['name']}", "tenant": meta["namespace"],
+            "spec": spec, "state": state, "deleted": bool(meta.get("deletionTimestamp")),
+            "request": None}
+
+
+def _url_of(obj: Body) -> Any:
+    url = (obj.get("status") or {}).get("url")
+    return lambda _key: {"url": url} if url else {}
 
 
 def _not_here(what: str, instead: str) -> InputError:
@@ -106,15 +130,7 @@ class ClusterApi:
 
     def _object(self, name: str, tenant: str | None) -> Body:
         """The TrainingJob ``name`` (of ``tenant``), with the embedded API's words when none."""
-        found = self.cluster.jobs_named(name, tenant)
-        if not found:
-            raise NotFoundError(f"job '{name}' not found"
-                                + (f" in tenant '{tenant}'" if tenant is not None else ""))
-        if len(found) > 1:
-            owners = ", ".join(sorted(o["metadata"]["namespace"] for o in found))
-            raise AmbiguousNameError(f"job '{name}' exists in tenants {owners}",
-                                     hint="say which: --tenant T")
-        return found[0]
+        return _one(self.cluster.jobs_named(name, tenant), "job", name, tenant)
 
     def job(self, name: str, tenant: str | None = None) -> dict[str, Any]:
         obj = self._object(name, tenant)
@@ -126,6 +142,30 @@ class ClusterApi:
         if not self.cluster.delete_job(obj):
             raise NotFoundError(f"job '{name}' not found")
         return job_summary(self.cluster.row(obj))
+
+    # --- inference services ------------------------------------------------------
+
+    def services(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Every InferenceService (of ``tenant``), as ``get services`` shows them."""
+        return [service_view(_service_record(o), _url_of(o))
+                for o in self.cluster.services(tenant=tenant)]
+
+    def _service(self, name: str, tenant: str | None) -> Body:
+        return _one(self.cluster.services(name, tenant), "service", name, tenant)
+
+    def service(self, name: str, tenant: str | None = None) -> dict[str, Any]:
+        obj = self._service(name, tenant)
+        record = _service_record(obj)
+        events = [{**e, "kind": e["kind"].replace("_", "-"), "data": {
+            k: v.rpartition("/")[2] if k in ("revision", "stable", "previous") else v
+            for k, v in e["data"].items()}} for e in self.cluster.events(obj)]
+        return {**service_view(record, _url_of(obj)), "spec": record["spec"], "events": events}
+
+    def delete_service(self, name: str, tenant: str | None = None) -> dict[str, Any]:
+        obj = self._service(name, tenant)
+        if not self.cluster.delete_service(obj):
+            raise NotFoundError(f"service '{name}' not found")
+        return service_view(_service_record(obj), _url_of(obj))
 
     # --- logs --------------------------------------------------------------------
 
@@ -192,3 +232,15 @@ class ClusterApi:
 
 Plane = ShoalClient | ClusterApi
 """What the verbs talk to: Shoal's API, or a cluster (``--kubeconfig``)."""
+
+
+def _one(found: list[Body], what: str, name: str, tenant: str | None) -> Body:
+    """The one object called ``name``, with the embedded API's words when none or several."""
+    if not found:
+        raise NotFoundError(f"{what} '{name}' not found"
+                            + (f" in tenant '{tenant}'" if tenant is not None else ""))
+    if len(found) > 1:
+        owners = ", ".join(sorted(o["metadata"]["namespace"] for o in found))
+        raise AmbiguousNameError(f"{what} '{name}' exists in tenants {owners}",
+                                 hint="say which: --tenant T")
+    return found[0]

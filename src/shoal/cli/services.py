@@ -1,5 +1,8 @@
 """Inference services in the CLI: ``get services``, ``describe service``, ``delete service``,
-``infer`` and ``rollout promote|abort``, on the embedded control plane.
+``infer`` and ``rollout promote|abort``, on the embedded control plane; with
+``--kubeconfig``, ``get``, ``describe`` and ``delete`` read and delete the
+cluster's InferenceService objects (``cli/cluster.py``), ``infer`` and
+``rollout`` are refused with a message.
 
 ``get services -o json`` gives each service's ``url`` (its router; the Open
 Inference Protocol v2 paths are below it) and ``phase``.  ``infer`` sends one
@@ -41,13 +44,13 @@ class RequestFailed(ShoalError):
 
 def _on_cluster(api: Any) -> ShoalClient:
     if not isinstance(api, ShoalClient):
-        raise InputError("inference services on a Kubernetes cluster are not served by the "
-                         "CLI yet: use the embedded control plane (no --kubeconfig)")
+        raise InputError("infer and rollout are not offered with --kubeconfig: on a cluster, "
+                         "send requests to the service's router "
+                         "(http://<service>.<tenant>.svc) and change the spec to roll out")
     return api
 
 
 def fetch(api: Any, names: list[str]) -> list[dict[str, Any]]:
-    _on_cluster(api)
     services: list[dict[str, Any]] = api.services()
     if names:
         by_name = {s["name"]: s for s in services}
@@ -91,7 +94,6 @@ def render(services: list[dict[str, Any]], wide: bool) -> Any:
 
 
 def describe(api: Any, name: str, tenant: str | None, output: str) -> None:
-    _on_cluster(api)
     found: dict[str, Any] = api.service(name, tenant)
     if emit(found, output):
         return
@@ -182,7 +184,6 @@ def rollout(
 
 
 def delete(api: Any, names: list[str], tenant: str | None) -> None:
-    _on_cluster(api)
     for name in names:
         api.delete_service(name, tenant)
         out.print(f"service/{name} deleted", highlight=False)

@@ -76,6 +76,12 @@ KUBERNETES_KEYS: tuple[tuple[str, str, str], ...] = (
      "the GPU indices Shoal's placement chose on the node, comma-separated"),
     ("shoal.dev/gpu-fraction", "annotation on Pods",
      "the share of one GPU a fractional pod may use, for a GPU-sharing device plugin"),
+    ("shoal.dev/gpu-memory", "annotation on Pods",
+     "the GPU memory (MiB) a fractional pod may use, when its job names it"),
+    ("shoal.dev/gpu-sharing", "label on Nodes (read)",
+     "`hami`: a sharing device plugin splits the node's GPUs; fractional jobs select "
+     "such nodes with it (Shoal's view also has it on nodes with `nvidia.com/gpumem` "
+     "or `nvidia.com/gpucores` allocatable)"),
     ("shoal.dev/stop", "finalizer on TrainingJobs",
      "keeps a deleted job until its pods are stopped and its quota is released"),
     ("shoal.dev/tenant", "label on the objects made for a Tenant", "the tenant's name"),
@@ -91,10 +97,18 @@ KUBERNETES_KEYS: tuple[tuple[str, str, str], ...] = (
     ("shoal.dev/checkpoint-storage-class", "annotation on TrainingJobs (read)",
      "the storage class of the job's checkpoint PersistentVolumeClaim (default: the "
      "cluster's)"),
-    ("shoal.dev/service", "label on an InferenceService's replica jobs",
+    ("shoal.dev/service", "label on an InferenceService's replica jobs, Deployments and pods",
      "the service the replica serves (set by Shoal; a user's TrainingJob may not carry it)"),
-    ("shoal.dev/revision", "label on an InferenceService's replica jobs",
+    ("shoal.dev/revision", "label on an InferenceService's replica jobs, Deployments and pods",
      "the revision whose model the replica loads (set by Shoal, like `shoal.dev/service`)"),
+    ("shoal.dev/model-source", "annotation on an InferenceService's replica jobs "
+     "(embedded runtime)",
+     "the model file, or the TrainingJob checkpoint folder it is in, that a sandbox shows "
+     "the replica read-only (set by Shoal; a user's TrainingJob may not carry it)"),
+    ("shoal.dev/serving", "finalizer on InferenceServices",
+     "keeps a deleted service until its replicas are scaled to zero"),
+    ("shoal.dev/router", "label on an InferenceService's router pods",
+     "the service the router serves; the service's Service selects its pods by it"),
 )
 """Labels, annotations and finalizers of the Kubernetes runtime (docs/kubernetes.md)."""
 

@@ -40,6 +40,7 @@ from shoal.control.records import JobRow
 from shoal.domain.job import TrainingJob, TrainingJobSpec
 from shoal.domain.manifest import Manifest
 from shoal.domain.nodes import Node
+from shoal.domain.service import InferenceService, InferenceServiceSpec
 from shoal.domain.tenant import Tenant, TenantSpec
 from shoal.errors import (
     AlreadyExistsError,
@@ -65,7 +66,7 @@ CONFLICT_RETRIES = 5
 LOG_CHUNK = 64 * 1024
 LOG_TIMEOUT_S = 60.0
 """How long a log read may wait for data: the API server waits on the node's kubelet."""
-KINDS = ("Tenant", "TrainingJob")
+KINDS = ("Tenant", "TrainingJob", "InferenceService")
 
 
 def kubeconfig_contexts(path: Path) -> tuple[list[str], str | None]:
@@ -85,7 +86,7 @@ def kubeconfig_contexts(path: Path) -> tuple[list[str], str | None]:
 def body_of(manifest: Manifest) -> Body:
     """The object to send for ``manifest``: what the file set, as the CRD schemas take it."""
     data = _without_nulls(manifest.model_dump(mode="json", by_alias=True, exclude_unset=True))
-    if isinstance(manifest, TrainingJob):
+    if isinstance(manifest, TrainingJob | InferenceService):
         data["metadata"]["namespace"] = manifest.spec.tenant
     return dict(data)
 
@@ -268,22 +269,25 @@ class Cluster:
     # --- writes ------------------------------------------------------------------
 
     def apply(self, manifests: list[Manifest]) -> list[Result]:
-        """Create or update each Tenant and TrainingJob; everything is decided first.
+        """Create or update each Tenant, TrainingJob and InferenceService; everything
+        is decided first.
 
-        Refused before any write: another kind, a job whose tenant cannot name
-        a namespace, a changed spec of a live job, a job of that name being
-        deleted.  Tenants are written first, so that jobs find their tenant.
+        Refused before any write: another kind, a job or service whose tenant
+        cannot name a namespace, a changed spec of a live job, a job or service
+        of that name being deleted.  Tenants are written first, so that jobs
+        and services find their tenant.  A service's changed spec replaces the
+        live one (a new model is a new revision, as on the embedded plane).
         """
         for manifest in manifests:
             name = manifest.metadata.name
             if manifest.kind not in KINDS:
                 raise InputError(
-                    f"{manifest.kind} {name}: a cluster takes only Tenant and TrainingJob "
-                    f"manifests (its nodes are its Node objects)")
-            if isinstance(manifest, TrainingJob):
+                    f"{manifest.kind} {name}: a cluster takes only Tenant, TrainingJob and "
+                    f"InferenceService manifests (its nodes are its Node objects)")
+            if isinstance(manifest, TrainingJob | InferenceService):
                 problem = namespace_problem(manifest.spec.tenant)
                 if problem is not None:
-                    raise InputError(f"TrainingJob {name}: {problem}")
+                    raise InputError(f"{manifest.kind} {name}: {problem}")
         plans = [(m, self._decide(m)) for m in manifests]
         done: dict[int, Result] = {}
         order = sorted(range(len(plans)), key=lambda i: plans[i][0].kind != "Tenant")
@@ -291,6 +295,8 @@ class Cluster:
             manifest, result = plans[i]
             if result == "created":
                 self._create(manifest)
+            elif result == "configured" and isinstance(manifest, InferenceService):
+                self._replace_service(manifest)
             elif result == "configured":
                 assert isinstance(manifest, Tenant)  # a live job is never "configured"
                 result = self._replace_tenant(manifest)
@@ -298,7 +304,8 @@ class Cluster:
         return [done[i] for i in range(len(plans))]
 
     def _live(self, manifest: Manifest) -> Body | None:
-        namespace = manifest.spec.tenant if isinstance(manifest, TrainingJob) else None
+        namespace = (manifest.spec.tenant if isinstance(manifest, TrainingJob | InferenceService)
+                     else None)
         return self.kube.get(manifest.kind, manifest.metadata.name, namespace)
 
     def _decide(self, manifest: Manifest) -> str:
@@ -307,8 +314,15 @@ class Cluster:
             return "created"
         if isinstance(manifest, Tenant):
             return "unchanged" if self._same_tenant(manifest, live) else "configured"
-        assert isinstance(manifest, TrainingJob)
         name = manifest.metadata.name
+        if isinstance(manifest, InferenceService):
+            if live["metadata"].get("deletionTimestamp"):
+                raise AlreadyExistsError(
+                    f"service '{name}' already exists",
+                    hint="it is being deleted; apply it again once it is gone")
+            return ("unchanged" if _same_spec(InferenceServiceSpec, manifest.spec, live)
+                    else "configured")
+        assert isinstance(manifest, TrainingJob)
         if live["metadata"].get("deletionTimestamp"):
             raise AlreadyExistsError(
                 f"job '{name}' already exists",
@@ -328,9 +342,18 @@ class Cluster:
                 and _includes(meta.get("labels"), manifest.metadata.labels)
                 and _includes(meta.get("annotations"), manifest.metadata.annotations))
 
+    def _replace_service(self, manifest: InferenceService) -> None:
+        """The new spec on the live object (fenced by its resourceVersion: a 409 says
+        someone else changed it meanwhile)."""
+        live = self._live(manifest)
+        if live is None:
+            self._create(manifest)
+            return
+        self.kube.replace({**live, "spec": body_of(manifest)["spec"]})
+
     def _create(self, manifest: Manifest) -> None:
         body = body_of(manifest)
-        if not isinstance(manifest, TrainingJob):
+        if not isinstance(manifest, TrainingJob | InferenceService):
             self.kube.create(body)
             return
         try:
@@ -383,8 +406,23 @@ class Cluster:
         """Delete a Tenant (its namespace, and the jobs in it, go with it); False: none."""
         return self.kube.delete("Tenant", name)
 
+    # --- inference services --------------------------------------------------------
 
-def _same_spec(model: type[TenantSpec] | type[TrainingJobSpec], wanted: Any, live: Body) -> bool:
+    def services(self, name: str | None = None, tenant: str | None = None) -> list[Body]:
+        """The InferenceService objects (called ``name``) (in ``tenant``'s namespace)."""
+        fields = f"metadata.name={name}" if name else ""
+        found: list[Body] = self.kube.listing(
+            "InferenceService", tenant, fields=fields).get("items", [])
+        return sorted(found, key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
+
+    def delete_service(self, obj: Body) -> bool:
+        """Ask for the service's deletion (the operator scales it to zero first)."""
+        meta = obj["metadata"]
+        return self.kube.delete("InferenceService", meta["name"], meta["namespace"])
+
+
+def _same_spec(model: type[TenantSpec] | type[TrainingJobSpec] | type[InferenceServiceSpec],
+               wanted: Any, live: Body) -> bool:
     """Whether the stored spec means what ``wanted`` means (as the model reads both)."""
     try:
         stored = model.model_validate(live.get("spec") or {})

@@ -42,6 +42,7 @@ from pydantic import BaseModel
 
 from shoal.domain.base import API_VERSION
 from shoal.domain.schema import inline_refs, kind_schema
+from shoal.runtime.kubernetes.serving_status import InferenceServiceStatus
 from shoal.runtime.kubernetes.status import TenantStatus, TrainingJobStatus
 from shoal.runtime.kubernetes.structural import Narrowing, Schema, to_structural
 
@@ -94,6 +95,22 @@ KINDS: dict[str, Kind] = {
             _column("Reason", "string", ".status.reason", priority=1),
         ),
         short_names=("tj",),
+    ),
+    "InferenceService": Kind(
+        "InferenceService", "inferenceservices", "Namespaced", InferenceServiceStatus,
+        (
+            _column("Tenant", "string", ".spec.tenant"),
+            _column("Phase", "string", ".status.phase"),
+            _column("Ready", "string", ".status.ready",
+                    description="ready/desired replicas of the revisions taking traffic"),
+            _column("Latest", "string", ".status.latestRevision"),
+            _column("Traffic", "string", ".status.trafficSplit"),
+            _column("URL", "string", ".status.url"),
+            _AGE,
+            _column("Reason", "string", ".status.reason", priority=1),
+        ),
+        # Not "isvc": KServe's InferenceService (serving.kserve.io) has that short name.
+        short_names=("shoalsvc",),
     ),
 }
 """The kinds that become CRDs (NodePool and Simulation do not: nodes are Nodes)."""

@@ -27,6 +27,9 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "Pod": ("v1",),
     "Service": ("v1",),
     "Endpoints": ("v1",),
+    "ConfigMap": ("v1",),
+    "ServiceAccount": ("v1",),
+    "Deployment": ("apps/v1",),
     "PersistentVolumeClaim": ("v1",),
     "Event": ("v1",),
     "Job": ("batch/v1",),
@@ -35,11 +38,14 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "NetworkPolicy": ("networking.k8s.io/v1",),
     "Role": ("rbac.authorization.k8s.io/v1",),
     "RoleBinding": ("rbac.authorization.k8s.io/v1",),
+    "ClusterRoleBinding": ("rbac.authorization.k8s.io/v1",),
     "PriorityClass": ("scheduling.k8s.io/v1", "scheduling.k8s.io/v1beta1"),
     "PodDisruptionBudget": ("policy/v1", "policy/v1beta1"),
     "CustomResourceDefinition": ("apiextensions.k8s.io/v1",),
+    "Lease": ("coordination.k8s.io/v1",),
     "Tenant": ("shoal.dev/v1alpha1",),
     "TrainingJob": ("shoal.dev/v1alpha1",),
+    "InferenceService": ("shoal.dev/v1alpha1",),
 }
 """Group versions Shoal can write, per kind, in order of preference."""
 
@@ -101,7 +107,8 @@ class Discovery:
                 return found
         raise UnavailableError(
             f"the API server serves {kind} at none of {', '.join(candidates)}",
-            hint="install Shoal's CRDs" if kind in ("Tenant", "TrainingJob") else None,
+            hint="install Shoal's CRDs" if kind in ("Tenant", "TrainingJob", "InferenceService")
+            else None,
         )
 
     def _served(self, group_version: str, kind: str) -> ApiKind | None:

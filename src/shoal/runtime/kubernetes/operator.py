@@ -5,6 +5,9 @@
   time, woken by its own watches of TrainingJobs, Tenants, Nodes and Pods
   (which also feed its cache: ``cache.py``); kopf does not watch those.
 
+* InferenceServices: the service reconciler (``serving.py``) runs in a
+  thread of its own, one pass every two seconds.
+
 * A Tenant created, changed or found at start: reconcile it and the other
   tenants of its cohorts (old and new), whose ResourceQuota ceilings depend
   on what it lends.  A Tenant deleted: clean up, then reconcile its cohort.
@@ -14,6 +17,10 @@
   ``app.kubernetes.io/managed-by=shoal``) reconciles the tenant it belongs
   to (all tenants for a shared PriorityClass).  A reconcile that finds
   everything in place writes nothing, so its own events end there.
+
+With leader election (``leader.py``; on by default in-cluster) all of this
+runs only while the process holds the Lease ``shoal-operator``; until then
+it waits as a standby.
 
 At start, before any watch, the operator installs or upgrades Shoal's CRDs
 when its role allows it (``install.py``).  kopf's scanning is off: it
@@ -37,7 +44,7 @@ import logging
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +55,15 @@ from shoal.runtime.kubernetes.client import Kube, bearer_token, configuration
 from shoal.runtime.kubernetes.convert import JOB_LABEL
 from shoal.runtime.kubernetes.crds import GROUP, VERSION
 from shoal.runtime.kubernetes.install import install_crds
+from shoal.runtime.kubernetes.leader import (
+    LEASE_SECONDS,
+    LeaderElector,
+    default_namespace,
+    identity,
+    leading,
+)
 from shoal.runtime.kubernetes.loop import KubeControl
+from shoal.runtime.kubernetes.serving import start as start_serving
 from shoal.runtime.kubernetes.tenancy import MANAGED_BY, TENANT_LABEL
 from shoal.runtime.kubernetes.tenant_reconciler import (
     cleanup_tenant,
@@ -190,28 +205,43 @@ def login_from(kubeconfig: str | None, context: str | None,
 
 
 def run(kubeconfig: str | None, context: str | None = None, verbose: bool = False,
-        stop: threading.Event | None = None, webhook_port: int | None = None) -> None:
+        stop: threading.Event | None = None, webhook_port: int | None = None,
+        leader_elect: bool | None = None, lease_namespace: str | None = None,
+        lease_seconds: int = LEASE_SECONDS) -> None:
     """Install the CRDs if allowed, then run until SIGINT or SIGTERM (or ``stop``).
 
     ``kubeconfig`` None: in-cluster, as the pod's service account.
     ``webhook_port``: also serve the validating webhook on loopback there.
+    ``leader_elect`` (default: in-cluster only): act only while holding the
+    Lease ``shoal-operator`` in ``lease_namespace`` (``leader.py``).
     """
     kopf.configure(verbose=verbose)
     kube = Kube.connect(kubeconfig, context)
+    elect = kubeconfig is None if leader_elect is None else leader_elect
+    elector = LeaderElector(kube, identity(), lease_s=lease_seconds, namespace=lease_namespace
+                            or default_namespace(kubeconfig is None)) if elect else None
     try:
-        install_crds(kube)
-        with tempfile.TemporaryDirectory(prefix="shoal-webhook-") as folder:
-            chosen = settings()
-            if webhook_port is not None:
-                cert, key, ca = self_signed(Path(folder))
-                chosen.admission.server = kopf.WebhookServer(
-                    addr="127.0.0.1", port=webhook_port, host="127.0.0.1",
-                    certfile=str(cert), pkeyfile=str(key), cadata=ca)
-                chosen.admission.managed = WEBHOOK_CONFIGURATION
-            _operate(kube, login_from(kubeconfig, context), stop, chosen,
-                     webhook=webhook_port is not None)
+        with leading(elector, stop) if elector else nullcontext(True) as acting:
+            if acting:  # else stopped while standby
+                _install_and_operate(kube, kubeconfig, context, stop, webhook_port)
     finally:
         kube.close()
+
+
+def _install_and_operate(kube: Kube, kubeconfig: str | None, context: str | None,
+                         stop: threading.Event | None, webhook_port: int | None) -> None:
+    """Install the CRDs if allowed, then kopf and the control loop until ``stop``."""
+    install_crds(kube)
+    with tempfile.TemporaryDirectory(prefix="shoal-webhook-") as folder:
+        chosen = settings()
+        if webhook_port is not None:
+            cert, key, ca = self_signed(Path(folder))
+            chosen.admission.server = kopf.WebhookServer(
+                addr="127.0.0.1", port=webhook_port, host="127.0.0.1",
+                certfile=str(cert), pkeyfile=str(key), cadata=ca)
+            chosen.admission.managed = WEBHOOK_CONFIGURATION
+        _operate(kube, login_from(kubeconfig, context), stop, chosen,
+                 webhook=webhook_port is not None)
 
 
 WEBHOOK_CONFIGURATION = "validate.shoal.dev"
@@ -232,7 +262,7 @@ def _operate(kube: Kube, login: Callable[..., kopf.ConnectionInfo],
     registry = registry_for(Tenancy(kube))  # the loop watches for itself
     kopf.on.login(registry=registry)(login)
     if webhook:
-        for plural in ("tenants", "trainingjobs"):
+        for plural in ("tenants", "trainingjobs", "inferenceservices"):
             kopf.on.validate(GROUP, VERSION, plural, id=f"shoal-{plural}",
                              operations=["CREATE", "UPDATE"], ignore_failures=True,
                              registry=registry)(_validate)
@@ -240,6 +270,7 @@ def _operate(kube: Kube, login: Callable[..., kopf.ConnectionInfo],
     loop = threading.Thread(target=control.run, args=(done,), name="shoal-control",
                             daemon=True)
     loop.start()
+    serving = start_serving(kube, done)  # InferenceServices: serving.py
     try:
         kopf.run(registry=registry, settings=chosen or settings(), clusterwide=True,
                  standalone=True, stop_flag=stop)
@@ -247,3 +278,4 @@ def _operate(kube: Kube, login: Callable[..., kopf.ConnectionInfo],
         done.set()
         control.wake.set()
         loop.join(timeout=30)
+        serving.join(timeout=30)

@@ -3,9 +3,10 @@
 Members.  The Tenant model names no people: who belongs to a tenant is the
 cluster's business (its authenticator puts users into groups).  Shoal binds
 the Role ``shoal-member`` to the Group ``shoal:tenant:<name>`` in the
-tenant's namespace: members manage TrainingJobs there and read their pods,
-logs, Jobs, Services and events, as a tenant's token does in the embedded
-runtime.  They cannot write status, quotas, policies or RBAC.
+tenant's namespace: members manage TrainingJobs and InferenceServices there
+and read their status, pods, logs, Jobs, Services and events, as a tenant's
+token does in the embedded runtime.  They cannot write status, quotas,
+policies or RBAC.
 
 Priorities.  Pods carry a ``priorityClassName``; Shoal writes one
 PriorityClass per built-in priority (``shoal-low``, ``shoal-normal``,
@@ -42,8 +43,13 @@ def members_group(tenant: str) -> str:
 
 def member_role() -> Body:
     return {"kind": "Role", "metadata": {"name": ROLE_NAME}, "rules": [
-        {"apiGroups": ["shoal.dev"], "resources": ["trainingjobs"], "verbs": _WRITE},
-        {"apiGroups": ["shoal.dev"], "resources": ["trainingjobs/status"], "verbs": _READ},
+        {"apiGroups": ["shoal.dev"], "resources": ["trainingjobs", "inferenceservices"],
+         "verbs": _WRITE},
+        {"apiGroups": ["shoal.dev"],
+         "resources": ["trainingjobs/status", "inferenceservices/status"], "verbs": _READ},
+        # Calling a service: what its router asks with a SubjectAccessReview.
+        {"apiGroups": ["shoal.dev"], "resources": ["inferenceservices/predict"],
+         "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["pods", "pods/log", "services", "events"],
          "verbs": _READ},
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": _READ},

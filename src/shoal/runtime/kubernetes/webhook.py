@@ -2,13 +2,19 @@
 
 The CRD schemas type every field, but rules the models check in code
 (``fraction <= 1``, unique pod set names, ``lendingLimit <= nominal``, known
-priority classes) are in no schema, and v1.20 has no CEL.  So the API server
-asks the operator before storing a Tenant or a TrainingJob, and the operator
-answers with ``domain.manifest.parse_manifests``: the function ``shoal apply``
-validates with, so a refusal reads the same on both, word for word, except
-that the source is named ``<Kind> <namespace>/<name>`` instead of a file and
-line.  On top, a
-TrainingJob must live in its tenant's namespace.
+priority classes, ``replicas.min <= max``, metric ``latency`` only with
+policy ``shoal``) are in no schema, and v1.20 has no CEL.  So the API server
+asks the operator before storing a Tenant, a TrainingJob or an
+InferenceService, and the operator answers with
+``domain.manifest.parse_manifests``: the function the application layer
+(``app/apply.py``, behind ``shoal apply`` and the embedded API) validates
+with, so a refusal reads the same on both, word for word, except that the
+source is named ``<Kind> <namespace>/<name>`` instead of a file and line.
+On top, a TrainingJob or an InferenceService must live in its tenant's
+namespace.
+
+An object being deleted is let through: its finalizer must come off even if
+it was stored while the webhook was away and breaks a rule.
 
 The webhook is served by kopf on loopback with a certificate made at start
 (``self_signed``); kopf registers it with the API server
@@ -33,12 +39,17 @@ __all__ = ["review", "self_signed"]
 
 _KEEP = ("name", "labels", "annotations")
 _TOOL_ANNOTATIONS = ("kubectl.kubernetes.io/", "kopf.zalando.org/", "shoal.dev/")
+_NAMESPACED = {"TrainingJob": "a", "InferenceService": "an"}
+"""Kinds that live in their tenant's namespace (with the article their name takes)."""
 
 
 def review(obj: Mapping[str, Any]) -> str | None:
-    """Why ``obj`` (a Tenant or TrainingJob as the API server sends it) is refused; None: fine."""
+    """Why ``obj`` (a Tenant, TrainingJob or InferenceService as the API server sends it) is
+    refused; None: fine."""
     kind = str(obj.get("kind", ""))
     meta = obj.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return None  # only finalizers change now; refusing would hold the object forever
     where = meta.get("namespace")
     source = f"{kind} {where}/{meta.get('name')}" if where else f"{kind} {meta.get('name')}"
     annotations = {
@@ -59,11 +70,11 @@ def review(obj: Mapping[str, Any]) -> str | None:
         # Lines of a document the API server made up mean nothing to the user.
         return re.sub(rf"^(\s*){re.escape(source)}:\d+: ", rf"\1{source}: ", str(exc),
                       flags=re.MULTILINE)
-    if kind == "TrainingJob":
+    if kind in _NAMESPACED:
         tenant = (obj.get("spec") or {}).get("tenant")
         if tenant != where:
-            return (f"{source}: spec.tenant: a TrainingJob lives in its tenant's namespace: "
-                    f"expected {where!r}, got {tenant!r}")
+            return (f"{source}: spec.tenant: {_NAMESPACED[kind]} {kind} lives in its tenant's "
+                    f"namespace: expected {where!r}, got {tenant!r}")
     return None
 
 

@@ -11,12 +11,13 @@ path is short and hot, and routing five path shapes needs no router of its own.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,8 +55,10 @@ class Principal(Protocol):
     def tenant(self) -> str | None: ...
 
 
-Verifier = Callable[[str], "Principal | None"]
-"""A token's principal, or None for an unknown, expired or revoked one."""
+Verifier = Callable[[str], "Principal | Awaitable[Principal | None] | None"]
+"""A token's principal, or None for an unknown, expired or revoked one.  It may
+be a coroutine function (one that asks another server, so the loop is not
+blocked), and may raise a ``ShoalError`` itself (``Forbidden``, say)."""
 
 
 class MethodNotAllowed(InputError):
@@ -136,7 +139,7 @@ class Front:
             return self._health(path)
         headers: dict[bytes, bytes] = dict(scope["headers"])
         action, version = self._parse(path)
-        self._authorize(headers.get(b"authorization"))
+        await self._authorize(headers.get(b"authorization"))
         method = scope["method"]
         if (action == "infer") != (method == "POST") or method not in ("GET", "POST"):
             raise MethodNotAllowed(f"{method} {path}: expected "
@@ -167,25 +170,26 @@ class Front:
                                 f"{self.router.service!r}")
         return match["action"] or "model", match["version"]
 
-    def _authorize(self, header: bytes | None) -> None:
+    async def _authorize(self, header: bytes | None) -> None:
         text = header.decode("latin-1") if header is not None else ""
         if not text.lower().startswith("bearer ") or not text[7:].strip():
             raise Unauthorized("missing token: pass 'Authorization: Bearer <token>'")
-        who = self._verify(text[7:].strip())
+        who = await self._verify(text[7:].strip())
         if who is None:
             raise Unauthorized("unknown, expired or revoked token")
         if who.role != "admin" and who.tenant != self.tenant:
             raise Forbidden(f"service {self.router.service!r} belongs to another tenant; "
                             f"a token of tenant {who.tenant!r} may not call it")
 
-    def _verify(self, token: str) -> Principal | None:
+    async def _verify(self, token: str) -> Principal | None:
         """The verifier's answer, remembered ``auth_cache_s`` seconds (a revoked
         token works that long at most) so the hot path skips the store."""
         now = self.clock()
         cached = self._verdicts.get(token)
         if cached is not None and cached[0] > now:
             return cached[1]
-        who = self.verifier(token)
+        answer = self.verifier(token)
+        who = await answer if inspect.isawaitable(answer) else answer
         if self.auth_cache_s > 0:
             if len(self._verdicts) >= 1024:
                 self._verdicts.clear()  # bounded: a flood of bad tokens cannot grow it
