@@ -228,7 +228,9 @@ def test_a_sandboxed_replica_serves_what_its_tenants_job_trained(
         admin: ShoalClient, sandboxed: list[str],
         digits: tuple[Path, Any, np.ndarray]) -> None:
     _, model, rows = digits
-    admin.apply_text(job("train-boxed", "team-s", ["python", "-c", TRAIN], gpus=0,
+    import sys
+
+    admin.apply_text(job("train-boxed", "team-s", [sys.executable, "-c", TRAIN], gpus=0,
                          memory="1Gi"), "train.yaml")
     sandboxed.append("trained")
     admin.apply_text(service("trained", "{trainingJob: train-boxed, path: model.joblib}",

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import shoal
 from shoal.control.records import JobRow, PodRecord, PodStatus
 from shoal.domain.job import TrainingJob
 from shoal.domain.names import job_name
@@ -163,13 +164,16 @@ class LocalPods:
         """What a replica reads (only Shoal sets the annotation: ``app.checks``): the
         checkpoint folder of one of its tenant's jobs, or else a file named in its
         service, shown as a program is (never a path in the state folder)."""
+        # The replica server is Shoal's own code: shown too where it lives in a hidden
+        # place (a source checkout under /tmp, installed in editable mode).
+        server = Path(shoal.__file__).resolve().parent
         source = manifest.metadata.annotations.get(MODEL_ANNOTATION)
         if not source:
-            return {}
+            return {"readable": (server,)}
         path = Path(source)
         if path.name == "checkpoints" and path.parent.parent == self.state_dir / "jobs" / job.tenant:
-            return {"shared": (path,)}
-        return {"readable": (path,)}
+            return {"readable": (server,), "shared": (path,)}
+        return {"readable": (server, path)}
 
     def spec(self, job: JobRow, pod: PodRecord, rendezvous_port: int | None = None) -> PodSpec:
         """The process that runs ``pod``: command, environment, folders, limits, isolation."""
