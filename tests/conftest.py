@@ -5,6 +5,7 @@ folders that the tenants' unprivileged pod users can pass through.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +18,12 @@ _NOTE = pytest.StashKey[str]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A shell that starts the suite in the background (``.ci/run &`` in a script) leaves
+    # SIGINT ignored, and an ignored signal stays ignored in every program the tests
+    # start: the tests of Ctrl-C would then press a key nobody hears. A caught signal is
+    # reset to its default across exec, so catching it here gives children a real Ctrl-C.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # As root, pods run as unprivileged per-tenant users, which must be able to run
     # this interpreter. One installed in a private folder (e.g. under /root) cannot
     # be run by them: there the suite runs its Python pods as root (and says so in
