@@ -381,3 +381,42 @@ def test_the_epoch_moves_on_only_when_room_comes_back(world: FakeWorld) -> None:
     assert controller._epoch(held("a", "c"), nodes, TENANTS) != after_stop  # ...and came back
     changed = {**TENANTS, "team-c": TENANTS["team-a"]}
     assert controller._epoch(held("a", "c"), nodes, changed)[1] != after_stop[1]
+
+
+def _story(world: FakeWorld) -> list[tuple[str, str, int, int, tuple[str, ...]]]:
+    """Preemption, a gang, retries and ends: each job's phase, attempts, preemptions, nodes."""
+    for name in ("v1", "v2", "v3", "v4"):
+        world.submit(job(name, gpus=1, priority="low", retries=1))
+    world.settle()
+    world.submit(job("b-pair", "team-b", gpus=2))
+    world.submit(job("gang", "team-b", gpus=1, pods=2))
+    world.settle()
+    for name in ("v1", "v2", "v3", "v4", "b-pair"):
+        if world.phase(name) == "Running":
+            world.pods.finish(name, 0, code=1 if name == "v4" else 0)
+    world.clock.advance(5)
+    world.settle()
+    world.settle()
+    rows = [world.store.get_job(n) for n in ("v1", "v2", "v3", "v4", "b-pair", "gang")]
+    return [(r.name, r.phase, r.attempts, r.preemptions, tuple(p.node for p in r.pods))
+            for r in rows]
+
+
+def test_the_work_on_different_jobs_may_run_in_any_order() -> None:
+    """A runtime may run a pass's jobs side by side: the outcome cannot depend on their order."""
+    nodes = expand_pool("gpu", NodePoolSpec(count=1, cpu=16, memory="64Gi",
+                                            gpus=GpuSpec(model="A100", count=4)))
+    serial = fake_controller(nodes, TENANTS, grace_seconds=10)
+    backwards = fake_controller(nodes, TENANTS, grace_seconds=10)
+    widths: list[int] = []
+
+    def reversed_order(work: Any) -> list[bool]:
+        widths.append(len(work))
+        done = {i: item() for i, item in reversed(list(enumerate(work)))}
+        return [done[i] for i in range(len(work))]
+
+    backwards.controller.fan_out = reversed_order
+    expected = _story(serial)
+    assert _story(backwards) == expected
+    assert max(widths) >= 2, "the passes did hand several jobs over at once"
+    assert {phase for _, phase, *_ in expected} >= {"Succeeded", "Pending"}

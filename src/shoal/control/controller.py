@@ -12,7 +12,10 @@ One ``step``:
 
 Every write is ``store.save_job(record)``, fenced by the version the record
 was read at: a stale writer gets ``ConflictError`` and changes nothing, so two
-loops (or one restarted after SIGKILL) never both act on one job.
+loops (or one restarted after SIGKILL) never both act on one job.  The work
+of a pass on different jobs is independent (each writes only its own record
+and events), so a runtime may run it side by side (``fan_out``); a job's own
+transitions always go in order.
 
 Starting pods takes two writes: first the job is saved Running with its pods
 ``starting`` (each with a unique id the runtime can find the pod by), then
@@ -31,12 +34,22 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from shoal.control import cluster_view as view
 from shoal.control import machine
 from shoal.control.machine import Emit, Kill, Release, RetryPolicy, Start, Step, Terminate
-from shoal.control.ports import Checkpoints, Clock, Inventory, NodeSet, Pods, Store
+from shoal.control.ports import (
+    Checkpoints,
+    Clock,
+    FanOut,
+    Inventory,
+    NodeSet,
+    Pods,
+    Store,
+    serially,
+)
 from shoal.control.records import (
     ACTIVE_PHASES,
     HOLDING_PHASES,
@@ -94,10 +107,12 @@ class Controller:
         clock: Clock,
         config: ControlConfig = ControlConfig(),
         new_uid: Callable[[], str] = lambda: uuid.uuid4().hex,
+        fan_out: FanOut = serially,
     ) -> None:
         self.store, self.inventory, self.pods = store, inventory, pods
         self.checkpoints, self.clock, self.config = checkpoints, clock, config
         self.new_uid = new_uid
+        self.fan_out = fan_out
         self.placers = Placers()
         # Pods this process has sent SIGTERM: after a restart the set is empty,
         # so pods of a job already stopping get theirs (again) once.
@@ -126,16 +141,17 @@ class Controller:
     # -- 1. observe -------------------------------------------------------------------
 
     def observe(self) -> bool:
-        changed = False
-        for job in self.store.list_jobs(phases=ACTIVE_PHASES):
-            if job.phase == "Pending" and not job.deleted:
-                continue
-            try:
-                changed |= self._observe(job)
-            except Exception as exc:  # one bad record must not stop every other job
-                self._failed(job, exc)
-            else:
-                self.job_errors.pop(job.name, None)
+        jobs = [job for job in self.store.list_jobs(phases=ACTIVE_PHASES)
+                if job.phase != "Pending" or job.deleted]
+        return any(self.fan_out([partial(self._observe_one, job) for job in jobs]))
+
+    def _observe_one(self, job: JobRow) -> bool:
+        try:
+            changed = self._observe(job)
+        except Exception as exc:  # one bad record must not stop every other job
+            self._failed(job, exc)
+            return False
+        self.job_errors.pop(job.name, None)
         return changed
 
     def _observe(self, job: JobRow) -> bool:
@@ -221,11 +237,21 @@ class Controller:
         )
         placer = self.placers.get(self.config.policy, self.config.seed, nodes, mix)
         by_name = {r.name: r for r in rows}
-        changed = False
+        # A job's decisions in their order; different jobs' apart (``fan_out``).
+        per_job: dict[str, list[Decision]] = {}
         for decision in schedule(snapshot, placer).decisions:
-            job = by_name[_subject(decision)]
+            per_job.setdefault(_subject(decision), []).append(decision)
+        return any(self.fan_out([
+            partial(self._decide_one, by_name[name], decisions, state.names, now)
+            for name, decisions in per_job.items()
+        ]))
+
+    def _decide_one(self, job: JobRow, decisions: Sequence[Decision], names: Sequence[str],
+                    now: float) -> bool:
+        changed = False
+        for decision in decisions:
             try:
-                changed |= self._apply(job, self._transition(decision, job, state.names, now))
+                changed |= self._apply(job, self._transition(decision, job, names, now))
             except Exception as exc:  # one bad record must not stop every other job
                 self._failed(job, exc)
         return changed

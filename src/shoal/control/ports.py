@@ -9,7 +9,7 @@ number or a folder: pods are opaque handles, checkpoints are times and steps.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -89,3 +89,16 @@ class Checkpoints(Protocol):
     """What a job saved: the newest checkpoint's time and, when the job says, its step."""
 
     def latest(self, job: JobRow) -> Checkpoint | None: ...
+
+
+FanOut = Callable[[Sequence[Callable[[], bool]]], list[bool]]
+"""Runs the work of a pass on different jobs, returning each one's result in order.
+
+The work items never touch the same job, so a runtime whose writes wait on a
+network (the API server) may run them side by side; ``serially`` is the
+default, and what the embedded runtime and the simulator use.
+"""
+
+
+def serially(work: Sequence[Callable[[], bool]]) -> list[bool]:
+    return [item() for item in work]
