@@ -411,3 +411,52 @@ def test_the_cli_applies_services_to_the_cluster(
     assert refused.returncode == 2
     assert "spec.replicas" in one_line_error(refused) or "replicas" in refused.stderr
     assert serving.get("InferenceService", "applied")["spec"]["replicas"] == {"min": 1, "max": 3}
+
+
+def test_the_serving_loop_reads_from_its_watches_a_settled_pass_sends_nothing(
+        serving: Serving) -> None:
+    """No polling: once a service has settled, a pass of the operator's serving loop reads
+    everything from its watch-fed cache and writes nothing, so it costs the API server no
+    request (the loop passes every 2 s while services exist)."""
+    import threading
+
+    from shoal.runtime.kubernetes.client import Kube
+    from shoal.runtime.kubernetes.serving import ServingLoop
+
+    kube, ns = serving.kube, serving.ns
+    own = Kube(kube.api_client)  # its own counters (the same connection)
+    loop = ServingLoop(own, image="shoal:test", clock=serving.clock)
+    stop = threading.Event()
+    assert loop.cache is not None
+    loop.cache.start(stop)
+    try:
+        assert loop.cache.wait_synced(60), "the serving watches never listed"
+        kube.create(manifest("digits", ns))
+        seen = threading.Event()
+        deadline = 600
+        while not loop.cache.list("InferenceService", ns, "") and deadline:
+            seen.wait(0.1)  # the watch brings it
+            deadline -= 1
+        assert deadline, "the service never reached the watch"
+        serving.reconciler = loop.reconciler
+        serving.step()
+        serving.run_pods("digits-r1", 1)
+        serving.run_pods("digits", 1, label="shoal.dev/router")
+
+        def ready() -> bool:
+            serving.step()
+            return bool(serving.status("digits").get("phase") == "Ready")
+
+        for _ in range(600):
+            if ready():
+                break
+            seen.wait(0.1)  # the pods' Ready conditions reach the watch
+        assert serving.status("digits")["phase"] == "Ready"
+        serving.step()  # the routing table of the ready replica is written once
+        before = own.calls.requests()
+        serving.step()
+        serving.step()
+        assert own.calls.requests() == before, own.calls.snapshot()
+        assert serving.status("digits")["phase"] == "Ready"
+    finally:
+        stop.set()

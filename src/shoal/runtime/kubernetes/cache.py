@@ -69,12 +69,16 @@ class Watched:
     answers "the objects whose label is this" without a scan); every object
     that carries it must match ``labels`` (Shoal's pod-uid label comes with
     its job label).
+    ``whole``: keep the objects as the server sends them (but ``managedFields``),
+    not trimmed to what the control loop reads (the serving loop reads a
+    replica pod's IP and Ready condition).
     """
 
     kind: str
     labels: str = ""
     complement: str | None = None
     index: str = ""
+    whole: bool = False
 
 
 def key_of(body: Body) -> Key:
@@ -207,13 +211,14 @@ class Informer:
 
     def __init__(self, kube: Kube, kind: str, labels: str = "",
                  on_change: Callable[[], None] | None = None,
-                 watch_timeout_s: float = WATCH_TIMEOUT_S, index: str = "") -> None:
+                 watch_timeout_s: float = WATCH_TIMEOUT_S, index: str = "",
+                 whole: bool = False) -> None:
         self.kube, self.kind, self.labels, self.index = kube, kind, labels, index
         self.indexed: dict[str, set[Key]] = {}
         """Keys of the held objects by the value of their ``index`` label."""
         self.on_change = on_change or (lambda: None)
         self.watch_timeout_s = watch_timeout_s
-        self.trim = TRIM.get(kind, _lean)
+        self.trim = _lean if whole else TRIM.get(kind, _lean)
         self.items: dict[Key, Body] = {}
         self._gone: dict[Key, int] = {}
         self.resource_version = ""
@@ -368,7 +373,7 @@ class Cache:
         self.watched = tuple(watched)
         self.informers: dict[tuple[str, str], Informer] = {
             (w.kind, w.labels): Informer(kube, w.kind, w.labels, on_change, watch_timeout_s,
-                                         index=w.index)
+                                         index=w.index, whole=w.whole)
             for w in self.watched
         }
         self._complete = {w.kind for w in self.watched if w.labels == "" or w.complement is not None}

@@ -40,6 +40,8 @@ away, a namespace still terminating) become ``kopf.TemporaryError``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import tempfile
 import threading
@@ -91,6 +93,8 @@ class Tenancy:
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
         self._lock = threading.Lock()
+        self._shapes: dict[tuple[str, str, str], str] = {}
+        """What each owned object looked like when last checked, but its status."""
 
     def reconcile(self, names: Iterable[str]) -> None:
         with self._lock, _kopf_errors():
@@ -107,15 +111,43 @@ class Tenancy:
         return [name, *peers]
 
     def drifted(self, event: str | None, body: Any) -> bool:
-        """A deletion, or a change to what Shoal owns (not, say, a quota's usage)."""
+        """A deletion, or a change to what Shoal owns (not, say, a quota's usage).
+
+        An object whose content but its status is as when last checked has
+        not drifted since: the check (which lists the Tenants) is skipped, so
+        that the usage a ResourceQuota's status follows, moving with every
+        pod, costs no request.
+        """
+        meta = body.get("metadata") or {}
+        key = (str(body.get("kind")), str(meta.get("namespace") or ""), str(meta.get("name")))
         if event == "DELETED":
+            self._shapes.pop(key, None)
             return True
+        shape = _shape(body)
+        if self._shapes.get(key) == shape:
+            return False
         with _kopf_errors():
-            return event == "MODIFIED" and is_drift(self.kube, dict(body))
+            drift = event == "MODIFIED" and is_drift(self.kube, dict(body))
+        if len(self._shapes) > _SHAPES_KEPT:
+            self._shapes.clear()
+        self._shapes[key] = shape  # checked (an error above leaves it to be checked again)
+        return drift
 
     def cleanup(self, name: str) -> None:
         with self._lock, _kopf_errors():
             cleanup_tenant(self.kube, name)
+
+
+_SHAPES_KEPT = 100_000
+_VOLATILE = frozenset({"resourceVersion", "managedFields", "generation"})
+
+
+def _shape(body: Any) -> str:
+    """The object but its status and the metadata every write moves on."""
+    meta = {k: v for k, v in dict(body.get("metadata") or {}).items() if k not in _VOLATILE}
+    rest = {k: v for k, v in dict(body).items() if k not in ("metadata", "status")}
+    return hashlib.blake2b(json.dumps([meta, rest], sort_keys=True, default=str).encode(),
+                           digest_size=16).hexdigest()
 
 
 @contextmanager

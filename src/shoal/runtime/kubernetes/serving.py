@@ -29,8 +29,10 @@ same figures as in the embedded runtime (the p95 to a bucket bound of the
 routers' latency histogram).
 
 ``ServingLoop`` runs ``control.services.ServiceReconciler`` over these ports
-(the same reconciler as every runtime) every ``period_s`` seconds in a
-thread of the operator (``operator.py`` starts it).
+(the same reconciler as every runtime) in a thread of the operator
+(``operator.py`` starts it): every ``period_s`` seconds while services exist,
+and on every change to them, reading from watches; with no service it sends
+nothing but its watches.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from shoal.domain.replica import REVISION_LABEL, SERVICE_LABEL
 from shoal.errors import AlreadyExistsError, ConflictError, ShoalError
 from shoal.policy.autoscaling.for_service import policy_for
 from shoal.policy.rollout import RevisionWindow
+from shoal.runtime.kubernetes.cache import Cache, CachedKube, Watched
 from shoal.runtime.kubernetes.client import Body, Kube
 from shoal.runtime.kubernetes.convert import JobObject, claim_name
 from shoal.runtime.kubernetes.serving_load import RouterLoad
@@ -62,6 +65,7 @@ from shoal.runtime.kubernetes.serving_objects import (
     LOAD_FAILED,
     MODEL_MOUNT,
     PORT,
+    ROUTER_LABEL,
     disruption_budget,
     replica_deployment,
     router_access,
@@ -300,22 +304,64 @@ def serving_reconciler(kube: Kube, clock: Clock | None = None, image: str = DEFA
                              policy_for)
 
 
-class ServingLoop:
-    """One reconciler pass every ``period_s`` seconds, in the operator's thread for serving."""
+SERVING_WATCHED: tuple[Watched, ...] = (
+    Watched("InferenceService"),
+    Watched("Pod", SERVICE_LABEL, whole=True),
+    Watched("Pod", ROUTER_LABEL, whole=True),
+    Watched("Deployment", SERVICE_LABEL),
+)
+"""What the serving passes read, kept by watches: the services, their replicas'
+pods (whole: their IPs and Ready conditions), their routers' pods, their
+revisions' Deployments."""
 
-    def __init__(self, kube: Kube, period_s: float = 2.0, image: str = DEFAULT_IMAGE) -> None:
-        self.reconciler = serving_reconciler(kube, image=image)
+
+class ServingLoop:
+    """The serving reconciler's passes in the operator's thread for serving.
+
+    Reads come from watches (``SERVING_WATCHED``), so a pass that changes
+    nothing sends the API server nothing.  While any InferenceService exists
+    a pass runs every ``period_s`` seconds (the autoscalers sample the
+    routers' load, from the routers themselves) and at once on any change
+    to what is watched; with none, the loop only waits for one to appear.
+    """
+
+    def __init__(self, kube: Kube, period_s: float = 2.0, image: str = DEFAULT_IMAGE,
+                 watch: bool = True, clock: Clock | None = None) -> None:
+        self.wake = threading.Event()
+        self.cache = Cache(kube, SERVING_WATCHED, on_change=self.wake.set) if watch else None
+        self.kube = kube if self.cache is None else CachedKube(kube, self.cache)
+        """The seam the ports use: reads of the watched kinds from memory once listed."""
+        self.reconciler = serving_reconciler(self.kube, clock, image=image)
         self.period_s = period_s
+        self.passes = 0
 
     def run(self, done: threading.Event) -> None:
+        if self.cache is not None:
+            self.cache.start(done)
+            while not done.is_set() and not self.cache.wait_synced(1.0):
+                continue
         while not done.is_set():
+            self.wake.clear()
+            self.passes += 1
             try:
                 self.reconciler.step()
             except ShoalError as exc:  # the API server away, a 403: say so and try again
                 log.warning("serving pass failed: %s", exc)
             except Exception:  # a bug must not end the thread: the next pass tries again
                 log.exception("serving pass failed")
-            done.wait(self.period_s)
+            self._rest(done)
+
+    def _rest(self, done: threading.Event) -> None:
+        """Until the next pass: ``period_s``, or the next change while no service exists."""
+        until = time.monotonic() + self.period_s
+        while not done.is_set():
+            # Looked at each second (in memory: no request) so that ``done`` is heard.
+            if self.wake.wait(min(1.0, max(0.0, until - time.monotonic()))):
+                return
+            idle = self.cache is not None and self.cache.answers("InferenceService") \
+                and not self.cache.list("InferenceService", None, "")
+            if not idle and time.monotonic() >= until:
+                return
 
 
 def start(kube: Kube, done: threading.Event, period_s: float = 2.0) -> threading.Thread:
