@@ -68,9 +68,9 @@ class Server:
         self.calls.append(f"delete {kind} {name}")
         return self.objects.pop((kind, name), None) is not None
 
-    def job_controller(self, suffix: str = "abcde") -> str:
-        """Make the pod of the (one) worker Job that has none yet, as the Job controller does."""
-        job = next(o for (k, _), o in self.objects.items() if k == "Job")
+    def job_controller(self, suffix: str = "abcde", index: int = 0) -> str:
+        """Make the pod of worker Job ``index``, as the Job controller does."""
+        job = [o for (k, _), o in self.objects.items() if k == "Job"][index]
         name = f"{job['metadata']['name']}-{suffix}"
         self.objects[("Pod", name)] = {
             "metadata": {"name": name, "namespace": NS,
@@ -139,7 +139,7 @@ def test_start_returns_before_the_pod_exists_and_the_pod_is_bound_when_it_appear
     assert [c.split()[1] for c in server.calls] == ["Service", "Job"]
     # No pod yet: running (nothing to record), and the loop is told when to look again.
     assert pods.observe(row, row.pods[0]) == PodStatus("running", None, "")
-    assert pods.next_due() == 130.0
+    assert pods.next_due() == 400.0, "the Job controller has 300 s to make the first pod"
     name = server.job_controller()
     assert pods.observe(row, row.pods[0]).handle is None, "the Binding is sent, not done"
     settle(pods)
@@ -155,15 +155,29 @@ def test_start_returns_before_the_pod_exists_and_the_pod_is_bound_when_it_appear
     assert pods.next_due() is None
 
 
+def test_a_pod_the_job_controller_makes_late_in_a_burst_is_still_bound(
+        world: tuple[Server, KubePods, JobRow, Clock]) -> None:
+    server, pods, row, clock = world
+    row = started(row, pods.start(row, row.pods[0]))
+    settle(pods)
+    clock.now += 120.0  # the Job controller's queue is long: no pod for two minutes
+    assert pods.observe(row, row.pods[0]) == PodStatus("running", None, "")
+    name = server.job_controller()
+    assert pods.observe(row, row.pods[0]).handle is None
+    settle(pods)
+    assert pods.observe(row, row.pods[0]).handle == name
+
+
 def test_a_pod_not_made_in_time_is_lost_and_a_late_one_is_never_bound(
         world: tuple[Server, KubePods, JobRow, Clock]) -> None:
     server, pods, row, clock = world
     row = started(row, pods.start(row, row.pods[0]))
     settle(pods)
     assert pods.observe(row, row.pods[0]).state == "running"
-    clock.now += 30.0
+    clock.now += 300.0
     lost = pods.observe(row, row.pods[0])
-    assert lost.state == "lost" and lost.message.startswith("not bound within 30 s")
+    assert lost.state == "lost" and lost.message.startswith("not bound within 300 s: the Job")
+    assert "has no pod" in lost.message
     server.job_controller()
     assert pods.observe(row, row.pods[0]).state == "lost"
     assert not any(c.startswith("bind ") for c in server.calls)
@@ -231,9 +245,38 @@ def test_a_pod_that_appears_after_its_gang_gave_up_is_not_bound(
     server, pods, row, clock = world
     row = started(row, pods.start(row, row.pods[0]))
     settle(pods)
-    clock.now += 30.0
+    clock.now += 300.0
     assert pods.observe(row, row.pods[0]).state == "lost"
     late = server.job_controller()
     pods.appeared(server.objects[("Pod", late)])
     settle(pods)
     assert not any(c.startswith("bind ") for c in server.calls)
+
+
+def test_once_a_gangs_first_pod_exists_the_others_have_the_bind_timeout(
+        world: tuple[Server, KubePods, JobRow, Clock]) -> None:
+    """No partial hold: a gang whose first pod is bound waits at most ``bind_timeout_s``
+    for the others, however long the Job controller may take to make a first pod."""
+    server, pods, _, clock = world
+    gang = training_job()
+    gang["spec"]["podSets"][0]["count"] = 2
+    pods.store = Store(gang)  # type: ignore[assignment]
+    first_pod = PodRecord(index=0, node="n1", gpus=(0,), uid="0123456789abcdef", started_at=1.0)
+    second = PodRecord(index=1, node="n1", gpus=(1,), uid="fedcba9876543210", started_at=1.0)
+    row = row_of(gang).evolve(phase="Running", attempts=1, pods=(first_pod, second))
+    handles = [pods.start(row, pod) for pod in row.pods]
+    row = machine.started(machine.started(row, row.pods[0].uid, handles[0]),
+                          second.uid, handles[1])
+    settle(pods)
+    assert [c.split()[1] for c in server.calls] == ["Service", "Job", "Job"]
+    clock.now += 100.0
+    first = server.job_controller("first", index=0)
+    assert pods.observe(row, row.pods[0]).handle is None
+    settle(pods)
+    assert pods.observe(row, row.pods[0]).handle == first
+    assert pods.observe(row, row.pods[1]).state == "running"
+    clock.now += 29.0
+    assert pods.observe(row, row.pods[1]).state == "running"
+    clock.now += 1.0
+    lost = pods.observe(row, row.pods[1])
+    assert lost.state == "lost" and lost.message.startswith("not bound within 30 s: the Job")

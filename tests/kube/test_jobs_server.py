@@ -41,6 +41,7 @@ def loop(crds: Kube) -> Iterator[KubeControl]:
     kube.create(tenant(NS, 16))
     control = KubeControl(kube, grace_seconds=1)
     control.pods.bind_timeout_s = 5.0  # short: the failures it meets here are certain
+    control.pods.create_timeout_s = 5.0
     with running(control, join_s=60):
         yield control
     for job in kube.list("TrainingJob", NS):

@@ -60,7 +60,7 @@ WATCHED: tuple[Watched, ...] = (
 """Kinds whose changes can change a decision: Shoal's pods and the others
 (which hold room on their nodes: the inventory's foreign usage), apart."""
 _CONFLICT_BACKOFF_S = (0.05, 5.0)
-WRITERS = 8
+WRITERS = 16
 """Jobs whose pass runs at once: each status PUT waits ~30 ms on the API server,
 and one after another they held a burst of 10,000 jobs to 7 a second."""
 _MAX_PASSES = 1000

@@ -21,9 +21,12 @@ time.  Without it (a test calling ``settle`` at moments it chooses) ``start``
 does all of it before it returns, waiting on a watch for the pod: the handle
 is then the bound pod's name at once.
 
-**Gang bind timeout.**  The pods of an attempt must all be bound within
-``bind_timeout_s`` of the first one's start (of the first look at them,
-after a restart).  A pod that the Job controller does not create in time (a
+**Gang bind timeout.**  The Job controller must make an attempt's first pod
+within ``create_timeout_s`` (300 s) of its Jobs' creation (of the first look
+at them, after a restart): in a burst its queue runs long, and giving a gang
+up for that would only make its Jobs again.  From the moment the first pod
+exists, all the attempt's pods must be bound within ``bind_timeout_s``
+(30 s).  A pod that the Job controller does not create in time (a
 ResourceQuota refuses it, say), or that cannot be bound (its node is gone),
 is reported ``lost`` with the reason, so the control core stops the whole
 gang and requeues it (no retry used, after the retry backoff): no gang holds
@@ -87,7 +90,11 @@ has a colon)."""
 BINDING = "bind:"
 """Handle prefix of a pod whose worker Job is made and whose pod Shoal binds when it appears."""
 BIND_TIMEOUT_S = 30.0
-"""How long the pods of one attempt may take, together, to be created and bound."""
+"""How long the pods of one attempt may take, together, to be bound once the first exists."""
+CREATE_TIMEOUT_S = 300.0
+"""How long the Job controller may take to make an attempt's first pod (Kueue's
+``waitForPodsReady`` waits 5 minutes too): in a burst its queue runs long, and
+a gang given up for that would only be made again, lengthening it."""
 WORKERS = 8
 """Requests in flight at most, in the background (creates and Bindings)."""
 _DEADLINES_KEPT = 100_000
@@ -105,11 +112,15 @@ class KubePods:
 
     def __init__(self, kube: Kube, store: KubeStore, grace_seconds: float = 30.0,
                  bind_timeout_s: float = BIND_TIMEOUT_S,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 create_timeout_s: float = CREATE_TIMEOUT_S) -> None:
         self.kube, self.store, self.grace_seconds = kube, store, grace_seconds
-        self.bind_timeout_s = bind_timeout_s
+        self.bind_timeout_s, self.create_timeout_s = bind_timeout_s, create_timeout_s
         self.monotonic = monotonic
         self._deadlines: dict[tuple[str, int], float] = {}
+        """By attempt: when its first pod must exist (or, in the foreground, all be bound)."""
+        self._first_pod: dict[tuple[str, int], float] = {}
+        """By attempt: when its first pod was seen (all must be bound ``bind_timeout_s`` on)."""
         self._made: set[str] = set()
         """Pods whose worker Job this process created with their gang's first (by uid)."""
         self._why: dict[str, str] = {}
@@ -178,6 +189,7 @@ class KubePods:
         key = (job.name, job.attempts)
         if key not in self._deadlines and len(self._deadlines) > _DEADLINES_KEPT:
             self._deadlines.clear()
+            self._first_pod.clear()
         if self.pool is not None:
             if bodies:
                 made = self.pool.submit(self._make, key, bodies)
@@ -193,12 +205,12 @@ class KubePods:
         return bound if bound is not None else UNBOUND + name
 
     def _make(self, key: tuple[str, int], bodies: Sequence[Body]) -> None:
-        """Create the gang's objects; its bind timeout runs from when its Jobs exist.
+        """Create the gang's objects; the wait for its first pod runs from when its Jobs exist.
 
         (Not from ``start``: a burst of gangs waits its turn in the pool first.)
         """
         self._ensure_all(bodies)
-        self._deadlines[key] = self.monotonic() + self.bind_timeout_s
+        self._deadlines[key] = self.monotonic() + self.create_timeout_s
 
     def _ensure_all(self, bodies: Sequence[Body]) -> None:
         for body in bodies:
@@ -234,8 +246,9 @@ class KubePods:
                 if kind != "DELETED":
                     break  # made (or changed): look again
 
-    def _no_pod(self, owner: JobObject, job_name: str) -> str:
-        return (f"{NOT_BOUND} {self.bind_timeout_s:g} s: the Job {job_name} has no pod"
+    def _no_pod(self, owner: JobObject, job_name: str, waited: float | None = None) -> str:
+        waited = self.bind_timeout_s if waited is None else waited
+        return (f"{NOT_BOUND} {waited:g} s: the Job {job_name} has no pod"
                 f"{self._job_trouble(owner, job_name)}")
 
     def _bind(self, owner: JobObject, name: str, pod: PodRecord) -> str | None:
@@ -358,6 +371,9 @@ class KubePods:
                 return PodStatus("failed", None, f"the Job {job_name}: {failed}")
             return PodStatus("lost", None, f"the Job {job_name} was not made: {failed}")
         pods = self._pods_of(owner, pod)
+        key = (job.name, job.attempts)
+        if pods and key not in self._first_pod:
+            self._first_pod[key] = self.monotonic()
         mine = self._bound.get(pod.uid)
         if mine is not None:
             kept = next((p for p in pods if p["metadata"]["name"] == mine), None)
@@ -376,13 +392,21 @@ class KubePods:
             # Being stopped before it was bound: it never ran, and never will
             # (its Job goes with the attempt).
             return PodStatus("lost", None, "stopped before it was bound")
-        key = (job.name, job.attempts)
-        deadline = self._deadlines.setdefault(key, self.monotonic() + self.bind_timeout_s)
-        if self.monotonic() >= deadline:
+        now = self.monotonic()
+        # Until the gang's first pod exists, the Job controller's queue sets the pace;
+        # from then on, all its pods have ``bind_timeout_s`` (no partial hold).
+        deadline = self._deadlines.setdefault(key, now + self.create_timeout_s)
+        first = self._first_pod.get(key)
+        if first is not None:
+            deadline = min(deadline, first + self.bind_timeout_s)
+        if now >= deadline:
             if pods:
                 return PodStatus("lost", None, f"{NOT_BOUND} {self.bind_timeout_s:g} s: "
                                                f"pod {pods[0]['metadata']['name']} not bound")
-            return PodStatus("lost", None, self._no_pod(owner, job_name))
+            if first is not None:
+                return PodStatus("lost", None, self._no_pod(owner, job_name))
+            return PodStatus("lost", None,
+                             self._no_pod(owner, job_name, self.create_timeout_s))
         if pods:
             if self.pool is None:
                 name = self._bind(owner, pods[0]["metadata"]["name"], pod)
@@ -426,6 +450,7 @@ class KubePods:
             self._forget(pod.uid)
             self._deleting.pop(pod.uid, None)
         self._deadlines.pop((job.name, job.attempts), None)
+        self._first_pod.pop((job.name, job.attempts), None)
 
         def delete() -> None:
             _wait(waits)
