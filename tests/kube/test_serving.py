@@ -133,3 +133,47 @@ def test_pods_become_replica_states() -> None:
     assert (failed.state, failed.load_failed, failed.message) == ("failed", True, "no such file")
     crashed = seen("t", pod("Running", ended={"exitCode": 137, "reason": "OOMKilled"}))
     assert crashed.state == "starting"  # the kubelet restarts it; not the model's fault
+
+
+class _Waits:
+    """The serving loop's wake-up event: records each wait's timeout, ends the loop after three."""
+
+    def __init__(self, done: Any) -> None:
+        self.done, self.timeouts = done, []  # type: ignore[var-annotated]
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.timeouts.append(timeout)
+        if len(self.timeouts) >= 3:
+            self.done.set()
+        return False
+
+    def clear(self) -> None:
+        return None
+
+    def set(self) -> None:
+        return None
+
+
+def test_with_no_service_the_serving_loop_waits_instead_of_spinning() -> None:
+    import threading
+
+    from kubernetes.client import ApiClient
+
+    from shoal.runtime.kubernetes.client import Kube
+    from shoal.runtime.kubernetes.serving import ServingLoop
+
+    loop = ServingLoop(Kube(ApiClient()), period_s=0.0)
+    assert loop.cache is not None
+    loop.cache.answers = lambda kind, labels="": True  # type: ignore[method-assign]
+    loop.cache.list = lambda kind, namespace, labels: []  # type: ignore[method-assign]
+    done = threading.Event()
+    waits = _Waits(done)
+    loop.wake = waits  # type: ignore[assignment]
+    loop._rest(done)
+    assert waits.timeouts == [1.0, 1.0, 1.0], "each wait a whole second, never 0"
+    # With a service, the pass comes back after period_s (here at once).
+    loop.cache.list = lambda kind, namespace, labels: [{"metadata": {"name": "s"}}]  # type: ignore[method-assign]
+    done.clear()
+    waits.timeouts.clear()
+    loop._rest(done)
+    assert waits.timeouts == []

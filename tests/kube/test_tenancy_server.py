@@ -374,3 +374,30 @@ def test_a_recreated_tenant_waits_for_its_old_namespace(
     reconcile_tenant(crds, "again")
     assert ready(crds, "again")[:2] == ("True", "Reconciled")
     assert drift(crds, "again") == []
+
+
+def test_a_quotas_usage_moving_costs_no_drift_check(crds: Kube, make_tenant: MakeTenant) -> None:
+    """The operator's drift handler lists the Tenants only when an object it owns changed
+    in more than its status: a ResourceQuota's usage, which moves with every pod, is not."""
+    from shoal.runtime.kubernetes.operator import Tenancy
+
+    name = "drift-usage"
+    make_tenant(name, quota=QUOTA)
+    reconcile_tenant(crds, name)
+    own = Kube(crds.api_client)  # counters of its own
+    tenancy = Tenancy(own)
+    quota = own.get("ResourceQuota", "shoal-quota", name)
+    assert quota is not None
+    lists = own.calls.snapshot().get(("list", "Tenant"), 0)
+    assert tenancy.drifted("MODIFIED", quota) is False
+    assert own.calls.snapshot()[("list", "Tenant")] == lists + 1, "checked once"
+    for used in ("1", "2", "0"):
+        moved = {**quota, "metadata": {**quota["metadata"], "resourceVersion": used + "00"},
+                 "status": {**(quota.get("status") or {}), "used": {"pods": used}}}
+        assert tenancy.drifted("MODIFIED", moved) is False
+    assert own.calls.snapshot()[("list", "Tenant")] == lists + 1, "no check for usage"
+    edited = copy.deepcopy(quota)
+    edited["spec"]["hard"]["pods"] = "1"  # changed by hand
+    assert tenancy.drifted("MODIFIED", edited) is True
+    assert tenancy.drifted("DELETED", quota) is True
+    assert own.calls.snapshot()[("list", "Tenant")] == lists + 2

@@ -33,7 +33,7 @@ from shoal.control import service_machine as machine
 from shoal.control.ports import Clock
 from shoal.control.records import EventRecord
 from shoal.domain.service import InferenceServiceSpec
-from shoal.errors import ConflictError
+from shoal.errors import ConflictError, ShoalError
 from shoal.policy.autoscaling.base import AutoscalingPolicy, MetricSample
 from shoal.policy.autoscaling.runner import Autoscaler
 from shoal.policy.rollout import RevisionWindow, RolloutThresholds, judge
@@ -163,15 +163,25 @@ class ServiceReconciler:
         self.scaler_for = scaler_for
         self._scaling: dict[tuple[str, str], _Scaling] = {}
         self._judged_at: dict[str, float] = {}
+        self.errors: dict[str, ShoalError] = {}
+        """The services whose last pass failed (the others went on), with the error."""
 
     def step(self) -> bool:
-        """One pass over every service; True when any record changed."""
+        """One pass over every service; True when any record changed.
+
+        One service's failure (a refused write, its namespace going away) does
+        not stop the others: it is kept in ``errors`` for the caller to report.
+        """
         changed = False
+        failed: dict[str, ShoalError] = {}
         for record in self.store.list_services():
             try:
                 changed |= self.reconcile(record)
             except ConflictError:
                 changed = True  # someone wrote it since it was read: read it again
+            except ShoalError as exc:
+                failed[record.row.name] = exc
+        self.errors = failed
         return changed
 
     def reconcile(self, record: ServiceRecord) -> bool:

@@ -340,28 +340,56 @@ class ServingLoop:
             self.cache.start(done)
             while not done.is_set() and not self.cache.wait_synced(1.0):
                 continue
+        said: dict[str, str] = {}
         while not done.is_set():
             self.wake.clear()
             self.passes += 1
+            failed = False
             try:
                 self.reconciler.step()
             except ShoalError as exc:  # the API server away, a 403: say so and try again
                 log.warning("serving pass failed: %s", exc)
+                failed = True
             except Exception:  # a bug must not end the thread: the next pass tries again
                 log.exception("serving pass failed")
-            self._rest(done)
+                failed = True
+            said = _report(self.reconciler.errors, said)
+            self._rest(done, patient=failed or bool(self.reconciler.errors))
 
-    def _rest(self, done: threading.Event) -> None:
-        """Until the next pass: ``period_s``, or the next change while no service exists."""
+    def _rest(self, done: threading.Event, patient: bool = False) -> None:
+        """Until the next pass: ``period_s``, or the next change while no service exists.
+
+        ``patient``: the pass failed somewhere; the next waits ``period_s`` whatever
+        changes meanwhile (a namespace being deleted changes much, and each try
+        would be a request).
+        """
         until = time.monotonic() + self.period_s
+        if patient:
+            done.wait(self.period_s)
+            self.wake.clear()
+            return
         while not done.is_set():
-            # Looked at each second (in memory: no request) so that ``done`` is heard.
-            if self.wake.wait(min(1.0, max(0.0, until - time.monotonic()))):
-                return
             idle = self.cache is not None and self.cache.answers("InferenceService") \
                 and not self.cache.list("InferenceService", None, "")
-            if not idle and time.monotonic() >= until:
+            left = until - time.monotonic()
+            if not idle and left <= 0:
                 return
+            # Looked at each second at most (in memory: no request) so that ``done`` is heard.
+            if self.wake.wait(1.0 if idle else min(1.0, left)):
+                return
+
+
+def _report(errors: Mapping[str, ShoalError], said: Mapping[str, str]) -> dict[str, str]:
+    """Log each service's error once (while it lasts); returns what has been said."""
+    now = {name: str(exc) for name, exc in errors.items()}
+    for name, message in now.items():
+        if said.get(name) == message:
+            continue
+        # Its namespace is being deleted, and the service with it: nothing to repair.
+        quiet = "is being terminated" in message
+        log.log(logging.DEBUG if quiet else logging.WARNING,
+                "service %s: %s", name, message)
+    return now
 
 
 def start(kube: Kube, done: threading.Event, period_s: float = 2.0) -> threading.Thread:

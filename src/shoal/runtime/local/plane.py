@@ -177,6 +177,8 @@ class EmbeddedPlane:
         busy = self.controller.step()
         if self.services is not None:
             busy = self.services.step() or busy
+            for failed in self.services.errors.values():
+                raise failed  # the others were served: this one is surfaced
         return busy
 
     def _loop(self) -> None:
