@@ -250,3 +250,26 @@ def test_a_broken_watch_resumes_from_the_last_resource_version(
         proxy.close()
         via.close()
         drop(crds, "cut")
+
+
+def test_an_object_the_informer_listed_can_be_written_back(crds: Kube) -> None:
+    """A list's items come without kind and apiVersion; the informer adds them, so that
+    what the serving loop reads from its cache (a Deployment, say) can be PUT as it is."""
+    from shoal.runtime.kubernetes.cache import Informer
+
+    namespace = "listed-typed"
+    crds.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    try:
+        crds.create({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": "table", "namespace": namespace,
+                                  "labels": {"shoal.dev/test": "typed"}},
+                     "data": {"a": "1"}})
+        informer = Informer(crds, "ConfigMap", "shoal.dev/test")
+        informer.relist()
+        held = informer.get(namespace, "table")
+        assert held is not None
+        assert (held["kind"], held["apiVersion"]) == ("ConfigMap", "v1")
+        saved = crds.replace({**held, "data": {"a": "2"}})
+        assert saved["data"] == {"a": "2"}
+    finally:
+        crds.delete("Namespace", namespace)

@@ -288,7 +288,11 @@ class Informer:
     def relist(self) -> None:
         """Take every object from the server, replacing what is held."""
         listing = self.kube.listing(self.kind, labels=self.labels)
-        fresh = {key_of(item): self.trim(item) for item in listing.get("items") or []}
+        # A list's items carry no kind or apiVersion (the list does): held objects
+        # must, as a watch brings them, so that one read back can be written.
+        typed = {"kind": self.kind, "apiVersion": listing.get("apiVersion", "")}
+        fresh = {key_of(item): self.trim({**typed, **item})
+                 for item in listing.get("items") or []}
         with self._lock:
             changed = set(fresh) != set(self.items) or any(
                 version_of(self.items[k]) != version_of(v) for k, v in fresh.items())
