@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 
@@ -56,7 +57,8 @@ from shoal.policy.decisions import (
 from shoal.policy.ledger import LedgerCheck, QuotaLedger, QuotaTerms
 from shoal.policy.placement import Placer
 from shoal.policy.preemption import NO_CANDIDATES, UNFOUND, Unfound, search
-from shoal.policy.queue import Bucket, PendingQueue
+from shoal.policy.parking import Park, Parked
+from shoal.policy.queue import Bucket, BucketKey, PendingQueue
 from shoal.policy.quota import TenantQuota, amount_text, ceiling, total_usage
 from shoal.policy.running_table import RunningTable
 from shoal.policy.snapshot import ReleaseLog, Running, Snapshot
@@ -109,6 +111,7 @@ class _Cycle:
         self.queue = pending if isinstance(pending, PendingQueue) else PendingQueue(pending)
         self.claimed: set[str] = set()
         self._table = snapshot.running_table
+        self._lowest: float | None = None
         # Within a cycle the cluster only fills up, usage only grows and
         # victims are only claimed, so a request that found no room (or no
         # victims) fails again for an identical request: remember those.
@@ -120,15 +123,33 @@ class _Cycle:
         self.preempt_tried: set[str] = set()
         self.blocked: dict[str, str] = {}
         self.decisions: list[Decision] = []
+        # Buckets that failed in an earlier cycle and would fail again
+        # (``policy.parking``): the placer's memo keeps them between cycles.
+        parked = placer.memo.get("parked")
+        version = self.epoch(0)
+        if not (
+            isinstance(parked, Parked)
+            and len(parked.buckets) <= _BUCKETS_KEPT
+            and parked.carry(snapshot.released, version, _same, snapshot.tenants,
+                             snapshot.preempting, snapshot.nominated, self.state)
+        ):
+            parked = Parked(snapshot.released, version, snapshot.tenants, snapshot.preempting)
+            placer.memo["parked"] = parked
+        self.parked = parked.buckets
+        self.room_now: dict[int, bool] = {}
+        self.held = False
         self.waiting: list[Waiting] = []
         # Why the last workload tried found no quota or room: the rest of its
         # bucket waits for the same reason.
         self.last_why: Callable[[], str] = str
+        self.last_failure: object = None
 
     def run(self) -> CycleResult:
         heap: list[tuple[int, int, float, float, str, int, _Cursor]] = []
         tick = itertools.count()
         strict: dict[str, list[_Cursor]] = {}
+        failed: list[tuple[_Cursor, str, Callable[[], str], object]] = []
+        first_parked: dict[str, tuple[tuple[int, int, float, float, str], _Cursor]] = {}
         nominated = self.snap.nominated
         # Tried on their own: nominated workloads go first, and workloads
         # waiting for their victims reserve quota where they stand.
@@ -141,24 +162,45 @@ class _Cycle:
                 self.decisions.extend(Inadmissible(name, plan) for _, name, _ in bucket.entries)
                 continue
             tenant = self.snap.tenants[bucket.tenant]
+            cursor = _Cursor(bucket, plan, solo)
+            own_order = tenant.strict_fifo or tenant.job_order != "fifo"
+            solos = cursor.solos()
+            head = cursor.peek()
+            park = None
+            if head is not None and not own_order:
+                park = self.still_parked(bucket.key, head[1], head[2], plan)
             asked = (tenant.name, id(plan.requests[0]))
             share = shares.get(asked)
             if share is None:
                 share = shares[asked] = self.ledger.share_after(tenant.name, plan.requests[0])
-            cursor = _Cursor(bucket, plan, solo)
-            if tenant.strict_fifo or tenant.job_order != "fifo":
+            if own_order:
                 strict.setdefault(tenant.name, []).append(cursor)
-            for at, name, _ in cursor.solos():
+            for at, name, _ in solos:
                 single = _Cursor.single(cursor, at, name)
                 first = 0 if name in nominated else 1
                 heapq.heappush(
                     heap, (first, -bucket.priority, share, at, name, next(tick), single)
                 )
-            head = cursor.peek()
-            if head is not None:
-                heapq.heappush(
-                    heap, (1, -bucket.priority, share, head[0], head[1], next(tick), cursor)
-                )
+            if head is None:
+                continue
+            key = (1, -bucket.priority, share, head[0], head[1])
+            if park is not None:
+                # It would fail at its turn: only the tenant's first such
+                # bucket needs that turn (it may be the tenant's head, which
+                # tries preemption); the others wait untried.
+                cursor.park = park
+                best = first_parked.get(tenant.name)
+                if best is None or key < best[0]:
+                    first_parked[tenant.name] = (key, cursor)
+                    if best is None:
+                        continue
+                    cursor = best[1]
+                assert cursor.park is not None
+                self.waiting.append(Waiting(cursor.rest(), cursor.park.why))
+                continue
+            heapq.heappush(heap, (*key, next(tick), cursor))
+        for key, cursor in first_parked.values():
+            heapq.heappush(heap, (*key, next(tick), cursor))
         now, service = self.snap.now, self.snap.service
         streams = {
             name: _own_stream(self.snap.tenants[name], cursors, service, now)
@@ -183,6 +225,12 @@ class _Cycle:
                 self.try_admit(workload, plan)
                 continue
             workload = cursor.workload()
+            if cursor.park is not None:
+                self.fail_parked(workload, cursor.plan, cursor.park)
+                cursor.advance()
+                if cursor.peek() is not None:
+                    self.waiting.append(Waiting(cursor.rest(), cursor.park.why))
+                continue
             fits = self.try_admit(workload, cursor.plan)
             cursor.advance()
             if cursor.solo is not None:
@@ -192,13 +240,18 @@ class _Cycle:
                 if nxt is not None:
                     heapq.heappush(heap, (1, -cursor.bucket.priority, share, nxt[0], nxt[1],
                                           next(tick), cursor))
-            elif cursor.peek() is not None:
+                continue
+            failed.append((cursor, workload.name, self.last_why, self.last_failure))
+            if cursor.peek() is not None:
                 self.waiting.append(Waiting(cursor.rest(), self.last_why))
         for name, stream in streams.items():
             rest = list(stream)
             if rest:
                 reason = f"StrictFIFO: waiting behind {self.blocked.get(name)}"
                 self.decisions.extend(Pending(w.name, reason) for w, _ in rest)
+        if not self.held:
+            for cursor, name, why, failure in failed:
+                self.park(cursor.bucket.key, cursor.plan, name, why, failure)
         return CycleResult(tuple(self.decisions), tuple(self.waiting))
 
     # -- 1. validate -----------------------------------------------------------
@@ -293,6 +346,52 @@ class _Cycle:
 
     # -- 3.-5. quota, placement, preemption -------------------------------------
 
+    def still_parked(self, key: BucketKey, head: str, workload: Workload,
+                     plan: _Plan) -> Park | None:
+        """The bucket's park if its head would fail now, at any turn this cycle."""
+        park = self.parked.get(key)
+        if park is None or park.head != head:
+            return None
+        if park.released:
+            # Room came back somewhere since: it stays parked while there is
+            # still none for it now (and so none at its turn).
+            room = self.room_now.get(park.room)
+            if room is None:
+                restricted = plan.restrict(workload, 0)
+                room = self.room_now[park.room] = self.placer.could_fit(self.state, restricted)
+            if room:
+                del self.parked[key]
+                return None
+        return park
+
+    def park(self, key: BucketKey, plan: _Plan, head: str, why: Callable[[], str],
+             failure: object) -> None:
+        """Park a bucket whose head failed this cycle (single-flavor plans only)."""
+        if len(plan.flavors) != 1:
+            return
+        if isinstance(failure, LedgerCheck):
+            args = failure.args
+            if args is None or failure.resource is None:
+                return
+            if args[0] == "no-quota":
+                deficit = math.inf
+            else:
+                amount, free = args[3], args[5]
+                assert isinstance(amount, int) and isinstance(free, int)
+                deficit = amount - free
+            self.parked[key] = Park(head, why, failure.resource, deficit, plan.rooms[0])
+        else:
+            self.parked[key] = Park(head, why, None, 0, plan.rooms[0])
+
+    def fail_parked(self, workload: Workload, plan: _Plan, park: Park) -> None:
+        """A parked bucket's turn: it fails as ``try_admit`` would, without trying."""
+        tenant = workload.tenant
+        self.blocked.setdefault(tenant, workload.name)
+        self.last_why = park.why
+        if tenant not in self.preempt_tried and self.preempt(workload, plan):
+            return
+        self.decisions.append(Pending(workload.name, park.why))
+
     def try_admit(self, workload: Workload, plan: _Plan) -> bool:
         """Admit ``workload`` or record why not; True when it was admitted."""
         tenant = self.snap.tenants[workload.tenant]
@@ -320,6 +419,7 @@ class _Cycle:
             return True
         self.blocked.setdefault(tenant.name, workload.name)
         self.last_why = _reason_of(reasons[0])
+        self.last_failure = reasons[0]
         if workload.name in self.snap.preempting:
             # Keep its quota while its victims stop, as in the cycle that
             # preempted them: else a victim that stopped first is admitted
@@ -351,6 +451,16 @@ class _Cycle:
             self._table = RunningTable(self.snap.running)
         return self._table
 
+    def lowest(self) -> float:
+        """The lowest priority of a running workload (infinity when none runs)."""
+        if self._lowest is None:
+            if self._table is not None:
+                levels = [level for _, level in self._table.levels]
+            else:
+                levels = [run.workload.priority for run in self.snap.running]
+            self._lowest = min(levels, default=math.inf)
+        return self._lowest
+
     def epoch(self, moment: float) -> tuple[object, ...]:
         """When a failed victim search may be trusted again (see ``Snapshot.epoch``)."""
         if self.snap.epoch is not None:
@@ -362,7 +472,7 @@ class _Cycle:
     ) -> _Failed:
         log = self.snap.released
         return _Failed(version, unfound, log, log.count if log is not None else 0, moment,
-                       borrows)
+                       borrows, log.resets if log is not None else 0)
 
     def still_fails(
         self, seen: _Failed, version: tuple[object, ...], moment: float, borrows: bool
@@ -372,7 +482,13 @@ class _Cycle:
         if _same(seen.version, version):
             return True
         log = self.snap.released
-        if log is None or seen.log is not log or seen.moment != moment or seen.borrows != borrows:
+        if (
+            log is None
+            or seen.log is not log
+            or seen.resets != log.resets
+            or seen.moment != moment
+            or seen.borrows != borrows
+        ):
             return False
         released = log.since(seen.mark)
         if released is None:
@@ -421,9 +537,12 @@ class _Cycle:
             memo_key = ("no_victims", key)
             # Under las or srtf, running jobs move back in the order as they
             # run: time itself is relevant, and a failure holds for this instant only.
-            moment = self.snap.now if self.snap.tenants[workload.tenant].job_order != "fifo" else 0
-            version = self.epoch(moment)
+            fifo = self.snap.tenants[workload.tenant].job_order == "fifo"
             borrows = not self.ledger.within_nominal(workload.tenant, request)
+            if borrows and fifo and self.lowest() >= workload.priority:
+                continue  # a borrower may only evict lower priorities, and none run
+            moment = 0 if fifo else self.snap.now
+            version = self.epoch(moment)
             seen = self.placer.memo.get(memo_key)
             if isinstance(seen, _Failed) and self.still_fails(seen, version, moment, borrows):
                 self.no_victims.add(key)
@@ -459,6 +578,7 @@ class _Cycle:
             # Hold the nodes the preemptor will use for the rest of the cycle:
             # else a later workload takes the free part of its room, and next
             # cycle it evicts again (and the victims come back, and so on).
+            self.held = True
             for binding in found.bindings:
                 self.state.set_up(binding.node, False)
             count = len(found.victims)
@@ -474,10 +594,10 @@ _BUCKETS_KEPT = 10_000
 class _Failed:
     """A failed victim search, as the placer's memo keeps it across cycles."""
 
-    __slots__ = ("borrows", "log", "mark", "moment", "unfound", "version")
+    __slots__ = ("borrows", "log", "mark", "moment", "resets", "unfound", "version")
 
     def __init__(self, version: tuple[object, ...], unfound: Unfound, log: ReleaseLog | None,
-                 mark: int, moment: float, borrows: bool) -> None:
+                 mark: int, moment: float, borrows: bool, resets: int) -> None:
         self.version = version
         """``_Cycle.epoch`` when it was last known to hold."""
         self.unfound = unfound
@@ -488,12 +608,14 @@ class _Failed:
         self.moment = moment
         self.borrows = borrows
         """Whether the preemptor's tenant borrowed with the request, then."""
+        self.resets = resets
+        """``log.resets`` then: a reset since (a node came up) trusts nothing."""
 
 
 class _Cursor:
     """A bucket being worked through in order, skipping workloads tried on their own."""
 
-    __slots__ = ("at", "bucket", "plan", "skip", "solo")
+    __slots__ = ("at", "bucket", "park", "plan", "skip", "solo")
 
     def __init__(self, bucket: Bucket, plan: _Plan, skip: Collection[str]) -> None:
         self.bucket = bucket
@@ -501,6 +623,7 @@ class _Cursor:
         self.skip = skip
         self.at = 0
         self.solo: str | None = None
+        self.park: Park | None = None
 
     @classmethod
     def single(cls, parent: _Cursor, submit_time: float, name: str) -> _Cursor:

@@ -46,6 +46,12 @@ class LedgerCheck:
         self._reason: str | None = None if args is not None else ""
 
     @property
+    def args(self) -> tuple[object, ...] | None:
+        """The figures of a failure: (kind, tenant, resource, amount, used, free, figure),
+        or ("no-quota", tenant name, resource); None when it fits."""
+        return self._args
+
+    @property
     def reason(self) -> str:
         if self._reason is None:
             assert self._args is not None

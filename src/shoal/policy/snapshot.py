@@ -98,6 +98,9 @@ class ReleaseLog:
         self._entries: list[tuple[str, int, tuple[Binding, ...]]] = []
         self._dropped = 0  # entries dropped from the front
         self._reset = 0  # ``count`` at the last reset
+        self.resets = 0
+        """Resets so far: a mark taken before one is worth nothing, even when
+        nothing was added since (``since`` alone cannot tell)."""
 
     @property
     def count(self) -> int:
@@ -114,6 +117,7 @@ class ReleaseLog:
     def reset(self) -> None:
         """Room came back otherwise (or node indices moved): nothing before counts."""
         self._reset = self.count
+        self.resets += 1
 
     def since(self, mark: int) -> list[tuple[str, int, tuple[Binding, ...]]] | None:
         """What was released after the first ``mark`` entries, oldest first; None
