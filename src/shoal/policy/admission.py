@@ -55,9 +55,10 @@ from shoal.policy.decisions import (
     Waiting,
 )
 from shoal.policy.ledger import LedgerCheck, QuotaLedger, QuotaTerms
-from shoal.policy.placement import Placer
-from shoal.policy.preemption import NO_CANDIDATES, UNFOUND, Unfound, search
 from shoal.policy.parking import Park, Parked
+from shoal.policy.placement import Placer
+from shoal.policy.placement.gang import RoomCount
+from shoal.policy.preemption import NO_CANDIDATES, UNFOUND, Unfound, search
 from shoal.policy.queue import Bucket, BucketKey, PendingQueue
 from shoal.policy.quota import TenantQuota, amount_text, ceiling, total_usage
 from shoal.policy.running_table import RunningTable
@@ -126,17 +127,18 @@ class _Cycle:
         # Buckets that failed in an earlier cycle and would fail again
         # (``policy.parking``): the placer's memo keeps them between cycles.
         parked = placer.memo.get("parked")
-        version = self.epoch(0)
+        self._epoch: tuple[object, ...] | None = None
+        version = self._epoch = self.epoch(0)
         if not (
             isinstance(parked, Parked)
             and len(parked.buckets) <= _BUCKETS_KEPT
             and parked.carry(snapshot.released, version, _same, snapshot.tenants,
-                             snapshot.preempting, snapshot.nominated, self.state)
+                             snapshot.preempting, snapshot.nominated, self.state, self.queue)
         ):
             parked = Parked(snapshot.released, version, snapshot.tenants, snapshot.preempting)
             placer.memo["parked"] = parked
+        self.parking = parked
         self.parked = parked.buckets
-        self.room_now: dict[int, bool] = {}
         self.held = False
         self.waiting: list[Waiting] = []
         # Why the last workload tried found no quota or room: the rest of its
@@ -154,6 +156,12 @@ class _Cycle:
         # Tried on their own: nominated workloads go first, and workloads
         # waiting for their victims reserve quota where they stand.
         solo = self.snap.preempting | nominated
+        # Looked up by name: scanning every bucket for them costs the queue.
+        solos_in: dict[int, list[tuple[float, str]]] = {}
+        for name in solo:
+            where = self.queue.where(name)
+            if where is not None:
+                solos_in.setdefault(id(where[0]), []).append((where[1], name))
         # Buckets of one tenant often ask for the same (their priorities differ).
         shares: dict[tuple[str, int], float] = {}
         for bucket in self.queue.buckets():
@@ -164,18 +172,25 @@ class _Cycle:
             tenant = self.snap.tenants[bucket.tenant]
             cursor = _Cursor(bucket, plan, solo)
             own_order = tenant.strict_fifo or tenant.job_order != "fifo"
-            solos = cursor.solos()
+            solos = solos_in.get(id(bucket), ())
             head = cursor.peek()
             park = None
             if head is not None and not own_order:
                 park = self.still_parked(bucket.key, head[1], head[2], plan)
+                if park is not None and not solos:
+                    best = first_parked.get(tenant.name)
+                    if best is not None and -bucket.priority > best[0][1]:
+                        # Parked, and after the tenant's first parked bucket
+                        # whatever its share: it waits untried.
+                        self.waiting.append(Waiting(cursor.rest(), park.why))
+                        continue
             asked = (tenant.name, id(plan.requests[0]))
             share = shares.get(asked)
             if share is None:
                 share = shares[asked] = self.ledger.share_after(tenant.name, plan.requests[0])
             if own_order:
                 strict.setdefault(tenant.name, []).append(cursor)
-            for at, name, _ in solos:
+            for at, name in solos:
                 single = _Cursor.single(cursor, at, name)
                 first = 0 if name in nominated else 1
                 heapq.heappush(
@@ -252,6 +267,7 @@ class _Cycle:
         if not self.held:
             for cursor, name, why, failure in failed:
                 self.park(cursor.bucket.key, cursor.plan, name, why, failure)
+        self.parking.admitted = tuple(d.workload for d in self.decisions if isinstance(d, Admit))
         return CycleResult(tuple(self.decisions), tuple(self.waiting))
 
     # -- 1. validate -----------------------------------------------------------
@@ -352,16 +368,6 @@ class _Cycle:
         park = self.parked.get(key)
         if park is None or park.head != head:
             return None
-        if park.released:
-            # Room came back somewhere since: it stays parked while there is
-            # still none for it now (and so none at its turn).
-            room = self.room_now.get(park.room)
-            if room is None:
-                restricted = plan.restrict(workload, 0)
-                room = self.room_now[park.room] = self.placer.could_fit(self.state, restricted)
-            if room:
-                del self.parked[key]
-                return None
         return park
 
     def park(self, key: BucketKey, plan: _Plan, head: str, why: Callable[[], str],
@@ -379,9 +385,14 @@ class _Cycle:
                 amount, free = args[3], args[5]
                 assert isinstance(amount, int) and isinstance(free, int)
                 deficit = amount - free
-            self.parked[key] = Park(head, why, failure.resource, deficit, plan.rooms[0])
+            self.parking.park(key, Park(head, why, failure.resource, deficit, plan.rooms[0]), None)
         else:
-            self.parked[key] = Park(head, why, None, 0, plan.rooms[0])
+            assert isinstance(failure, tuple)
+            failed_workload = failure[0]
+            assert isinstance(failed_workload, Workload)
+            restricted = plan.restrict(failed_workload, 0)
+            self.parking.park(key, Park(head, why, None, 0, plan.rooms[0]),
+                              lambda: RoomCount(self.state, self.placer, restricted))
 
     def fail_parked(self, workload: Workload, plan: _Plan, park: Park) -> None:
         """A parked bucket's turn: it fails as ``try_admit`` would, without trying."""
@@ -463,6 +474,8 @@ class _Cycle:
 
     def epoch(self, moment: float) -> tuple[object, ...]:
         """When a failed victim search may be trusted again (see ``Snapshot.epoch``)."""
+        if moment == 0 and self._epoch is not None:
+            return self._epoch
         if self.snap.epoch is not None:
             return ("epoch", self.snap.epoch, moment)
         return (self.state.lineage, (self.state.releases, moment), self.snap.tenants)
@@ -479,9 +492,18 @@ class _Cycle:
     ) -> bool:
         """Whether a remembered failure holds now: nothing gave room back since, or
         only releases it survives (``Unfound.survives``), with the tenant borrowing as then."""
+        log = self.snap.released
+        if (
+            log is not None
+            and seen.log is log
+            and seen.mark == log.count
+            and seen.resets == log.resets
+            and seen.moment == moment
+            and seen.borrows == borrows
+        ):
+            return True  # nothing given back since it last held
         if _same(seen.version, version):
             return True
-        log = self.snap.released
         if (
             log is None
             or seen.log is not log
@@ -633,11 +655,6 @@ class _Cursor:
         cursor.at = next(i for i, e in enumerate(parent.bucket.entries) if e[1] == name)
         del submit_time
         return cursor
-
-    def solos(self) -> list[tuple[float, str, Workload]]:
-        if not self.skip:
-            return []
-        return [e for e in self.bucket.entries if e[1] in self.skip]
 
     def _settle(self) -> None:
         if self.solo is None and self.skip:

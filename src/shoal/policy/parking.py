@@ -10,12 +10,14 @@ same, but keeps the decisions of trying every bucket in every cycle:
   again until releases since (read from the runtime's ``ReleaseLog``) gave
   back at least that much of the resource, anywhere: a release of ``x`` units
   lowers any tenant's shortfall by at most ``x``, and admissions only raise it;
-* a bucket that lacked **room** fails again until something is released,
-  and after that for as long as a check at the start of the cycle finds no
-  room (within a cycle the cluster only fills);
+* a bucket that lacked **room** fails again for as long as the room it saw,
+  plus the room of every release since, could not hold it (a ``RoomCount``
+  per request shape, given each release; it never counts less room than
+  there is, since admissions only took room away);
 * anything else that gives back (a node that comes up or changes, other
   tenants, the log reset or gone, a workload no longer waiting for its
-  victims, whose reserved quota is then free) unparks every bucket.
+  victims, whose reserved quota is then free, an admission that the runtime
+  did not carry out) unparks every bucket.
 
 A parked bucket is not tried, but it still takes its turn in the order when
 it is its tenant's first: that turn fails, as trying it would, and may search
@@ -27,11 +29,12 @@ placer's memo between cycles, as failed victim searches are.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 
 from shoal.domain.cluster import ClusterState
 from shoal.policy import flavors
+from shoal.policy.placement.gang import RoomCount
 from shoal.policy.queue import BucketKey
 from shoal.policy.quota import TenantQuota
 from shoal.policy.snapshot import ReleaseLog
@@ -49,9 +52,8 @@ class Park:
     deficit: float
     """Units of ``resource`` it lacked, less those released since."""
     room: int
-    """The bucket's room key (``_Plan.rooms``) when it lacked room."""
-    released: bool = False
-    """Something was released since it failed for want of room."""
+    """The bucket's room key (``_Plan.rooms``): its ``Parked.rooms`` entry, when it
+    lacked room."""
 
 
 class Parked:
@@ -71,6 +73,11 @@ class Parked:
         self.tenants = tenants
         self.preempting = preempting
         self.buckets: dict[BucketKey, Park] = {}
+        self.rooms: dict[int, RoomCount] = {}
+        """By room key: what room a request shape could have at most, since it had none."""
+        self.admitted: tuple[str, ...] = ()
+        """Workloads the last cycle admitted: still waiting, their admission was not
+        carried out and the room and quota it took are free."""
 
     def carry(
         self,
@@ -81,9 +88,12 @@ class Parked:
         preempting: frozenset[str],
         nominated: frozenset[str],
         state: ClusterState,
+        waiting: Container[str],
     ) -> bool:
         """Bring the parked buckets up to now; False when none can be trusted."""
         if not (tenants is self.tenants or tenants == self.tenants):
+            return False
+        if any(name in waiting for name in self.admitted):
             return False
         # A workload waiting for victims reserves its quota at its own turn:
         # only nominated ones take it before any bucket, so only then is a
@@ -110,10 +120,17 @@ class Parked:
         for _, _, bindings in released:
             for resource, amount in flavors.usage_of(state, bindings).items():
                 units[resource] = units.get(resource, 0) + amount
+        for room in self.rooms.values():
+            for _, _, bindings in released:
+                # Capped: a workload admitted after the room was counted
+                # gives back room the count never lost.
+                room.give(bindings, capped=True)
         woken: list[BucketKey] = []
         for key, park in self.buckets.items():
             if park.resource is None:
-                park.released = True
+                count = self.rooms.get(park.room)
+                if count is None or count.fits():
+                    woken.append(key)
                 continue
             park.deficit -= units.get(park.resource, 0)
             if park.deficit <= 0:
@@ -121,3 +138,10 @@ class Parked:
         for key in woken:
             del self.buckets[key]
         return True
+
+    def park(self, key: BucketKey, park: Park, room: Callable[[], RoomCount] | None) -> None:
+        """Set a bucket aside; ``room`` makes the room count of a shape that found none
+        (only called when no count of that shape is kept)."""
+        if room is not None and (park.room not in self.rooms or self.rooms[park.room].fits()):
+            self.rooms[park.room] = room()
+        self.buckets[key] = park

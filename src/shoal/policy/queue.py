@@ -95,6 +95,10 @@ class PendingQueue:
             del self._buckets[bucket.key]
         return workload
 
+    def where(self, name: str) -> tuple[Bucket, float] | None:
+        """The bucket ``name`` waits in and its submit time, or None if not queued."""
+        return self._where.get(name)
+
     def get(self, name: str) -> Workload | None:
         where = self._where.get(name)
         if where is None:
