@@ -29,9 +29,12 @@ Cost: pending workloads come grouped in buckets of identical requests
 (``policy.queue``); a bucket's order key is computed once, and once one of its
 workloads finds no quota or room the rest of the bucket waits in bulk (the
 cluster only fills and usage only grows within a cycle, so they would fail
-the same way).  A cycle's work is then about one step per bucket plus one per
-admission, however long the queue.  Decisions are the same as trying every
-workload in turn.
+the same way).  A bucket that failed stays *parked* across cycles until
+something is given back that could let it run (``policy.parking``): only its
+tenant's first parked bucket takes a turn, which fails without a try.  A
+cycle's work is then about one step per bucket plus one per bucket that could
+change and one per admission, however long the queue.  Decisions are the same
+as trying every workload in turn.
 """
 
 from __future__ import annotations
