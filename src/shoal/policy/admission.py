@@ -62,7 +62,7 @@ from shoal.policy.parking import Park, Parked
 from shoal.policy.placement import Placer
 from shoal.policy.placement.gang import RoomCount
 from shoal.policy.preemption import NO_CANDIDATES, UNFOUND, Unfound, search
-from shoal.policy.queue import Bucket, BucketKey, PendingQueue
+from shoal.policy.queue import Bucket, PendingQueue
 from shoal.policy.quota import TenantQuota, amount_text, ceiling, total_usage
 from shoal.policy.running_table import RunningTable
 from shoal.policy.snapshot import ReleaseLog, Running, Snapshot
@@ -154,7 +154,6 @@ class _Cycle:
         tick = itertools.count()
         strict: dict[str, list[_Cursor]] = {}
         failed: list[tuple[_Cursor, str, Callable[[], str], object]] = []
-        first_parked: dict[str, tuple[tuple[int, int, float, float, str], _Cursor]] = {}
         nominated = self.snap.nominated
         # Tried on their own: nominated workloads go first, and workloads
         # waiting for their victims reserve quota where they stand.
@@ -167,57 +166,63 @@ class _Cycle:
                 solos_in.setdefault(id(where[0]), []).append((where[1], name))
         # Buckets of one tenant often ask for the same (their priorities differ).
         shares: dict[tuple[str, int], float] = {}
+        parked_by: dict[str, list[tuple[Bucket, Park]]] = {}
         for bucket in self.queue.buckets():
+            park = self.parked.get(bucket)
+            if park is not None:
+                if bucket.entries[0][1] == park.head and id(bucket) not in solos_in:
+                    # It would fail at any turn this cycle, untried.
+                    parked_by.setdefault(bucket.tenant, []).append((bucket, park))
+                    continue
+                del self.parked[bucket]
             plan = self.validate(bucket)
             if isinstance(plan, str):
                 self.decisions.extend(Inadmissible(name, plan) for _, name, _ in bucket.entries)
                 continue
             tenant = self.snap.tenants[bucket.tenant]
-            cursor = _Cursor(bucket, plan, solo)
-            own_order = tenant.strict_fifo or tenant.job_order != "fifo"
-            solos = solos_in.get(id(bucket), ())
-            head = cursor.peek()
-            park = None
-            if head is not None and not own_order:
-                park = self.still_parked(bucket.key, head[1], head[2], plan)
-                if park is not None and not solos:
-                    best = first_parked.get(tenant.name)
-                    if best is not None and -bucket.priority > best[0][1]:
-                        # Parked, and after the tenant's first parked bucket
-                        # whatever its share: it waits untried.
-                        self.waiting.append(Waiting(cursor.rest(), park.why))
-                        continue
             asked = (tenant.name, id(plan.requests[0]))
             share = shares.get(asked)
             if share is None:
                 share = shares[asked] = self.ledger.share_after(tenant.name, plan.requests[0])
-            if own_order:
+            cursor = _Cursor(bucket, plan, solo)
+            if tenant.strict_fifo or tenant.job_order != "fifo":
                 strict.setdefault(tenant.name, []).append(cursor)
-            for at, name in solos:
+            for at, name in solos_in.get(id(bucket), ()):
                 single = _Cursor.single(cursor, at, name)
                 first = 0 if name in nominated else 1
                 heapq.heappush(
                     heap, (first, -bucket.priority, share, at, name, next(tick), single)
                 )
-            if head is None:
-                continue
-            key = (1, -bucket.priority, share, head[0], head[1])
-            if park is not None:
-                # It would fail at its turn: only the tenant's first such
-                # bucket needs that turn (it may be the tenant's head, which
-                # tries preemption); the others wait untried.
-                cursor.park = park
-                best = first_parked.get(tenant.name)
-                if best is None or key < best[0]:
-                    first_parked[tenant.name] = (key, cursor)
-                    if best is None:
-                        continue
-                    cursor = best[1]
-                assert cursor.park is not None
-                self.waiting.append(Waiting(cursor.rest(), cursor.park.why))
-                continue
-            heapq.heappush(heap, (*key, next(tick), cursor))
-        for key, cursor in first_parked.values():
+            head = cursor.peek()
+            if head is not None:
+                heapq.heappush(
+                    heap, (1, -bucket.priority, share, head[0], head[1], next(tick), cursor)
+                )
+        for tenant_name, parked in parked_by.items():
+            # Only the tenant's first parked bucket in the order needs its
+            # turn (it may be the tenant's head, which tries preemption): the
+            # others wait untried.  Priority comes first in the order, so
+            # only the highest priority's shares are worked out.
+            top = max(bucket.priority for bucket, _ in parked)
+            best: tuple[tuple[int, int, float, float, str], Bucket, Park] | None = None
+            for bucket, park in parked:
+                if bucket.priority == top:
+                    request = _plan_of(park).requests[0]
+                    asked = (tenant_name, id(request))
+                    share = shares.get(asked)
+                    if share is None:
+                        share = shares[asked] = self.ledger.share_after(tenant_name, request)
+                    at, name, _ = bucket.entries[0]
+                    key = (1, -top, share, at, name)
+                    if best is None or key < best[0]:
+                        best = (key, bucket, park)
+            assert best is not None
+            for bucket, park in parked:
+                if bucket is not best[1]:
+                    self.waiting.append(Waiting(_Names(bucket.entries, 0, ()), park.why))
+            key, bucket, park = best
+            cursor = _Cursor(bucket, _plan_of(park), ())
+            cursor.park = park
             heapq.heappush(heap, (*key, next(tick), cursor))
         now, service = self.snap.now, self.snap.service
         streams = {
@@ -269,7 +274,7 @@ class _Cycle:
                 self.decisions.extend(Pending(w.name, reason) for w, _ in rest)
         if not self.held:
             for cursor, name, why, failure in failed:
-                self.park(cursor.bucket.key, cursor.plan, name, why, failure)
+                self.park(cursor.bucket, cursor.plan, name, why, failure)
         self.parking.admitted = tuple(d.workload for d in self.decisions if isinstance(d, Admit))
         return CycleResult(tuple(self.decisions), tuple(self.waiting))
 
@@ -365,15 +370,7 @@ class _Cycle:
 
     # -- 3.-5. quota, placement, preemption -------------------------------------
 
-    def still_parked(self, key: BucketKey, head: str, workload: Workload,
-                     plan: _Plan) -> Park | None:
-        """The bucket's park if its head would fail now, at any turn this cycle."""
-        park = self.parked.get(key)
-        if park is None or park.head != head:
-            return None
-        return park
-
-    def park(self, key: BucketKey, plan: _Plan, head: str, why: Callable[[], str],
+    def park(self, bucket: Bucket, plan: _Plan, head: str, why: Callable[[], str],
              failure: object) -> None:
         """Park a bucket whose head failed this cycle (single-flavor plans only)."""
         if len(plan.flavors) != 1:
@@ -388,13 +385,14 @@ class _Cycle:
                 amount, free = args[3], args[5]
                 assert isinstance(amount, int) and isinstance(free, int)
                 deficit = amount - free
-            self.parking.park(key, Park(head, why, failure.resource, deficit, plan.rooms[0]), None)
+            park = Park(head, why, failure.resource, deficit, plan.rooms[0], plan)
+            self.parking.park(bucket, park, None)
         else:
             assert isinstance(failure, tuple)
             failed_workload = failure[0]
             assert isinstance(failed_workload, Workload)
             restricted = plan.restrict(failed_workload, 0)
-            self.parking.park(key, Park(head, why, None, 0, plan.rooms[0]),
+            self.parking.park(bucket, Park(head, why, None, 0, plan.rooms[0], plan),
                               lambda: RoomCount(self.state, self.placer, restricted))
 
     def fail_parked(self, workload: Workload, plan: _Plan, park: Park) -> None:
@@ -718,6 +716,12 @@ def _own_stream(
     merged.sort(key=lambda item: item[0])
     for _, workload, plan in merged:
         yield workload, plan
+
+
+def _plan_of(park: Park) -> _Plan:
+    plan = park.plan
+    assert isinstance(plan, _Plan)
+    return plan
 
 
 def _same(seen: tuple[object, ...], version: tuple[object, ...]) -> bool:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from shoal.domain.cluster import ClusterState
 from shoal.policy import flavors
 from shoal.policy.placement.gang import RoomCount
-from shoal.policy.queue import BucketKey
+from shoal.policy.queue import Bucket
 from shoal.policy.quota import TenantQuota
 from shoal.policy.snapshot import ReleaseLog
 
@@ -54,6 +54,9 @@ class Park:
     room: int
     """The bucket's room key (``_Plan.rooms``): its ``Parked.rooms`` entry, when it
     lacked room."""
+    plan: object
+    """What validating the bucket found (the cycle's own type): a parked bucket is
+    not validated again, since anything that could change that unparks it."""
 
 
 class Parked:
@@ -72,7 +75,8 @@ class Parked:
         self.version = version
         self.tenants = tenants
         self.preempting = preempting
-        self.buckets: dict[BucketKey, Park] = {}
+        self.buckets: dict[Bucket, Park] = {}
+        """By bucket (the object: it lives as long as it holds workloads)."""
         self.rooms: dict[int, RoomCount] = {}
         """By room key: what room a request shape could have at most, since it had none."""
         self.admitted: tuple[str, ...] = ()
@@ -125,7 +129,7 @@ class Parked:
                 # Capped: a workload admitted after the room was counted
                 # gives back room the count never lost.
                 room.give(bindings, capped=True)
-        woken: list[BucketKey] = []
+        woken: list[Bucket] = []
         for key, park in self.buckets.items():
             if park.resource is None:
                 count = self.rooms.get(park.room)
@@ -139,7 +143,7 @@ class Parked:
             del self.buckets[key]
         return True
 
-    def park(self, key: BucketKey, park: Park, room: Callable[[], RoomCount] | None) -> None:
+    def park(self, key: Bucket, park: Park, room: Callable[[], RoomCount] | None) -> None:
         """Set a bucket aside; ``room`` makes the room count of a shape that found none
         (only called when no count of that shape is kept)."""
         if room is not None and (park.room not in self.rooms or self.rooms[park.room].fits()):
