@@ -302,7 +302,7 @@ class RoomCount:
             if free is None:
                 base = self._base
                 free = [int(base.cpu[node]), int(base.memory[node])]
-                free.extend(int(v) for v in base.gpu[node])
+                free.extend(base.gpu[node].tolist())
                 self._free[node] = free
                 for kind in self._shapes:
                     kind.now[node] = int(kind.first[node])
@@ -348,9 +348,10 @@ class _Shape:
         if pod.gpu_count:
             gpus = free[2:]
             if pod.gpu_milli >= MILLI:
-                room = min(room, sum(1 for v in gpus if v == MILLI) // pod.gpu_count)
+                room = min(room, gpus.count(MILLI) // pod.gpu_count)
             else:
-                room = min(room, sum(v // pod.gpu_milli for v in gpus) // pod.gpu_count)
+                milli = pod.gpu_milli
+                room = min(room, sum([v // milli for v in gpus]) // pod.gpu_count)
         room = max(room, 0)
         return min(room, 1) if self.once else room
 
