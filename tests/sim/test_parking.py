@@ -17,6 +17,7 @@ import pytest
 from shoal.domain.nodes import GpuSpec, NodePoolSpec, expand_pool
 from shoal.domain.tenant import BorrowWithinCohort, PreemptionPolicy
 from shoal.domain.workload import PodShape, Workload
+from shoal.policy.parking import Parked
 from shoal.policy.quota import TenantQuota
 from shoal.sim.replay import ReplayEngine
 
@@ -27,6 +28,18 @@ SHAPES = (
     (PodShape(cpu=16000, memory=32768, gpu_count=4, gpu_milli=1000),) * 2,
     (PodShape(cpu=1000, memory=2048),),
 )
+
+
+class _Watched(dict[Any, Any]):
+    """A placer memo that counts the cycles that found buckets parked."""
+
+    cycles_with_parked = 0
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        found = super().get(key, default)
+        if key == "parked" and isinstance(found, Parked) and found.buckets:
+            self.cycles_with_parked += 1
+        return found
 
 
 class _Forgetful(dict[Any, Any]):
@@ -83,9 +96,12 @@ def test_parked_buckets_take_the_decisions_of_trying_every_bucket(seed: int) -> 
     parked = ReplayEngine(nodes, tenants, jobs, "most-allocated", seed)
     tried = ReplayEngine(nodes, tenants, jobs, "most-allocated", seed)
     tried.placer.memo = _Forgetful()
+    watched = parked.placer.memo = _Watched()
     kept = _outcome(parked)
     assert kept == _outcome(tried)
     # The workload did contend: jobs waited and some were preempted.
     assert sum(1 for _, start, _, _, _ in kept if start is not None) == len(jobs)
     assert any(attempts > 1 for _, _, _, attempts, _ in kept)
     assert parked.cycles == tried.cycles
+    # And parking did happen: many cycles found buckets set aside.
+    assert watched.cycles_with_parked > parked.cycles // 4
