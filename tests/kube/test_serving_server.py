@@ -368,11 +368,20 @@ def test_a_replica_that_cannot_load_its_model_fails_the_revision(serving: Servin
     serving.step()
     # The fake kubelet ends the container with the replica server's load-failure code
     # (its annotation, put on the pod template by hand: no process runs here).
-    deployment = serving.get("Deployment", "broken-r1")
-    template = deployment["spec"]["template"]
-    template["metadata"]["annotations"] = {"fake-kubelet/exit-code": "1",
-                                           "fake-kubelet/run-seconds": "0"}
-    kube.replace(deployment)
+    # The cluster's deployment controller writes the Deployment's status meanwhile: a
+    # replace made from an older read is refused, so read again and redo it.
+    for _ in range(10):
+        deployment = serving.get("Deployment", "broken-r1")
+        template = deployment["spec"]["template"]
+        template["metadata"]["annotations"] = {"fake-kubelet/exit-code": "1",
+                                               "fake-kubelet/run-seconds": "0"}
+        try:
+            kube.replace(deployment)
+            break
+        except ConflictError:
+            continue
+    else:
+        raise AssertionError("broken-r1 kept changing under ten replaces")
 
     def ended(pods: State) -> bool:
         for pod in pods.values():
