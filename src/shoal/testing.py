@@ -180,8 +180,12 @@ class FakePods:
         self.crash_after_start: set[str] = set()
         """Jobs whose next start kills the control plane right after the pod starts."""
         self.ever: set[str] = set()  # every uid ever started: the rest never ran
+        self.background: set[str] = set()
+        """Jobs whose pods start in the background (as on Kubernetes): ``start`` gives no
+        handle, ``observe`` says ``starting`` until ``up`` (the test), then the handle."""
+        self._coming: set[str] = set()
 
-    def start(self, job: JobRow, pod: PodRecord) -> str:
+    def start(self, job: JobRow, pod: PodRecord) -> str | None:
         from shoal.errors import InputError
 
         if job.name in self.crash_before_start:
@@ -197,9 +201,14 @@ class FakePods:
         if job.name in self.crash_after_start:
             self.crash_after_start.discard(job.name)
             raise SimulatedCrash(f"control plane died right after starting {job.name}")
+        if job.name in self.background:
+            self._coming.add(pod.uid)
+            return None
         return f"fake:{pod.uid}"
 
     def observe(self, job: JobRow, pod: PodRecord) -> PodStatus:
+        if pod.uid in self._coming:
+            return PodStatus("starting", None, "")
         found = self.pods.get(pod.uid)
         if found is None:
             if pod.uid not in self.ever:
@@ -208,6 +217,7 @@ class FakePods:
         return found.status
 
     def stop(self, job: JobRow, pod: PodRecord, grace_seconds: float) -> None:
+        self._coming.discard(pod.uid)  # stopped while starting: it never comes up
         found = self.pods.get(pod.uid)
         if found is None or found.status.state != "running":
             return
@@ -216,6 +226,7 @@ class FakePods:
             found.status = PodStatus("signalled", 143, "killed by signal SIGTERM")
 
     def kill(self, job: JobRow, pod: PodRecord) -> None:
+        self._coming.discard(pod.uid)
         found = self.pods.get(pod.uid)
         if found is not None and found.status.state == "running":
             found.killed = True
@@ -226,6 +237,15 @@ class FakePods:
         self.released.append(job.name)
 
     # -- for the test ------------------------------------------------------------------
+
+    def up(self, job: str, index: int) -> None:
+        """A pod started in the background is running now (its handle comes with it)."""
+        pod = self._current(job, index)
+        uid = next(u for u, p in self.pods.items() if p is pod)
+        if uid not in self._coming:
+            return  # stopped before it came up
+        self._coming.discard(uid)
+        pod.status = PodStatus("running", None, "running", handle=f"fake:{uid}")
 
     def _current(self, job: str, index: int) -> _FakePod:
         for pod in reversed(list(self.pods.values())):

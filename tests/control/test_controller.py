@@ -420,3 +420,38 @@ def test_the_work_on_different_jobs_may_run_in_any_order() -> None:
     assert _story(backwards) == expected
     assert max(widths) >= 2, "the passes did hand several jobs over at once"
     assert {phase for _, phase, *_ in expected} >= {"Succeeded", "Pending"}
+
+
+def test_pods_started_in_the_background_are_recorded_in_one_write_once_they_run(
+        world: FakeWorld) -> None:
+    """As on Kubernetes: ``start`` gives no handle; the record keeps the pods ``starting``
+    (no write while they are) and records their start and handles together."""
+    world.pods.background.add("bg")
+    world.submit(job("bg", pods=2))
+    world.settle()
+    row = world.store.get_job("bg")
+    assert row.phase == "Running" and [p.state for p in row.pods] == ["starting"] * 2
+    admitted = row.version
+    world.clock.advance(5)
+    world.settle()
+    assert world.store.get_job("bg").version == admitted, "nothing new: no write"
+    world.pods.up("bg", 0)
+    world.pods.up("bg", 1)
+    world.settle()
+    row = world.store.get_job("bg")
+    assert row.version == admitted + 1
+    assert [(p.state, p.handle) for p in row.pods] == [
+        ("running", f"fake:{p.uid}") for p in row.pods]
+    assert world.pods.started == [("bg", 0), ("bg", 1)], "started once"
+
+
+def test_a_job_deleted_while_its_pods_start_in_the_background_stops_them(
+        world: FakeWorld) -> None:
+    world.pods.background.add("bg")
+    world.submit(job("bg"))
+    world.settle()
+    (uid,) = [p.uid for p in world.store.get_job("bg").pods]
+    world.store.request_delete("bg")
+    world.settle()
+    assert world.phase("bg") == "Cancelled"
+    assert world.pods.pods[uid].terminated, "its pod was stopped while it started"

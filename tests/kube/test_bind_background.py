@@ -19,7 +19,7 @@ import pytest
 from shoal.control import machine
 from shoal.control.records import JobRow, PodRecord, PodStatus
 from shoal.errors import AlreadyExistsError, ManifestError
-from shoal.runtime.kubernetes.convert import JobObject, row_of
+from shoal.runtime.kubernetes.convert import JobObject, pod_name, row_of
 from shoal.runtime.kubernetes.pods import BINDING, KubePods
 
 Body = dict[str, Any]
@@ -116,8 +116,10 @@ def world() -> Iterator[tuple[Server, KubePods, JobRow, Clock]]:
     pods.foreground()
 
 
-def started(row: JobRow, handle: str) -> JobRow:
-    return machine.started(row, row.pods[0].uid, handle)
+def start(pods: KubePods, row: JobRow) -> JobRow:
+    """Start the row's pod: no handle comes back, so the record is as it was."""
+    assert pods.start(row, row.pods[0]) is None, "no waiting for the Job controller"
+    return row
 
 
 def settle(pods: KubePods) -> None:
@@ -132,21 +134,22 @@ def settle(pods: KubePods) -> None:
 def test_start_returns_before_the_pod_exists_and_the_pod_is_bound_when_it_appears(
         world: tuple[Server, KubePods, JobRow, Clock]) -> None:
     server, pods, row, _ = world
-    handle = pods.start(row, row.pods[0])
-    assert handle.startswith(BINDING), "no waiting for the Job controller"
-    row = started(row, handle)
+    row = start(pods, row)
     settle(pods)
-    assert [c.split()[1] for c in server.calls] == ["Service", "Job"]
-    # No pod yet: running (nothing to record), and the loop is told when to look again.
-    assert pods.observe(row, row.pods[0]) == PodStatus("running", None, "")
+    assert [c.split()[1] for c in server.calls] == ["Job"], "one pod: no Service"
+    # No pod yet: starting (nothing to record), and the loop is told when to look again.
+    assert pods.observe(row, row.pods[0]) == PodStatus("starting", None, "")
+    assert machine.observe(row, {row.pods[0].uid: PodStatus("starting", None, "")}, 2.0,
+                           None, machine.RetryPolicy(), 0).job == row, "no write"
     assert pods.next_due() == 400.0, "the Job controller has 300 s to make the first pod"
     name = server.job_controller()
-    assert pods.observe(row, row.pods[0]).handle is None, "the Binding is sent, not done"
+    assert pods.observe(row, row.pods[0]).state == "starting", "the Binding is sent, not done"
     settle(pods)
     assert server.calls[-1] == f"bind {name} n1"
     status = pods.observe(row, row.pods[0])
     assert status == PodStatus("running", None, "", handle=name)
-    # The control core records the pod's name as the handle: no second Binding, ever.
+    # The control core records the start and the pod's name as the handle in one
+    # write: no second Binding, ever.
     step = machine.observe(row, {row.pods[0].uid: status}, 2.0, None,
                            machine.RetryPolicy(), 0)
     assert step.job.pods[0].handle == name and step.job.pods[0].state == "running"
@@ -158,10 +161,10 @@ def test_start_returns_before_the_pod_exists_and_the_pod_is_bound_when_it_appear
 def test_a_pod_the_job_controller_makes_late_in_a_burst_is_still_bound(
         world: tuple[Server, KubePods, JobRow, Clock]) -> None:
     server, pods, row, clock = world
-    row = started(row, pods.start(row, row.pods[0]))
+    row = start(pods, row)
     settle(pods)
     clock.now += 120.0  # the Job controller's queue is long: no pod for two minutes
-    assert pods.observe(row, row.pods[0]) == PodStatus("running", None, "")
+    assert pods.observe(row, row.pods[0]) == PodStatus("starting", None, "")
     name = server.job_controller()
     assert pods.observe(row, row.pods[0]).handle is None
     settle(pods)
@@ -171,9 +174,9 @@ def test_a_pod_the_job_controller_makes_late_in_a_burst_is_still_bound(
 def test_a_pod_not_made_in_time_is_lost_and_a_late_one_is_never_bound(
         world: tuple[Server, KubePods, JobRow, Clock]) -> None:
     server, pods, row, clock = world
-    row = started(row, pods.start(row, row.pods[0]))
+    row = start(pods, row)
     settle(pods)
-    assert pods.observe(row, row.pods[0]).state == "running"
+    assert pods.observe(row, row.pods[0]).state == "starting"
     clock.now += 300.0
     lost = pods.observe(row, row.pods[0])
     assert lost.state == "lost" and lost.message.startswith("not bound within 300 s: the Job")
@@ -186,7 +189,7 @@ def test_a_pod_not_made_in_time_is_lost_and_a_late_one_is_never_bound(
 def test_a_bound_pod_deleted_before_its_name_is_recorded_is_lost_not_replaced(
         world: tuple[Server, KubePods, JobRow, Clock]) -> None:
     server, pods, row, _ = world
-    row = started(row, pods.start(row, row.pods[0]))
+    row = start(pods, row)
     settle(pods)
     first = server.job_controller("first")
     pods.observe(row, row.pods[0])
@@ -201,8 +204,8 @@ def test_a_bound_pod_deleted_before_its_name_is_recorded_is_lost_not_replaced(
 def test_a_pod_of_a_stopping_job_is_not_bound_and_nothing_is_made_after_release(
         world: tuple[Server, KubePods, JobRow, Clock]) -> None:
     server, pods, row, _ = world
-    row = started(row, pods.start(row, row.pods[0]))
-    job_name = row.pods[0].handle[len(BINDING):]  # type: ignore[index]
+    row = start(pods, row)
+    job_name = pod_name(JobObject(training_job()), row.pods[0])
     stopping = row.evolve(phase="Stopping")
     settle(pods)
     server.job_controller()
@@ -220,7 +223,7 @@ def test_a_job_the_server_refuses_fails_the_pod_with_the_servers_reason(
         world: tuple[Server, KubePods, JobRow, Clock]) -> None:
     server, pods, row, _ = world
     server.refuse = ManifestError("spec.template: invalid")
-    row = started(row, pods.start(row, row.pods[0]))
+    row = start(pods, row)
     settle(pods)
     failed = pods.observe(row, row.pods[0])
     assert failed.state == "failed" and "spec.template: invalid" in failed.message
@@ -229,7 +232,7 @@ def test_a_job_the_server_refuses_fails_the_pod_with_the_servers_reason(
 def test_a_pod_is_bound_as_the_watch_brings_it_without_waiting_for_a_pass(
         world: tuple[Server, KubePods, JobRow, Clock]) -> None:
     server, pods, row, clock = world
-    row = started(row, pods.start(row, row.pods[0]))
+    row = start(pods, row)
     settle(pods)
     name = server.job_controller()
     pods.appeared(server.objects[("Pod", name)])  # what the Pod watch's thread does
@@ -243,7 +246,7 @@ def test_a_pod_is_bound_as_the_watch_brings_it_without_waiting_for_a_pass(
 def test_a_pod_that_appears_after_its_gang_gave_up_is_not_bound(
         world: tuple[Server, KubePods, JobRow, Clock]) -> None:
     server, pods, row, clock = world
-    row = started(row, pods.start(row, row.pods[0]))
+    row = start(pods, row)
     settle(pods)
     clock.now += 300.0
     assert pods.observe(row, row.pods[0]).state == "lost"
@@ -264,9 +267,7 @@ def test_once_a_gangs_first_pod_exists_the_others_have_the_bind_timeout(
     first_pod = PodRecord(index=0, node="n1", gpus=(0,), uid="0123456789abcdef", started_at=1.0)
     second = PodRecord(index=1, node="n1", gpus=(1,), uid="fedcba9876543210", started_at=1.0)
     row = row_of(gang).evolve(phase="Running", attempts=1, pods=(first_pod, second))
-    handles = [pods.start(row, pod) for pod in row.pods]
-    row = machine.started(machine.started(row, row.pods[0].uid, handles[0]),
-                          second.uid, handles[1])
+    assert [pods.start(row, pod) for pod in row.pods] == [None, None]
     settle(pods)
     assert [c.split()[1] for c in server.calls] == ["Service", "Job", "Job"]
     clock.now += 100.0
@@ -274,9 +275,42 @@ def test_once_a_gangs_first_pod_exists_the_others_have_the_bind_timeout(
     assert pods.observe(row, row.pods[0]).handle is None
     settle(pods)
     assert pods.observe(row, row.pods[0]).handle == first
-    assert pods.observe(row, row.pods[1]).state == "running"
+    assert pods.observe(row, row.pods[1]).state == "starting"
     clock.now += 29.0
-    assert pods.observe(row, row.pods[1]).state == "running"
+    assert pods.observe(row, row.pods[1]).state == "starting"
     clock.now += 1.0
     lost = pods.observe(row, row.pods[1])
     assert lost.state == "lost" and lost.message.startswith("not bound within 30 s: the Job")
+
+
+def test_a_record_of_an_earlier_version_holding_a_bind_handle_is_still_bound(
+        world: tuple[Server, KubePods, JobRow, Clock]) -> None:
+    server, pods, row, _ = world
+    row = start(pods, row)
+    row = machine.started(row, row.pods[0].uid, BINDING + pod_name(
+        JobObject(training_job()), row.pods[0]))
+    settle(pods)
+    assert pods.observe(row, row.pods[0]) == PodStatus("running", None, "")
+    name = server.job_controller()
+    pods.observe(row, row.pods[0])
+    settle(pods)
+    assert pods.observe(row, row.pods[0]).handle == name
+
+
+def test_a_pod_started_by_an_earlier_process_and_never_bound_is_absent(
+        world: tuple[Server, KubePods, JobRow, Clock]) -> None:
+    """The record says ``starting`` and this process never started it: the control
+    core starts it again, under the same id (its Job, made before, taken as it is)."""
+    server, pods, row, _ = world
+    job_name = pod_name(JobObject(training_job()), row.pods[0])
+    server.objects[("Job", job_name)] = {"metadata": {"name": job_name}, "spec": {
+        "template": {"metadata": {"labels": {"shoal.dev/pod-uid": row.pods[0].uid}}}}}
+    assert pods.observe(row, row.pods[0]).state == "absent"
+    row = start(pods, row)
+    settle(pods)
+    assert pods.observe(row, row.pods[0]).state == "starting"
+    name = server.job_controller()
+    pods.observe(row, row.pods[0])
+    settle(pods)
+    assert pods.observe(row, row.pods[0]).handle == name
+    assert server.calls.count(f"create Job {job_name}") == 1, "tried once, found made"

@@ -14,6 +14,7 @@ from shoal.runtime.kubernetes.convert import (
     JobObject,
     claim_manifest,
     conditions_of,
+    needs_service,
     node_of,
     nodes_of,
     pod_manifest,
@@ -178,6 +179,20 @@ def test_a_pod_is_shoals_to_schedule_and_carries_rank_gpus_and_annotations() -> 
     # Its DNS name under the job's headless Service: worker-<rank>.<service>.
     assert (body["spec"]["hostname"], body["spec"]["subdomain"]) == ("worker-1", "tj-train")
     assert "volumes" not in body["spec"], "a job that does not checkpoint gets no claim"
+
+
+def test_a_job_of_one_pod_is_its_own_master_and_gets_no_service() -> None:
+    obj = training_job()
+    obj["spec"]["podSets"][0]["count"] = 1
+    row = row_of(obj)
+    spec = TrainingJob.model_validate(row.manifest).spec
+    pod = PodRecord(index=0, node="n1", gpus=(0,), uid="0123456789abcdef", started_at=1.0)
+    body = pod_manifest(JobObject(obj), row, pod, spec, 30)
+    env = {e["name"]: e["value"] for e in body["spec"]["containers"][0]["env"]}
+    assert (env["WORLD_SIZE"], env["MASTER_ADDR"]) == ("1", "127.0.0.1")
+    assert "subdomain" not in body["spec"], "no Service to be a subdomain of"
+    assert not needs_service(spec)
+    assert needs_service(TrainingJob.model_validate(row_of(training_job()).manifest).spec)
 
 
 def test_each_pod_is_a_job_of_one_pod_that_the_job_controller_never_retries() -> None:

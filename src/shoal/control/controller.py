@@ -23,8 +23,12 @@ the pods are started and their handles saved.  A crash between the two
 leaves ``starting`` pods that the runtime looks up by id on the next observe:
 running or ended, they are adopted as they are; proven never started
 (``absent``), they are started then, under the same id, so that no pod of an
-attempt runs twice.  A transition's events are saved with it, in the same
-transaction.
+attempt runs twice.  A runtime that starts pods in the background
+(Kubernetes, where the pod exists only once the Job controller made it and
+Shoal bound it) returns no handle: the pods stay ``starting`` in the record,
+the runtime reports them ``starting`` while it knows their start is under
+way, and the second write is the observe that finds them running, with their
+handles.  A transition's events are saved with it, in the same transaction.
 """
 
 from __future__ import annotations
@@ -335,10 +339,18 @@ class Controller:
         return True
 
     def _start(self, job: JobRow, pods: Iterable[PodRecord]) -> JobRow | None:
-        """Start the pods and save their handles; None when the job failed to start."""
+        """Start the pods and save their handles; None when the job failed to start.
+
+        A runtime that starts in the background gives no handle yet: the pod
+        stays ``starting`` in the record until ``observe`` reports it, and its
+        start and its handle are saved in one write then.
+        """
+        recorded = job
         try:
             for pod in pods:
-                job = machine.started(job, pod.uid, self.pods.start(job, pod))
+                handle = self.pods.start(job, pod)
+                if handle is not None:
+                    job = machine.started(job, pod.uid, handle)
         except Exception as exc:
             # Stop what did start.  A pod that can never start as written (a
             # missing command, an argument the OS refuses) fails the job;
@@ -351,6 +363,8 @@ class Controller:
             )
             self._apply(job, step)
             return None
+        if job == recorded:
+            return job
         try:
             return self.store.save_job(job)
         except ConflictError:

@@ -370,7 +370,7 @@ def _with_statuses(job: JobRow, statuses: Mapping[str, PodStatus]) -> JobRow:
     changed = False
     for pod in job.pods:
         status = statuses.get(pod.uid)
-        if status is None or pod.done:
+        if status is None or pod.done or status.state == "starting":
             pods.append(pod)
         elif status.state == "absent":
             # Never started: it is started now while the job runs (see observe),

@@ -63,10 +63,13 @@ class Store(Protocol):
 class Pods(Protocol):
     """Starts, watches and stops the pods of jobs (processes, Kubernetes pods, virtual)."""
 
-    def start(self, job: JobRow, pod: PodRecord) -> str:
+    def start(self, job: JobRow, pod: PodRecord) -> str | None:
         """Start ``pod`` of the job's current attempt; returns its opaque handle.
 
-        Raises an ``InputError`` when the pod can never start as specified.
+        None: the start goes on in the background and ``observe`` finds the
+        pod by its id until then (reporting ``starting``), with its handle once
+        it has one, so there is nothing to record yet.  Raises an
+        ``InputError`` when the pod can never start as specified.
         """
         ...
 

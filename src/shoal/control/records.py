@@ -169,14 +169,16 @@ class PodStatus:
 
     ``absent``: the runtime can prove the pod never started (the control
     plane died between recording the start and making it), so it may be
-    started now without running twice.
+    started now without running twice.  ``starting``: this process started
+    it in the background and it is not running yet: nothing to record.
 
     ``handle``: the pod's handle when the runtime learned a better one after
     ``start`` returned (a Kubernetes pod's name, known once it is bound);
     None keeps the recorded one.
     """
 
-    state: Literal["running", "succeeded", "failed", "oom_killed", "signalled", "lost", "absent"]
+    state: Literal["starting", "running", "succeeded", "failed", "oom_killed", "signalled",
+                   "lost", "absent"]
     exit_code: int | None
     message: str
     handle: str | None = None

@@ -11,7 +11,8 @@
   whose pod only Shoal schedules (``schedulerName: shoal``), bound later
   through the Binding API.  Its rank, the world size and the master's address
   (the rank-0 pod's name under the job's headless Service, ``service_manifest``)
-  are in its environment; a job that checkpoints mounts its PersistentVolumeClaim
+  are in its environment (a job of one pod gets no Service: its master is
+  ``127.0.0.1``); a job that checkpoints mounts its PersistentVolumeClaim
   (``claim_manifest``) at ``CHECKPOINT_PATH``.
 
 No I/O here, and no ``kubernetes`` import: the adapters do the calls.
@@ -413,6 +414,13 @@ def checkpoints(spec: TrainingJobSpec) -> bool:
     return spec.checkpoint_interval_seconds is not None
 
 
+def needs_service(spec: TrainingJobSpec) -> bool:
+    """Whether the job gets a headless Service: only a gang, whose workers find their
+    master by name.  (Each Service costs the cluster's endpoints controllers writes
+    on every change of its pods.)"""
+    return sum(ps.count for ps in spec.pod_sets) > 1
+
+
 def pod_manifest(
     job: JobObject, row: JobRow, pod: PodRecord, spec: TrainingJobSpec, grace_seconds: float
 ) -> dict[str, Any]:
@@ -429,14 +437,16 @@ def pod_manifest(
     gpus = gpu_resources.pod_gpus(resources.gpu, pod.gpus)
     annotations = {**job.annotations, RANK_ANNOTATION: str(pod.index), **gpus.annotations}
     limits = gpus.limits
-    service = service_name(job)
+    service = service_name(job) if needs_service(spec) else None
     env = [{"name": k, "value": v} for k, v in sorted({**spec.env, **gpus.env}.items())]
     env += [
         {"name": "RANK", "value": str(pod.index)},
         {"name": "WORLD_SIZE", "value": str(len(pods))},
         # The rank-0 pod's name under the job's headless Service (its
-        # hostname and subdomain below): resolvable before it is Ready.
-        {"name": "MASTER_ADDR", "value": f"worker-0.{service}.{job.namespace}.svc"},
+        # hostname and subdomain below): resolvable before it is Ready.  A
+        # job of one pod is its own master, as in the embedded runtime.
+        {"name": "MASTER_ADDR",
+         "value": f"worker-0.{service}.{job.namespace}.svc" if service else "127.0.0.1"},
         {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
         {"name": "SHOAL_JOB", "value": row.name},
     ]
@@ -465,7 +475,6 @@ def pod_manifest(
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": max(0, round(grace_seconds)),
         "hostname": f"worker-{pod.index}",
-        "subdomain": service,
         # A tenant's code gets no API credentials and no privilege: it runs
         # as nobody, gains none, holds no capability, under the runtime's
         # default seccomp profile.
@@ -474,6 +483,8 @@ def pod_manifest(
         "securityContext": security,
         "containers": [container],
     }
+    if service:
+        pod_spec["subdomain"] = service
     if checkpoints(spec):
         env.append({"name": "SHOAL_CHECKPOINT_DIR", "value": CHECKPOINT_PATH})
         container["volumeMounts"] = [{"name": "checkpoints", "mountPath": CHECKPOINT_PATH}]

@@ -1,6 +1,6 @@
 """The pods port on Kubernetes: a ``batch/v1`` Job per pod, whose pod Shoal binds.
 
-``start`` makes sure the job's headless Service (and, for a job that
+``start`` makes sure the headless Service of a gang (and, for a job that
 checkpoints, its PersistentVolumeClaim) exists and creates the pod's worker
 Job (``convert.worker_job``: one pod, ``schedulerName: shoal``, labelled with
 the job and Shoal's pod uid, owned by the TrainingJob; the first pod's start
@@ -10,11 +10,14 @@ gangs, fractional GPUs and topology are Shoal's decisions on Kubernetes too.
 
 **In the background** (``background``, as the control loop's ``run`` sets
 it): ``start`` hands the creates to a small pool of threads and returns at
-once, with the handle ``BINDING + <Job name>``.  The pod is bound when it
-appears on the Pod watch: ``observe`` of a pod that has that handle finds
-it in the watch-fed cache by its uid label and hands the Binding to the
-pool; once bound, ``observe`` reports it with its name as the new handle
-(``PodStatus.handle``), which the control core records.  The loop never
+once, with no handle (so the control core writes nothing yet).  The pod is
+bound when it appears on the Pod watch: until then ``observe`` reports it
+``starting`` (nothing to record), finding it in the watch-fed cache by its
+uid label and handing the Binding to the pool; once bound, ``observe``
+reports it running with its name as the handle (``PodStatus.handle``), and
+the control core records its start and its name in one write.  (Records of
+earlier versions may hold the handle ``BINDING + <Job name>`` for the same
+state.)  The loop never
 waits for the Job controller, and independent requests (the Jobs of many
 gangs, their Bindings, events) go out side by side, at most ``workers`` at a
 time.  Without it (a test calling ``settle`` at moments it chooses) ``start``
@@ -75,6 +78,7 @@ from shoal.runtime.kubernetes.convert import (
     JobObject,
     checkpoints,
     claim_manifest,
+    needs_service,
     pod_name,
     pod_status,
     service_manifest,
@@ -99,6 +103,7 @@ WORKERS = 8
 """Requests in flight at most, in the background (creates and Bindings)."""
 _DEADLINES_KEPT = 100_000
 _RUNNING = PodStatus("running", None, "")
+_STARTING = PodStatus("starting", None, "")
 
 log = logging.getLogger("shoal.operator")
 
@@ -166,13 +171,14 @@ class KubePods:
 
     # -- start --------------------------------------------------------------------------
 
-    def start(self, job: JobRow, pod: PodRecord) -> str:
+    def start(self, job: JobRow, pod: PodRecord) -> str | None:
         owner = self.store.object_of(job)
         spec = view.manifest_of(job).spec
         name = pod_name(owner, pod)
         bodies: list[Body] = []
         if pod.index == 0:  # once per attempt, before any of its Jobs: kept across attempts
-            bodies.append(service_manifest(owner))
+            if needs_service(spec):
+                bodies.append(service_manifest(owner))
             if checkpoints(spec):
                 bodies.append(claim_manifest(owner, spec))
             # Every Job of the gang at once: the Job controller makes their pods
@@ -197,7 +203,7 @@ class KubePods:
                     self._creating[uid] = made
             for other in job.pods if pod.index == 0 else (pod,):
                 self._placed[other.uid] = (owner, other)
-            return BINDING + name
+            return None  # observe reports it starting, then bound (under its name)
         deadline = self._deadlines.setdefault(key, self.monotonic() + self.bind_timeout_s)
         self._ensure_all(bodies)
         self._made.update(u for u in gang if u != pod.uid)
@@ -315,7 +321,7 @@ class KubePods:
     def observe(self, job: JobRow, pod: PodRecord) -> PodStatus:
         owner = self.store.object_of(job)
         if pod.handle is None:
-            return self._unrecorded(owner, pod)
+            return self._unrecorded(job, owner, pod)
         if pod.handle.startswith(UNBOUND):
             why = self._why.get(pod.uid) or f"{NOT_BOUND} {self.bind_timeout_s:g} s"
             return PodStatus("lost", None, why)
@@ -332,6 +338,11 @@ class KubePods:
             self._why.pop(pod.uid, None)
             return PodStatus("lost", None, f"pod {pod.handle} is gone (deleted)")
         return pod_status(found)
+
+    def _started_here(self, uid: str) -> bool:
+        """Whether this process started the pod and still follows its start."""
+        return (uid in self._placed or uid in self._creating or uid in self._binding
+                or uid in self._bound)
 
     def _forget(self, uid: str) -> None:
         """The pod's name is recorded: what was kept to bind it is done with."""
@@ -424,8 +435,12 @@ class KubePods:
             self._unbound[pod.uid] = deadline  # the loop looks again then, if nothing else
         return _RUNNING
 
-    def _unrecorded(self, owner: JobObject, pod: PodRecord) -> PodStatus:
-        """A pod saved ``starting`` whose start was not recorded (the loop stopped between)."""
+    def _unrecorded(self, job: JobRow, owner: JobObject, pod: PodRecord) -> PodStatus:
+        """A pod saved ``starting``: started in the background by this process, or its start
+        was not recorded (the loop stopped between)."""
+        if self._started_here(pod.uid):
+            status = self._waiting(job, owner, pod, pod_name(owner, pod))
+            return _STARTING if status == _RUNNING else status
         bound = [p for p in self._pods_of(owner, pod) if (p.get("spec") or {}).get("nodeName")]
         if bound:
             return replace(pod_status(bound[0]), handle=bound[0]["metadata"]["name"])
@@ -473,7 +488,7 @@ class KubePods:
             # The Job first: the Job controller replaces a deleted pod of a live Job.
             self.kube.delete("Job", pod_name(owner, pod), owner.namespace)
             handle = pod.handle or ""
-            if handle.startswith(BINDING):
+            if not handle or handle.startswith(BINDING):
                 handle = self._bound.get(pod.uid) or next(
                     (p["metadata"]["name"] for p in self._pods_of(owner, pod)
                      if (p.get("spec") or {}).get("nodeName")), "")
