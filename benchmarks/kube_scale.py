@@ -215,34 +215,46 @@ class Follow:
 
         self.kube, self.jobs, self.label = kube, jobs, JOB_LABEL
         self.bound: set[tuple[str, str]] = set()
+        self.seen_at: dict[tuple[str, str], float] = {}  # a job's first pod appeared
+        self.made_at: dict[tuple[str, str], float] = {}  # its first worker Job appeared
+        self.bound_at_of: dict[tuple[str, str], float] = {}
         self.done: set[tuple[str, str]] = set()
         self.all_bound, self.all_done = threading.Event(), threading.Event()
         self.bound_at: float | None = None
         self.stop = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
+        threading.Thread(target=self._run, args=("Pod", self._see), daemon=True).start()
+        threading.Thread(target=self._run, args=("Job", self._made), daemon=True).start()
 
-    def _run(self) -> None:
-        since = self.kube.listing("Pod", labels=self.label)["metadata"]["resourceVersion"]
+    def _run(self, what: str, see: Any) -> None:
+        since = self.kube.listing(what, labels=self.label)["metadata"]["resourceVersion"]
         while not self.stop.is_set():
             try:
-                for kind, pod in self.kube.watch("Pod", since=since, timeout_s=60,
+                for kind, obj in self.kube.watch(what, since=since, timeout_s=60,
                                                  labels=self.label):
                     if kind == "ERROR":
-                        since = self.kube.listing("Pod", labels=self.label)[
+                        since = self.kube.listing(what, labels=self.label)[
                             "metadata"]["resourceVersion"]
                         break
-                    since = pod["metadata"]["resourceVersion"]
-                    self._see(pod)
+                    since = obj["metadata"]["resourceVersion"]
+                    see(obj)
             except Exception as exc:  # keep following
                 if not self.stop.is_set():
                     print(f"watch: {exc}", file=sys.stderr)
                     self.stop.wait(1.0)
 
+    def _made(self, job: dict[str, Any]) -> None:
+        meta = job["metadata"]
+        self.made_at.setdefault((meta["namespace"], meta["labels"][self.label]),
+                                time.monotonic())
+
     def _see(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         job = (meta["namespace"], meta["labels"][self.label])
+        now = time.monotonic()
+        self.seen_at.setdefault(job, now)
         if (pod.get("spec") or {}).get("nodeName"):
             self.bound.add(job)
+            self.bound_at_of.setdefault(job, now)
             if len(self.bound) >= self.jobs and not self.all_bound.is_set():
                 self.bound_at = time.monotonic()
                 self.all_bound.set()
@@ -348,6 +360,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for verb, n in at_bound["by_verb"].items()}
         done = {verb: n - settled["by_verb"].get(verb, 0)
                 for verb, n in calm["by_verb"].items()}
+        bound_times = sorted(t - submitted_at for t in follow.bound_at_of.values())
+        seen_times = sorted(t - submitted_at for t in follow.seen_at.values())
+        made_times = sorted(t - submitted_at for t in follow.made_at.values())
+        waits = sorted(follow.bound_at_of[j] - follow.seen_at[j] for j in follow.bound_at_of)
+
+        def quantiles(values: list[float]) -> dict[str, float]:
+            return {f"{q}%": round(values[min(len(values) - 1, len(values) * q // 100)], 1)
+                    for q in (10, 50, 80, 90, 99, 100)} if values else {}
+
         return {
             "nodes": args.nodes, "gpus": args.nodes * GPUS_PER_NODE, "tenants": args.tenants,
             "jobs": args.jobs, "run_seconds": args.run_seconds, "cores": os.cpu_count(),
@@ -355,6 +376,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "submit_s": round(submit_s, 1),
             "all_bound_s": round(bound_s, 1),
             "jobs_bound_per_s": round(args.jobs / bound_s, 1),
+            # When jobs' pods appeared and were bound (seconds from the first
+            # submission), and how long each waited from appearing to bound.
+            "job_made_s": quantiles(made_times),
+            "pod_made_s": quantiles(seen_times),
+            "pod_bound_s": quantiles(bound_times),
+            "made_to_bound_s": quantiles(waits),
             "operator_cpu_s_to_bound": round(at_bound["cpu_s"] - settled["cpu_s"], 1),
             "operator_cpu_s_total": round(idle["cpu_s"], 1),
             "operator_peak_rss_mib": round(idle["peak_rss_mib"], 1),

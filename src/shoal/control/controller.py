@@ -145,28 +145,37 @@ class Controller:
     # -- 1. observe -------------------------------------------------------------------
 
     def observe(self) -> bool:
+        """Look at every active job here, one after another (the ports answer from what
+        they know); only the jobs that have something to write or do go to ``fan_out``."""
         jobs = [job for job in self.store.list_jobs(phases=ACTIVE_PHASES)
                 if job.phase != "Pending" or job.deleted]
-        return any(self.fan_out([partial(self._observe_one, job) for job in jobs]))
+        work = []
+        for job in jobs:
+            try:
+                step = self._observe(job)
+            except Exception as exc:  # one bad record must not stop every other job
+                self._failed(job, exc)
+                continue
+            self.job_errors.pop(job.name, None)
+            if step.job != job or step.effects:  # else nothing to save and nothing to do
+                work.append(partial(self._apply_observed, job, step))
+        return any(self.fan_out(work))
 
-    def _observe_one(self, job: JobRow) -> bool:
+    def _apply_observed(self, job: JobRow, step: Step) -> bool:
         try:
-            changed = self._observe(job)
-        except Exception as exc:  # one bad record must not stop every other job
+            return self._apply(job, step)
+        except Exception as exc:
             self._failed(job, exc)
             return False
-        self.job_errors.pop(job.name, None)
-        return changed
 
-    def _observe(self, job: JobRow) -> bool:
+    def _observe(self, job: JobRow) -> Step:
         now = self.clock.now()
         self._terminate_once(job, now)
         statuses = {p.uid: self.pods.observe(job, p) for p in job.pods if not p.done}
-        step = machine.observe(
+        return machine.observe(
             job, statuses, now, self._checkpoint(job), self.config.retry,
             view.manifest_of(job).spec.max_retries, view.workload_of(job).checkpoint_interval,
         )
-        return self._apply(job, step)
 
     def _checkpoint(self, job: JobRow) -> Checkpoint | None:
         """The job's newest checkpoint; None (and an error event) when looking fails.
