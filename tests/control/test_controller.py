@@ -455,3 +455,37 @@ def test_a_job_deleted_while_its_pods_start_in_the_background_stops_them(
     world.settle()
     assert world.phase("bg") == "Cancelled"
     assert world.pods.pods[uid].terminated, "its pod was stopped while it started"
+
+
+def test_a_gang_whose_second_pod_cannot_start_stops_the_first_begun_in_the_background(
+        world: FakeWorld) -> None:
+    world.pods.background.add("gang")
+    start = world.pods.start
+
+    def second_fails(job: Any, pod: Any) -> str | None:
+        if pod.index == 1:
+            raise OSError("no space left on device")
+        return start(job, pod)
+
+    world.pods.start = second_fails  # type: ignore[method-assign]
+    world.submit(job("gang", pods=2, retries=1))
+    world.controller.step()
+    gang = world.store.get_job("gang")
+    assert (gang.phase, gang.reason) == ("Pending", "retrying after: no space left on device")
+    first = next(p for p in world.pods.pods.values() if p.job == "gang" and p.index == 0)
+    assert first.killed, "the pod begun in the background was stopped, not left running"
+
+
+def test_an_apply_that_keeps_failing_posts_one_error_event(world: FakeWorld) -> None:
+    world.submit(job("a"))
+    world.settle()
+    world.pods.finish("a", 0)
+    save = world.store.save_job
+    world.store.save_job = lambda *a, **k: (_ for _ in ()).throw(  # type: ignore[method-assign]
+        RuntimeError("the store is down"))
+    for _ in range(3):
+        world.controller.step()
+    assert world.event_kinds("a").count("error") == 1
+    world.store.save_job = save  # type: ignore[method-assign]
+    world.settle()
+    assert world.phase("a") == "Succeeded"

@@ -156,17 +156,20 @@ class Controller:
             except Exception as exc:  # one bad record must not stop every other job
                 self._failed(job, exc)
                 continue
-            self.job_errors.pop(job.name, None)
-            if step.job != job or step.effects:  # else nothing to save and nothing to do
+            if step.job != job or step.effects:
                 work.append(partial(self._apply_observed, job, step))
+            else:  # nothing to save and nothing to do: fine
+                self.job_errors.pop(job.name, None)
         return any(self.fan_out(work))
 
     def _apply_observed(self, job: JobRow, step: Step) -> bool:
         try:
-            return self._apply(job, step)
+            changed = self._apply(job, step)
         except Exception as exc:
-            self._failed(job, exc)
+            self._failed(job, exc)  # one event per distinct error, however many passes
             return False
+        self.job_errors.pop(job.name, None)
+        return changed
 
     def _observe(self, job: JobRow) -> Step:
         now = self.clock.now()
@@ -355,12 +358,19 @@ class Controller:
         start and its handle are saved in one write then.
         """
         recorded = job
+        begun: list[PodRecord] = []  # started in the background: no handle to stop them by
         try:
             for pod in pods:
                 handle = self.pods.start(job, pod)
                 if handle is not None:
                     job = machine.started(job, pod.uid, handle)
+                else:
+                    begun.append(pod)
         except Exception as exc:
+            # What began in the background is stopped here: the record knows no
+            # handle of it, so the failed attempt would not.
+            for pod in begun:
+                self.pods.kill(job, pod)
             # Stop what did start.  A pod that can never start as written (a
             # missing command, an argument the OS refuses) fails the job;
             # anything else (a full disk) fails this attempt, which is retried

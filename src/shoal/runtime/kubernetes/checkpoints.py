@@ -19,10 +19,12 @@ recorded one; no API call is made for it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from shoal.control import cluster_view as view
 from shoal.control.ports import Clock
 from shoal.control.records import HOLDING_PHASES, Checkpoint, JobRow
-from shoal.runtime.kubernetes.client import Kube
+from shoal.runtime.kubernetes.client import Body, Kube
 from shoal.runtime.kubernetes.convert import JOB_LABEL, UID_LABEL, checkpoints, reported_step
 from shoal.runtime.kubernetes.store import KubeStore
 
@@ -43,12 +45,9 @@ class KubeCheckpoints:
         if job.phase not in HOLDING_PHASES or not job.pods:
             return recorded
         owner = self.store.object_of(job)
-        uids = {p.uid for p in job.pods}
         steps = [
-            step for pod in self.kube.list("Pod", owner.namespace,
-                                           labels=f"{JOB_LABEL}={owner.name}")
-            if ((pod["metadata"].get("labels") or {}).get(UID_LABEL) in uids)
-            and (step := reported_step(pod)) is not None
+            step for pod in self._pods(owner.namespace, owner.name, [p.uid for p in job.pods])
+            if (step := reported_step(pod)) is not None
         ]
         if not steps:
             return recorded
@@ -56,3 +55,13 @@ class KubeCheckpoints:
         if recorded is not None and recorded.step is not None and newest <= recorded.step:
             return recorded
         return Checkpoint(time=self.clock.now(), step=newest)
+
+    def _pods(self, namespace: str, name: str, uids: list[str]) -> list[Body]:
+        """The attempt's pods: by the uid index of the watch cache where there is one (a
+        pass asks for every running job, and the job's pods of all time may be many)."""
+        labelled: Callable[..., list[Body]] | None = getattr(self.kube, "labelled", None)
+        if labelled is not None:
+            return [pod for uid in uids for pod in labelled("Pod", namespace, UID_LABEL, uid)]
+        wanted = set(uids)
+        return [pod for pod in self.kube.list("Pod", namespace, labels=f"{JOB_LABEL}={name}")
+                if (pod["metadata"].get("labels") or {}).get(UID_LABEL) in wanted]

@@ -219,6 +219,9 @@ class KubePods:
         """
         self._ensure_all(bodies)
         self._deadlines[key] = self.monotonic() + self.create_timeout_s
+        # The loop learns of the deadline on its next look: make sure there is one,
+        # even if the Job controller never makes the pod (no watch event would come).
+        self._wake()
 
     def _ensure_all(self, bodies: Sequence[Body]) -> None:
         for body in bodies:
