@@ -314,3 +314,20 @@ def test_a_pod_started_by_an_earlier_process_and_never_bound_is_absent(
     settle(pods)
     assert pods.observe(row, row.pods[0]).handle == name
     assert server.calls.count(f"create Job {job_name}") == 1, "tried once, found made"
+
+
+def test_the_loop_is_told_when_a_pod_is_due_even_if_no_event_ever_comes() -> None:
+    """A Job whose pod the Job controller never makes (a quota refuses it) brings no
+    watch event: once the Job exists, an idle loop is woken to wait for its deadline."""
+    obj = training_job()
+    pod = PodRecord(index=0, node="n1", gpus=(0,), uid="0123456789abcdef", started_at=1.0)
+    row = row_of(obj).evolve(phase="Running", attempts=1, pods=(pod,))
+    server, clock, woken = Server(), Clock(), threading.Event()
+    pods = KubePods(server, Store(obj), bind_timeout_s=30.0, monotonic=clock)  # type: ignore[arg-type]
+    pods.background(woken.set, workers=2)
+    try:
+        start(pods, row)
+        settle(pods)
+        assert woken.is_set() and pods.next_due() == 400.0
+    finally:
+        pods.foreground()

@@ -169,7 +169,7 @@ class KubePods:
 
     def next_due(self) -> float | None:
         """When (``monotonic``) a pod waiting for its pod runs out of time; None: none waits."""
-        return min(self._unbound.values(), default=None)
+        return min(list(self._unbound.values()), default=None)  # (pool threads add)
 
     # -- start --------------------------------------------------------------------------
 
@@ -200,7 +200,7 @@ class KubePods:
             self._first_pod.clear()
         if self.pool is not None:
             if bodies:
-                made = self.pool.submit(self._make, key, bodies)
+                made = self.pool.submit(self._make, key, bodies, gang)
                 for uid in gang:
                     self._creating[uid] = made
             for other in job.pods if pod.index == 0 else (pod,):
@@ -212,16 +212,20 @@ class KubePods:
         bound = self._bind_within(owner, name, pod, deadline)
         return bound if bound is not None else UNBOUND + name
 
-    def _make(self, key: tuple[str, int], bodies: Sequence[Body]) -> None:
+    def _make(self, key: tuple[str, int], bodies: Sequence[Body], gang: Sequence[str]) -> None:
         """Create the gang's objects; the wait for its first pod runs from when its Jobs exist.
 
         (Not from ``start``: a burst of gangs waits its turn in the pool first.)
         """
         self._ensure_all(bodies)
-        self._deadlines[key] = self.monotonic() + self.create_timeout_s
-        # The loop learns of the deadline on its next look: make sure there is one,
-        # even if the Job controller never makes the pod (no watch event would come).
-        self._wake()
+        deadline = self._deadlines[key] = self.monotonic() + self.create_timeout_s
+        # The loop must look again by then even if the Job controller never makes
+        # the pod (no watch event would come): woken only when it waits for nothing.
+        idle = self.next_due() is None
+        for uid in gang:
+            self._unbound.setdefault(uid, deadline)
+        if idle:
+            self._wake()
 
     def _ensure_all(self, bodies: Sequence[Body]) -> None:
         for body in bodies:
