@@ -74,12 +74,10 @@ def test_an_idle_cluster_costs_no_requests_beyond_the_watches(
             crds.create(training_job("once", "idle", pods=1, gpus=2, run_seconds=1))
             wait_until(crds, "TrainingJob", phase_is("once", "idle", "Succeeded"),
                        namespace="idle", what="idle/once Succeeded", timeout_s=DEADLINE_S)
-            # A job that succeeded keeps its pod (ended) until the job is deleted.
-            wait_until(crds, "Pod", lambda pods: [
-                (p.get("status") or {}).get("phase") for p in pods.values()] == ["Succeeded"],
-                namespace="idle", what="the pod of idle/once ended", timeout_s=DEADLINE_S)
+            wait_until(crds, "Pod", lambda pods: not pods, namespace="idle",
+                       what="the pod of idle/once deleted once it ended", timeout_s=DEADLINE_S)
             # Quiet: a window in which the loop made no request (events of the
-            # job's end may still arrive just after it).
+            # job's end may still arrive just after its pod went).
             quiet_by = time.monotonic() + DEADLINE_S
             while True:
                 before = own.calls.requests()

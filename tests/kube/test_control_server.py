@@ -16,8 +16,6 @@ import pytest
 from tests.kube.loops import running
 from tests.kube.waiting import wait_until
 
-LABEL = "shoal.dev/job"  # on a job's worker Jobs and their pods
-
 if TYPE_CHECKING:
     from shoal.runtime.kubernetes.client import Kube
     from shoal.runtime.kubernetes.loop import KubeControl
@@ -126,17 +124,6 @@ def test_a_gang_is_admitted_bound_by_shoal_run_and_succeeds(loop: KubeControl) -
     done = phase(kube, "gang", "ka", "Succeeded")
     assert done["status"]["attempts"] == 1
     assert "admitted" not in done["status"] or done["status"]["admitted"] is False
-    # A job that succeeded keeps its Jobs and their pods (their logs stay readable)
-    # until the TrainingJob is deleted; then the garbage collector takes them.
-    gang_jobs = {j["metadata"]["name"] for j in kube.list("Job", "ka", labels=f"{LABEL}=gang")}
-    assert len(gang_jobs) == 2
-    ended = {p["metadata"]["name"]: (p.get("status") or {}).get("phase")
-             for p in kube.list("Pod", "ka", labels=f"{LABEL}=gang")}
-    assert sorted(ended.values()) == ["Succeeded", "Succeeded"], ended
-    kube.delete("TrainingJob", "gang", "ka")
-    wait_until(kube, "Job", lambda found: not any(
-        (j["metadata"].get("labels") or {}).get(LABEL) == "gang" for j in found.values()),
-        namespace="ka", what="ka/gang's Jobs gone with it", timeout_s=120)
 
 
 def test_a_job_that_does_not_fit_waits_with_a_reason(loop: KubeControl) -> None:

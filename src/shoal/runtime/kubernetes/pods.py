@@ -52,9 +52,7 @@ controller's replacement pod is never bound, and goes with its Job).
 ``stop`` deletes the worker Job first (so that the Job controller makes no
 new pod) and then the pod with the grace period (the kubelet sends SIGTERM,
 then SIGKILL); ``kill`` does the same at once; ``release`` deletes the
-attempt's Jobs, and with them (background propagation) their ended pods,
-except those of an attempt that succeeded: they stay, as a Job's pods stay,
-until the TrainingJob is deleted.
+attempt's Jobs, and with them (background propagation) their ended pods.
 In the background these deletes go to the pool too, each after the pod's
 creates and Binding still in flight, so that nothing is made after it is
 deleted.
@@ -475,10 +473,6 @@ class KubePods:
             self._deleting.pop(pod.uid, None)
         self._deadlines.pop((job.name, job.attempts), None)
         self._first_pod.pop((job.name, job.attempts), None)
-        if job.phase == "Succeeded":
-            # Kept, as a Job keeps its pods, until the TrainingJob goes (they are
-            # its): the logs stay readable, and the cluster is spared the deletes.
-            return
 
         def delete() -> None:
             _wait(waits)
