@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -272,25 +273,13 @@ def _candidates(
         np.where(interval > 0, by_interval, start),
     )
     cost = np.maximum(0.0, now - saved) * table.weight[rows]
-    later_first = -start
-    levels = table.priority[rows]
-    names = table.name_key[rows]
-    keys = [names[:, word] for word in range(names.shape[1] - 1, -1, -1)]
-    order = np.lexsort((*keys, later_first, levels, cost))
+    # Lost work first, then the table's label: priority, latest start, name.
+    # Labels are distinct, so sorting by them and then, stably, by lost work
+    # is the whole order (as sorting on every key, in a fraction of the time).
+    by_label = np.argsort(table.label[rows])
+    rows, cost = rows[by_label], cost[by_label]
+    order = np.argsort(cost, kind="stable")
     rows, cost = rows[order], cost[order]
-    names = names[order]
-    tied = (cost[1:] == cost[:-1]) & (levels[order][1:] == levels[order][:-1])
-    tied &= later_first[order][1:] == later_first[order][:-1]
-    tied &= (names[1:] == names[:-1]).all(axis=1)
-    if tied.any():
-        # Equal on every number and in the names' first bytes: the whole
-        # name decides, as it did when candidates were tuples.
-        edges = np.diff(np.concatenate(([0], tied.astype(np.int8), [0])))
-        for first, last in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1),
-                               strict=True):
-            group = [int(slot) for slot in rows[first:last + 1]]
-            group.sort(key=lambda slot: table.run(slot).name)
-            rows[first:last + 1] = group
     return _Candidates(rows, cost, reasons, queue)
 
 
@@ -311,19 +300,21 @@ def _taken(
     wanted = [r for r, amount in request.items() if amount > 0]
     owners = table.tenant[ranked]
     own = table.tenant_code.get(preemptor.tenant, -1)
-    if not wanted:
-        taken: BoolArray = owners == own
-        return taken
+    mine: BoolArray = owners == own
+    if not wanted or mine.all():
+        return mine if not wanted else np.ones(len(ranked), dtype=np.bool_)
+    taken = mine.copy()
+    theirs = np.flatnonzero(~mine)
+    owners = owners[theirs]
     # How far above nominal each owner is on each wanted resource.
     above = np.zeros((len(table.tenants), len(wanted)), dtype=np.int64)
-    for code in np.unique(owners):
-        name = table.tenants[int(code)]
-        if int(code) == own:
-            continue
-        nominal = ledger.tenants[name].nominal
+    for code in np.flatnonzero(np.bincount(owners, minlength=len(table.tenants))).tolist():
+        nominal = ledger.tenants[table.tenants[code]].nominal
+        name = table.tenants[code]
         above[code] = [ledger.used(name, r) - nominal.get(r, 0) for r in wanted]
     zero = np.zeros(len(table.alive), dtype=np.int64)
-    use = np.stack([table.usage.get(r, zero)[ranked] for r in wanted], axis=1)
+    rows = ranked[theirs]
+    use = np.stack([table.usage.get(r, zero)[rows] for r in wanted], axis=1)
     # Group by owner, keeping rank order within each group, and sum what was
     # taken before each row within its group.
     by_owner = np.argsort(owners, kind="stable")
@@ -332,9 +323,9 @@ def _taken(
     firsts = np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1])))
     lengths = np.diff(np.concatenate((firsts, [len(grouped)])))
     before -= np.repeat(before[firsts], lengths, axis=0)
-    keep = (before < above[grouped]).any(axis=1) | (grouped == own)
-    taken = np.empty(len(ranked), dtype=np.bool_)
-    taken[by_owner] = keep
+    keep = np.empty(len(theirs), dtype=np.bool_)
+    keep[by_owner] = (before < above[grouped]).any(axis=1)
+    taken[theirs] = keep
     return taken
 
 
@@ -394,6 +385,11 @@ def _could_fit(
     if not short and not _quota_after(preemptor, request, ledger, table, rows):
         return False
     free = _free_without(state, table, rows, preemptor.gpu_milli > 0)
+    if len(preemptor.pods) > 1 and bool(state.up.all()):
+        # Every node is up: a count over them all is ``could_fit``'s answer
+        # too, so one count serves both.
+        room = RoomCount(state, placer, preemptor, free, np.ones(len(state), dtype=np.bool_))
+        return True if not short and room.fits() else room
     if not short and _room_in(free, preemptor, state, placer):
         return True
     if len(preemptor.pods) == 1 and not fit_is_exact(preemptor):
@@ -538,14 +534,16 @@ def search(
     fits = _could_fit(preemptor, request, ledger, table, rows, state, placer, free_gpu, free_cpu)
     if fits is not True:
         room = fits if isinstance(fits, RoomCount) and not fits.fits() else None
-        runs = [table.run(slot) for slot in rows.tolist()]
-        return Unfound(frozenset((run.name, run.attempt) for run in runs), room=room)
-    ranked = (found.victim(table, int(at)) for at in order)
+        # Rows of running workloads: none of their entries is None.
+        counted = cast(frozenset[tuple[str, int]],
+                       frozenset(map(table.attempts.__getitem__, rows.tolist())))
+        return Unfound(counted, room=room)
     if fit_is_exact(preemptor):
         plan = _greedy_counted(
-            preemptor, request, ledger, state, placer, ranked, free_gpu, free_cpu
+            preemptor, request, ledger, state, placer, table, found, order, free_gpu, free_cpu
         )
     else:
+        ranked = (found.victim(table, int(at)) for at in order)
         plan = _greedy(preemptor, request, ledger, state, placer, ranked, free_gpu, free_cpu)
     return UNFOUND if plan is None else plan
 
@@ -556,7 +554,9 @@ def _greedy_counted(
     ledger: QuotaLedger,
     state: ClusterState,
     placer: Placer,
-    ranked: Iterable[Victim],
+    table: RunningTable,
+    found: _Candidates,
+    order: Ints,
     free_gpu: int,
     free_cpu: int,
 ) -> PreemptionPlan | None:
@@ -568,60 +568,86 @@ def _greedy_counted(
     placed once, at the end.  The victims and the placement are those of
     ``_greedy``: a placement depends only on the state it is made on, and
     every step that ``_greedy`` keeps leaves the state as the one that last
-    placed found it.
+    placed found it.  Candidates are ``order`` (positions in ``found``); the
+    passes read their rows of ``table``, and only the victims kept become
+    ``Victim``s.
     """
     need_gpu, need_cpu = preemptor.gpu_milli, sum(pod.cpu for pod in preemptor.pods)
     tenant = preemptor.tenant
     room = RoomCount(state, placer, preemptor)
-    chosen: list[Victim] = []
-    dropped: set[int] = set()  # ids of the chosen victims the drop pass put back
+    runs = table.runs
+    rows = found.rows[order]
+    slots: list[int] = rows.tolist()
+    gpus: list[int] = table.gpu_total[rows].tolist()
+    cpus: list[int] = table.cpu_total[rows].tolist()
+    costs: list[float] = found.cost[order].tolist()
+    chosen: list[int] = []  # indices into slots, in the order taken
+    refunded: set[int] = set()  # the chosen ones whose usage is refunded in the ledger
+    owed: list[int] = []  # chosen, not refunded yet: the ledger is read only once room fits
+
+    def settle() -> None:
+        # Refunds add up: one per owner of the sums comes to the same ledger.
+        sums: dict[str, dict[str, int]] = {}
+        for i in owed:
+            run = runs[slots[i]]
+            assert run is not None
+            into = sums.setdefault(run.tenant, {})
+            for resource, amount in run.usage.items():
+                if resource in request:
+                    into[resource] = into.get(resource, 0) + amount
+        for owner, vector in sums.items():
+            ledger.refund(owner, vector)
+        refunded.update(owed)
+        owed.clear()
+
     gpu_freed = cpu_freed = 0
     try:
-        for victim in ranked:
-            run = victim.running
-            ledger.refund(run.tenant, run.usage, request)
-            chosen.append(victim)
+        for i, slot in enumerate(slots):
+            run = runs[slot]
+            assert run is not None
+            chosen.append(i)
+            owed.append(i)
             room.give(run.bindings)
-            for binding in run.bindings:
-                gpu_freed += binding.shape.gpu_total_milli
-                cpu_freed += binding.shape.cpu
+            gpu_freed += gpus[i]
+            cpu_freed += cpus[i]
             if free_gpu + gpu_freed < need_gpu or free_cpu + cpu_freed < need_cpu:
                 continue
-            if room.fits() and ledger.check(tenant, request).fits:
-                break
+            if room.fits():
+                settle()
+                if ledger.check(tenant, request).fits:
+                    break
         else:
             return None
-        # Drop the victims a later one made unnecessary, costliest first.
-        for victim in sorted(chosen, key=lambda v: -v.cost):
-            run = victim.running
-            gpu = sum(b.shape.gpu_total_milli for b in run.bindings)
-            cpu = sum(b.shape.cpu for b in run.bindings)
-            ledger.charge(run.tenant, run.usage, 1, request)
-            room.give(run.bindings, -1)
-            if (
-                free_gpu + gpu_freed - gpu >= need_gpu
-                and free_cpu + cpu_freed - cpu >= need_cpu
-                and room.fits()
-                and ledger.check(tenant, request).fits
-            ):
-                dropped.add(id(victim))
-                gpu_freed, cpu_freed = gpu_freed - gpu, cpu_freed - cpu
+        # Drop the victims a later one made unnecessary, costliest first: room
+        # first, the ledger only for those whose room is not needed.
+        for i in sorted(chosen, key=lambda i: -costs[i]):
+            run = runs[slots[i]]
+            assert run is not None
+            gpu, cpu = gpus[i], cpus[i]
+            if free_gpu + gpu_freed - gpu < need_gpu or free_cpu + cpu_freed - cpu < need_cpu:
                 continue
+            room.give(run.bindings, -1)
+            if room.fits():
+                ledger.charge(run.tenant, run.usage, 1, request)
+                if ledger.check(tenant, request).fits:
+                    refunded.discard(i)
+                    gpu_freed, cpu_freed = gpu_freed - gpu, cpu_freed - cpu
+                    continue
+                ledger.refund(run.tenant, run.usage, request)
             room.give(run.bindings)
-            ledger.refund(run.tenant, run.usage, request)
-        chosen = [v for v in chosen if id(v) not in dropped]
-        dropped.clear()
+        victims = [found.victim(table, int(order[i])) for i in chosen if i in refunded]
         with state.trial():
-            for victim in chosen:
+            for victim in victims:
                 for binding in victim.running.bindings:
                     state.unbind(binding)
             bindings = placer.place(state, preemptor)
         assert bindings is not None, "an exact room count promised a placement"
     finally:
-        for victim in chosen:
-            if id(victim) not in dropped:
-                ledger.charge(victim.running.tenant, victim.running.usage, 1, request)
-    return PreemptionPlan(victims=tuple(chosen), bindings=tuple(bindings))
+        for i in refunded:
+            run = runs[slots[i]]
+            assert run is not None
+            ledger.charge(run.tenant, run.usage, 1, request)
+    return PreemptionPlan(victims=tuple(victims), bindings=tuple(bindings))
 
 
 def _greedy(

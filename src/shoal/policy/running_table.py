@@ -16,6 +16,7 @@ time it searches.  A cycle only reads the table.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Iterator
 
@@ -24,10 +25,10 @@ import numpy.typing as npt
 
 from shoal.policy.snapshot import Running
 
-__all__ = ["NAME_WORDS", "Entries", "RunningTable", "name_key"]
+__all__ = ["Entries", "RunningTable"]
 
-NAME_WORDS = 4
-"""Words of ``RunningTable.name_key``: names equal in their first 32 bytes tie there."""
+_STEP = float(1 << 20)
+"""Gap between neighbouring order labels after a relabelling (see ``RunningTable.label``)."""
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
@@ -48,6 +49,8 @@ class RunningTable:
         self.tenant_code: dict[str, int] = {}
         self.slot: dict[str, int] = {}
         self.runs: list[Running | None] = []
+        self.attempts: list[tuple[str, int] | None] = []
+        """Per row, its workload's name and ``Running.attempt`` (how releases name it)."""
         self.levels: dict[tuple[int, int], int] = {}
         """Rows in use per (tenant code, priority)."""
         self._free: list[int] = []
@@ -65,8 +68,16 @@ class RunningTable:
         self.gpu_total: Ints = np.zeros(0, dtype=np.int64)
         self.cpu_total: Ints = np.zeros(0, dtype=np.int64)
         self.usage: dict[str, Ints] = {}
-        self.name_key: npt.NDArray[np.uint64] = np.zeros((0, NAME_WORDS), dtype=np.uint64)
-        """The name's first bytes as big-endian words: they sort as the names do."""
+        self.label: Floats = np.zeros(0)
+        """Each row's place in the order of (priority, latest start first, name), as
+        a number: victim searches rank by lost work, then by this.  Labels of
+        rows in use are distinct and only ever compared, so a new row gets one
+        between its neighbours' and the others keep theirs (all are numbered
+        again, rarely, when two neighbours leave no number between them)."""
+        self._order: list[tuple[int, float, str]] = []
+        """The rows' (priority, -start, name), sorted."""
+        self._order_slots: list[int] = []
+        """The row of each entry of ``_order``."""
         self.pods = Entries(("node", "cpu", "memory"))
         """One entry per pod: its node, CPU and memory."""
         self.gpus = Entries(("node", "slot", "milli", "memory"))
@@ -115,6 +126,7 @@ class RunningTable:
         else:
             self._forget(slot)
         self.runs[slot] = run
+        self.attempts[slot] = (name, run.attempt)
         workload = run.workload
         code = self.code(workload.tenant)
         level = (code, workload.priority)
@@ -127,7 +139,7 @@ class RunningTable:
         self.checkpoint[slot] = math.nan if run.last_checkpoint is None else run.last_checkpoint
         self.interval[slot] = run.checkpoint_interval or 0.0
         self.weight[slot] = run.weight
-        self.name_key[slot] = name_key(name)
+        self._place(slot, (workload.priority, -run.start_time, name))
         for resource, column in self.usage.items():
             column[slot] = run.usage.get(resource, 0)
         for resource, amount in run.usage.items():
@@ -149,6 +161,7 @@ class RunningTable:
             return
         self._forget(slot)
         self.runs[slot] = None
+        self.attempts[slot] = None
         self.alive[slot] = False
         self.preemptible[slot] = False
         self._free.append(slot)
@@ -163,6 +176,33 @@ class RunningTable:
             del self.levels[level]
         self.pods.drop(slot)
         self.gpus.drop(slot)
+        run = self.runs[slot]
+        assert run is not None
+        key = (run.workload.priority, -run.start_time, run.name)
+        at = bisect.bisect_left(self._order, key)
+        assert self._order[at] == key
+        del self._order[at]
+        del self._order_slots[at]
+
+    def _place(self, slot: int, key: tuple[int, float, str]) -> None:
+        """Give ``slot`` its label for ``key`` (see ``label``)."""
+        order, slots = self._order, self._order_slots
+        at = bisect.bisect_left(order, key)
+        order.insert(at, key)
+        slots.insert(at, slot)
+        labels = self.label
+        below = float(labels[slots[at - 1]]) if at else None
+        above = float(labels[slots[at + 1]]) if at + 1 < len(slots) else None
+        if below is None:
+            labels[slot] = 0.0 if above is None else above - _STEP
+        elif above is None:
+            labels[slot] = below + _STEP
+        else:
+            middle = (below + above) / 2
+            if below < middle < above:
+                labels[slot] = middle
+            else:  # no number left between them: number them all again
+                labels[np.array(slots, dtype=np.int64)] = np.arange(len(slots)) * _STEP
 
     def run(self, slot: int) -> Running:
         run = self.runs[slot]
@@ -175,15 +215,13 @@ class RunningTable:
         if more <= 0:
             return
         self.runs.extend([None] * more)
+        self.attempts.extend([None] * more)
         for attr in ("alive", "preemptible", "tenant", "priority", "start", "checkpoint",
-                     "interval", "weight", "gpu_total", "cpu_total"):
+                     "interval", "weight", "gpu_total", "cpu_total", "label"):
             column = getattr(self, attr)
             setattr(self, attr, np.concatenate([column, np.zeros(more, dtype=column.dtype)]))
         for resource, column in self.usage.items():
             self.usage[resource] = np.concatenate([column, np.zeros(more, dtype=np.int64)])
-        self.name_key = np.concatenate(
-            [self.name_key, np.zeros((more, NAME_WORDS), dtype=np.uint64)]
-        )
         self.pods.grow_rows(capacity)
         self.gpus.grow_rows(capacity)
 
@@ -267,13 +305,3 @@ def _padded(values: Ints, size: int, fill: int) -> Ints:
     out = np.full(size, fill, dtype=np.int64)
     out[: len(values)] = values
     return out
-
-
-def name_key(name: str) -> npt.NDArray[np.uint64]:
-    """Words that order as ``name`` does among names that differ in their first 32 bytes.
-
-    UTF-8 keeps code point order byte by byte, and names hold no NUL, so
-    zero padding sorts a name before any longer one it begins.
-    """
-    raw = name.encode()[: 8 * NAME_WORDS].ljust(8 * NAME_WORDS, b"\0")
-    return np.frombuffer(raw, dtype=">u8").astype(np.uint64)

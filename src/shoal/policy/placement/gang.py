@@ -296,20 +296,24 @@ class RoomCount:
         after the room was taken and went again); a node's room then never
         exceeds its capacity, so the counts only grow.
         """
+        touched = self._free
+        shapes = self._shapes
+        counts = self.counts
         for binding in bindings:
             node, shape = binding.node, binding.shape
-            free = self._free.get(node)
+            free = touched.get(node)
             if free is None:
                 base = self._base
                 free = [int(base.cpu[node]), int(base.memory[node])]
                 free.extend(base.gpu[node].tolist())
-                self._free[node] = free
-                for kind in self._shapes:
-                    kind.now[node] = int(kind.first[node])
+                touched[node] = free
+                for kind in shapes:
+                    kind.touch(node)
             free[0] += sign * shape.cpu
             free[1] += sign * shape.memory
+            milli = sign * shape.gpu_milli
             for gpu in binding.gpus:
-                free[2 + gpu] += sign * shape.gpu_milli
+                free[2 + gpu] += milli
             if capped:
                 state = self._state
                 free[0] = min(free[0], int(state.cpu_cap[node]))
@@ -317,9 +321,9 @@ class RoomCount:
                 for gpu in binding.gpus:
                     free[2 + gpu] = min(free[2 + gpu], MILLI)
             up = bool(self._up[node])
-            for i, kind in enumerate(self._shapes):
+            for i, kind in enumerate(shapes):
                 count = kind.on(node, free) if up else 0
-                self.counts[i] += count - kind.now[node]
+                counts[i] += count - kind.now[node]
                 kind.now[node] = count
 
 
@@ -327,33 +331,45 @@ class _Shape:
     """One pod shape of a ``RoomCount``: how many the workload has, and per node
     how many could go there (first, and now for the nodes touched since)."""
 
-    __slots__ = ("allowed", "count", "first", "now", "once", "pod")
+    __slots__ = ("allowed", "count", "cpu", "first", "gpu_count", "gpu_milli", "memory",
+                 "now", "ok", "once", "pod", "whole")
 
     def __init__(
         self, pod: PodShape, count: int, allowed: BoolArray, once: bool, first: IntArray
     ) -> None:
         self.pod, self.count, self.allowed, self.once, self.first = pod, count, allowed, once, first
         self.now: dict[int, int] = {}
+        self.ok: dict[int, bool] = {}
+        """Per node touched, whether the pod may go there (``allowed``)."""
+        # The pod's figures, read once: ``on`` runs for every pod that comes or goes.
+        self.cpu, self.memory = pod.cpu, pod.memory
+        self.gpu_count, self.gpu_milli = pod.gpu_count, pod.gpu_milli
+        self.whole = pod.gpu_milli >= MILLI
+
+    def touch(self, node: int) -> None:
+        """Start following ``node``: its count as first counted."""
+        self.now[node] = int(self.first[node])
+        self.ok[node] = bool(self.allowed[node])
 
     def on(self, node: int, free: list[int]) -> int:
         """``Free.pods_per_node`` of one node that is up, from its free ``free``."""
-        if not self.allowed[node]:
+        if not self.ok[node]:
             return 0
-        pod = self.pod
         room = 1 << 40
-        if pod.cpu:
-            room = min(room, free[0] // pod.cpu)
-        if pod.memory:
-            room = min(room, free[1] // pod.memory)
-        if pod.gpu_count:
-            gpus = free[2:]
-            if pod.gpu_milli >= MILLI:
-                room = min(room, gpus.count(MILLI) // pod.gpu_count)
+        if self.cpu:
+            room = free[0] // self.cpu
+        if self.memory:
+            room = min(room, free[1] // self.memory)
+        gpu_count = self.gpu_count
+        if gpu_count:
+            if self.whole:
+                room = min(room, free[2:].count(MILLI) // gpu_count)
             else:
-                milli = pod.gpu_milli
-                room = min(room, sum([v // milli for v in gpus]) // pod.gpu_count)
-        room = max(room, 0)
-        return min(room, 1) if self.once else room
+                milli = self.gpu_milli
+                room = min(room, sum([v // milli for v in free[2:]]) // gpu_count)
+        if room <= 0:
+            return 0
+        return 1 if self.once else room
 
 
 def pods_per_node(state: ClusterState, pod: PodShape) -> IntArray:
