@@ -155,13 +155,12 @@ class QuotaLedger:
 
     def within_nominal(self, name: str, request: Vector) -> bool:
         """Whether ``name`` stays within nominal quota after being charged ``request``."""
-        tenant = self.tenants[name]
-        mine = self.usage.get(name, {})
-        return all(
-            mine.get(r, 0) + amount <= tenant.nominal.get(r, 0)
-            for r, amount in request.items()
-            if amount > 0
-        )
+        nominal = self.tenants[name].nominal
+        mine = self.usage.get(name, _NONE)
+        for resource, amount in request.items():
+            if amount > 0 and mine.get(resource, 0) + amount > nominal.get(resource, 0):
+                return False
+        return True
 
     def share_after(self, name: str, request: Vector) -> float:
         """``fairshare.share_after``: the weighted dominant share ``name`` would borrow."""

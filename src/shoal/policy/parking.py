@@ -121,11 +121,20 @@ class Parked:
         if not released:
             return True
         units: dict[str, int] = {}
-        for _, _, bindings in released:
-            for resource, amount in flavors.usage_of(state, bindings).items():
-                units[resource] = units.get(resource, 0) + amount
+        if any(park.resource is not None for park in self.buckets.values()):
+            for _, _, bindings in released:
+                for resource, amount in flavors.usage_of(state, bindings).items():
+                    units[resource] = units.get(resource, 0) + amount
+        # Only counts that parked buckets wait on, and that do not hold their
+        # shape already, need the releases: a count that holds it wakes its
+        # buckets, and the next bucket of its shape to park counts anew.
+        used = {park.room for park in self.buckets.values() if park.resource is None}
+        for shape in [shape for shape in self.rooms if shape not in used]:
+            del self.rooms[shape]
         for room in self.rooms.values():
             for _, _, bindings in released:
+                if room.fits():
+                    break
                 # Capped: a workload admitted after the room was counted
                 # gives back room the count never lost.
                 room.give(bindings, capped=True)
