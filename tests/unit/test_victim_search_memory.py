@@ -121,7 +121,8 @@ def test_kept_entries_give_the_room_a_fresh_table_gives(
         assert sorted(r.name for r in table) == sorted(live)
     take = sorted(data.draw(st.sets(st.sampled_from(sorted(live)), max_size=8))) if live else []
     rooms = [
-        free_without(state, table, np.array([table.slot[n] for n in take], dtype=np.int64), True)
+        free_without(state, table, np.array([table.slot[n] for n in take], dtype=np.int64),
+                     True, True)
         for table in (kept, fresh)
     ]
     for attr in ("cpu", "memory", "gpu", "gpu_memory"):

@@ -329,8 +329,11 @@ def _taken(
     return taken
 
 
-def _free_without(state: ClusterState, table: RunningTable, rows: Ints, gpu: bool) -> Free:
-    """The room every node would have with the workloads of ``rows`` gone."""
+def _free_without(
+    state: ClusterState, table: RunningTable, rows: Ints, gpu: bool, gpu_memory: bool
+) -> Free:
+    """The room every node would have with the workloads of ``rows`` gone (free GPU
+    memory only if ``gpu_memory``: only pods that ask for some read it)."""
     n = len(state)
     take = np.zeros(table.size + 1, dtype=np.bool_)  # the last one stands for dropped entries
     take[rows] = True
@@ -352,10 +355,12 @@ def _free_without(state: ClusterState, table: RunningTable, rows: Ints, gpu: boo
     milli = state.gpu_free + np.bincount(
         flat, weights=gpus["milli"][mine], minlength=n * width
     ).astype(np.int64).reshape(n, width)
-    gpu_memory = state.gpu_mem_free + np.bincount(
+    if not gpu_memory:
+        return Free(cpu, memory, milli)
+    memory_left = state.gpu_mem_free + np.bincount(
         flat, weights=gpus["memory"][mine], minlength=n * width
     ).astype(np.int64).reshape(n, width)
-    return Free(cpu, memory, milli, gpu_memory)
+    return Free(cpu, memory, milli, memory_left)
 
 
 def _could_fit(
@@ -384,7 +389,8 @@ def _could_fit(
     )
     if not short and not _quota_after(preemptor, request, ledger, table, rows):
         return False
-    free = _free_without(state, table, rows, preemptor.gpu_milli > 0)
+    free = _free_without(state, table, rows, preemptor.gpu_milli > 0,
+                         any(pod.gpu_memory for pod in preemptor.pods))
     if len(preemptor.pods) > 1 and bool(state.up.all()):
         # Every node is up: a count over them all is ``could_fit``'s answer
         # too, so one count serves both.
