@@ -134,29 +134,27 @@ def test_the_last_job_to_arrive_on_an_event_runs_and_is_reported(tmp_path: Path)
 
 
 def test_the_report_names_the_runs_folder_and_rm_removes_it(tmp_path: Path) -> None:
-    import shutil
-    import tempfile
-
     path = tmp_path / "scenario.yaml"
     path.write_text(CLUSTER + job("only", "pass"))
+    # Runs make their folders in the temporary directory: one of the test's
+    # own, so that other runs on the machine (another suite, say) cannot
+    # add folders while it counts them.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
 
     def folders() -> set[Path]:
-        return set(Path(tempfile.gettempdir()).glob("shoal-run-scenario-*"))
+        return set(temp.glob("shoal-run-scenario-*"))
 
     def shoal_run(*extra: str) -> dict[str, Any]:
         done = subprocess.run([sys.executable, "-m", "shoal", "run", str(path), "-o", "json",
                                *extra], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                              check=False)
+                              check=False, env={**os.environ, "TMPDIR": str(temp)})
         assert done.returncode == 0, done.stderr
         report: dict[str, Any] = json.loads(done.stdout)
         return report
 
-    before = folders()
     kept = Path(shoal_run()["state_dir"])
-    try:
-        assert folders() - before == {kept}
-        assert len(list(kept.glob("jobs/*/only/logs/pod-0.log"))) == 1
-        assert shoal_run("--rm")["state_dir"] is None
-        assert folders() - before == {kept}, "--rm leaves no folder behind"
-    finally:
-        shutil.rmtree(kept, ignore_errors=True)
+    assert folders() == {kept}
+    assert len(list(kept.glob("jobs/*/only/logs/pod-0.log"))) == 1
+    assert shoal_run("--rm")["state_dir"] is None
+    assert folders() == {kept}, "--rm leaves no folder behind"
