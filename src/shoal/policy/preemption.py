@@ -301,16 +301,18 @@ def _taken(
     owners = table.tenant[ranked]
     own = table.tenant_code.get(preemptor.tenant, -1)
     mine: BoolArray = owners == own
-    if not wanted or mine.all():
-        return mine if not wanted else np.ones(len(ranked), dtype=np.bool_)
+    if not wanted:
+        return mine
+    if mine.all():
+        return np.ones(len(ranked), dtype=np.bool_)  # no other owner to cut off
     taken = mine.copy()
     theirs = np.flatnonzero(~mine)
     owners = owners[theirs]
     # How far above nominal each owner is on each wanted resource.
     above = np.zeros((len(table.tenants), len(wanted)), dtype=np.int64)
     for code in np.flatnonzero(np.bincount(owners, minlength=len(table.tenants))).tolist():
-        nominal = ledger.tenants[table.tenants[code]].nominal
         name = table.tenants[code]
+        nominal = ledger.tenants[name].nominal
         above[code] = [ledger.used(name, r) - nominal.get(r, 0) for r in wanted]
     zero = np.zeros(len(table.alive), dtype=np.int64)
     rows = ranked[theirs]

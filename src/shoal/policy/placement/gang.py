@@ -357,7 +357,7 @@ class _Shape:
             return 0
         room = 1 << 40
         if self.cpu:
-            room = free[0] // self.cpu
+            room = min(room, free[0] // self.cpu)
         if self.memory:
             room = min(room, free[1] // self.memory)
         gpu_count = self.gpu_count
