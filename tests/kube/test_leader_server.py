@@ -238,6 +238,9 @@ def test_two_operators_one_acts_and_the_standby_takes_over_when_it_is_killed(
         wait_for_line(logs["second"], "standby: the lease default/shoal-operator is held by",
                       second)
         kube.create(tenant("led", 8))
+        # The leader's tenancy handler makes the tenant's namespace: a job can go in then.
+        wait_until(kube, "Namespace", lambda found: "led" in found,
+                   what=f"namespace led (log: {logs['first']})", timeout_s=WAIT_S)
         job_succeeds(kube, "before", logs["first"])
         # The standby did nothing: no handler ran in it, no CRD install, and it still waits.
         standby_log = logs["second"].read_text()

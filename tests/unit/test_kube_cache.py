@@ -200,3 +200,41 @@ def test_a_bound_pod_stays_bound_when_the_echo_of_its_creation_arrives() -> None
 ])
 def test_equality_selectors(labels: dict[str, str], selector: str, expected: bool | None) -> None:
     assert matches(labels, selector) is expected
+
+
+def test_the_journal_says_which_objects_changed_since_a_mark() -> None:
+    stop = threading.Event()
+    kube = Scripted([[obj("a", 1), obj("b", 2)], [obj("a", 30)]], [], stop)
+    cache = synced_cache(kube, Watched("TrainingJob"))
+    first = cache.changes("TrainingJob", None)
+    assert first is not None
+    keys, mark = first
+    assert keys is None, "a first look reads everything"
+    informer = cache.informers[("TrainingJob", "")]
+    assert informer.apply(obj("a", 5))
+    assert not informer.apply(obj("a", 4))  # older: held as it was, nothing to say
+    assert informer.apply(obj("c", 6))
+    assert informer.apply(obj("b", 7), deleted=True)
+    found = cache.changes("TrainingJob", mark)
+    assert found is not None
+    keys, mark = found
+    assert keys == [("ns", "a"), ("ns", "c"), ("ns", "b")]
+    found = cache.changes("TrainingJob", mark)
+    assert found is not None and found[0] == []
+    informer.relist()  # a new journal: a reader with an older mark reads it all again
+    found = cache.changes("TrainingJob", mark)
+    assert found is not None and found[0] is None
+    assert cache.changes("Pod", None) is None, "not watched: the cache cannot tell"
+
+
+def test_a_journal_grown_past_the_objects_held_starts_anew() -> None:
+    informer = Informer(None, "TrainingJob")  # type: ignore[arg-type]
+    informer.apply(obj("a", 1))
+    _, mark = informer.changes(None)
+    for rv in range(2, 1100):
+        assert informer.apply(obj("a", rv, status={"step": rv}))
+    keys, mark = informer.changes(mark)
+    assert keys is None, "the changes since that mark were not all kept"
+    informer.apply(obj("a", 2000))
+    assert informer.changes(mark)[0] == [("ns", "a")]
+    assert informer.changes(None)[0] is None

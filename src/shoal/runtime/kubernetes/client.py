@@ -64,6 +64,8 @@ from shoal.errors import (
 from shoal.runtime.kubernetes.discovery import ApiKind, Discovery
 
 Body = dict[str, Any]
+Keys = list[tuple[str, str]]
+"""``(namespace, name)`` of objects; the namespace is "" for cluster-scoped kinds."""
 
 TIMEOUT_S = 30.0
 """Per request; a watch sets its own."""
@@ -195,6 +197,12 @@ class Kube:
                 fields: str = "") -> Body:
         """The whole list object, whose ``metadata.resourceVersion`` a watch resumes from."""
         return self._call("list", kind, namespace, label_selector=labels, field_selector=fields)
+
+    def changes(self, kind: str, mark: object) -> tuple[Keys | None, object] | None:
+        """Which objects of ``kind`` changed since ``mark`` (a value an earlier answer gave;
+        None at first): ``(keys, next mark)``, keys None when every object must be read
+        again.  None when this client cannot tell (no watch-fed cache: the default)."""
+        return None
 
     def watch(self, kind: str, namespace: str | None = None, *, since: str, timeout_s: float,
               labels: str = "", fields: str = "", bookmarks: bool = False

@@ -21,14 +21,18 @@ store puts a finalizer on every job it sees, so a deleted TrainingJob stays
 ends; ``finish_deleted`` then lets it go.
 
 Each TrainingJob is converted to its record once per resourceVersion (kept
-by uid and version, dropped when the object goes).  With pools set (the
-control loop's ``run`` sets them: ``background``, ``notes``), the finalizers
+by uid and version, dropped when the object goes), and the listed records are
+kept in order between calls: over the watch cache, which tells which objects
+changed since the last look (``Kube.changes``), a pass takes in only those,
+so that 10,000 jobs cost a pass the jobs that changed, not all 10,000.  With
+pools set (the control loop's ``run`` sets them: ``background``, ``notes``), the finalizers
 of newly seen jobs are put on side by side and Events are created without
 waiting for them.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Collection, Sequence
 from concurrent.futures import Executor
@@ -66,6 +70,13 @@ class KubeStore:
         """Where finalizer writes of new jobs go, side by side (None: done in turn)."""
         self.notes: Executor | None = None
         """Where Event creates go, not waited for (None: done in turn)."""
+        # The listed jobs, kept between calls (``_records``): by key, in order
+        # (submit time, name, key), and that list of records once built.
+        self._mark: object = None
+        self._current: dict[tuple[str, str], tuple[JobRow, Body]] = {}
+        self._sort_keys: dict[tuple[str, str], tuple[float, str, tuple[str, str]]] = {}
+        self._order: list[tuple[float, str, tuple[str, str]]] = []
+        self._listed: list[tuple[JobRow, Body]] | None = None
 
     # -- tenants ----------------------------------------------------------------
 
@@ -87,12 +98,7 @@ class KubeStore:
         """
         rows: list[JobRow] = []
         items: dict[str, Body] = {}
-        listed = self._held(self.kube.list("TrainingJob"))
-        self._forget_gone(listed)
-        for item in listed:
-            row = self._remember(item)
-            if row is None:
-                continue
+        for row, item in self._records():
             if tenant is not None and row.tenant != tenant:
                 continue
             if phases is not None and row.phase not in phases:
@@ -109,8 +115,89 @@ class KubeStore:
                                  f"no Tenant named {row.tenant!r}: the job waits until "
                                  f"one is created")
             rows = [r for r in rows if r.name not in orphans]
-        rows.sort(key=lambda r: (r.submit_time, r.name))
         return rows
+
+    def _records(self) -> list[tuple[JobRow, Body]]:
+        """Every job's record and object, oldest first (jobs left out are not there).
+
+        Over a watch-fed cache that tells which TrainingJobs changed since the
+        last call, only those are converted again; else every one is looked at.
+        """
+        # A stand-in for the client seam may not tell changes: every object is read.
+        changes = getattr(self.kube, "changes", None)
+        found = None if changes is None else changes("TrainingJob", self._mark)
+        if found is None:
+            self._rebuild(self.kube.list("TrainingJob"))
+        else:
+            changed, self._mark = found
+            if changed is None:
+                self._rebuild(self.kube.list("TrainingJob"))
+            elif changed:
+                self._update(changed)
+        if self._listed is None:
+            self._listed = [self._current[key] for _, _, key in self._order]
+        return self._listed
+
+    def _rebuild(self, listed: list[Body]) -> None:
+        listed = self._held(listed)
+        self._forget_gone(listed)
+        self._current, self._sort_keys, self._order = {}, {}, []
+        for item in listed:
+            self._take(item, place=False)
+        self._order.sort()
+        self._listed = None
+
+    def _update(self, changed: list[tuple[str, str]]) -> None:
+        """Take in the TrainingJobs at ``changed`` as the cache now holds them."""
+        seen: set[tuple[str, str]] = set()
+        items: list[Body] = []
+        for key in changed:
+            if key in seen:
+                continue
+            seen.add(key)
+            item = self.kube.get("TrainingJob", key[1], key[0] or None)
+            if item is None:
+                self._drop(key)
+            else:
+                items.append(item)
+        for item in self._held(items):
+            self._take(item)
+
+    def _take(self, item: Body, place: bool = True) -> JobRow | None:
+        """Remember ``item``'s record among the listed ones (in its place, oldest first)."""
+        meta = item["metadata"]
+        key = (str(meta.get("namespace", "")), str(meta["name"]))
+        row = self._remember(item)
+        self._listed = None
+        old = self._sort_keys.pop(key, None)
+        if row is None:
+            self._current.pop(key, None)
+            if old is not None:
+                del self._order[bisect.bisect_left(self._order, old)]
+            return None
+        self._current[key] = (row, item)
+        entry = (row.submit_time, row.name, key)
+        self._sort_keys[key] = entry
+        if old == entry:
+            return row
+        if old is not None:
+            del self._order[bisect.bisect_left(self._order, old)]
+        if place:
+            bisect.insort(self._order, entry)
+        else:
+            self._order.append(entry)  # sorted by the caller
+        return row
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        """Forget a TrainingJob that went."""
+        self._listed = None
+        self._current.pop(key, None)
+        old = self._sort_keys.pop(key, None)
+        if old is not None:
+            del self._order[bisect.bisect_left(self._order, old)]
+        known = self._rows.pop(key, None)
+        if known is not None:
+            self._objects.pop(known[2].name, None)
 
     def _unadmitted(self, item: Body, reason: str, message: str) -> None:
         """Say, once, why a job is left out: ``Admitted`` False with ``reason``."""
@@ -141,7 +228,7 @@ class KubeStore:
         known = self._objects.get(name)
         tenant, _, short = name.rpartition("/")
         found = self.kube.get("TrainingJob", short, known.namespace if known else tenant)
-        row = None if found is None else self._remember(found)
+        row = None if found is None else self._take(found)
         if row is None:
             raise NotFoundError(f"job '{name}' not found")
         return row
