@@ -179,9 +179,8 @@ def test_ctrl_c_in_sim_exits_130_with_a_line(tmp_path: Path) -> None:
     trace = str(tmp_path / "jobs.csv")
     try:
         # Interrupt once it is reading the trace (long work under way).
-        wait_for(lambda: process.poll() is not None or any(
-            os.path.realpath(f"/proc/{process.pid}/fd/{fd}") == trace
-            for fd in _fds(process.pid)), timeout=120)
+        wait_for(lambda: process.poll() is not None or trace in _open_files(process.pid),
+                 timeout=120)
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=180)  # generous: CI machines are slow and busy
     finally:
@@ -192,11 +191,19 @@ def test_ctrl_c_in_sim_exits_130_with_a_line(tmp_path: Path) -> None:
     assert "interrupted" in err and "Traceback" not in err
 
 
-def _fds(pid: int) -> list[str]:
+def _open_files(pid: int) -> set[str]:
+    """What the process has open now (a descriptor may close while it is looked at)."""
     try:
-        return os.listdir(f"/proc/{pid}/fd")
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return []
+        return set()
+    found = set()
+    for fd in fds:
+        try:
+            found.add(os.path.realpath(f"/proc/{pid}/fd/{fd}", strict=True))
+        except OSError:
+            continue  # closed meanwhile
+    return found
 
 
 # -- validate runs apply's checks offline ----------------------------------------
