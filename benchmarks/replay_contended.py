@@ -17,7 +17,9 @@ job has finished.
 Prints one JSON line: CPU seconds of the replay (process time, one thread),
 events handled and events per CPU-second, peak RSS, and what shows that it
 contended: mean GPU allocation while jobs arrive and overall, the largest
-queue, preemptions and the mean queueing delay.
+queue, preemptions and the mean queueing delay; and ``decisions``, a digest
+of every job's start, end, attempts and lost work (equal digests: the same
+decisions).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from __future__ import annotations
 import argparse
 import cProfile
 import dataclasses
+import hashlib
 import json
 import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -95,7 +99,19 @@ def main() -> None:
         "jobs_completed": metrics["jobs_completed"],
         "queue_delay_mean_s": round(metrics["queue_delay_mean_s"], 1),
         "jct_mean_s": round(metrics["jct_mean_s"], 1),
+        "decisions": decisions_digest(run.jobs),
     }))
+
+
+def decisions_digest(records: dict[str, Any]) -> str:
+    """A digest of every job's first start, end, attempts and lost work: equal
+    digests mean the same decisions (to compare two versions of the engine)."""
+    digest = hashlib.sha256()
+    for name in sorted(records):
+        r = records[name]
+        digest.update(f"{name}|{r.first_start}|{r.finish}|{r.row.attempts}|"
+                      f"{r.lost_gpu_seconds:.6f}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ leave the ledger and the cluster as they found them.
 from __future__ import annotations
 
 import dataclasses
+from unittest import mock
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +25,7 @@ from shoal.domain.tenant import (
     WithinTenant,
 )
 from shoal.domain.workload import Constraints
-from shoal.policy import flavors
+from shoal.policy import flavors, preemption
 from shoal.policy.ledger import QuotaLedger
 from shoal.policy.preemption import NO_CANDIDATES, PreemptionPlan, search_victims
 from shoal.policy.quota import TenantQuota
@@ -149,6 +150,41 @@ def test_gangs_placed_step_by_step_equal_one_by_one(scenario: tuple[object, ...]
     """Gangs whose pod count does not tell where they fit take the greedy pass
     that places at every step; it too chooses as the one-by-one search."""
     _check_against_reference(scenario)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(gangs=("same",)), st.sampled_from([1, 2, 3]))
+def test_a_lone_pod_ranking_its_cheapest_candidates_first_chooses_the_same(
+    scenario: tuple[object, ...], prefix: int
+) -> None:
+    """A lone pod's search first ranks only the cheapest few candidates (all of
+    those that tie with the last of them included); with a prefix of one to
+    three, most searches here go through it, and the plans are the reference's."""
+    with mock.patch.object(preemption, "PREFIX", prefix):
+        _check_against_reference(scenario)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(), st.sampled_from([1, 2, 3]))
+def test_the_victims_taken_owner_by_owner_are_those_of_ranking_every_candidate(
+    scenario: tuple[object, ...], prefix: int
+) -> None:
+    """Each owner's cut-off found among its cheapest candidates first (a prefix of
+    one to three, then more) takes what ranking every candidate takes."""
+    _, quotas, runs, preemptor, claimed = scenario
+    assert isinstance(quotas, dict) and isinstance(runs, list) and isinstance(claimed, set)
+    request = flavors.request(preemptor, "A100")  # type: ignore[arg-type]
+    ledger = QuotaLedger(quotas, usage_of(*runs))
+    table = RunningTable(runs)
+    pool = preemption._candidates(preemptor, request, ledger, table, NOW, None, claimed)  # type: ignore[arg-type]
+    if pool is None:
+        return
+    ranked = preemption._ranked(pool, table)
+    whole = ranked.rows[preemption._taken(preemptor, request, ledger, table, ranked.rows)]  # type: ignore[arg-type]
+    with mock.patch.object(preemption, "PREFIX", prefix):
+        at = preemption._taken_at(preemptor, request, ledger, table, pool)  # type: ignore[arg-type]
+    assert sorted(pool.rows[at].tolist()) == sorted(whole.tolist())
+    assert len(set(at.tolist())) == len(at)
 
 
 def _check_against_reference(scenario: tuple[object, ...]) -> None:

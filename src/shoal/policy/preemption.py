@@ -175,7 +175,8 @@ def find_victims(
 
 
 class _Candidates:
-    """The rows a search may evict, cheapest loss first, and why each may go."""
+    """The rows a search may evict, their lost work, and why each may go (ranked:
+    cheapest loss first)."""
 
     __slots__ = ("cost", "queue", "reasons", "rows")
 
@@ -199,10 +200,10 @@ def _candidates(
     outranks: Callable[[Running], bool] | None,
     claimed: Collection[str],
 ) -> _Candidates | None:
-    """Rows the policy lets ``preemptor`` evict, ranked; None when it may evict nothing.
+    """Rows the policy lets ``preemptor`` evict, with their lost work, not ranked yet
+    (``_ranked``, ``_cheapest``); None when it may evict nothing.
 
-    The rank is lost work, then lower priority, then the most recent start,
-    then the name.  ``outranks``: under a las or srtf tenant ordering, whether
+    ``outranks``: under a las or srtf tenant ordering, whether
     the preemptor goes before one of its tenant's running workloads of the same
     priority (which may then be evicted, reason ``queue``).
     """
@@ -273,14 +274,41 @@ def _candidates(
         np.where(interval > 0, by_interval, start),
     )
     cost = np.maximum(0.0, now - saved) * table.weight[rows]
-    # Lost work first, then the table's label: priority, latest start, name.
-    # Labels are distinct, so sorting by them and then, stably, by lost work
-    # is the whole order (as sorting on every key, in a fraction of the time).
+    return _Candidates(rows, cost, reasons, queue)
+
+
+def _ranked(found: _Candidates, table: RunningTable) -> _Candidates:
+    """``found`` in the order of lost work, then the table's label: priority,
+    latest start, name.
+
+    Labels are distinct, so sorting by them and then, stably, by lost work is
+    the whole order (as sorting on every key, in a fraction of the time).
+    """
+    rows, cost = found.rows, found.cost
     by_label = np.argsort(table.label[rows])
     rows, cost = rows[by_label], cost[by_label]
     order = np.argsort(cost, kind="stable")
-    rows, cost = rows[order], cost[order]
-    return _Candidates(rows, cost, reasons, queue)
+    return _Candidates(rows[order], cost[order], found.reasons, found.queue)
+
+
+def _cheapest(found: _Candidates, table: RunningTable, count: int) -> _Candidates | None:
+    """The first candidates of ``_ranked(found)``: at least ``count`` of them (every one
+    as cheap as the ``count``-th, so that the rest cost more), in that order; None
+    when that would be all of them.
+
+    Ranking only these costs a partition of the losses and a sort of a few,
+    where ranking all sorts every candidate twice.
+    """
+    cost = found.cost
+    if count >= len(cost):
+        return None
+    bound = np.partition(cost, count - 1)[count - 1]
+    cheap = np.flatnonzero(cost <= bound)
+    if len(cheap) >= len(cost):
+        return None
+    rows = found.rows[cheap]
+    order = np.lexsort((table.label[rows], cost[cheap]))
+    return _Candidates(rows[order], cost[cheap][order], found.reasons, found.queue)
 
 
 def _taken(
@@ -319,7 +347,9 @@ def _taken(
     use = np.stack([table.usage.get(r, zero)[rows] for r in wanted], axis=1)
     # Group by owner, keeping rank order within each group, and sum what was
     # taken before each row within its group.
-    by_owner = np.argsort(owners, kind="stable")
+    # Owner codes are small: as 16-bit numbers a stable sort is a radix sort.
+    small = owners.astype(np.int16) if len(table.tenants) <= np.iinfo(np.int16).max else owners
+    by_owner = np.argsort(small, kind="stable")
     grouped, amounts = owners[by_owner], use[by_owner]
     before = np.cumsum(amounts, axis=0) - amounts
     firsts = np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1])))
@@ -329,6 +359,64 @@ def _taken(
     keep[by_owner] = (before < above[grouped]).any(axis=1)
     taken[theirs] = keep
     return taken
+
+
+def _taken_at(
+    preemptor: Workload,
+    request: Vector,
+    ledger: QuotaLedger,
+    table: RunningTable,
+    pool: _Candidates,
+) -> Ints:
+    """The candidates of ``pool`` that ``_taken`` keeps when every one is ranked
+    (``_ranked``), as positions in ``pool``, in no particular order.
+
+    What is taken of another owner is a prefix of its candidates in rank
+    order (the sum taken before a row only grows along it), usually short:
+    an owner is cut off once it is back within nominal.  So each owner's
+    cheapest candidates are ranked first (``PREFIX``, then eight times as
+    many), and all of them only if the cut-off is not among those; the
+    preemptor's own are all taken, unranked.
+    """
+    wanted = [r for r, amount in request.items() if amount > 0]
+    owners = table.tenant[pool.rows]
+    own = table.tenant_code.get(preemptor.tenant, -1)
+    mine: BoolArray = owners == own
+    if not wanted or mine.all():
+        return np.flatnonzero(mine) if not wanted else np.arange(len(owners))
+    parts = [np.flatnonzero(mine)]
+    zero = np.zeros(len(table.alive), dtype=np.int64)
+    for code in np.flatnonzero(np.bincount(owners, minlength=len(table.tenants))).tolist():
+        if code == own:
+            continue
+        name = table.tenants[code]
+        nominal = ledger.tenants[name].nominal
+        above = np.array([ledger.used(name, r) - nominal.get(r, 0) for r in wanted])
+        if (above <= 0).all():
+            continue  # within nominal already: not even its first candidate
+        at = np.flatnonzero(owners == code)
+        cost = pool.cost[at]
+        count = PREFIX
+        while True:
+            if count < len(at):
+                bound = np.partition(cost, count - 1)[count - 1]
+                cheap = np.flatnonzero(cost <= bound)
+            else:
+                cheap = np.arange(len(at))
+            rows = pool.rows[at[cheap]]
+            ranked = cheap[np.lexsort((table.label[rows], cost[cheap]))]
+            rows = pool.rows[at[ranked]]
+            use = np.stack([table.usage.get(r, zero)[rows] for r in wanted], axis=1)
+            before = np.cumsum(use, axis=0) - use
+            cut = np.flatnonzero((before >= above).all(axis=1))
+            if len(cut):
+                parts.append(at[ranked[: int(cut[0])]])
+                break
+            if len(cheap) == len(at):
+                parts.append(at)
+                break
+            count *= 8
+    return np.concatenate(parts)
 
 
 def _free_without(
@@ -495,21 +583,25 @@ class Unfound:
         """Whether it still fails after ``released`` (name, attempt, bindings) stopped.
 
         Meant for the same preemptor, request and tenants, and a preemptor's
-        tenant that borrows as it did; ``room`` takes in the releases.
+        tenant that borrows as it did; when it survives, ``room`` has taken in the
+        releases (when not, the caller drops it).
         """
         if self.any_release:
             return True
-        counted = self.counted
-        others = [held for name, attempt, held in released if (name, attempt) not in counted]
-        if not others:
-            return True
-        room = self.room
-        if room is None:
-            return False
-        for bindings in others:
-            room.give(bindings, capped=True)  # it may have come after the search
-        return not room.fits()
+        counted, room = self.counted, self.room
+        for name, attempt, held in released:
+            if (name, attempt) in counted:
+                continue
+            if room is None:
+                return False
+            room.give(held, capped=True)  # it may have come after the search
+            if room.fits():
+                return False  # capped, the counts only grow: no later release undoes it
+        return True
 
+
+PREFIX = 32
+"""Candidates a lone pod's search ranks first (then eight times as many, then all)."""
 
 UNFOUND = Unfound()
 """A failure that any release may change (the greedy pass itself found no room)."""
@@ -527,18 +619,35 @@ def search(
     claimed: Collection[str] = (),
 ) -> PreemptionPlan | Unfound:
     """``search_victims``, saying of a failure which releases it survives (``Unfound``)."""
-    found = _candidates(preemptor, request, ledger, table, now, outranks, claimed)
-    if found is None:
+    pool = _candidates(preemptor, request, ledger, table, now, outranks, claimed)
+    if pool is None:
         return NO_CANDIDATES
-    if not len(found.rows):
-        return Unfound(any_release=True)
-    taken = _taken(preemptor, request, ledger, table, found.rows)
-    order = np.flatnonzero(taken)
-    rows = found.rows[order]
-    if not len(rows):
+    if not len(pool.rows):
         return Unfound(any_release=True)
     up = state.up
     free_gpu, free_cpu = int(state.gpu_free[up].sum()), int(state.cpu_free[up].sum())
+    if len(preemptor.pods) == 1 and fit_is_exact(preemptor):
+        # A lone pod usually needs a victim or two: look among the cheapest
+        # first.  The greedy pass takes candidates in order and stops at the
+        # first that lets it fit, and the per-owner cut-off of a candidate
+        # depends only on those before it; so when the cheapest candidates
+        # would do, the plan is the one that ranking every candidate finds.
+        count = PREFIX
+        while (cheap := _cheapest(pool, table, count)) is not None:
+            order = np.flatnonzero(_taken(preemptor, request, ledger, table, cheap.rows))
+            if len(order) and _could_fit(preemptor, request, ledger, table, cheap.rows[order],
+                                         state, placer, free_gpu, free_cpu) is True:
+                plan = _greedy_counted(preemptor, request, ledger, state, placer, table,
+                                       cheap, order, free_gpu, free_cpu)
+                if plan is not None:
+                    return plan
+            count *= 8
+    # The victims it would ever take, found owner by owner without ranking
+    # every candidate; only they are ranked, and only if they would do.
+    at = _taken_at(preemptor, request, ledger, table, pool)
+    rows = pool.rows[at]
+    if not len(rows):
+        return Unfound(any_release=True)
     fits = _could_fit(preemptor, request, ledger, table, rows, state, placer, free_gpu, free_cpu)
     if fits is not True:
         room = fits if isinstance(fits, RoomCount) and not fits.fits() else None
@@ -546,12 +655,14 @@ def search(
         counted = cast(frozenset[tuple[str, int]],
                        frozenset(map(table.attempts.__getitem__, rows.tolist())))
         return Unfound(counted, room=room)
+    found = _ranked(_Candidates(rows, pool.cost[at], pool.reasons, pool.queue), table)
+    order = np.arange(len(rows))
     if fit_is_exact(preemptor):
         plan = _greedy_counted(
             preemptor, request, ledger, state, placer, table, found, order, free_gpu, free_cpu
         )
     else:
-        ranked = (found.victim(table, int(at)) for at in order)
+        ranked = (found.victim(table, int(i)) for i in order)
         plan = _greedy(preemptor, request, ledger, state, placer, ranked, free_gpu, free_cpu)
     return UNFOUND if plan is None else plan
 
