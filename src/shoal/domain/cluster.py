@@ -192,15 +192,16 @@ class ClusterState:
         self._refresh(node)
 
     def _refresh(self, node: int) -> None:
-        row = self.gpu_free[node]
-        self.gpu_left[node] = int(row.sum())
+        # A node has a handful of GPUs: plain Python beats numpy's per-call cost.
+        row = self.gpu_free[node].tolist()
+        self.gpu_left[node] = sum(row)
         self.free_share[node] = self.dims_inv[node] * (
             self.cpu_free[node] * self.cpu_inv[node]
             + self.mem_free[node] * self.mem_inv[node]
             + self.gpu_left[node] * self.gpu_inv[node]
         )
-        self.whole_free[node] = int((row == MILLI).sum())
-        self.max_free[node] = int(row.max()) if len(row) else 0
+        self.whole_free[node] = row.count(MILLI)
+        self.max_free[node] = max(row, default=0)
         self.stamp[node] = next(self._counter)
 
 

@@ -169,7 +169,9 @@ class Free:
         mask &= allowed
         if pod.gpu_count:
             if pod.gpu_milli >= MILLI:
-                mask &= (self.gpu == MILLI).sum(axis=1) >= pod.gpu_count
+                whole = (state.whole_free if self.gpu is state.gpu_free
+                         else (self.gpu == MILLI).sum(axis=1))
+                mask &= whole >= pod.gpu_count
                 if pod.gpu_memory:
                     mask &= state.gpu_memory >= pod.gpu_memory
             else:
@@ -205,7 +207,9 @@ class Free:
             room = np.minimum(room, self.memory // pod.memory)
         if pod.gpu_count:
             if pod.gpu_milli >= MILLI:
-                whole = (self.gpu == MILLI).sum(axis=1)
+                # The state keeps its own count of whole free GPUs per node.
+                whole = (state.whole_free if self.gpu is state.gpu_free
+                         else (self.gpu == MILLI).sum(axis=1))
                 if pod.gpu_memory:
                     whole = np.where(state.gpu_memory >= pod.gpu_memory, whole, 0)
                 room = np.minimum(room, whole // pod.gpu_count)
