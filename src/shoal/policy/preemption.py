@@ -601,7 +601,8 @@ class Unfound:
 
 
 PREFIX = 32
-"""Candidates a lone pod's search ranks first (then eight times as many, then all)."""
+"""Candidates ranked first, by a lone pod's search and per owner by ``_taken_at``
+(then eight times as many, then all)."""
 
 UNFOUND = Unfound()
 """A failure that any release may change (the greedy pass itself found no room)."""
