@@ -18,7 +18,8 @@ jobs than quota admits the rest as the first ones end.
 Measured: the time from the first submission until every job's pod is bound
 (followed on a Pod watch), the operator's CPU seconds and peak RSS
 (``getrusage`` in its process), its API requests by verb (counted at the
-client seam: ``Kube.calls``) per job, and, once every job has succeeded and
+client seam: ``Kube.calls``) per job, every client's requests per job as the
+API server counted them (``apiserver_request_total``), and, once every job has succeeded and
 the operator has been quiet for a while, its requests over
 ``--idle-seconds`` of an idle cluster (the no-polling property: only the
 watch streams may stay open), with the serving reconciler's timed pass
@@ -291,6 +292,31 @@ SERVING_KINDS = ("InferenceService",)
 """Kinds only the serving reconciler reads (its timed pass): not the TrainingJob path."""
 
 
+def server_requests(kube: Any) -> dict[str, float]:
+    """Every client's requests the API server has answered so far, by verb and resource
+    (its ``apiserver_request_total``; watch streams left out): what the whole plane asks of it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    api = kube.api_client
+    headers = dict(api.default_headers)
+    api.update_params_for_auth(headers, [], ["BearerToken"], "/metrics", "GET", None)
+    text = api.rest_client.pool_manager.request(
+        "GET", api.configuration.host + "/metrics", headers=headers).data.decode()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if not sample.name.endswith("_total") or labels.get("verb") == "WATCH":
+                continue
+            what = labels.get("resource", "") + (f"/{labels['subresource']}"
+                                                  if labels.get("subresource") else "")
+            key = f"{labels.get('verb', '').lower()} {what}"
+            found[key] = found.get(key, 0.0) + sample.value
+    return found
+
+
 def training_requests(counters: dict[str, Any]) -> int:
     """Requests but the watch streams and the serving reconciler's."""
     return sum(n for key, n in counters["calls"].items()
@@ -351,6 +377,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         jobs = [(f"job-{i:05}", names[i % len(names)]) for i in range(args.jobs)]
         submitted_at = time.monotonic()
         cpu_before = plane_cpu(folder)
+        served_before = server_requests(kube)
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda j: kube.create(training_job(j[0], j[1], args.run_seconds)),
                           jobs))
@@ -361,6 +388,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bound_s = follow.bound_at - submitted_at
         at_bound = operator.counters()
         cpu_at_bound = plane_cpu(folder)
+        served = server_requests(kube)
         wait(follow.all_done, args.timeout, "every job succeeded",
              lambda: f"{len(follow.done)} succeeded")
         calm = quiet(operator, 3.0, 600)
@@ -411,6 +439,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                            for v, n in sorted(done.items()) if n},
             "calls_per_job_to_bound_by_kind": {k: round(n / args.jobs, 2)
                                                for k, n in sorted(work_calls.items())},
+            # Every client's requests (the submitter, the operator, the controller
+            # manager, the fake kubelet) until the last bind, per job.
+            "server_requests_per_job_to_bound": {
+                k: round((n - served_before.get(k, 0.0)) / args.jobs, 2)
+                for k, n in sorted(served.items(), key=lambda kv: -kv[1])
+                if (n - served_before.get(k, 0.0)) / args.jobs >= 0.01},
             "idle_seconds": args.idle_seconds,
             "idle_requests": idle_requests,
             "idle_requests_serving_pass": idle_serving,
