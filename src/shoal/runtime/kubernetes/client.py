@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -69,6 +70,10 @@ Keys = list[tuple[str, str]]
 
 TIMEOUT_S = 30.0
 """Per request; a watch sets its own."""
+_TIMEOUT = urllib3.Timeout(total=TIMEOUT_S)
+AUTH_REUSE_S = 1.0
+"""How long a request's credentials are reused before the client library is asked again
+(a token that expired meanwhile gets 401, and the request is sent once more, asked anew)."""
 CONNECTIONS = 32
 """Kept open to the server at most: the watch streams and the requests sent side by side."""
 SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -162,6 +167,7 @@ class Kube:
         self._core = k8s.CoreV1Api(api_client)
         self._custom = k8s.CustomObjectsApi(api_client)
         self.discovery = Discovery(self._resources)
+        self._kept_headers: tuple[float, dict[str, str], str] | None = None
 
     @classmethod
     def from_kubeconfig(cls, path: str, context: str | None = None) -> Kube:
@@ -300,16 +306,12 @@ class Kube:
             raise ManifestError(f"{kind} is namespaced: name its namespace")
         path = _path(target, namespace, name, sub)
         data = json.dumps(body) if body is not None else None
-        headers = {**self.api_client.default_headers, "Accept": "application/json",
-                   "Content-Type": "application/json"}
-        self.api_client.update_params_for_auth(headers, [], ["BearerToken"], path, method, data)
-        url = self.api_client.configuration.host + path + (f"?{urlencode(query)}" if query else "")
         self.calls.count(verb, kind)
         try:
             with errors(doing or f"{verb} {kind} {name}".rstrip()):
-                response = self.api_client.rest_client.pool_manager.request(
-                    method, url, body=data, headers=headers,
-                    timeout=urllib3.Timeout(total=TIMEOUT_S), preload_content=True)
+                response = self._request(method, path, data, query)
+                if response.status == 401:  # credentials that expired since: once more
+                    response = self._request(method, path, data, query, fresh=True)
                 if not 200 <= response.status <= 299:
                     failed = k8s.ApiException(status=response.status, reason=response.reason)
                     failed.body = response.data.decode("utf-8", "replace")
@@ -320,6 +322,30 @@ class Kube:
             raise
         decoded: Body = json.loads(response.data) if response.data else {}
         return decoded
+
+    def _request(self, method: str, path: str, data: str | None,
+                 query: dict[str, str] | None, fresh: bool = False) -> Any:
+        headers, host = self._headers(fresh)
+        url = host + path + (f"?{urlencode(query)}" if query else "")
+        return self.api_client.rest_client.pool_manager.request(
+            method, url, body=data, headers=dict(headers), timeout=_TIMEOUT,
+            preload_content=True)
+
+    def _headers(self, fresh: bool) -> tuple[dict[str, str], str]:
+        """The headers of a request, credentials included, and the server's URL.
+
+        Worked out again at most every ``AUTH_REUSE_S``: the client library
+        asks its refresh hook on every call (reloading the kubeconfig's
+        credentials), which cost a request about a third of its CPU.
+        """
+        kept = self._kept_headers
+        now = time.monotonic()
+        if fresh or kept is None or now - kept[0] > AUTH_REUSE_S:
+            headers = {**self.api_client.default_headers, "Accept": "application/json",
+                       "Content-Type": "application/json"}
+            self.api_client.update_params_for_auth(headers, [], ["BearerToken"], "", "", None)
+            kept = self._kept_headers = (now, headers, self.api_client.configuration.host)
+        return kept[1], kept[2]
 
     def _call(self, verb: str, kind: str, namespace: str | None, **kwargs: Any) -> Body:
         target = self.discovery.kind(kind)
