@@ -184,6 +184,17 @@ class FakePods:
         """Jobs whose pods start in the background (as on Kubernetes): ``start`` gives no
         handle, ``observe`` says ``starting`` until ``up`` (the test), then the handle."""
         self._coming: set[str] = set()
+        self.tracks_changes = False
+        """Whether ``changed_pods`` tells (``control.ports.PodChanges``) or says None."""
+        self._journal: list[str] = []  # uids, as each pod's state moved
+
+    def changed_pods(self, mark: object) -> tuple[set[str] | None, object]:
+        if not self.tracks_changes:
+            return None, None
+        at = len(self._journal)
+        if not isinstance(mark, int):
+            return None, at
+        return set(self._journal[mark:]), at
 
     def start(self, job: JobRow, pod: PodRecord) -> str | None:
         from shoal.errors import InputError
@@ -196,6 +207,7 @@ class FakePods:
         if job.name in self.transient_start:
             raise OSError(self.transient_start[job.name])
         self.pods[pod.uid] = _FakePod(job.name, pod.index)
+        self._journal.append(pod.uid)
         self.started.append((job.name, pod.index))
         self.ever.add(pod.uid)
         if job.name in self.crash_after_start:
@@ -218,6 +230,7 @@ class FakePods:
 
     def stop(self, job: JobRow, pod: PodRecord, grace_seconds: float) -> None:
         self._coming.discard(pod.uid)  # stopped while starting: it never comes up
+        self._journal.append(pod.uid)
         found = self.pods.get(pod.uid)
         if found is None or found.status.state != "running":
             return
@@ -227,6 +240,7 @@ class FakePods:
 
     def kill(self, job: JobRow, pod: PodRecord) -> None:
         self._coming.discard(pod.uid)
+        self._journal.append(pod.uid)
         found = self.pods.get(pod.uid)
         if found is not None and found.status.state == "running":
             found.killed = True
@@ -245,6 +259,7 @@ class FakePods:
         if uid not in self._coming:
             return  # stopped before it came up
         self._coming.discard(uid)
+        self._journal.append(uid)
         pod.status = PodStatus("running", None, "running", handle=f"fake:{uid}")
 
     def _current(self, job: str, index: int) -> _FakePod:
@@ -256,6 +271,7 @@ class FakePods:
     def finish(self, job: str, index: int, code: int = 0) -> None:
         """The pod's process exits with ``code``."""
         pod = self._current(job, index)
+        self._journal.extend(u for u, p in self.pods.items() if p is pod)
         pod.status = (PodStatus("succeeded", 0, "exited with code 0") if code == 0
                       else PodStatus("failed", code, f"exited with code {code}"))
 
@@ -265,6 +281,8 @@ class FakePods:
 
 class FakeCheckpoints:
     def __init__(self) -> None:
+        self.follows_pods = False
+        """Set by a test that marks a job's pods changed whenever it saves (``Checkpoints``)."""
         self.saved: dict[str, Checkpoint] = {}
         self.broken: dict[str, Exception] = {}
         """Jobs whose checkpoint folder cannot be read, and the error that raises."""

@@ -238,3 +238,36 @@ def test_a_journal_grown_past_the_objects_held_starts_anew() -> None:
     informer.apply(obj("a", 2000))
     assert informer.changes(mark)[0] == [("ns", "a")]
     assert informer.changes(None)[0] is None
+
+
+def test_the_journal_says_which_index_values_changed_before_and_after() -> None:
+    stop = threading.Event()
+    kube = Scripted([[obj("p1", 1, kind="Pod", labels={"job": "j", "uid": "u1"}),
+                      obj("p2", 2, kind="Pod", labels={"job": "j", "uid": "u2"})], []],
+                    [], stop)
+    cache = synced_cache(kube, Watched("Pod", "job", index="uid"))
+    first = cache.changed_labels("Pod", "uid", None)
+    assert first is not None and first[0] is None, "a first look: any pod may have changed"
+    mark = first[1]
+    informer = cache.informers[("Pod", "job")]
+    assert informer.apply(obj("p1", 5, kind="Pod", labels={"job": "j", "uid": "u1"},
+                              status={"phase": "Succeeded"}))
+    assert informer.apply(obj("p3", 6, kind="Pod", labels={"job": "j", "uid": "u3"}))
+    found = cache.changed_labels("Pod", "uid", mark)
+    assert found is not None
+    values, mark = found
+    assert values == {"u1", "u3"}
+    # A label moved: both values; a deletion: the value it had.
+    assert informer.apply(obj("p3", 7, kind="Pod", labels={"job": "j", "uid": "u4"}))
+    assert informer.apply(obj("p2", 8, kind="Pod", labels={"job": "j", "uid": "u2"}),
+                          deleted=True)
+    found = cache.changed_labels("Pod", "uid", mark)
+    assert found is not None
+    values, mark = found
+    assert values == {"u3", "u4", "u2"}
+    assert cache.changed_labels("Pod", "uid", mark) == (set(), mark)
+    informer.relist()  # a new journal: an older mark can tell nothing
+    found = cache.changed_labels("Pod", "uid", mark)
+    assert found is not None and found[0] is None
+    assert cache.changed_labels("Pod", "job", None) is None, "no watch indexes that label"
+    assert cache.changed_labels("Node", "uid", None) is None

@@ -5,7 +5,9 @@ One ``step``:
 1. **observe** every active job: ask the pods port how each pod stands and
    the checkpoints port what the job saved, then let the state machine
    (``control.machine``) move the job on (succeeded, failed and retried,
-   preempted pods gone and requeued, deleted and cancelled);
+   preempted pods gone and requeued, deleted and cancelled); where the ports
+   can say which pods changed (``ports.PodChanges``), a running job with
+   nothing new is not asked about again;
 2. **decide**: build the ``Snapshot`` the simulator builds and call
    ``policy.admission.schedule``;
 3. **apply** each decision through the same state machine.
@@ -36,10 +38,10 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from shoal.control import cluster_view as view
 from shoal.control import machine
@@ -50,6 +52,7 @@ from shoal.control.ports import (
     FanOut,
     Inventory,
     NodeSet,
+    PodChanges,
     Pods,
     Store,
     serially,
@@ -136,6 +139,10 @@ class Controller:
         self._bindings: dict[tuple[str, int], tuple[Binding, ...]] = {}
         self._layout: tuple[tuple[object, ...], ...] = ()
         self._digest = ""
+        # Running jobs that had nothing to do when last observed, as they were
+        # then, and where the pods port's changes were read up to (``observe``).
+        self._quiet: dict[str, JobRow] = {}
+        self._pods_mark: object = None
 
     def step(self) -> bool:
         """One reconcile pass; True when anything changed (call again soon)."""
@@ -146,11 +153,23 @@ class Controller:
 
     def observe(self) -> bool:
         """Look at every active job here, one after another (the ports answer from what
-        they know); only the jobs that have something to write or do go to ``fan_out``."""
+        they know); only the jobs that have something to write or do go to ``fan_out``.
+
+        Where the ports can tell which pods changed (``PodChanges``), a running
+        job that had nothing to do last pass, whose record is the same object
+        and none of whose pods changed, is not looked at again: a running job's
+        step depends on nothing else (no clock, no deadline).
+        """
         jobs = [job for job in self.store.list_jobs(phases=ACTIVE_PHASES)
                 if job.phase != "Pending" or job.deleted]
+        changed = self._changed_pods()
+        last, quiet = self._quiet, {}
         work = []
         for job in jobs:
+            if (changed is not None and last.get(job.name) is job
+                    and not any(p.uid in changed for p in job.pods)):
+                quiet[job.name] = job
+                continue
             try:
                 step = self._observe(job)
             except Exception as exc:  # one bad record must not stop every other job
@@ -160,7 +179,18 @@ class Controller:
                 work.append(partial(self._apply_observed, job, step))
             else:  # nothing to save and nothing to do: fine
                 self.job_errors.pop(job.name, None)
+                if job.phase == "Running" and not job.deleted:
+                    quiet[job.name] = job
+        self._quiet = quiet
         return any(self.fan_out(work))
+
+    def _changed_pods(self) -> Set[str] | None:
+        """The pods that changed since the last pass; None: any may have (look at all)."""
+        changes = getattr(self.pods, "changed_pods", None)
+        if changes is None or not getattr(self.checkpoints, "follows_pods", False):
+            return None
+        found, self._pods_mark = cast(PodChanges, self.pods).changed_pods(self._pods_mark)
+        return found
 
     def _apply_observed(self, job: JobRow, step: Step) -> bool:
         try:

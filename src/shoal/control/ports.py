@@ -9,7 +9,7 @@ number or a folder: pods are opaque handles, checkpoints are times and steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence, Set
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,8 +88,30 @@ class Pods(Protocol):
         ...
 
 
+class PodChanges(Protocol):
+    """What a pods port may also tell: which pods could be seen otherwise than before.
+
+    Optional (a port without it has every active job observed on every
+    pass).  With it, and a checkpoints port whose answer follows from the
+    record and the pods (``Checkpoints.follows_pods``), the controller skips
+    a running job whose record is the very object it observed last time,
+    with nothing to do then, and none of whose pods changed since.
+    """
+
+    def changed_pods(self, mark: object) -> tuple[Set[str] | None, object]:
+        """Ids of the pods whose ``observe`` may answer otherwise than before the call
+        that returned ``mark`` (None at first), and the mark for the next call; None
+        instead of ids when any pod may have changed."""
+        ...
+
+
 class Checkpoints(Protocol):
-    """What a job saved: the newest checkpoint's time and, when the job says, its step."""
+    """What a job saved: the newest checkpoint's time and, when the job says, its step.
+
+    A port may set ``follows_pods = True``: ``latest`` then answers the same
+    for the same record as long as the job's pods are unchanged (what
+    ``PodChanges`` tells).
+    """
 
     def latest(self, job: JobRow) -> Checkpoint | None: ...
 

@@ -237,6 +237,8 @@ class Informer:
         """The resourceVersion each watch started from, in order."""
         self.journal: list[Key] = []
         """Keys whose object changed (or went), in order, since ``journal_start``."""
+        self.journal_labels: list[tuple[str | None, str | None]] = []
+        """With an ``index``: each journal entry's label value before and after (in step)."""
         self.journal_start = 0
         """The position of ``journal[0]`` among every change since this informer began."""
         self.epoch = 0
@@ -264,6 +266,23 @@ class Informer:
                 return None, (self.epoch, end)
             return self.journal[mark[1] - self.journal_start:], (self.epoch, end)
 
+    def changed_labels(self, mark: tuple[int, int] | None
+                       ) -> tuple[set[str] | None, tuple[int, int]]:
+        """The ``index`` label's values of the objects changed (or gone) since ``mark``, as
+        they were before and after (None: any may have), and the mark to give next time."""
+        with self._lock:
+            end = self.journal_start + len(self.journal)
+            if (not self.index or mark is None or mark[0] != self.epoch
+                    or mark[1] < self.journal_start):
+                return None, (self.epoch, end)
+            found: set[str] = set()
+            for before, after in self.journal_labels[mark[1] - self.journal_start:]:
+                if before is not None:
+                    found.add(before)
+                if after is not None:
+                    found.add(after)
+            return found, (self.epoch, end)
+
     def _put(self, key: Key, obj: Body | None) -> None:
         """Hold ``obj`` under ``key`` (None: drop it), keeping the index (lock held)."""
         old = self.items.pop(key, None) if obj is None else self.items.get(key)
@@ -272,12 +291,14 @@ class Informer:
         if len(self.journal) > max(1024, 2 * len(self.items)):
             self.journal_start += len(self.journal)
             self.journal = []
+            self.journal_labels = []
             self.epoch += 1
         self.journal.append(key)
         if not self.index:
             return
         before = _label(old, self.index)
         after = _label(obj, self.index)
+        self.journal_labels.append((before, after))
         if before == after:
             return
         if before is not None:
@@ -326,6 +347,7 @@ class Informer:
             self.items = fresh
             self.journal_start += len(self.journal)
             self.journal = []
+            self.journal_labels = []
             self.epoch += 1
             self.indexed = {}
             if self.index:
@@ -462,6 +484,18 @@ class Cache:
         keys, at = informer.changes(None if mark is None else (mark[1], mark[2]))
         return keys, (informer, *at)
 
+    def changed_labels(self, kind: str, label: str, mark: object
+                       ) -> tuple[set[str] | None, object] | None:
+        """``Informer.changed_labels`` of the informer of ``kind`` that indexes ``label``;
+        None when there is none (or it has not listed yet)."""
+        informer = next((i for i in self._ready(kind) or () if i.index == label), None)
+        if informer is None:
+            return None
+        if not (isinstance(mark, tuple) and len(mark) == 3 and mark[0] is informer):
+            mark = None
+        values, at = informer.changed_labels(None if mark is None else (mark[1], mark[2]))
+        return values, (informer, *at)
+
     # -- reads ------------------------------------------------------------------------
 
     def labelled(self, kind: str, label: str, value: str) -> list[Body] | None:
@@ -548,6 +582,12 @@ class CachedKube(Kube):
 
     def changes(self, kind: str, mark: object) -> tuple[Keys | None, object] | None:
         return self.cache.changes(kind, mark)
+
+    def changed_labels(self, kind: str, label: str, mark: object
+                       ) -> tuple[set[str] | None, object] | None:
+        """Which values of ``label`` the objects of ``kind`` that changed since ``mark`` had
+        (``Cache.changed_labels``); None when no watch indexes that label."""
+        return self.cache.changed_labels(kind, label, mark)
 
     def labelled(self, kind: str, namespace: str, label: str, value: str) -> Bodies:
         """Objects of ``kind`` in ``namespace`` whose ``label`` is ``value`` (indexed if watched)."""

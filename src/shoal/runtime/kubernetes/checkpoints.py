@@ -34,6 +34,9 @@ __all__ = ["KubeCheckpoints"]
 class KubeCheckpoints:
     """Implements ``control.ports.Checkpoints`` from what the job's pods report."""
 
+    follows_pods = True
+    """What ``latest`` reads is the record and the job's Pods: unchanged, the same answer."""
+
     def __init__(self, kube: Kube, store: KubeStore, clock: Clock) -> None:
         self.kube, self.store, self.clock = kube, store, clock
 

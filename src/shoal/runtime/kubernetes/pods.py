@@ -325,6 +325,26 @@ class KubePods:
 
     # -- observe ------------------------------------------------------------------------
 
+    def changed_pods(self, mark: object) -> tuple[set[str] | None, object]:
+        """``control.ports.PodChanges``: the pods whose ``observe`` may answer otherwise now.
+
+        Those whose Pod changed or went since ``mark`` (the Pod watch's journal
+        of its uid label), and every pod this port still follows a start, a
+        Binding, a delete or a deadline of: for the others ``observe`` reads
+        only their Pod.  None when no watch can tell (every pod may have).
+        """
+        changed = getattr(self.kube, "changed_labels", None)
+        found = None if changed is None else changed("Pod", UID_LABEL, mark)
+        if found is None:
+            return None, None
+        uids, at = found
+        if uids is None:
+            return None, at
+        with self._lock:  # the pool threads add to these
+            followed = [*self._creating, *self._binding, *self._bound, *self._deleting,
+                        *self._placed, *self._why, *self._unbound, *self._made]
+        return uids.union(followed), at
+
     def observe(self, job: JobRow, pod: PodRecord) -> PodStatus:
         owner = self.store.object_of(job)
         if pod.handle is None:
