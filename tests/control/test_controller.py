@@ -237,7 +237,7 @@ def test_a_restarted_controller_sends_sigterm_to_a_job_left_stopping(world: Fake
     world.settle()
     # The plane saved "Preempting" and died before sending SIGTERM.
     row = world.store.get_job("victim")
-    world.store.save_job(machine.preempt(row, 0.0, 10.0, "someone", "preempted").job)
+    world.store.save_job(machine.preempt(row, 0.0, 10.0, "someone", "preempted", 0).job)
     pod = world.pods.pods[row.pods[0].uid]
     assert not pod.terminated
     restarted = Controller(world.store, world.inventory, world.pods, world.checkpoints,

@@ -75,7 +75,8 @@ def test_rows_are_immutable_copies(store: SqliteStore) -> None:
 def test_save_job_writes_the_whole_record_fenced(store: SqliteStore) -> None:
     job = create(store, "a")
     changed = dataclasses.replace(job, phase="Preempting", stop_cause="preempted",
-                                  stop_deadline=20.0, preemptor="b", checkpoint_time=9.5,
+                                  stop_deadline=20.0, preemptor="b", preemptor_attempts=3,
+                                  checkpoint_time=9.5,
                                   checkpoint_step=300, failures=1)
     saved = store.save_job(changed)
     assert saved == dataclasses.replace(changed, version=2)

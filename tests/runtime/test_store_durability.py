@@ -206,6 +206,8 @@ def test_a_version_1_store_upgrades_with_jobs_mid_preemption(tmp_path: Path) -> 
     with SqliteStore(path) as store:
         job = store.get_job("t/v")  # names became per tenant (migration 4)
     assert (job.stop_cause, job.stop_deadline, job.preemptor) == ("preempted", 50.0, "b")
+    # Not known then: the eviction nominates "b" until the victim runs (migration 7).
+    assert job.preemptor_attempts is None
     assert job.failures == 1, "attempt 1 failed, one was preempted, the third still runs"
     assert json.loads(job.pods[0].handle or "{}") == {
         "pid": 4242, "start_ticks": 99, "cgroup": "shoal/v-0"}

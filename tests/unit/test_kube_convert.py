@@ -125,7 +125,8 @@ def test_status_round_trips_every_field_the_state_machine_keeps() -> None:
     job = JobRow(**{**before.__dict__, "phase": "Preempting", "attempts": 2, "preemptions": 1,
                     "lost_seconds": 12.5, "start_time": 90.0, "reason": "preempted: reclaim",
                     "pods": pods, "stop_cause": "preempted", "stop_deadline": 130.0,
-                    "preemptor": "team-b/big", "failures": 1, "ran_seconds": 40.0,
+                    "preemptor": "team-b/big", "preemptor_attempts": 0, "failures": 1,
+                    "ran_seconds": 40.0,
                     "queued_at": 10.0, "checkpoint_time": 95.0, "checkpoint_step": 7,
                     "resumed_from": 3, "next_attempt_at": None})
     status = status_of(job, 2000)

@@ -276,7 +276,7 @@ class Controller:
             running=tuple(running),
             pending=pending,
             preempting=frozenset(r.preemptor for r in holders if r.preemptor),
-            nominated=machine.nominated(rows, {r.name for r in waiting}),
+            nominated=machine.nominated(rows, {r.name: r.attempts for r in waiting}),
             service={r.name: machine.service(r) for r in rows if r.ran_seconds},
             epoch=epoch,
             released=self.released,
@@ -288,16 +288,16 @@ class Controller:
         for decision in schedule(snapshot, placer).decisions:
             per_job.setdefault(_subject(decision), []).append(decision)
         return any(self.fan_out([
-            partial(self._decide_one, by_name[name], decisions, state.names, now)
+            partial(self._decide_one, by_name[name], decisions, state.names, now, by_name)
             for name, decisions in per_job.items()
         ]))
 
     def _decide_one(self, job: JobRow, decisions: Sequence[Decision], names: Sequence[str],
-                    now: float) -> bool:
+                    now: float, by_name: Mapping[str, JobRow]) -> bool:
         changed = False
         for decision in decisions:
             try:
-                changed |= self._apply(job, self._transition(decision, job, names, now))
+                changed |= self._apply(job, self._transition(decision, job, names, now, by_name))
             except Exception as exc:  # one bad record must not stop every other job
                 self._failed(job, exc)
         return changed
@@ -327,7 +327,7 @@ class Controller:
         return (self._releases, digest)
 
     def _transition(self, decision: Decision, job: JobRow, names: Sequence[str],
-                    now: float) -> Step:
+                    now: float, by_name: Mapping[str, JobRow]) -> Step:
         if isinstance(decision, Admit):
             placement = [(names[b.node], b.gpus) for b in decision.bindings]
             uids = [self.new_uid() for _ in placement]
@@ -335,7 +335,8 @@ class Controller:
         if isinstance(decision, Preempt):
             why = f"preempted: {machine.PREEMPT_REASONS[decision.reason]}"
             return machine.preempt(job, now, self.config.retry.grace_seconds,
-                                   decision.preemptor, why)
+                                   decision.preemptor, why,
+                                   by_name[decision.preemptor].attempts)
         if isinstance(decision, Inadmissible):
             return machine.reject(job, decision.reason, now)
         assert isinstance(decision, Pending)

@@ -24,7 +24,7 @@ their GPUs until every pod has been *seen* gone, never merely signalled.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -147,7 +147,7 @@ def admit(
         phase="Running", pods=pods, attempts=attempt,
         start_time=job.start_time if job.start_time is not None else now,
         reason="", next_attempt_at=None, stop_cause="", stop_deadline=None, preemptor="",
-        resumed_from=checkpoint.step if checkpoint is not None else None,
+        preemptor_attempts=None, resumed_from=checkpoint.step if checkpoint is not None else None,
     )
     event = _emit(
         "admitted", attempt=attempt, nodes=sorted({node for node, _ in placement}),
@@ -192,13 +192,18 @@ def start_failed(
     return Step(new, tuple(Kill(p) for p in started_pods))
 
 
-def preempt(job: JobRow, now: float, grace: float, preemptor: str, reason: str) -> Step:
-    """Evict a running job for ``preemptor``: SIGTERM now, SIGKILL after ``grace``."""
+def preempt(job: JobRow, now: float, grace: float, preemptor: str, reason: str,
+            preemptor_attempts: int) -> Step:
+    """Evict a running job for ``preemptor``: SIGTERM now, SIGKILL after ``grace``.
+
+    ``preemptor_attempts``: the preemptor's ``attempts`` now, so that the
+    eviction nominates it only until it starts (``nominated``).
+    """
     if job.phase != "Running":
         return Step(job)  # already stopping: never a victim twice
     new = job.evolve(
         phase="Preempting", stop_cause="preempted", stop_deadline=now + grace,
-        preemptor=preemptor, reason=reason,
+        preemptor=preemptor, preemptor_attempts=preemptor_attempts, reason=reason,
     )
     alive = [p for p in job.pods if not p.done]
     return Step(new, (*(Terminate(p, grace) for p in alive), _emit("preempted", reason=reason)))
@@ -342,7 +347,7 @@ def _retry_or_fail(job: JobRow, now: float, policy: RetryPolicy, max_retries: in
     new = job.evolve(
         phase="Pending", pods=(), failures=failures, reason=f"retrying after: {why}",
         next_attempt_at=now + delay, stop_cause="", stop_deadline=None, preemptor="",
-        **_ran(job, now),
+        preemptor_attempts=None, **_ran(job, now),
     )
     return Step(new, (Release(), _emit("retrying", reason=why, delay_seconds=delay)))
 
@@ -350,8 +355,8 @@ def _retry_or_fail(job: JobRow, now: float, policy: RetryPolicy, max_retries: in
 def _final(job: JobRow, phase: str, reason: str, now: float) -> Step:
     ran = _ran(job, now)
     new = job.evolve(phase=phase, reason=reason, finish_time=now, stop_cause="",
-                  stop_deadline=None, preemptor="", next_attempt_at=None,
-                  ran_seconds=ran["ran_seconds"])
+                  stop_deadline=None, preemptor="", preemptor_attempts=None,
+                  next_attempt_at=None, ran_seconds=ran["ran_seconds"])
     return Step(new, (Release(), _emit(phase.lower(), reason=reason)))
 
 
@@ -394,19 +399,26 @@ def _with_statuses(job: JobRow, statuses: Mapping[str, PodStatus]) -> JobRow:
     return job.evolve(pods=tuple(pods)) if changed else job
 
 
-def nominated(rows: Iterable[JobRow], pending: Container[str]) -> frozenset[str]:
-    """Pending jobs that evicted others and have not run since: they go first.
+def nominated(rows: Iterable[JobRow], pending: Mapping[str, int]) -> frozenset[str]:
+    """Pending jobs that evicted others and have not started since: they go first.
 
-    Without this a preemptor can lose the room its victims freed to a job
-    ordered before it (a victim of higher priority, say) and evict again, for
-    ever.  Kubernetes nominates a preemptor to the node it freed for the same
-    reason.  Read from the victims' records, so every runtime agrees.
+    ``pending``: each waiting job's ``attempts``.  Without nominations a
+    preemptor can lose the room its victims freed to a job ordered before it
+    (a victim of higher priority, say) and evict again, for ever.  Kubernetes
+    nominates a preemptor to the node it freed for the same reason.  A
+    nomination ends when the preemptor starts, even though its victim still
+    waits: were a preemptor that ran and was evicted in turn still to go first,
+    it would take back the room its own evictor freed, and the two would take
+    turns.  Read from the victims' records, so every runtime agrees.
     """
-    return frozenset(
-        row.preemptor
-        for row in rows
-        if row.preemptor and row.preemptor in pending
-    )
+    nominated = set()
+    for row in rows:
+        if not row.preemptor:
+            continue
+        attempts = pending.get(row.preemptor)
+        if attempts is not None and row.preemptor_attempts in (None, attempts):
+            nominated.add(row.preemptor)
+    return frozenset(nominated)
 
 
 def service(job: JobRow) -> Service:

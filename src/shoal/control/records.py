@@ -116,6 +116,9 @@ class JobRow:
     """When still-running pods of a stopping job are killed (SIGTERM was sent before)."""
     preemptor: str = ""
     """The job a Preempting job makes room for (kept off the reason, which its tenant reads)."""
+    preemptor_attempts: int | None = None
+    """The preemptor's ``attempts`` when it evicted this job: the eviction nominates it
+    only until it starts again (None: not known, from a record older than this field)."""
     checkpoint_time: float | None = None
     checkpoint_step: int | None = None
     resumed_from: int | None = None

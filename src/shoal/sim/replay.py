@@ -135,8 +135,9 @@ class ReplayEngine:
         self.released = ReleaseLog()
         self.usage: dict[str, dict[str, int]] = {}
         self.preempting: dict[str, str] = {}  # victim -> preemptor, until the victim stops
-        # victim -> preemptor, until the victim runs again (its record's preemptor)
-        self.evicted_for: dict[str, str] = {}
+        # victim -> (preemptor, its attempts then), until the victim runs again
+        # (its record's preemptor and preemptor_attempts)
+        self.evicted_for: dict[str, tuple[str, int | None]] = {}
         # Orderings by attained service read what each job ran; a view over
         # the records, so nothing is copied per cycle.
         self.by_service = any(t.job_order != "fifo" for t in self.tenants.values())
@@ -278,6 +279,14 @@ class ReplayEngine:
             if not self.pending or not self._cycle_once(now):
                 break
 
+    def _nominated(self) -> frozenset[str]:
+        """``machine.nominated`` over the victims that still wait, without a pass over all."""
+        return frozenset(
+            preemptor for preemptor, attempts in self.evicted_for.values()
+            if preemptor in self.pending
+            and attempts in (None, self.jobs[preemptor].row.attempts)
+        )
+
     def _cycle_once(self, now: float) -> bool:
         """One admission cycle; True when it preempted something."""
         self.cycles += 1
@@ -288,7 +297,7 @@ class ReplayEngine:
             running=self.running.values(),
             pending=self.pending,
             preempting=frozenset(self.preempting.values()),
-            nominated=frozenset(p for p in self.evicted_for.values() if p in self.pending),
+            nominated=self._nominated(),
             service=self.services,
             usage=self.usage,
             running_table=self.table,
@@ -312,7 +321,8 @@ class ReplayEngine:
                 why = f"preempted: {machine.PREEMPT_REASONS[decision.reason]}"
                 self.preempting[decision.victim] = decision.preemptor
                 self._apply(now, record, machine.preempt(
-                    record.row, now, self.retry.grace_seconds, decision.preemptor, why))
+                    record.row, now, self.retry.grace_seconds, decision.preemptor, why,
+                    self.jobs[decision.preemptor].row.attempts))
                 self._stopping(record)
                 self._terminate(now, record)
                 preempted = True
@@ -386,7 +396,7 @@ class ReplayEngine:
         before = record.row.phase
         record.row = step.job
         if step.job.preemptor:
-            self.evicted_for[step.job.name] = step.job.preemptor
+            self.evicted_for[step.job.name] = (step.job.preemptor, step.job.preemptor_attempts)
         else:
             self.evicted_for.pop(step.job.name, None)
         after = step.job.phase

@@ -61,6 +61,7 @@ class JobControl(Spec):
     stop_cause: Literal["", "preempted", "failed", "deleted", "disrupted"] = ""
     stop_deadline: float | None = None
     preemptor: str = ""
+    preemptor_attempts: int | None = Field(default=None, ge=0)
     next_attempt_at: float | None = None
     lost_seconds: float = Field(default=0.0, ge=0)
     ran_seconds: float = Field(default=0.0, ge=0)

@@ -23,7 +23,7 @@ MUTABLE_FIELDS = frozenset(
         "manifest", "phase", "attempts", "preemptions", "lost_seconds", "start_time",
         "finish_time", "reason", "pods", "checkpoint_dir", "next_attempt_at", "deleted",
         "stop_cause", "stop_deadline", "preemptor", "checkpoint_time", "checkpoint_step",
-        "resumed_from", "failures", "ran_seconds", "queued_at",
+        "resumed_from", "failures", "ran_seconds", "queued_at", "preemptor_attempts",
     }
 )
 """What ``update_job`` may change: identity, version and submit time are fixed."""
@@ -34,7 +34,7 @@ JOB_COLUMNS = (
     "name, tenant, manifest, phase, version, attempts, preemptions, lost_seconds, submit_time, "
     "start_time, finish_time, reason, pods, checkpoint_dir, next_attempt_at, deleted, "
     "stop_cause, stop_deadline, preemptor, checkpoint_time, checkpoint_step, resumed_from, "
-    "failures, ran_seconds, queued_at"
+    "failures, ran_seconds, queued_at, preemptor_attempts"
 )
 
 
@@ -164,6 +164,11 @@ _V6 = (
     "ALTER TABLE events ADD COLUMN service TEXT",
 )
 
+# A preemptor's attempts when it evicted a job: the eviction nominates it
+# only until it starts again.  NULL (records from before): until the victim
+# runs again, as before.
+_V7 = ("ALTER TABLE jobs ADD COLUMN preemptor_attempts INTEGER",)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs, tenants, nodes, events, tokens", _V1),
     Migration(2, "job stop cause, deadline, preemptor, checkpoint, failures", _V2),
@@ -171,6 +176,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "job names scoped per tenant", _V4),
     Migration(5, "seconds each job has run, and when it last waited", _V5),
     Migration(6, "inference services", _V6),
+    Migration(7, "the preemptor's attempt at each eviction", _V7),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -238,6 +244,7 @@ def job_from_row(row: sqlite3.Row) -> JobRow:
         failures=row["failures"],
         ran_seconds=row["ran_seconds"],
         queued_at=row["queued_at"],
+        preemptor_attempts=row["preemptor_attempts"],
     )
 
 
