@@ -331,3 +331,53 @@ def test_the_loop_is_told_when_a_pod_is_due_even_if_no_event_ever_comes() -> Non
         assert woken.is_set() and pods.next_due() == 400.0
     finally:
         pods.foreground()
+
+
+class Journal(Server):
+    """The seam with the Pod watch's journal: the uid labels of pods that changed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed: set[str] = set()
+
+    def changed_labels(self, kind: str, label: str, mark: object) -> tuple[set[str], object]:
+        found, self.changed = self.changed, set()
+        return found, object()
+
+
+def test_pods_waiting_for_the_job_controller_are_not_looked_at_until_their_pod_or_deadline(
+) -> None:
+    """In a burst thousands of made Jobs wait minutes for their pods: the loop looks
+    at such a pod again only when the watch brings its pod, its deadline comes, or
+    its gang's first pod exists (which brings the deadline closer)."""
+    gang = training_job()
+    gang["spec"]["podSets"][0]["count"] = 2
+    first = PodRecord(index=0, node="n1", gpus=(0,), uid="0123456789abcdef", started_at=1.0)
+    second = PodRecord(index=1, node="n1", gpus=(1,), uid="fedcba9876543210", started_at=1.0)
+    row = row_of(gang).evolve(phase="Running", attempts=1, pods=(first, second))
+    server, clock = Journal(), Clock()
+    pods = KubePods(server, Store(gang), bind_timeout_s=30.0, monotonic=clock)  # type: ignore[arg-type]
+    pods.background(threading.Event().set, workers=2)
+    try:
+        assert [pods.start(row, pod) for pod in row.pods] == [None, None]
+        settle(pods)
+        assert pods.next_due() == 400.0
+        assert pods.changed_pods(None)[0] == set(), "made, no pod yet: nothing to look at"
+        assert [pods.observe(row, p).state for p in row.pods] == ["starting", "starting"]
+        clock.now = 400.0
+        assert pods.changed_pods(None)[0] == {first.uid, second.uid}, "their deadline came"
+        clock.now = 399.0
+        assert pods.changed_pods(None)[0] == set()
+        name = server.job_controller("first", index=0)
+        server.changed.add(first.uid)  # what the Pod watch journals
+        assert pods.changed_pods(None)[0] == {first.uid}
+        assert pods.observe(row, first).handle is None  # its Binding goes to the pool
+        settle(pods)
+        # The gang's first pod exists: the second's deadline is 30 s away now.
+        assert second.uid in pods.changed_pods(None)[0]
+        assert pods.observe(row, first).handle == name
+        clock.now += 30.0
+        lost = pods.observe(row, second)
+        assert lost.state == "lost" and lost.message.startswith("not bound within 30 s")
+    finally:
+        pods.foreground()

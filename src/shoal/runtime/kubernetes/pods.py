@@ -149,6 +149,8 @@ class KubePods:
         """Hands each pod's Binding to the pool once (the watch's thread and the loop's)."""
         self._unbound: dict[str, float] = {}
         """Pods last seen waiting for their pod (by uid), with their gang's deadline."""
+        self._attempt_of: dict[str, tuple[str, int]] = {}
+        """Pods started in the background (by uid): their job's name and attempt."""
 
     # -- the background ---------------------------------------------------------------
 
@@ -203,6 +205,7 @@ class KubePods:
                     self._creating[uid] = made
             for other in job.pods if pod.index == 0 else (pod,):
                 self._placed[other.uid] = (owner, other)
+                self._attempt_of[other.uid] = key
             return None  # observe reports it starting, then bound (under its name)
         deadline = self._deadlines.setdefault(key, self.monotonic() + self.bind_timeout_s)
         self._ensure_all(bodies)
@@ -341,9 +344,34 @@ class KubePods:
         if uids is None:
             return None, at
         with self._lock:  # the pool threads add to these
-            followed = [*self._creating, *self._binding, *self._bound, *self._deleting,
-                        *self._placed, *self._why, *self._unbound, *self._made]
-        return uids.union(followed), at
+            followed = {*self._creating, *self._binding, *self._bound, *self._deleting,
+                        *self._placed, *self._why, *self._unbound, *self._made}
+            followed -= self._awaiting_pod()
+        return uids | followed, at
+
+    def _awaiting_pod(self) -> set[str]:
+        """Pods whose ``observe`` answers "starting" until their pod shows up or their
+        deadline comes: their Jobs are made, and no pod of their gang exists yet.
+
+        In a burst the Job controller makes pods minutes after their Jobs; looking
+        at each of thousands on every pass cost the loop more than deciding did.
+        Their pod's appearance is in the Pod watch's journal (its uid label), and
+        the loop wakes at ``next_due``.  Once a gang's first pod exists the others'
+        deadline moves closer (``bind_timeout_s``): they are looked at again.
+        """
+        now = self.monotonic()
+        found = set()
+        for uid, due in list(self._unbound.items()):
+            made = self._creating.get(uid)
+            if (now >= due or made is None or not made.done()
+                    or made.exception() is not None
+                    or uid in self._binding or uid in self._bound or uid in self._deleting
+                    or uid in self._why or uid in self._made):
+                continue
+            attempt = self._attempt_of.get(uid)
+            if attempt is not None and attempt not in self._first_pod:
+                found.add(uid)
+        return found
 
     def observe(self, job: JobRow, pod: PodRecord) -> PodStatus:
         owner = self.store.object_of(job)
@@ -373,6 +401,7 @@ class KubePods:
 
     def _forget(self, uid: str) -> None:
         """The pod's name is recorded: what was kept to bind it is done with."""
+        self._attempt_of.pop(uid, None)
         if uid in self._bound or uid in self._binding or uid in self._creating:
             self._bound.pop(uid, None)
             self._binding.pop(uid, None)
