@@ -142,6 +142,9 @@ class Controller:
         # Running jobs that had nothing to do when last observed, as they were
         # then, and where the pods port's changes were read up to (``observe``).
         self._quiet: dict[str, JobRow] = {}
+        self._quiet_pods: dict[str, str] = {}
+        """The pods of the quiet jobs (by uid), and of some that were: their job's name."""
+        self._quiet_pods_kept = 0
         self._pods_mark: object = None
 
     def step(self) -> bool:
@@ -164,10 +167,14 @@ class Controller:
                 if job.phase != "Pending" or job.deleted]
         changed = self._changed_pods()
         last, quiet = self._quiet, {}
+        # The quiet jobs that own a changed pod, found from the pods (far fewer
+        # than the jobs in a burst) rather than by looking at every job's pods.
+        # (A uid of a job that is no longer quiet only makes it looked at.)
+        stirred = ({name for uid in changed if (name := self._quiet_pods.get(uid)) is not None}
+                   if changed is not None else set())
         work = []
         for job in jobs:
-            if (changed is not None and last.get(job.name) is job
-                    and not any(p.uid in changed for p in job.pods)):
+            if changed is not None and last.get(job.name) is job and job.name not in stirred:
                 quiet[job.name] = job
                 continue
             try:
@@ -181,6 +188,11 @@ class Controller:
                 self.job_errors.pop(job.name, None)
                 if job.phase == "Running" and not job.deleted:
                     quiet[job.name] = job
+                    for pod in job.pods:
+                        self._quiet_pods[pod.uid] = job.name
+        if len(self._quiet_pods) > 2 * self._quiet_pods_kept + 1024:  # forget jobs gone by
+            self._quiet_pods = {p.uid: name for name, job in quiet.items() for p in job.pods}
+            self._quiet_pods_kept = len(self._quiet_pods)
         self._quiet = quiet
         return any(self.fan_out(work))
 

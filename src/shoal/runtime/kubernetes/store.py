@@ -96,25 +96,28 @@ class KubeStore:
         Pending jobs of a tenant that has no Tenant object are left out (see
         the module's doc); so are jobs outside their tenant's namespace.
         """
-        rows: list[JobRow] = []
-        items: dict[str, Body] = {}
-        for row, item in self._records():
-            if tenant is not None and row.tenant != tenant:
-                continue
-            if phases is not None and row.phase not in phases:
-                continue
-            rows.append(row)
-            items[row.name] = item
+        # Comprehensions: every pass lists every job, more than once.
+        records = self._records()
+        if tenant is None and phases is None:
+            rows = [row for row, _ in records]
+        elif tenant is None:
+            assert phases is not None
+            rows = [row for row, _ in records if row.phase in phases]
+        else:
+            rows = [row for row, _ in records
+                    if row.tenant == tenant and (phases is None or row.phase in phases)]
         waiting = [r for r in rows if r.phase == "Pending" and not r.deleted]
         if waiting:
             known = {t["metadata"]["name"] for t in self.kube.list("Tenant")}
             orphans = {r.name for r in waiting if r.tenant not in known}
-            for name in sorted(orphans):
-                row = next(r for r in waiting if r.name == name)
-                self._unadmitted(items[name], "TenantNotFound",
-                                 f"no Tenant named {row.tenant!r}: the job waits until "
-                                 f"one is created")
-            rows = [r for r in rows if r.name not in orphans]
+            if orphans:
+                items = {row.name: item for row, item in records if row.name in orphans}
+                for name in sorted(orphans):
+                    row = next(r for r in waiting if r.name == name)
+                    self._unadmitted(items[name], "TenantNotFound",
+                                     f"no Tenant named {row.tenant!r}: the job waits until "
+                                     f"one is created")
+                rows = [r for r in rows if r.name not in orphans]
         return rows
 
     def _records(self) -> list[tuple[JobRow, Body]]:
