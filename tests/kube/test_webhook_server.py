@@ -47,6 +47,15 @@ def webhook(control_plane: ControlPlane, crds: Kube,
             with control_plane.http() as http:
                 wait_until(crds, "Namespace", lambda _: http.get(f"{PATH}/{CONFIGURATION}")
                            .status_code == 200, what=f"the webhook registered (log: {log})")
+                # The API server takes a registered webhook in asynchronously: wait
+                # until it calls it (a dry run that only the webhook refuses; a
+                # refusal is checked again on each watch event or every 30 s).
+                probe = job("probe", podSets=[{"name": "w", "count": 1},
+                                              {"name": "w", "count": 1}])
+                url = "/apis/shoal.dev/v1alpha1/namespaces/hooked/trainingjobs?dryRun=All"
+                wait_until(crds, "Namespace", lambda _: "denied the request" in
+                           http.post(url, json=probe).text,
+                           what=f"the API server calling the webhook (log: {log})")
             yield log
         finally:
             for kind in ("TrainingJob", "InferenceService"):
