@@ -7,7 +7,7 @@ import pytest
 
 from shoal.domain.cluster import ClusterState
 from shoal.domain.workload import Workload
-from shoal.policy.admission import CycleResult, Running, Snapshot, schedule
+from shoal.policy.admission import CycleResult, PendingQueue, Running, Snapshot, schedule
 from shoal.policy.decisions import Admit, Inadmissible, Pending, Preempt
 from shoal.policy.quota import TenantQuota
 from tests.unit.builders import A100, cluster, placer, start, tenant, tenants, workload
@@ -121,6 +121,23 @@ def test_order_priority_then_fair_share() -> None:
     result = run_cycle(quotas, state, pending, running)
     assert [a.workload for a in result.admitted] == ["c-high", "b-new"]
     assert kinds(result) | {"c-low": "Pending", "a-new": "Pending"} == kinds(result)
+
+
+def test_fair_share_order_follows_usage_from_one_cycle_to_the_next() -> None:
+    """A runtime keeps its placer (and what its memo remembers, shares included)
+    and its queue across cycles: when usage moves from one tenant to the other,
+    so does the order."""
+    quotas = tenants(*(tenant(name, 1, cohort="c") for name in "ab"), tenant("l", 2, cohort="c"))
+    queue = PendingQueue([workload("a-new", "a", 1), workload("b-new", "b", 1, submit=5)])
+    how = placer(cluster(4))
+    admitted = []
+    for busy in ("a", "b"):  # the tenant that borrows already, with one GPU left free
+        state = cluster(4)
+        running = (start(state, workload(f"{busy}-old", busy, 2)),
+                   start(state, workload("l-old", "l", 1)))
+        result = schedule(Snapshot(100.0, state, quotas, running, queue), how)
+        admitted.append([a.workload for a in result.admitted])
+    assert admitted == [["b-new"], ["a-new"]]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shoal.policy import flavors
+from shoal.policy import flavors, preemption
 from shoal.policy.preemption import PreemptionPlan, find_victims, lost_work
 from shoal.policy.quota import TenantQuota
 from shoal.policy.snapshot import Running
@@ -118,6 +118,30 @@ def test_within_tenant_victims_minimise_lost_work(
     assert {v.running.name for v in plan.victims} == expected
     assert {v.reason for v in plan.victims} == {"priority"}
     assert sum(b.shape.gpu_total_milli for b in plan.bindings) == gpus * 1000
+
+
+def test_victims_that_free_no_usable_room_stay_when_the_quota_needs_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three cheap jobs on a node that a non-preemptible job keeps too full for the
+    preemptor free no room it could use, but their quota is what it lacks: the
+    pass that drops unneeded victims tries them together, finds the quota
+    short, and keeps each one."""
+    monkeypatch.setattr(preemption, "_FEW", 0)  # count which candidates move room in any search
+    state = cluster(8, 8)
+    how = placer(state)
+    quotas = tenants(tenant("a", 8), tenant("b", 8))
+    runs = [start(state, workload("held", "b", 5, preemptible=False), 0.0, None, how)]
+    runs += [start(state, workload(f"s{i}", "a", 1), 90.0 + i, None, how) for i in range(3)]
+    runs.append(start(state, workload("big", "a", 4), 0.0, None, how))
+    assert {b.node for run in runs[:4] for b in run.bindings} == {0}
+    assert runs[4].bindings[0].node == 1  # n1 has room for the preemptor already
+    preemptor = workload("new", "a", 4, priority=1)
+    request = flavors.request(preemptor, "A100")
+    plan = find_victims(preemptor, request, quotas, usage_of(*runs), runs, state, how, NOW)
+    assert plan is not None
+    assert sorted(v.running.name for v in plan.victims) == ["s0", "s1", "s2"]
+    assert [b.node for b in plan.bindings] == [1]
 
 
 def test_within_tenant_never_protects_own_jobs() -> None:

@@ -164,6 +164,21 @@ def test_a_lone_pod_ranking_its_cheapest_candidates_first_chooses_the_same(
         _check_against_reference(scenario)
 
 
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(gangs=("same",)), st.sampled_from([1, 2, 3]))
+def test_candidates_that_move_no_room_are_dropped_together_as_one_by_one(
+    scenario: tuple[object, ...], prefix: int
+) -> None:
+    """The greedy pass over a room count leaves out the room of candidates on
+    nodes that could not take a pod of the preemptor's even with every
+    candidate gone, and tries to drop runs of them in one quota check; with
+    that done for every search (``_FEW`` at 0), the plans are the reference's."""
+    with mock.patch.object(preemption, "_FEW", 0), mock.patch.object(
+        preemption, "PREFIX", prefix
+    ):
+        _check_against_reference(scenario)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(), st.sampled_from([1, 2, 3]))
 def test_the_victims_taken_owner_by_owner_are_those_of_ranking_every_candidate(

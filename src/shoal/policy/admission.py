@@ -164,8 +164,7 @@ class _Cycle:
             where = self.queue.where(name)
             if where is not None:
                 solos_in.setdefault(id(where[0]), []).append((where[1], name))
-        # Buckets of one tenant often ask for the same (their priorities differ).
-        shares: dict[tuple[str, int], float] = {}
+        share_of = self.shares()
         parked_by: dict[str, list[tuple[Bucket, Park]]] = {}
         for bucket in self.queue.buckets():
             park = self.parked.get(bucket)
@@ -180,10 +179,7 @@ class _Cycle:
                 self.decisions.extend(Inadmissible(name, plan) for _, name, _ in bucket.entries)
                 continue
             tenant = self.snap.tenants[bucket.tenant]
-            asked = (tenant.name, id(plan.requests[0]))
-            share = shares.get(asked)
-            if share is None:
-                share = shares[asked] = self.ledger.share_after(tenant.name, plan.requests[0])
+            share = share_of(tenant.name, plan.requests[0])
             cursor = _Cursor(bucket, plan, solo)
             if tenant.strict_fifo or tenant.job_order != "fifo":
                 strict.setdefault(tenant.name, []).append(cursor)
@@ -207,11 +203,7 @@ class _Cycle:
             best: tuple[tuple[int, int, float, float, str], Bucket, Park] | None = None
             for bucket, park in parked:
                 if bucket.priority == top:
-                    request = _plan_of(park).requests[0]
-                    asked = (tenant_name, id(request))
-                    share = shares.get(asked)
-                    if share is None:
-                        share = shares[asked] = self.ledger.share_after(tenant_name, request)
+                    share = share_of(tenant_name, _plan_of(park).requests[0])
                     at, name, _ = bucket.entries[0]
                     key = (1, -top, share, at, name)
                     if best is None or key < best[0]:
@@ -277,6 +269,39 @@ class _Cycle:
                 self.park(cursor.bucket, cursor.plan, name, why, failure)
         self.parking.admitted = tuple(d.workload for d in self.decisions if isinstance(d, Admit))
         return CycleResult(tuple(self.decisions), tuple(self.waiting))
+
+    def shares(self) -> Callable[[str, dict[str, int]], float]:
+        """``ledger.share_after`` of a tenant and request, as the cycle starts.
+
+        Buckets of one tenant often ask for the same (their priorities
+        differ), and a tenant's share only moves with its usage: the placer's
+        memo keeps the shares of each tenant across cycles, until its usage
+        differs from what they were worked out on.
+        """
+        kept = self.placer.memo.get("shares")
+        if not (isinstance(kept, _Shares) and kept.terms is self.ledger.terms):
+            kept = self.placer.memo["shares"] = _Shares(self.ledger.terms)
+        seen = kept.by_tenant
+        usage = self.ledger.usage
+        checked: dict[str, dict[int, tuple[dict[str, int], float]]] = {}
+
+        def share_of(tenant: str, request: dict[str, int]) -> float:
+            known = checked.get(tenant)
+            if known is None:
+                mine = usage.get(tenant, {})
+                entry = seen.get(tenant)
+                if entry is None or entry[0] != mine:
+                    entry = seen[tenant] = (dict(mine), {})
+                known = checked[tenant] = entry[1]
+            hit = known.get(id(request))
+            # The request itself is kept with its share, so its id is not reused.
+            if hit is not None and hit[0] is request:
+                return hit[1]
+            share = self.ledger.share_after(tenant, request)
+            known[id(request)] = (request, share)
+            return share
+
+        return share_of
 
     # -- 1. validate -----------------------------------------------------------
 
@@ -612,6 +637,18 @@ class _Cycle:
 
 _BUCKETS_KEPT = 10_000
 """Buckets whose plans a placer's memo keeps by bucket (then it starts over)."""
+
+
+class _Shares:
+    """Shares after admission (``ledger.share_after``) per tenant and request, with
+    the tenant's usage they were worked out on; valid for one ``QuotaTerms``."""
+
+    __slots__ = ("by_tenant", "terms")
+
+    def __init__(self, terms: QuotaTerms) -> None:
+        self.terms = terms
+        self.by_tenant: dict[str, tuple[dict[str, int], dict[int, tuple[dict[str, int], float]]]]
+        self.by_tenant = {}
 
 
 class _Failed:

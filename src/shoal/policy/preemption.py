@@ -691,6 +691,14 @@ def _greedy_counted(
     placed found it.  Candidates are ``order`` (positions in ``found``); the
     passes read their rows of ``table``, and only the victims kept become
     ``Victim``s.
+
+    Many candidates never change the count: none of their pods is on a node
+    that could take one of the preemptor's even with every candidate gone
+    (``_moves_room``), as when a gang of whole nodes ranks hundreds of small
+    jobs on crowded nodes before the jobs that free whole nodes.  Their room
+    is not counted, and the second pass tries a run of them in one quota
+    check: the check only gets harder as usage is charged back, so if it
+    holds with the whole run charged, it held for each of them in turn.
     """
     need_gpu, need_cpu = preemptor.gpu_milli, sum(pod.cpu for pod in preemptor.pods)
     tenant = preemptor.tenant
@@ -701,38 +709,42 @@ def _greedy_counted(
     gpus: list[int] = table.gpu_total[rows].tolist()
     cpus: list[int] = table.cpu_total[rows].tolist()
     costs: list[float] = found.cost[order].tolist()
+    moves = (
+        _moves_room(state, placer, preemptor, table, rows)
+        if len(slots) > _FEW else [True] * len(slots)
+    )
     chosen: list[int] = []  # indices into slots, in the order taken
     refunded: set[int] = set()  # the chosen ones whose usage is refunded in the ledger
     owed: list[int] = []  # chosen, not refunded yet: the ledger is read only once room fits
 
+    def usage_of(taken: list[int]) -> dict[str, dict[str, int]]:
+        # Charges add up: one per owner of the sums comes to the same ledger.
+        return _usage_by_owner(table, rows[taken], request)
+
     def settle() -> None:
-        # Refunds add up: one per owner of the sums comes to the same ledger.
-        sums: dict[str, dict[str, int]] = {}
-        for i in owed:
-            run = runs[slots[i]]
-            assert run is not None
-            into = sums.setdefault(run.tenant, {})
-            for resource, amount in run.usage.items():
-                if resource in request:
-                    into[resource] = into.get(resource, 0) + amount
-        for owner, vector in sums.items():
+        for owner, vector in usage_of(owed).items():
             ledger.refund(owner, vector)
         refunded.update(owed)
         owed.clear()
 
     gpu_freed = cpu_freed = 0
     try:
+        fits: bool | None = None  # room.fits(), when known since the last give
         for i, slot in enumerate(slots):
             run = runs[slot]
             assert run is not None
             chosen.append(i)
             owed.append(i)
-            room.give(run.bindings)
+            if moves[i]:
+                room.give(run.bindings)
+                fits = None
             gpu_freed += gpus[i]
             cpu_freed += cpus[i]
             if free_gpu + gpu_freed < need_gpu or free_cpu + cpu_freed < need_cpu:
                 continue
-            if room.fits():
+            if fits is None:
+                fits = room.fits()
+            if fits:
                 settle()
                 if ledger.check(tenant, request).fits:
                     break
@@ -740,21 +752,55 @@ def _greedy_counted(
             return None
         # Drop the victims a later one made unnecessary, costliest first: room
         # first, the ledger only for those whose room is not needed.
-        for i in sorted(chosen, key=lambda i: -costs[i]):
+        dropping = sorted(chosen, key=lambda i: -costs[i])
+        at = alone = 0  # before ``alone``: tried one by one (a run that failed together)
+        while at < len(dropping):
+            i = dropping[at]
+            at += 1
             run = runs[slots[i]]
             assert run is not None
             gpu, cpu = gpus[i], cpus[i]
             if free_gpu + gpu_freed - gpu < need_gpu or free_cpu + cpu_freed - cpu < need_cpu:
                 continue
-            room.give(run.bindings, -1)
-            if room.fits():
+            if not moves[i] and at > alone:
+                # The run of victims that move no room from here, each within
+                # the totals with those before it dropped: tried together.
+                batch, gpu_left, cpu_left = [i], gpu_freed - gpu, cpu_freed - cpu
+                while at < len(dropping) and not moves[dropping[at]]:
+                    j = dropping[at]
+                    if (free_gpu + gpu_left - gpus[j] < need_gpu
+                            or free_cpu + cpu_left - cpus[j] < need_cpu):
+                        break
+                    batch.append(j)
+                    gpu_left, cpu_left = gpu_left - gpus[j], cpu_left - cpus[j]
+                    at += 1
+                if len(batch) > 1:
+                    back = usage_of(batch)
+                    for owner, vector in back.items():
+                        ledger.charge(owner, vector)
+                    if ledger.check(tenant, request).fits:
+                        refunded.difference_update(batch)
+                        gpu_freed, cpu_freed = gpu_left, cpu_left
+                        continue
+                    for owner, vector in back.items():
+                        ledger.refund(owner, vector)
+                    # Not all of them: each in turn, as the pass goes.
+                    alone = at
+                    at -= len(batch) - 1
+            if not moves[i]:
+                room_ok = True
+            else:
+                room.give(run.bindings, -1)
+                room_ok = room.fits()
+            if room_ok:
                 ledger.charge(run.tenant, run.usage, 1, request)
                 if ledger.check(tenant, request).fits:
                     refunded.discard(i)
                     gpu_freed, cpu_freed = gpu_freed - gpu, cpu_freed - cpu
                     continue
                 ledger.refund(run.tenant, run.usage, request)
-            room.give(run.bindings)
+            if moves[i]:
+                room.give(run.bindings)
         victims = [found.victim(table, int(order[i])) for i in chosen if i in refunded]
         with state.trial():
             for victim in victims:
@@ -768,6 +814,51 @@ def _greedy_counted(
             assert run is not None
             ledger.charge(run.tenant, run.usage, 1, request)
     return PreemptionPlan(victims=tuple(victims), bindings=tuple(bindings))
+
+
+def _usage_by_owner(table: RunningTable, rows: Ints, request: Vector) -> dict[str, dict[str, int]]:
+    """What the workloads of ``rows`` use of ``request``'s resources, summed per owner
+    (owners that use none of them included, with nothing)."""
+    owners = table.tenant[rows]
+    codes = len(table.tenants)
+    present = np.flatnonzero(np.bincount(owners, minlength=codes)).tolist()
+    sums: dict[str, dict[str, int]] = {table.tenants[code]: {} for code in present}
+    for resource in request:
+        column = table.usage.get(resource)
+        if column is None:
+            continue
+        values = column[rows]
+        by_owner = np.bincount(owners, weights=values, minlength=codes)
+        used = np.bincount(owners, weights=values != 0, minlength=codes)
+        for code in present:
+            if used[code]:
+                sums[table.tenants[code]][resource] = int(by_owner[code])
+    return sums
+
+
+_FEW = 16
+"""Candidates below which ``_greedy_counted`` counts every one's room (finding
+those that move none costs more than counting them)."""
+
+
+def _moves_room(
+    state: ClusterState, placer: Placer, preemptor: Workload, table: RunningTable, rows: Ints
+) -> list[bool]:
+    """Per row of ``rows``, whether giving its room back can change ``preemptor``'s
+    room count: whether one of its pods is on a node that could take one of the
+    preemptor's pods with every workload of ``rows`` gone.  A node's count only
+    grows as room is freed, so on any other node it stays at none."""
+    free = _free_without(state, table, rows, preemptor.gpu_milli > 0,
+                         any(pod.gpu_memory for pod in preemptor.pods))
+    reach = RoomCount(state, placer, preemptor, free).nodes()
+    owners = table.pods.rows
+    taken = np.zeros(table.size + 1, dtype=np.bool_)  # the last one stands for dropped entries
+    taken[rows] = True
+    hit = taken[owners] & reach[table.pods["node"]]
+    moves = np.zeros(table.size + 1, dtype=np.bool_)
+    moves[owners[hit]] = True
+    result: list[bool] = moves[rows].tolist()
+    return result
 
 
 def _greedy(

@@ -293,6 +293,13 @@ class RoomCount:
             count >= shape.count for count, shape in zip(self.counts, self._shapes, strict=True)
         )
 
+    def nodes(self) -> BoolArray:
+        """The nodes that could take a pod of some shape, as first counted (before ``give``)."""
+        mask: BoolArray = np.zeros(len(self._state), dtype=np.bool_)
+        for shape in self._shapes:
+            mask |= shape.first > 0
+        return mask
+
     def give(self, bindings: Sequence[Binding], sign: int = 1, capped: bool = False) -> None:
         """Pods of ``bindings`` gone (``sign=-1``: back again).
 
