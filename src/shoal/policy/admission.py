@@ -44,6 +44,7 @@ import itertools
 import math
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
+from typing import cast
 
 from shoal.domain.cluster import Binding
 from shoal.domain.workload import PodShape, Workload
@@ -165,13 +166,13 @@ class _Cycle:
             if where is not None:
                 solos_in.setdefault(id(where[0]), []).append((where[1], name))
         share_of = self.shares()
-        parked_by: dict[str, list[tuple[Bucket, Park]]] = {}
+        parked_by: dict[str, list[tuple[int, Bucket, Park]]] = {}
         for bucket in self.queue.buckets():
             park = self.parked.get(bucket)
             if park is not None:
                 if bucket.entries[0][1] == park.head and id(bucket) not in solos_in:
                     # It would fail at any turn this cycle, untried.
-                    parked_by.setdefault(bucket.tenant, []).append((bucket, park))
+                    parked_by.setdefault(bucket.key[0], []).append((bucket.key[1], bucket, park))
                     continue
                 del self.parked[bucket]
             plan = self.validate(bucket)
@@ -199,17 +200,17 @@ class _Cycle:
             # turn (it may be the tenant's head, which tries preemption): the
             # others wait untried.  Priority comes first in the order, so
             # only the highest priority's shares are worked out.
-            top = max(bucket.priority for bucket, _ in parked)
+            top = max([entry[0] for entry in parked]) if len(parked) > 1 else parked[0][0]
             best: tuple[tuple[int, int, float, float, str], Bucket, Park] | None = None
-            for bucket, park in parked:
-                if bucket.priority == top:
-                    share = share_of(tenant_name, _plan_of(park).requests[0])
+            for priority, bucket, park in parked:
+                if priority == top:
+                    share = share_of(tenant_name, cast(_Plan, park.plan).requests[0])
                     at, name, _ = bucket.entries[0]
                     key = (1, -top, share, at, name)
                     if best is None or key < best[0]:
                         best = (key, bucket, park)
             assert best is not None
-            for bucket, park in parked:
+            for _, bucket, park in parked:
                 if bucket is not best[1]:
                     self.waiting.append(Waiting(_Names(bucket.entries, 0, ()), park.why))
             key, bucket, park = best

@@ -138,10 +138,16 @@ class QuotaLedger:
         key = (_cohort_key(tenant), resource)
         value = self._drawn.get(key)
         if value is None:
-            value = sum(
-                max(0, self.used(t.name, resource) - self.guaranteed(t, resource))
-                for t in self._members[key[0]]
-            )
+            # Every cycle's ledger works this out anew for the cohorts it checks.
+            usage, known = self.usage, self._guaranteed
+            value = 0
+            for member in self._members[key[0]]:
+                used = usage.get(member.name, _NONE).get(resource, 0)
+                guaranteed = known.get((member.name, resource))
+                if guaranteed is None:
+                    guaranteed = self.guaranteed(member, resource)
+                if used > guaranteed:
+                    value += used - guaranteed
             self._drawn[key] = value
         return value
 
