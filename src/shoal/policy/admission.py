@@ -151,7 +151,8 @@ class _Cycle:
         self.last_failure: object = None
 
     def run(self) -> CycleResult:
-        heap: list[tuple[int, int, float, float, str, int, _Cursor]] = []
+        # Entries end with a cursor, or (bucket, park) for a parked bucket's turn.
+        heap: list[tuple[int, int, float, float, str, int, _Cursor | tuple[Bucket, Park]]] = []
         tick = itertools.count()
         strict: dict[str, list[_Cursor]] = {}
         failed: list[tuple[_Cursor, str, Callable[[], str], object]] = []
@@ -214,16 +215,27 @@ class _Cycle:
                 if bucket is not best[1]:
                     self.waiting.append(Waiting(_Names(bucket.entries, 0, ()), park.why))
             key, bucket, park = best
-            cursor = _Cursor(bucket, _plan_of(park), ())
-            cursor.park = park
-            heapq.heappush(heap, (*key, next(tick), cursor))
+            heapq.heappush(heap, (*key, next(tick), (bucket, park)))
         now, service = self.snap.now, self.snap.service
         streams = {
             name: _own_stream(self.snap.tenants[name], cursors, service, now)
             for name, cursors in strict.items()
         }
         while heap:
-            _, _, share, _, _, _, cursor = heapq.heappop(heap)
+            _, _, share, _, _, _, item = heapq.heappop(heap)
+            if isinstance(item, tuple):
+                # A parked bucket's turn: its head fails untried (``fail_parked``).
+                bucket, park = item
+                if bucket.key[0] not in streams:
+                    entries = bucket.entries
+                    self.fail_parked(entries[0][2], _plan_of(park), park)
+                    if len(entries) > 1:
+                        self.waiting.append(Waiting(_Names(entries, 1, ()), park.why))
+                    continue
+                cursor = _Cursor(bucket, _plan_of(park), ())
+                cursor.park = park
+            else:
+                cursor = item
             tenant = self.snap.tenants[cursor.bucket.tenant]
             stream = streams.get(tenant.name)
             if stream is not None:
