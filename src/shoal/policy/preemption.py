@@ -425,30 +425,28 @@ def _free_without(
     """The room every node would have with the workloads of ``rows`` gone (free GPU
     memory only if ``gpu_memory``: only pods that ask for some read it)."""
     n = len(state)
-    take = np.zeros(table.size + 1, dtype=np.bool_)  # the last one stands for dropped entries
-    take[rows] = True
     pods = table.pods
-    mine = take[pods.rows]
-    nodes = pods["node"][mine]
+    at = pods.positions(rows)
+    nodes = pods["node"][at]
     cpu = state.cpu_free + np.bincount(
-        nodes, weights=pods["cpu"][mine], minlength=n
+        nodes, weights=pods["cpu"][at], minlength=n
     ).astype(np.int64)
     memory = state.mem_free + np.bincount(
-        nodes, weights=pods["memory"][mine], minlength=n
+        nodes, weights=pods["memory"][at], minlength=n
     ).astype(np.int64)
     if not gpu:
         return Free(cpu, memory, state.gpu_free.copy(), state.gpu_mem_free.copy())
     width = state.max_gpus
     gpus = table.gpus
-    mine = take[gpus.rows]
-    flat = gpus["node"][mine] * width + gpus["slot"][mine]
+    at = gpus.positions(rows)
+    flat = gpus["node"][at] * width + gpus["slot"][at]
     milli = state.gpu_free + np.bincount(
-        flat, weights=gpus["milli"][mine], minlength=n * width
+        flat, weights=gpus["milli"][at], minlength=n * width
     ).astype(np.int64).reshape(n, width)
     if not gpu_memory:
         return Free(cpu, memory, milli)
     memory_left = state.gpu_mem_free + np.bincount(
-        flat, weights=gpus["memory"][mine], minlength=n * width
+        flat, weights=gpus["memory"][at], minlength=n * width
     ).astype(np.int64).reshape(n, width)
     return Free(cpu, memory, milli, memory_left)
 

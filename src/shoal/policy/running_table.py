@@ -248,6 +248,16 @@ class Entries:
         """Column ``name`` of the entries in use (a view)."""
         return self.columns[name][: self.used]
 
+    def positions(self, rows: Ints) -> Ints:
+        """Where the entries of ``rows`` are, row by row: reading them there costs
+        what those rows hold, not what every row does."""
+        counts = self.count[rows]
+        ends = np.cumsum(counts)
+        at: Ints = np.repeat(self.first[rows] - (ends - counts), counts) + np.arange(
+            int(ends[-1]) if len(ends) else 0
+        )
+        return at
+
     @property
     def rows(self) -> Ints:
         """The row of each entry in use, -1 for a dropped one (a view)."""

@@ -138,6 +138,10 @@ class ReplayEngine:
         # victim -> (preemptor, its attempts then), until the victim runs again
         # (its record's preemptor and preemptor_attempts)
         self.evicted_for: dict[str, tuple[str, int | None]] = {}
+        # How many waiting victims name each preemptor, and the nominated set
+        # worked out from them, kept until a victim or a preemptor changes.
+        self._named: dict[str, int] = {}
+        self._nominated_now: frozenset[str] | None = None
         # Orderings by attained service read what each job ran; a view over
         # the records, so nothing is copied per cycle.
         self.by_service = any(t.job_order != "fifo" for t in self.tenants.values())
@@ -280,12 +284,19 @@ class ReplayEngine:
                 break
 
     def _nominated(self) -> frozenset[str]:
-        """``machine.nominated`` over the victims that still wait, without a pass over all."""
-        return frozenset(
-            preemptor for preemptor, attempts in self.evicted_for.values()
-            if preemptor in self.pending
-            and attempts in (None, self.jobs[preemptor].row.attempts)
-        )
+        """``machine.nominated`` over the victims that still wait, without a pass over all.
+
+        It reads the victims' records and their preemptors' (waiting or not,
+        attempts): every change to one comes through ``_apply``, which forgets
+        the answer kept since the last time.
+        """
+        if self._nominated_now is None:
+            self._nominated_now = frozenset(
+                preemptor for preemptor, attempts in self.evicted_for.values()
+                if preemptor in self.pending
+                and attempts in (None, self.jobs[preemptor].row.attempts)
+            )
+        return self._nominated_now
 
     def _cycle_once(self, now: float) -> bool:
         """One admission cycle; True when it preempted something."""
@@ -395,10 +406,23 @@ class ReplayEngine:
     def _apply(self, now: float, record: JobRecord, step: Step) -> None:
         before = record.row.phase
         record.row = step.job
-        if step.job.preemptor:
-            self.evicted_for[step.job.name] = (step.job.preemptor, step.job.preemptor_attempts)
-        else:
-            self.evicted_for.pop(step.job.name, None)
+        name = step.job.name
+        now_for = (step.job.preemptor, step.job.preemptor_attempts) if step.job.preemptor else None
+        was_for = self.evicted_for.get(name)
+        if now_for != was_for:
+            if was_for is not None:
+                left = self._named[was_for[0]] - 1
+                if left:
+                    self._named[was_for[0]] = left
+                else:
+                    del self._named[was_for[0]]
+                del self.evicted_for[name]
+            if now_for is not None:
+                self.evicted_for[name] = now_for
+                self._named[now_for[0]] = self._named.get(now_for[0], 0) + 1
+            self._nominated_now = None
+        elif name in self._named:
+            self._nominated_now = None  # a preemptor started, stopped or waits again
         after = step.job.phase
         for effect in step.effects:
             if isinstance(effect, Emit):
