@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from shoal.control import machine
 from shoal.domain.nodes import GpuSpec, NodePoolSpec, expand_pool
 from shoal.domain.tenant import BorrowWithinCohort, PreemptionPolicy
 from shoal.domain.workload import PodShape, Workload
@@ -105,3 +106,25 @@ def test_parked_buckets_take_the_decisions_of_trying_every_bucket(seed: int) -> 
     assert parked.cycles == tried.cycles
     # And parking did happen: many cycles found buckets set aside.
     assert watched.cycles_with_parked > parked.cycles // 4
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_kept_nominations_are_those_read_from_every_record(seed: int) -> None:
+    """The simulator keeps its nominated set between cycles; before every cycle
+    it equals ``machine.nominated`` over all the records (what live runtimes read)."""
+    nodes = expand_pool("gpu", NodePoolSpec(count=6, cpu=64, memory="128Gi",
+                                            gpus=GpuSpec(model="A100", count=8)))
+    engine = ReplayEngine(nodes, _tenants(4, 12), _jobs(seed, 4, 160), "most-allocated", seed)
+    cycle = engine._cycle_once
+    seen: list[frozenset[str]] = []
+
+    def checked(now: float) -> bool:
+        waiting = {name: r.row.attempts for name, r in engine.jobs.items() if name in engine.pending}
+        expected = machine.nominated((r.row for r in engine.jobs.values()), waiting)
+        assert engine._nominated() == expected
+        seen.append(expected)
+        return cycle(now)
+
+    engine._cycle_once = checked  # type: ignore[method-assign]
+    engine.run()
+    assert sum(1 for nominated in seen if nominated) > 10  # preemptors did wait
