@@ -623,8 +623,13 @@ def search(
         return NO_CANDIDATES
     if not len(pool.rows):
         return Unfound(any_release=True)
+    # Summed in place: a masked copy of every GPU costs several times the sum.
     up = state.up
-    free_gpu, free_cpu = int(state.gpu_free[up].sum()), int(state.cpu_free[up].sum())
+    if up.all():
+        free_gpu, free_cpu = int(state.gpu_free.sum()), int(state.cpu_free.sum())
+    else:
+        free_gpu = int(state.gpu_free.sum(where=up[:, None]))
+        free_cpu = int(state.cpu_free.sum(where=up))
     if len(preemptor.pods) == 1 and fit_is_exact(preemptor):
         # A lone pod usually needs a victim or two: look among the cheapest
         # first.  The greedy pass takes candidates in order and stops at the
