@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from shoal.errors import InputError
+from shoal.runtime.local.discover import find_pod
 from shoal.runtime.local.process import (
     CommandNotFoundError,
     LocalProcesses,
@@ -171,6 +172,26 @@ def test_adopt_after_a_restart(pods: LocalProcesses, spec: Spec, finish: Finish,
     assert finish(handle).state == "signalled"  # seen by the original parent
     lost = restarted.poll(adopted)  # not its child: no exit code to read
     assert lost.state == "lost" and lost.exit_code is None
+
+
+def test_a_pod_whose_pid_was_never_recorded_is_found_by_its_id_and_by_its_cgroup(
+    pods: LocalProcesses, spec: Spec, fifo: Callable,
+) -> None:
+    # The plane died before it recorded the pid: a restarted one finds the pod's first
+    # process by the id in its environment, and by its cgroup while an execve hides that.
+    uid = f"found-{os.getpid()}"
+    pod = spec(["/bin/sh", "-c", f"sleep 60 & sleep 60 & {PY} -c \"$0\" ready; wait",
+                IGNORE_TERM], env={"SHOAL_POD_UID": uid})
+    ready = fifo(pod.workdir / "ready")
+    handle = pods.start(pod)
+    assert ready.line() == "ready"
+    assert find_pod(uid) == (handle.pid, handle.start_ticks)
+    restarted = LocalProcesses(root_cgroup=pods.cgroups.root, jobs_root=pods.jobs_root)
+    if not restarted.cgroups.available:
+        pytest.skip(f"cgroups: {restarted.cgroups.problem}")
+    assert restarted.first_member(pod) == (handle.pid, handle.start_ticks)
+    other = spec(["true"], env={"SHOAL_POD_UID": f"{uid}-other"}, job="other")
+    assert restarted.first_member(other) is None
 
 
 @pytest.mark.parametrize(

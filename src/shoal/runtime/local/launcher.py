@@ -126,13 +126,13 @@ class LocalPods:
     def _adopt(self, job: JobRow, pod: PodRecord) -> PodHandle | None:
         """Find a pod this process did not start (a restart, or a crash mid-start)."""
         found = _decode(pod.handle)
+        spec = self.spec(job, pod, rendezvous_port=0)
         if found is None:
-            located = self.find(pod.uid)
+            located = self.find(pod.uid) or self.processes.first_member(spec)
             if located is None:
                 return None
             found = (located[0], located[1], None)
         pid, ticks, cgroup = found
-        spec = self.spec(job, pod, rendezvous_port=0)
         cgroup = cgroup or self.processes.cgroup_of(spec)
         handle = self.processes.adopt(pid, ticks, spec, cgroup)
         # One that ended while nobody watched may have left its exit code behind.

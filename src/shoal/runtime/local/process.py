@@ -37,6 +37,7 @@ from shoal.control.records import PodStatus
 from shoal.errors import InternalError
 from shoal.runtime.local import sandbox
 from shoal.runtime.local.cgroups import Cgroups, Limits, cgroup_name, join_then_exec
+from shoal.runtime.local.discover import first_of, stdin_name
 from shoal.runtime.local.listen import LISTEN_FD_ENV, bind_listener
 from shoal.runtime.local.pods import (
     RUNNING,
@@ -108,9 +109,9 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
-def _anonymous(content: bytes) -> int:
+def _anonymous(content: bytes, name: str) -> int:
     """An in-memory file holding ``content``, open for reading from its start."""
-    fd = os.memfd_create("shoal-pod")
+    fd = os.memfd_create(name)
     view = memoryview(content)
     while view:
         view = view[os.write(fd, view):]
@@ -182,7 +183,9 @@ class LocalProcesses:
         # travels on stdin, an anonymous file that the last step, already the pod's
         # user, reads (``_ENTER``). The exit file's path (tenant and job names) stays
         # out of the long-lived recorder's argv, which every user may read.
-        script = _anonymous(_environment_script(env, spec.workdir))
+        # Its name finds the pod's first process after a crash (``discover``).
+        script = _anonymous(_environment_script(env, spec.workdir),
+                            stdin_name(env.get("SHOAL_POD_UID", "")))
         root_env = {"PATH": _ROOT_PATH, "SHOAL_POD_UID": env.get("SHOAL_POD_UID", "")}
         enter = ["/bin/sh", "-c", _ENTER, "shoal-pod"]
         if spec.isolation == "sandbox":
@@ -400,6 +403,13 @@ class LocalProcesses:
         uid = spec.env.get("SHOAL_POD_UID", "")[:8]
         owner = "-".join(part for part in (spec.tenant, spec.job, uid) if part)
         return cgroup_name(self._root, owner, spec.index)
+
+    def first_member(self, spec: PodSpec) -> tuple[int, int] | None:
+        """``(pid, start ticks)`` of the first process in the pod's cgroup, or None: the
+        pod's first process joins it before it runs anything else, so a pod whose
+        process is in the middle of an ``execve`` is found here."""
+        cgroup = self.cgroup_of(spec)
+        return None if cgroup is None else first_of(self.cgroups.pids(cgroup))
 
     def never_watched(self, spec: PodSpec) -> PodStatus:
         """How a pod that no process carries and no handle names ended, or ``absent``.
