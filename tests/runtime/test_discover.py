@@ -54,11 +54,15 @@ def test_an_orphan_outlives_its_pod_and_is_found(
 def test_a_real_process_tree_is_found_by_its_first_process() -> None:
     uid = f"discover-{os.getpid()}"
     tree = subprocess.Popen(
-        ["/bin/sh", "-c", "sleep 60 & sleep 60 & read line"], start_new_session=True,
+        ["/bin/sh", "-c", "sleep 60 & sleep 60 & echo ready; read line"], start_new_session=True,
         env={"PATH": os.defpath, "SHOAL_POD_UID": uid}, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     try:
-        found = find_pod(uid)  # Popen returns once the shell runs: its environment is set
+        # Popen returns while the shell may still be inside its execve (an empty
+        # environment, the case the next test covers): look once it runs.
+        assert tree.stdout is not None and tree.stdout.readline() == b"ready\n"
+        found = find_pod(uid)
         assert found is not None and found[0] == tree.pid
         assert find_pod(f"{uid}-other") is None
     finally:
