@@ -120,6 +120,8 @@ def test_the_base_is_stored_and_a_second_apply_changes_nothing(
         pod = deployment.json()["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] == ACCOUNT
         assert pod["containers"][0]["command"] == ["shoal", "operator"]
+        assert pod["containers"][0]["args"] == ["--health-port", "8081"]
+        assert pod["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/healthz"
         role = http.get(f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{ACCOUNT}").json()
         wanted = next(d for d in base_documents() if d["kind"] == "ClusterRole")
         assert role["rules"] == wanted["rules"]

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shoal.runtime.kubernetes.client import Kube
-from tests.kube.conftest import ControlPlane
+from tests.kube.conftest import ControlPlane, free_port
 from tests.kube.operator_process import running_operator
 from tests.kube.waiting import State, wait_gone, wait_until
 
@@ -81,3 +82,25 @@ def test_the_operator_admits_binds_and_finishes_a_training_job(crds: Kube,
     finally:
         crds.delete("Tenant", "runs")
     wait_gone(crds, "Namespace", "runs")
+
+
+def test_the_operator_answers_its_liveness_probe_while_it_operates(
+    control_plane: ControlPlane, crds: Kube, tmp_path: Path,
+) -> None:
+    log, port = tmp_path / "operator.log", free_port()
+    url = f"http://127.0.0.1:{port}/healthz"
+    with running_operator(control_plane.kubeconfig, log, "--health-port", str(port)):
+        crds.create({"apiVersion": "shoal.dev/v1alpha1", "kind": "Tenant",
+                     "metadata": {"name": "probed"}, "spec": {"quota": {"cpu": {"nominal": 1}}}})
+        try:
+            # Ready: kopf's handlers, and so the control loop and the service
+            # reconciler beside them, run; the probe watches those threads.
+            wait_until(crds, "Tenant", ready("probed"), fields="metadata.name=probed",  # type: ignore[arg-type]
+                       what=f"Tenant probed Ready (log: {log})")
+            answer = httpx.get(url, timeout=30)
+            assert (answer.status_code, answer.text) == (200, "ok\n"), log.read_text()[-4000:]
+        finally:
+            crds.delete("Tenant", "probed")
+    with pytest.raises(httpx.ConnectError):  # gone with the process
+        httpx.get(url, timeout=30)
+    wait_gone(crds, "Namespace", "probed")

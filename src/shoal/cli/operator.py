@@ -52,6 +52,11 @@ def operator(
         "--leader-elect-lease-seconds", min=1,
         help="how long a leader's lease lasts without renewal (renewed every 2/15 of it)",
     )] = 15,
+    health_port: Annotated[int | None, typer.Option(
+        "--health-port", min=1, max=65535,
+        help="answer GET /healthz on this port, on every address (for the kubelet's "
+             "liveness probe): 200 while the operator's threads run, else 503",
+    )] = None,
 ) -> None:
     """Run the Kubernetes operator until Ctrl-C or SIGTERM, or print its CRDs."""
     if action == "crds":
@@ -66,7 +71,8 @@ def operator(
                          hint="pip install 'shoal[kube]'") from exc
     kube_operator.run(None if kubeconfig is None else str(kubeconfig), context, verbose,
                       webhook_port=webhook_port, leader_elect=leader_elect,
-                      lease_namespace=lease_namespace, lease_seconds=lease_seconds)
+                      lease_namespace=lease_namespace, lease_seconds=lease_seconds,
+                      health_port=health_port)
 
 
 def print_crds(output: str) -> None:

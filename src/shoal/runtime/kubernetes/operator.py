@@ -56,6 +56,7 @@ from shoal.errors import ShoalError
 from shoal.runtime.kubernetes.client import Kube, bearer_token, configuration
 from shoal.runtime.kubernetes.convert import JOB_LABEL
 from shoal.runtime.kubernetes.crds import GROUP, VERSION
+from shoal.runtime.kubernetes.health import Health
 from shoal.runtime.kubernetes.install import install_crds
 from shoal.runtime.kubernetes.leader import (
     LEASE_SECONDS,
@@ -239,15 +240,20 @@ def login_from(kubeconfig: str | None, context: str | None,
 def run(kubeconfig: str | None, context: str | None = None, verbose: bool = False,
         stop: threading.Event | None = None, webhook_port: int | None = None,
         leader_elect: bool | None = None, lease_namespace: str | None = None,
-        lease_seconds: int = LEASE_SECONDS) -> None:
+        lease_seconds: int = LEASE_SECONDS, health_port: int | None = None) -> None:
     """Install the CRDs if allowed, then run until SIGINT or SIGTERM (or ``stop``).
 
     ``kubeconfig`` None: in-cluster, as the pod's service account.
     ``webhook_port``: also serve the validating webhook on loopback there.
     ``leader_elect`` (default: in-cluster only): act only while holding the
     Lease ``shoal-operator`` in ``lease_namespace`` (``leader.py``).
+    ``health_port``: answer ``GET /healthz`` there from the start, standby
+    included (``health.py``).
     """
     kopf.configure(verbose=verbose)
+    health = Health()
+    if health_port is not None:
+        health.serve(health_port)
     kube = Kube.connect(kubeconfig, context)
     elect = kubeconfig is None if leader_elect is None else leader_elect
     elector = LeaderElector(kube, identity(), lease_s=lease_seconds, namespace=lease_namespace
@@ -255,13 +261,15 @@ def run(kubeconfig: str | None, context: str | None = None, verbose: bool = Fals
     try:
         with leading(elector, stop) if elector else nullcontext(True) as acting:
             if acting:  # else stopped while standby
-                _install_and_operate(kube, kubeconfig, context, stop, webhook_port)
+                _install_and_operate(kube, kubeconfig, context, stop, webhook_port, health)
     finally:
         kube.close()
+        health.close()
 
 
 def _install_and_operate(kube: Kube, kubeconfig: str | None, context: str | None,
-                         stop: threading.Event | None, webhook_port: int | None) -> None:
+                         stop: threading.Event | None, webhook_port: int | None,
+                         health: Health | None = None) -> None:
     """Install the CRDs if allowed, then kopf and the control loop until ``stop``."""
     install_crds(kube)
     with tempfile.TemporaryDirectory(prefix="shoal-webhook-") as folder:
@@ -273,7 +281,7 @@ def _install_and_operate(kube: Kube, kubeconfig: str | None, context: str | None
                 certfile=str(cert), pkeyfile=str(key), cadata=ca)
             chosen.admission.managed = WEBHOOK_CONFIGURATION
         _operate(kube, login_from(kubeconfig, context), stop, chosen,
-                 webhook=webhook_port is not None)
+                 webhook=webhook_port is not None, health=health)
 
 
 WEBHOOK_CONFIGURATION = "validate.shoal.dev"
@@ -288,8 +296,9 @@ def _validate(body: Any, **_: Any) -> None:
 
 def _operate(kube: Kube, login: Callable[..., kopf.ConnectionInfo],
              stop: threading.Event | None, chosen: kopf.OperatorSettings | None = None,
-             webhook: bool = False) -> None:
-    """kopf's handlers in this thread, the control loop in another, until stopped."""
+             webhook: bool = False, health: Health | None = None) -> None:
+    """kopf's handlers in this thread, the control loop in another, until stopped;
+    ``health`` watches the threads while they should run."""
     control = KubeControl(kube)
     registry = registry_for(Tenancy(kube))  # the loop watches for itself
     kopf.on.login(registry=registry)(login)
@@ -303,10 +312,15 @@ def _operate(kube: Kube, login: Callable[..., kopf.ConnectionInfo],
                             daemon=True)
     loop.start()
     serving = start_serving(kube, done)  # InferenceServices: serving.py
+    health = health or Health()
+    for thread in (loop, serving):
+        health.watch(thread)
     try:
         kopf.run(registry=registry, settings=chosen or settings(), clusterwide=True,
                  standalone=True, stop_flag=stop)
     finally:
+        for thread in (loop, serving):
+            health.forget(thread)  # they end now on purpose
         done.set()
         control.wake.set()
         loop.join(timeout=30)
