@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from shoal.errors import InputError
 from shoal.runtime.kubernetes.health import Health
 
 
@@ -49,3 +50,11 @@ def test_only_the_health_path_is_served(health: tuple[Health, str]) -> None:
     assert httpx.get(f"{url}/").status_code == 404
     assert httpx.get(f"{url}/healthz/../metrics").status_code == 404
     assert httpx.post(f"{url}/healthz").status_code == 501  # http.server: no such method
+
+
+def test_a_port_in_use_is_a_clear_input_error(health: tuple[Health, str]) -> None:
+    _, url = health
+    taken = int(url.rsplit(":", 1)[1])
+    with pytest.raises(InputError, match=f"health port {taken}: cannot listen on 127.0.0.1:{taken} "
+                                         r"\(Address already in use\)"):
+        Health().serve(taken, host="127.0.0.1")

@@ -19,6 +19,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from shoal.errors import InputError
+
 PATH = "/healthz"
 
 
@@ -73,7 +75,11 @@ class Health:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # a probe every few seconds is no news
 
-        server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:  # in use, or not ours to take: say which, exit 2
+            raise InputError(f"health port {port}: cannot listen on {host}:{port} "
+                             f"({exc.strerror or exc})", hint="choose another --health-port") from None
         server.daemon_threads = True
         self._server = server
         threading.Thread(target=server.serve_forever, name="shoal-health", daemon=True).start()
