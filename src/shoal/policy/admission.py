@@ -81,9 +81,9 @@ class _Plan:
     """The bucket's pods restricted to each flavor (``flavors.restrict``)."""
     rooms: tuple[int, ...]
     """Per flavor, a number for (flavor, pods, constraints): what no room depends on."""
-    searches: tuple[int, ...]
-    """Per flavor, a number for what a victim search depends on besides the cluster:
-    (tenant, priority, flavor, pods, constraints)."""
+    searches: tuple[tuple[str, int], ...]
+    """Per flavor, the placer's memo key of a failed victim search: a number for what
+    it depends on besides the cluster (tenant, priority, flavor, pods, constraints)."""
 
     def restrict(self, workload: Workload, at: int) -> Workload:
         """``flavors.restrict(workload, self.flavors[at])`` for a workload of the bucket."""
@@ -118,10 +118,9 @@ class _Cycle:
         self._table = snapshot.running_table
         self._lowest: float | None = None
         # Within a cycle the cluster only fills up, usage only grows and
-        # victims are only claimed, so a request that found no room (or no
-        # victims) fails again for an identical request: remember those.
+        # victims are only claimed, so a request that found no room fails
+        # again for an identical request: remember those.
         self.no_room: set[int] = set()  # _Plan.rooms
-        self.no_victims: set[int] = set()  # _Plan.searches
         # As in Kueue, only a tenant's head (its first workload that does not
         # fit) may preempt in a cycle; this bounds a cycle's preemption work
         # by the number of tenants, however long the queues are.
@@ -362,7 +361,8 @@ class _Cycle:
             what = (workload.pods, workload.constraints)
             rooms = tuple(self.number(("room", f, *what)) for f in viable)
             searches = tuple(
-                self.number(("victims", tenant.name, workload.priority, f, *what)) for f in viable
+                ("no_victims", self.number(("victims", tenant.name, workload.priority, f, *what)))
+                for f in viable
             )
             return _Plan(tuple(viable), requests, pods, rooms, searches)
         if reasons:
@@ -582,10 +582,9 @@ class _Cycle:
 
     def preempt(self, workload: Workload, plan: _Plan) -> bool:
         self.preempt_tried.add(workload.tenant)
+        tenant = self.snap.tenants[workload.tenant]
+        memo = self.placer.memo
         for at, request in enumerate(plan.requests):
-            key = plan.searches[at]
-            if key in self.no_victims:
-                continue
             # A search that failed is not tried again until room comes back
             # that could change its answer (a workload it did not count as
             # freed stops, and with its room the preemptor might fit; a node
@@ -595,18 +594,17 @@ class _Cycle:
             # that found room the preemptor could not use), which a later
             # search will find, but retrying on each would cost a search per
             # head per cycle.
-            memo_key = ("no_victims", key)
+            memo_key = plan.searches[at]
             # Under las or srtf, running jobs move back in the order as they
             # run: time itself is relevant, and a failure holds for this instant only.
-            fifo = self.snap.tenants[workload.tenant].job_order == "fifo"
-            borrows = not self.ledger.within_nominal(workload.tenant, request)
+            fifo = tenant.job_order == "fifo"
+            borrows = not self.ledger.within_nominal(tenant.name, request)
             if borrows and fifo and self.lowest() >= workload.priority:
                 continue  # a borrower may only evict lower priorities, and none run
             moment = 0 if fifo else self.snap.now
-            version = self.epoch(moment)
-            seen = self.placer.memo.get(memo_key)
+            version = self._epoch if fifo and self._epoch is not None else self.epoch(moment)
+            seen = memo.get(memo_key)
             if isinstance(seen, _Failed) and self.still_fails(seen, version, moment, borrows):
-                self.no_victims.add(key)
                 continue
             found = search(
                 plan.restrict(workload, at),
@@ -622,8 +620,7 @@ class _Cycle:
             if found is NO_CANDIDATES:
                 continue
             if isinstance(found, Unfound) or not found.victims:
-                self.no_victims.add(key)
-                self.placer.memo[memo_key] = self.failed(
+                memo[memo_key] = self.failed(
                     found if isinstance(found, Unfound) else UNFOUND, version, moment, borrows
                 )
                 continue
