@@ -34,6 +34,12 @@ class Server:
         self.calls: list[str] = []
         self.refuse: Exception | None = None
         self.lock = threading.Lock()
+        self.discovery = self  # the served version of a kind: the first Shoal knows
+
+    def api_version(self, kind: str) -> str:
+        from shoal.runtime.kubernetes.discovery import CANDIDATES
+
+        return CANDIDATES[kind][0]
 
     def create(self, body: Body) -> Body:
         with self.lock:
@@ -136,7 +142,8 @@ def test_start_returns_before_the_pod_exists_and_the_pod_is_bound_when_it_appear
     server, pods, row, _ = world
     row = start(pods, row)
     settle(pods)
-    assert [c.split()[1] for c in server.calls] == ["Job"], "one pod: no Service"
+    # One pod: no Service; the class its pod names comes first (once per process).
+    assert [c.split()[1] for c in server.calls] == ["PriorityClass", "Job"]
     # No pod yet: starting (nothing to record), and the loop is told when to look again.
     assert pods.observe(row, row.pods[0]) == PodStatus("starting", None, "")
     assert machine.observe(row, {row.pods[0].uid: PodStatus("starting", None, "")}, 2.0,
@@ -269,7 +276,7 @@ def test_once_a_gangs_first_pod_exists_the_others_have_the_bind_timeout(
     row = row_of(gang).evolve(phase="Running", attempts=1, pods=(first_pod, second))
     assert [pods.start(row, pod) for pod in row.pods] == [None, None]
     settle(pods)
-    assert [c.split()[1] for c in server.calls] == ["Service", "Job", "Job"]
+    assert [c.split()[1] for c in server.calls] == ["PriorityClass", "Service", "Job", "Job"]
     clock.now += 100.0
     first = server.job_controller("first", index=0)
     assert pods.observe(row, row.pods[0]).handle is None

@@ -186,3 +186,22 @@ def test_a_gang_not_bound_in_time_is_requeued_whole_and_runs_once_it_can(
         namespace=NS, what="wide's pods all bound", timeout_s=120)
     assert done["status"]["attempts"] >= 2
     bound_pods(kube, "wide", 2, "both pods of wide bound and Running")
+
+
+@pytest.mark.parametrize(("priority", "klass"), [
+    (37, "shoal-priority-37"), (-5, "shoal-priority-minus-5"), (1000, "shoal-high")])
+def test_pods_name_the_priority_class_of_their_jobs_priority(
+        loop: KubeControl, priority: int, klass: str) -> None:
+    """A priority no built-in class has gets a class of its own before its first pod:
+    the API server refuses a pod that names a missing class, and resolves the
+    pod's ``spec.priority`` from the class (what the kubelet evicts by)."""
+    kube = loop.kube
+    name = f"prio-{klass.removeprefix('shoal-')}"
+    kube.create(training_job(name, NS, pods=1, gpus=1, priority=priority))
+    (pod,) = bound_pods(kube, name, 1, f"the pod of {name} bound and Running")
+    assert pod["spec"]["priorityClassName"] == klass
+    assert pod["spec"]["priority"] == priority
+    made = kube.get("PriorityClass", klass)
+    assert made is not None
+    assert (made["value"], made["preemptionPolicy"]) == (priority, "Never")
+    assert made["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "shoal"

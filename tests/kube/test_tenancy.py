@@ -157,10 +157,10 @@ def test_network_policies_deny_by_default_and_allow_six_paths() -> None:
         (None, {"shoal-low": 0, "shoal-normal": 100, "shoal-high": 1000,
                 "shoal-critical": 10000}),
         (["high", 0], {"shoal-low": 0, "shoal-high": 1000}),
-        ([5], {}),
+        ([5], {"shoal-priority-5": 5}),
     ],
 )
-def test_priority_classes_are_the_builtin_ones_the_tenant_may_use(
+def test_priority_classes_are_those_the_tenant_may_use(
     allowed: list[int | str] | None, classes: dict[str, int]
 ) -> None:
     made = priority_classes(tenant(allowedPriorities=allowed))
@@ -211,3 +211,18 @@ def test_members_write_jobs_and_services_and_only_read_their_status() -> None:
         assert grants[("shoal.dev", kind)] == every
         assert grants[("shoal.dev", f"{kind}/status")] == {"get", "list", "watch"}
     assert ("shoal.dev", "tenants") not in grants
+
+
+def test_each_integer_priority_a_tenant_lists_gets_a_class_of_its_own() -> None:
+    from shoal.runtime.kubernetes.tenancy_access import class_name, priority_classes
+
+    tenant = Tenant.model_validate({"apiVersion": "shoal.dev/v1alpha1", "kind": "Tenant",
+                                    "metadata": {"name": "team"},
+                                    "spec": {"allowedPriorities": ["high", 100, 37, -5]}})
+    classes = {c["metadata"]["name"]: c["value"] for c in priority_classes(tenant)}
+    assert classes == {"shoal-normal": 100, "shoal-high": 1000,
+                       "shoal-priority-37": 37, "shoal-priority-minus-5": -5}
+    # A class holds at most 1,000,000,000 (higher is the system's): such pods name none.
+    assert class_name(1_000_000_000) == "shoal-priority-1000000000"
+    assert class_name(1_000_000_001) is None
+    assert class_name(0) == "shoal-low"

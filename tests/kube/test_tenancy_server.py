@@ -17,7 +17,11 @@ from shoal.runtime.kubernetes import quantities
 from shoal.runtime.kubernetes.client import Kube
 from shoal.runtime.kubernetes.sync import plan
 from shoal.runtime.kubernetes.tenancy import TENANT_LABEL, tenant_from_resource, tenant_objects
-from shoal.runtime.kubernetes.tenant_reconciler import TenancyOutcome, reconcile_tenant
+from shoal.runtime.kubernetes.tenant_reconciler import (
+    TenancyOutcome,
+    reconcile_tenant,
+    repair_message,
+)
 from tests.kube.conftest import ControlPlane
 from tests.kube.waiting import wait_gone
 
@@ -187,6 +191,7 @@ def test_drift_is_repaired_on_the_next_reconcile(
     name = f"drift-{case}"[:63]
     make_tenant(name, quota=QUOTA)
     reconcile_tenant(crds, name)
+    assert repairs(crds, name) == []  # creating them repairs nothing
     change, verb = DRIFTS[case]
     change(crds, name)
     assert drift(crds, name) != []
@@ -195,6 +200,27 @@ def test_drift_is_repaired_on_the_next_reconcile(
     assert drift(crds, name) == []
     quota = crds.get("ResourceQuota", "shoal-quota", name)
     assert quota is not None and "services" not in quota["spec"]["hard"]
+    # The repair is an Event on the Tenant, naming the object and what differed.
+    (action,) = outcome.changes
+    assert repairs(crds, name) == [repair_message(action)]
+    assert action.key in repair_message(action)
+    if verb == "create":
+        assert repair_message(action).endswith("it was missing")
+    else:
+        assert "differed from the Tenant" in repair_message(action)
+    assert reconcile_tenant(crds, name).changes == []
+    assert len(repairs(crds, name)) == 1  # nothing to repair: no new Event
+
+
+def repairs(kube: Kube, tenant: str) -> list[str]:
+    """The messages of the DriftRepaired Events on Tenant ``tenant``, oldest first."""
+    me = kube.get("Tenant", tenant)
+    assert me is not None
+    events = kube.listing("Event", "default", fields=f"involvedObject.name={tenant}")["items"]
+    ours = [e for e in events if e["involvedObject"]["kind"] == "Tenant"
+            and e["involvedObject"]["uid"] == me["metadata"]["uid"]
+            and e["reason"] == "DriftRepaired"]
+    return [e["message"] for e in sorted(ours, key=lambda e: e["metadata"]["creationTimestamp"])]
 
 
 # --- members ------------------------------------------------------------------------

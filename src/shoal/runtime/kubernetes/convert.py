@@ -35,6 +35,7 @@ from shoal.domain.nodes import Node, Taint
 from shoal.domain.resources import MILLI
 from shoal.runtime.kubernetes import gpu_resources, quantities
 from shoal.runtime.kubernetes.status import Condition, JobControl, PodEntry, TrainingJobStatus
+from shoal.runtime.kubernetes.tenancy_access import class_name
 
 __all__ = [
     "FINALIZER",
@@ -429,6 +430,8 @@ def pod_manifest(
     """The Pod of ``pod`` of ``row``: the template of its worker Job (``worker_job``)."""
     pods = [ps for ps in spec.pod_sets for _ in range(ps.count)]
     pod_set = pods[pod.index]
+    # The priority the kubelet evicts by under node pressure (Shoal alone preempts).
+    priority = class_name(spec.priority_value)
     resources = pod_set.resources
     requests: dict[str, str] = {}
     if resources.cpu:
@@ -474,6 +477,7 @@ def pod_manifest(
     }
     pod_spec: dict[str, Any] = {
         "schedulerName": SCHEDULER,
+        **({"priorityClassName": priority} if priority is not None else {}),
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": max(0, round(grace_seconds)),
         "hostname": f"worker-{pod.index}",

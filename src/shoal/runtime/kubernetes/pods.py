@@ -60,6 +60,7 @@ deleted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -85,6 +86,8 @@ from shoal.runtime.kubernetes.convert import (
     worker_job,
 )
 from shoal.runtime.kubernetes.store import KubeStore
+from shoal.runtime.kubernetes.tenancy import class_object
+from shoal.runtime.kubernetes.tenancy_access import class_name
 
 __all__ = ["BINDING", "BIND_TIMEOUT_S", "UNBOUND", "WORKERS", "KubePods"]
 
@@ -127,6 +130,8 @@ class KubePods:
         self._first_pod: dict[tuple[str, int], float] = {}
         """By attempt: when its first pod was seen (all must be bound ``bind_timeout_s`` on)."""
         self._made: set[str] = set()
+        self._classes: set[str] = set()
+        """PriorityClasses this process made or found (shared, never deleted)."""
         """Pods whose worker Job this process created with their gang's first (by uid)."""
         self._why: dict[str, str] = {}
         """Why a pod was not bound, by its uid (observe reports it)."""
@@ -179,6 +184,9 @@ class KubePods:
         name = pod_name(owner, pod)
         bodies: list[Body] = []
         if pod.index == 0:  # once per attempt, before any of its Jobs: kept across attempts
+            klass = self._class_for(spec.priority_value)
+            if klass is not None:  # the API server refuses a pod naming a missing class
+                bodies.append(klass)
             if needs_service(spec):
                 bodies.append(service_manifest(owner))
             if checkpoints(spec):
@@ -233,10 +241,18 @@ class KubePods:
             self._ensure(body)
 
     def _ensure(self, body: Body) -> None:
-        try:
+        # Made before a restart, or by an earlier attempt: taken as it is.
+        with contextlib.suppress(AlreadyExistsError):
             self.kube.create(body)
-        except AlreadyExistsError:
-            return  # made before a restart, or by an earlier attempt: taken as it is
+        if body["kind"] == "PriorityClass":
+            self._classes.add(body["metadata"]["name"])
+
+    def _class_for(self, priority: int) -> Body | None:
+        """The PriorityClass a job's pods name, unless this process knows it exists."""
+        name = class_name(priority)
+        if name is None or name in self._classes:
+            return None
+        return class_object(priority, self.kube.discovery.api_version)
 
     def _bind_within(self, owner: JobObject, job_name: str, pod: PodRecord,
                      deadline: float) -> str | None:

@@ -30,7 +30,12 @@ from shoal.domain.manifest_errors import format_path
 from shoal.domain.tenant import Tenant
 from shoal.errors import ManifestError
 from shoal.runtime.kubernetes.discovery import CANDIDATES
-from shoal.runtime.kubernetes.tenancy_access import member_role, members_binding, priority_classes
+from shoal.runtime.kubernetes.tenancy_access import (
+    member_role,
+    members_binding,
+    priority_class,
+    priority_classes,
+)
 from shoal.runtime.kubernetes.tenancy_network import network_policies
 from shoal.runtime.kubernetes.tenancy_quota import limit_range, resource_quota
 
@@ -109,6 +114,16 @@ def tenant_objects(
 
     return TenantObjects(versioned(namespace), tuple(map(versioned, namespaced)),
                          tuple(map(versioned, cluster)))
+
+
+def class_object(value: int, api_version: Callable[[str], str]) -> Body | None:
+    """The PriorityClass pods of priority ``value`` name, as a tenant's reconcile writes
+    it (None: they name none)."""
+    body = priority_class(value)
+    if body is None:
+        return None
+    body["metadata"]["labels"] = dict([MANAGED_BY])
+    return {"apiVersion": api_version("PriorityClass"), **body}
 
 
 def tenant_labels(name: str) -> dict[str, str]:

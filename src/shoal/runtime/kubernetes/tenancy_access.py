@@ -15,7 +15,11 @@ PriorityClass per built-in priority (``shoal-low``, ``shoal-normal``,
 ``allowedPriorities`` is unset).  They are cluster-wide and shared by
 tenants, so deleting a tenant keeps them.  ``preemptionPolicy: Never``:
 Shoal preempts, the default scheduler must not do it on Shoal's behalf.
-Integer priorities that no built-in class has are not covered yet.  Pure.
+An integer priority that no built-in class has gets a class of its own,
+``shoal-priority-<value>``: written for a tenant that lists it in
+``allowedPriorities``, else made before the first pod that needs it.
+Values a PriorityClass may not hold (above 1,000,000,000, reserved for the
+system) name no class.  Pure.
 """
 
 from __future__ import annotations
@@ -68,13 +72,42 @@ def priority_class_name(priority: str) -> str:
     return f"{PRIORITY_PREFIX}{priority}"
 
 
+MIN_CLASS_VALUE = -2_147_483_648
+MAX_CLASS_VALUE = 1_000_000_000
+"""What a PriorityClass may hold: higher values are reserved for the system's classes."""
+
+
+def class_name(value: int) -> str | None:
+    """The PriorityClass that pods of priority ``value`` name: a built-in class's, else
+    ``shoal-priority-<value>`` (``minus-`` for a negative one); None outside what a
+    PriorityClass may hold (those pods name none)."""
+    for name, builtin in BUILTIN_CLASSES.items():
+        if builtin == value:
+            return priority_class_name(name)
+    if not MIN_CLASS_VALUE <= value <= MAX_CLASS_VALUE:
+        return None
+    sign = "" if value >= 0 else "minus-"
+    return priority_class_name(f"priority-{sign}{abs(value)}")
+
+
+def priority_class(value: int) -> Body | None:
+    """The PriorityClass of ``class_name(value)`` (None when there is none)."""
+    name = class_name(value)
+    if name is None:
+        return None
+    builtin = next((n for n, v in BUILTIN_CLASSES.items() if v == value), None)
+    what = repr(builtin) if builtin is not None else str(value)
+    return {"kind": "PriorityClass", "metadata": {"name": name},
+            "value": value, "preemptionPolicy": "Never",
+            "description": f"Shoal priority {what}: pods of Shoal's jobs; Shoal preempts"}
+
+
 def priority_classes(tenant: Tenant) -> list[Body]:
-    """A PriorityClass per built-in priority ``tenant`` may use."""
+    """A PriorityClass per priority ``tenant`` may use: every built-in one when its
+    ``allowedPriorities`` is unset (other integers get theirs when a job uses them),
+    else those it lists."""
     allowed = tenant.spec.allowed_priorities
-    return [
-        {"kind": "PriorityClass", "metadata": {"name": priority_class_name(name)},
-         "value": value, "preemptionPolicy": "Never",
-         "description": f"Shoal priority {name!r}: pods of Shoal's jobs; Shoal preempts"}
-        for name, value in BUILTIN_CLASSES.items()
-        if allowed is None or name in allowed or value in allowed
-    ]
+    values = [value for name, value in BUILTIN_CLASSES.items()
+              if allowed is None or name in allowed or value in allowed]
+    values += sorted({v for v in allowed or () if isinstance(v, int) and v not in values})
+    return [body for body in map(priority_class, values) if body is not None]

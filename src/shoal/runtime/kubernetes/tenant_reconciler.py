@@ -9,7 +9,11 @@ Every update is a PUT fenced by the resourceVersion it read, so a
 concurrent change makes it fail with ``ConflictError`` (retry) rather than
 overwrite.  It then sets the Tenant's ``Ready`` condition and
 ``status.namespace``, writing only when they change, so a reconcile that
-finds everything in place writes nothing.
+finds everything in place writes nothing.  Each change to the objects of a
+namespace that existed already (one deleted or edited by hand, or one that
+follows a change of the Tenant or its cohort) is also recorded as a
+``DriftRepaired`` Event on the Tenant, saying what was done and which
+fields differed; the first reconcile, which creates them, records none.
 
 A Tenant whose nominal quota asks for more than the cluster's nodes have
 (more GPUs of a model, CPU or memory than all Ready nodes together) is
@@ -30,11 +34,13 @@ namespace is deleted, and everything in it with it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from shoal.domain.base import API_VERSION
 from shoal.domain.resources import CPU, GPU_PREFIX, MEMORY, MILLI
 from shoal.domain.tenant import Tenant
 from shoal.errors import AlreadyExistsError, ConflictError, ManifestError, UnavailableError
@@ -51,6 +57,9 @@ from shoal.runtime.kubernetes.tenancy import (
 
 READY = "Ready"
 QUOTA_FITS = "QuotaFits"
+DRIFT_REPAIRED = "DriftRepaired"
+EVENT_NAMESPACE = "default"
+_EVENT_MESSAGE_MAX = 1024
 Clock = Callable[[], datetime]
 
 
@@ -100,6 +109,12 @@ def reconcile_tenant(kube: Kube, name: str, now: Clock = _utcnow) -> TenancyOutc
         meta = desired["metadata"]
         live = kube.get(desired["kind"], meta["name"], meta.get("namespace"))
         actions.append(_apply(kube, plan(desired, live)))
+    if live_ns is not None:
+        # Its objects were made before: a change now repairs one that was
+        # deleted or edited by hand (or follows a change of the Tenant).
+        for action in actions:
+            if action.verb != "keep":
+                _repaired(kube, me, action, now)
     done = _report(kube, me, now, "Reconciled",
                    f"namespace {name} with its quota, default requests, network policies, "
                    f"member role and priority classes is in place", namespace=name,
@@ -176,6 +191,37 @@ def _apply(kube: Kube, action: Action) -> Action:
         kube.delete(body["kind"], meta["name"], meta.get("namespace"))
         kube.create(body)
     return action
+
+
+def repair_message(action: Action) -> str:
+    """What a ``DriftRepaired`` Event says of one change."""
+    done = {"create": "created", "update": "updated", "recreate": "recreated"}[action.verb]
+    why = (f"{', '.join(action.changed)} differed from the Tenant"
+           if action.changed else "it was missing")
+    return f"{done} {action.key}: {why}"[:_EVENT_MESSAGE_MAX]
+
+
+def _repaired(kube: Kube, me: Body, action: Action, now: Clock) -> None:
+    """A ``DriftRepaired`` Event on the Tenant (cluster-scoped: in namespace ``default``,
+    as Kubernetes records events of nodes)."""
+    meta = me["metadata"]
+    message = repair_message(action)
+    stamp = now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    digest = hashlib.blake2b(f"{meta.get('uid')}{stamp}{message}".encode(),
+                             digest_size=6).hexdigest()
+    body = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": f"{meta['name'][:200]}.{digest}", "namespace": EVENT_NAMESPACE},
+        "involvedObject": {"apiVersion": me.get("apiVersion", API_VERSION),
+                           "kind": "Tenant", "name": meta["name"], "uid": meta.get("uid", "")},
+        "reason": DRIFT_REPAIRED, "message": message, "type": "Normal",
+        "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        "source": {"component": "shoal"},
+    }
+    try:
+        kube.create(body)
+    except Exception:  # an event is a note for people: never worth failing a reconcile over
+        return
 
 
 def quota_fits(tenant: Tenant, nodes: list[Body]) -> tuple[str, str, str]:
