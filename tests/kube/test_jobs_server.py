@@ -11,11 +11,13 @@ cannot all be made and bound within the bind timeout is requeued whole.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from shoal.errors import AlreadyExistsError
 from tests.kube.claims import release_claims
 from tests.kube.loops import running
 from tests.kube.test_control_server import label_gpu_model, phase, tenant, training_job
@@ -188,20 +190,32 @@ def test_a_gang_not_bound_in_time_is_requeued_whole_and_runs_once_it_can(
     bound_pods(kube, "wide", 2, "both pods of wide bound and Running")
 
 
-@pytest.mark.parametrize(("priority", "klass"), [
-    (37, "shoal-priority-37"), (-5, "shoal-priority-minus-5"), (1000, "shoal-high")])
+@pytest.mark.parametrize(("priority", "klass", "value"), [
+    (1000, "shoal-high", 1000), (250, "shoal-priority-250", 250), (37, "shoal-low", 0),
+    (-5, None, 0)])
 def test_pods_name_the_priority_class_of_their_jobs_priority(
-        loop: KubeControl, priority: int, klass: str) -> None:
-    """A priority no built-in class has gets a class of its own before its first pod:
-    the API server refuses a pod that names a missing class, and resolves the
-    pod's ``spec.priority`` from the class (what the kubelet evicts by)."""
+        loop: KubeControl, priority: int, klass: str | None, value: int) -> None:
+    """A pod names its priority's class, and the API server sets its ``spec.priority``
+    from it (what a kubelet evicts by).  An integer priority has a class of its own
+    only where a Tenant listed it (250 here); else the pod names the built-in class
+    just below (37: ``shoal-low``), or none below 0: a tenant's choice of priority
+    never makes the operator create a cluster-wide object."""
+    from shoal.runtime.kubernetes.tenancy import class_object
+
     kube = loop.kube
-    name = f"prio-{klass.removeprefix('shoal-')}"
+    if priority == 250:  # written by the reconcile of a Tenant that lists 250
+        made = class_object(250, kube.discovery.api_version)
+        assert made is not None
+        with contextlib.suppress(AlreadyExistsError):
+            kube.create(made)
+    name = f"prio-{abs(priority)}" + ("-below-zero" if priority < 0 else "")
     kube.create(training_job(name, NS, pods=1, gpus=1, priority=priority))
     (pod,) = bound_pods(kube, name, 1, f"the pod of {name} bound and Running")
-    assert pod["spec"]["priorityClassName"] == klass
-    assert pod["spec"]["priority"] == priority
-    made = kube.get("PriorityClass", klass)
-    assert made is not None
-    assert (made["value"], made["preemptionPolicy"]) == (priority, "Never")
-    assert made["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "shoal"
+    assert pod["spec"].get("priorityClassName") == klass
+    assert pod["spec"].get("priority", 0) == value
+    assert kube.get("PriorityClass", "shoal-priority-37") is None
+    assert kube.get("PriorityClass", "shoal-priority-minus-5") is None
+    if klass is not None:
+        found = kube.get("PriorityClass", klass)
+        assert found is not None
+        assert (found["value"], found["preemptionPolicy"]) == (value, "Never")

@@ -35,7 +35,6 @@ from shoal.domain.nodes import Node, Taint
 from shoal.domain.resources import MILLI
 from shoal.runtime.kubernetes import gpu_resources, quantities
 from shoal.runtime.kubernetes.status import Condition, JobControl, PodEntry, TrainingJobStatus
-from shoal.runtime.kubernetes.tenancy_access import class_name
 
 __all__ = [
     "FINALIZER",
@@ -425,13 +424,16 @@ def needs_service(spec: TrainingJobSpec) -> bool:
 
 
 def pod_manifest(
-    job: JobObject, row: JobRow, pod: PodRecord, spec: TrainingJobSpec, grace_seconds: float
+    job: JobObject, row: JobRow, pod: PodRecord, spec: TrainingJobSpec, grace_seconds: float,
+    priority: str | None = None,
 ) -> dict[str, Any]:
-    """The Pod of ``pod`` of ``row``: the template of its worker Job (``worker_job``)."""
+    """The Pod of ``pod`` of ``row``: the template of its worker Job (``worker_job``).
+
+    ``priority``: the PriorityClass it names (``KubePods.class_for``), the
+    priority a kubelet evicts by under node pressure (Shoal alone preempts).
+    """
     pods = [ps for ps in spec.pod_sets for _ in range(ps.count)]
     pod_set = pods[pod.index]
-    # The priority the kubelet evicts by under node pressure (Shoal alone preempts).
-    priority = class_name(spec.priority_value)
     resources = pod_set.resources
     requests: dict[str, str] = {}
     if resources.cpu:
@@ -512,7 +514,8 @@ def pod_manifest(
 
 
 def worker_job(
-    job: JobObject, row: JobRow, pod: PodRecord, spec: TrainingJobSpec, grace_seconds: float
+    job: JobObject, row: JobRow, pod: PodRecord, spec: TrainingJobSpec, grace_seconds: float,
+    priority: str | None = None,
 ) -> dict[str, Any]:
     """The ``batch/v1`` Job that runs ``pod``: one pod, never retried by the Job controller.
 
@@ -521,7 +524,7 @@ def worker_job(
     backoff).  One Job per pod, so each carries its rank, GPU indices and
     hostname in its template (v1.20 has no Indexed completion mode).
     """
-    pod_body = pod_manifest(job, row, pod, spec, grace_seconds)
+    pod_body = pod_manifest(job, row, pod, spec, grace_seconds, priority)
     meta = pod_body["metadata"]
     return {
         "apiVersion": "batch/v1",

@@ -71,6 +71,7 @@ from typing import Any
 
 from shoal.control import cluster_view as view
 from shoal.control.records import JobRow, PodRecord, PodStatus
+from shoal.domain.priority import BUILTIN_CLASSES
 from shoal.errors import AlreadyExistsError, InputError, NotFoundError, ShoalError
 from shoal.runtime.kubernetes.client import Body, Kube
 from shoal.runtime.kubernetes.convert import (
@@ -184,20 +185,22 @@ class KubePods:
         name = pod_name(owner, pod)
         bodies: list[Body] = []
         if pod.index == 0:  # once per attempt, before any of its Jobs: kept across attempts
-            klass = self._class_for(spec.priority_value)
-            if klass is not None:  # the API server refuses a pod naming a missing class
-                bodies.append(klass)
+            klass, missing = self.class_for(spec.priority_value)
+            if missing is not None:  # the API server refuses a pod naming a missing class
+                bodies.append(missing)
             if needs_service(spec):
                 bodies.append(service_manifest(owner))
             if checkpoints(spec):
                 bodies.append(claim_manifest(owner, spec))
             # Every Job of the gang at once: the Job controller makes their pods
             # while the first is bound.
-            bodies += [worker_job(owner, job, other, spec, self.grace_seconds)
+            bodies += [worker_job(owner, job, other, spec, self.grace_seconds, klass)
                        for other in job.pods]
             gang = [other.uid for other in job.pods]
         elif pod.uid not in self._made and pod.uid not in self._creating:
-            bodies.append(worker_job(owner, job, pod, spec, self.grace_seconds))
+            klass, missing = self.class_for(spec.priority_value)
+            bodies += [missing] if missing is not None else []
+            bodies.append(worker_job(owner, job, pod, spec, self.grace_seconds, klass))
             gang = [pod.uid]
         else:
             gang = []
@@ -247,12 +250,32 @@ class KubePods:
         if body["kind"] == "PriorityClass":
             self._classes.add(body["metadata"]["name"])
 
-    def _class_for(self, priority: int) -> Body | None:
-        """The PriorityClass a job's pods name, unless this process knows it exists."""
+    def class_for(self, priority: int) -> tuple[str | None, Body | None]:
+        """The PriorityClass pods of ``priority`` name, and its body if it must be made first.
+
+        A built-in priority names its class, made if this process has not
+        seen it (at most four).  Another integer names ``shoal-priority-<value>``
+        if that class exists (a Tenant that lists the value has it written), else
+        the built-in class just below it (none below 0): tenants choose their
+        jobs' priorities, and must not make the operator create cluster-wide
+        objects at will.
+        """
         name = class_name(priority)
-        if name is None or name in self._classes:
-            return None
-        return class_object(priority, self.kube.discovery.api_version)
+        if name is None:
+            return None, None
+        if priority not in BUILTIN_CLASSES.values():
+            if name in self._classes or self.kube.get("PriorityClass", name) is not None:
+                self._classes.add(name)
+                return name, None
+            below = [value for value in BUILTIN_CLASSES.values() if value <= priority]
+            if not below:
+                return None, None
+            priority = max(below)
+            name = class_name(priority)
+            assert name is not None
+        if name in self._classes:
+            return name, None
+        return name, class_object(priority, self.kube.discovery.api_version)
 
     def _bind_within(self, owner: JobObject, job_name: str, pod: PodRecord,
                      deadline: float) -> str | None:
@@ -500,9 +523,11 @@ class KubePods:
             self._bind_later(owner, pods[0]["metadata"]["name"], pod)
         elif made is None and self.pool is not None:
             # Started by an earlier process (or never made): make sure of it, once.
-            self._creating[pod.uid] = self.pool.submit(
-                self._ensure, worker_job(owner, job, pod, view.manifest_of(job).spec,
-                                         self.grace_seconds))
+            spec = view.manifest_of(job).spec
+            klass, missing = self.class_for(spec.priority_value)
+            self._creating[pod.uid] = self.pool.submit(self._ensure_all, [
+                *([missing] if missing is not None else []),
+                worker_job(owner, job, pod, spec, self.grace_seconds, klass)])
         if not pods:
             self._unbound[pod.uid] = deadline  # the loop looks again then, if nothing else
         return _RUNNING

@@ -16,10 +16,12 @@ PriorityClass per built-in priority (``shoal-low``, ``shoal-normal``,
 tenants, so deleting a tenant keeps them.  ``preemptionPolicy: Never``:
 Shoal preempts, the default scheduler must not do it on Shoal's behalf.
 An integer priority that no built-in class has gets a class of its own,
-``shoal-priority-<value>``: written for a tenant that lists it in
-``allowedPriorities``, else made before the first pod that needs it.
-Values a PriorityClass may not hold (above 1,000,000,000, reserved for the
-system) name no class.  Pure.
+``shoal-priority-<value>``, for a tenant that lists it in
+``allowedPriorities``; pods of an integer priority no tenant lists name the
+built-in class just below it (``KubePods.class_for``): a tenant picks its
+jobs' priorities, and must not make the operator create cluster-wide
+objects at will.  Values a PriorityClass may not hold (above 1,000,000,000,
+reserved for the system) get no class.  Pure.
 """
 
 from __future__ import annotations
@@ -78,9 +80,9 @@ MAX_CLASS_VALUE = 1_000_000_000
 
 
 def class_name(value: int) -> str | None:
-    """The PriorityClass that pods of priority ``value`` name: a built-in class's, else
+    """The PriorityClass of priority ``value``: a built-in class's, else
     ``shoal-priority-<value>`` (``minus-`` for a negative one); None outside what a
-    PriorityClass may hold (those pods name none)."""
+    PriorityClass may hold."""
     for name, builtin in BUILTIN_CLASSES.items():
         if builtin == value:
             return priority_class_name(name)
@@ -104,8 +106,7 @@ def priority_class(value: int) -> Body | None:
 
 def priority_classes(tenant: Tenant) -> list[Body]:
     """A PriorityClass per priority ``tenant`` may use: every built-in one when its
-    ``allowedPriorities`` is unset (other integers get theirs when a job uses them),
-    else those it lists."""
+    ``allowedPriorities`` is unset, else those it lists, integers included."""
     allowed = tenant.spec.allowed_priorities
     values = [value for name, value in BUILTIN_CLASSES.items()
               if allowed is None or name in allowed or value in allowed]
