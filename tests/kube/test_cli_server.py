@@ -321,3 +321,55 @@ def test_a_wrong_context_a_dead_server_or_a_stranger_get_one_clear_line(
     assert refused.returncode == 1
     assert one_line_error(refused).startswith(f"error: the API server at {control_plane.server}")
     assert "Unauthorized" in refused.stderr
+
+
+def test_get_watch_on_a_cluster_prints_again_as_the_watch_brings_changes(
+    control_plane: ControlPlane, crds: Kube,
+) -> None:
+    """``get jobs -w --kubeconfig`` follows a watch of TrainingJobs: a job created, then
+    deleted, each shows up; Ctrl-C ends it with 130 and says the jobs keep running."""
+    import queue
+    import signal
+    import threading
+
+    from tests.kube.test_control_server import training_job
+
+    namespace = "cli-watch"
+    crds.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "shoal", "get", "jobs", "-w", "--tenant", namespace,
+         "--kubeconfig", str(control_plane.kubeconfig)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = watcher.stdout
+    assert stdout is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+
+    def until(wanted: str) -> None:
+        seen = []
+        while True:
+            try:
+                line = lines.get(timeout=120)
+            except queue.Empty:
+                raise AssertionError(f"no {wanted!r} in {seen}") from None
+            seen.append(line)
+            if wanted in line:
+                return
+
+    try:
+        until("No jobs.")  # the first listing is out: it is watching
+        crds.create(training_job("watched", namespace, pods=1, gpus=1))
+        until("watched")
+        assert crds.delete("TrainingJob", "watched", namespace)
+        until("No jobs.")
+        watcher.send_signal(signal.SIGINT)
+        _, err = watcher.communicate(timeout=60)
+        assert watcher.returncode == 130, err
+        assert "the jobs keep running" in err and "Traceback" not in err
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+        for job in crds.list("TrainingJob", namespace):
+            crds.replace({**job, "metadata": {**job["metadata"], "finalizers": []}})
+            crds.delete("TrainingJob", job["metadata"]["name"], namespace)
+        crds.delete("Namespace", namespace)

@@ -20,7 +20,7 @@ import codecs
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal.api.client import ShoalClient
 from shoal.app.checks import check_tenant, check_unique, with_tenant_defaults
@@ -40,6 +40,14 @@ if TYPE_CHECKING:
     from shoal.runtime.kubernetes.cluster import Cluster
 
 Body = dict[str, Any]
+
+
+class Changes(Protocol):
+    """Watches of a cluster's objects (``runtime.kubernetes.changes``)."""
+
+    def wait(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @contextmanager
@@ -123,6 +131,14 @@ class ClusterApi:
                 check_tenant(with_tenant_defaults(manifest, tenants), tenants)
 
     # --- jobs --------------------------------------------------------------------
+
+    def changes(self, what: str, tenant: str | None = None) -> Changes:
+        """Watches of what ``get what`` shows (a tenant's usage moves with its jobs)."""
+        kinds = {"jobs": ["TrainingJob"], "services": ["InferenceService"],
+                 "tenants": ["Tenant", "TrainingJob"]}.get(what)
+        if kinds is None:
+            raise InputError(f"shoal get {what} --watch: not on a cluster")
+        return self.cluster.changes(kinds, tenant)
 
     def jobs(self, tenant: str | None = None) -> list[dict[str, Any]]:
         """Every job, or ``tenant``'s (listed in its namespace: all a member may list)."""

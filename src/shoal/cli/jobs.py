@@ -99,19 +99,34 @@ def get(
 
     with client(server, token, home, kubeconfig, context) as api:
         if watch:
-            _watch(lambda: fetch(api, names or []), present)
+            # A cluster has watches; the embedded API has no watch stream yet: polled.
+            changes = api.changes(kind, tenant) if isinstance(api, ClusterApi) else None
+            try:
+                _watch(lambda: fetch(api, names or []), present,
+                       changes.wait if changes is not None else None)
+            finally:
+                if changes is not None:
+                    changes.close()
         else:
             present(fetch(api, names or []))
 
 
-def _watch(fetch: Callable[[], Any], present: Callable[[Any], None]) -> None:
-    """Print, then print again whenever the answer changes, until Ctrl-C."""
+def _watch(fetch: Callable[[], Any], present: Callable[[Any], None],
+           changed: Callable[[], None] | None = None) -> None:
+    """Print, then print again whenever the answer changes, until Ctrl-C.
+
+    ``changed`` blocks until something may have changed (None: every
+    ``WATCH_INTERVAL_S``).
+    """
     tick = threading.Event()
     try:
         last = fetch()
         present(last)
         while True:
-            tick.wait(WATCH_INTERVAL_S)  # polling the API: it has no watch stream yet
+            if changed is not None:
+                changed()
+            else:
+                tick.wait(WATCH_INTERVAL_S)
             data = fetch()
             if data != last:
                 out.print()

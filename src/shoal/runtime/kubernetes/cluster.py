@@ -53,6 +53,7 @@ from shoal.errors import (
     UnavailableError,
     UnreachableError,
 )
+from shoal.runtime.kubernetes.changes import Changes
 from shoal.runtime.kubernetes.client import TIMEOUT_S, Body, Kube, errors
 from shoal.runtime.kubernetes.convert import node_of, row_of
 from shoal.runtime.kubernetes.tenancy import namespace_problem, tenant_from_resource, tenant_objects
@@ -201,6 +202,10 @@ class Cluster:
             raise UnavailableError(f"{self.where}: {exc.message}") from exc
 
     # --- reads -------------------------------------------------------------------
+
+    def changes(self, kinds: list[str], namespace: str | None = None) -> Changes:
+        """Watches of ``kinds`` (in ``namespace``), started now (``changes.Changes``)."""
+        return Changes(self.kube, kinds, namespace)
 
     def tenants(self) -> dict[str, dict[str, Any]]:
         """Tenant specs by name."""
