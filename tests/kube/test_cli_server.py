@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -137,6 +140,73 @@ def kubelet_on_loopback(plane: ControlPlane, node: str) -> Iterator[int]:
                     "kubeletEndpoint": {"Port": 0}}}}).raise_for_status()
 
 
+class LogKubelet:
+    """What the kubelet of ``serving_logs`` was asked, and when to write more."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.more = threading.Event()
+
+
+@contextmanager
+def serving_logs(port: int, folder: Path) -> Iterator[LogKubelet]:
+    """A kubelet's log endpoint on 127.0.0.1:``port`` (HTTPS, a certificate of its own).
+
+    Every log reads ``step 1``; a followed one then waits for ``more`` and adds
+    ``step 2`` before it ends (not if ``step 1`` was held back until the end).
+    """
+    kubelet = LogKubelet()
+    key, cert = folder / "kubelet.key", folder / "kubelet.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+
+    class Logs(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            kubelet.paths.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"step 1\n")
+            self.wfile.flush()
+            if "follow=true" in self.path:
+                # Only a client that got step 1 while the log was open asks for more.
+                more = kubelet.more.wait(120)
+                self.wfile.write(b"step 2\n" if more else b"step 1 never came through\n")
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Logs)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield kubelet
+    finally:
+        kubelet.more.set()
+        server.shutdown()
+        server.server_close()
+
+
+def follow(plane: ControlPlane, kubelet: LogKubelet, job: str) -> None:
+    """``shoal logs JOB -f`` prints what the log has, then what it gets, and ends with it."""
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "shoal", "logs", job, "-f", "--kubeconfig", str(plane.kubeconfig)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == "step 1\n"  # printed while the log is open
+        kubelet.more.set()
+        rest, err = follower.communicate(timeout=120)
+        assert (follower.returncode, rest) == (0, "step 2\n"), err
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+
+
 @pytest.fixture
 def operator(control_plane: ControlPlane, crds: Kube, tmp_path: Path) -> Iterator[Path]:
     log = tmp_path / "operator.log"
@@ -232,6 +302,16 @@ def test_apply_get_describe_logs_delete_on_a_cluster(
         assert one_line_error(logs).startswith(
             f"error: the cluster did not serve the log of Pod cli-team/{pod['handle']}: ")
         assert f"127.0.0.1:{port}" in logs.stderr and "connection refused" in logs.stderr
+        # A kubelet that serves logs (HTTPS on loopback: this API server checks no kubelet
+        # certificate): `logs` prints the log, `logs -f` follows it as it grows, to its end.
+        with kubelet_on_loopback(control_plane, pod["node"]) as port, \
+                serving_logs(port, tmp_path) as kubelet:
+            whole = on(control_plane, "logs", "cli-train")
+            assert (whole.returncode, whole.stdout) == (0, "step 1\n"), whole.stderr
+            follow(control_plane, kubelet, "cli-train")
+        assert kubelet.paths == [
+            f"/containerLogs/cli-team/{pod['handle']}/worker",
+            f"/containerLogs/cli-team/{pod['handle']}/worker?follow=true"]
         no_pod = on(control_plane, "logs", "cli-train", "--pod", "3")
         assert no_pod.returncode == 2
         assert one_line_error(no_pod) == "error: job 'cli-train' has no pod 3 (pods: 0)"
