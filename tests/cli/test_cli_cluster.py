@@ -104,10 +104,10 @@ def test_a_bad_manifest_is_refused_before_the_cluster_is_asked(tmp_path: Path,
 
 def test_what_a_cluster_keeps_elsewhere_is_refused_in_one_line(tmp_path: Path,
                                                                 kubeconfig: Path) -> None:
-    nodes = shoal(tmp_path, "get", "nodes", "--kubeconfig", str(kubeconfig))
-    assert nodes.returncode == 2
-    assert error_line(nodes) == ("error: shoal get nodes: not available with --kubeconfig "
-                                 "(kubectl get nodes shows a cluster's nodes)")
+    tokens = shoal(tmp_path, "get", "tokens", "--kubeconfig", str(kubeconfig))
+    assert tokens.returncode == 2
+    assert error_line(tokens) == ("error: tokens: not available with --kubeconfig "
+                                  "(a cluster's users and their rights are Kubernetes')")
 
 
 def test_manifests_are_sent_as_the_crd_schemas_take_them() -> None:

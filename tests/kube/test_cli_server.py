@@ -295,6 +295,21 @@ def test_apply_get_describe_logs_delete_on_a_cluster(
         assert detail["events"][0]["kind"] == "admitted"
         assert detail["events"][0]["data"]["attempt"] == "1"
 
+        # The nodes that take pods, each a pool of one; the Events of every TrainingJob.
+        nodes = json.loads(on(control_plane, "get", "nodes", "-o", "json").stdout)
+        mine = nodes["nodes"][pod["node"]]
+        assert (mine["count"], mine["cpu"], mine["gpus"]) == (1, "32", {"count": 8,
+                                                                        "model": "A100"})
+        assert nodes["node_count"] == len(nodes["nodes"]) >= 4
+        assert nodes["capacity"]["gpu/A100"] == 1000 * sum(
+            n["gpus"]["count"] for n in nodes["nodes"].values()
+            if (n.get("gpus") or {}).get("model") == "A100")
+        assert pod["node"] in on(control_plane, "get", "nodes").stdout
+        events = json.loads(on(control_plane, "get", "events", "-o", "json").stdout)
+        assert {"kind": "admitted", "job": "cli-train", "tenant": "cli-team"}.items() <= next(
+            e for e in events if e["job"] == "cli-train").items()
+        assert [e["time"] for e in events] == sorted(e["time"] for e in events)
+
         # The fake kubelet serves no logs: the API server's refusal, in one line.
         with kubelet_on_loopback(control_plane, pod["node"]) as port:
             logs = on(control_plane, "logs", "cli-train")
@@ -327,6 +342,9 @@ def test_apply_get_describe_logs_delete_on_a_cluster(
                      "--kubeconfig", str(member))
         assert mine.returncode == 0, mine.stderr
         assert sorted(j["name"] for j in json.loads(mine.stdout)) == ["cli-second", "cli-train"]
+        nodes_seen = shoal("get", "nodes", "--kubeconfig", str(member))  # its Role has none
+        assert nodes_seen.returncode == 1
+        assert "forbidden" in one_line_error(nodes_seen)
         everyone = shoal("get", "jobs", "--kubeconfig", str(member))
         assert everyone.returncode == 1
         line = one_line_error(everyone)

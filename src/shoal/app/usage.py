@@ -14,7 +14,7 @@ from shoal.app.ports import JobRecord
 from shoal.app.views import pod_field
 from shoal.domain.cluster import Binding, ClusterState
 from shoal.domain.job import TrainingJob
-from shoal.domain.nodes import NodePoolSpec, expand_pool
+from shoal.domain.nodes import Node, NodePoolSpec, expand_pool
 from shoal.domain.phases import HOLDING_PHASES
 from shoal.domain.resources import PODS, total
 from shoal.domain.tenant import TenantSpec
@@ -64,15 +64,30 @@ def tenant_status_in(
 
 def capacity(nodes: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     """The cluster's total capacity, without node names (what a tenant may see)."""
-    count, vector = 0, dict[str, int]()
-    for name, spec in nodes.items():
-        for node in expand_pool(name, NodePoolSpec.model_validate(spec)):
-            count += 1
-            vector = total([vector, {"cpu": node.cpu, "memory": node.memory}])
-            if node.gpu_count:
-                key = f"gpu/{node.gpu_model}"
-                vector[key] = vector.get(key, 0) + node.gpu_count * 1000
-    return {"node_count": count, "capacity": vector}
+    return capacity_of([node for name, spec in nodes.items()
+                        for node in expand_pool(name, NodePoolSpec.model_validate(spec))])
+
+
+def capacity_of(nodes: Sequence[Node]) -> dict[str, Any]:
+    """``capacity`` of concrete nodes (a cluster's, which are not node pools)."""
+    vector = dict[str, int]()
+    for node in nodes:
+        vector = total([vector, {"cpu": node.cpu, "memory": node.memory}])
+        if node.gpu_count:
+            key = f"gpu/{node.gpu_model}"
+            vector[key] = vector.get(key, 0) + node.gpu_count * 1000
+    return {"node_count": len(nodes), "capacity": vector}
+
+
+def node_spec(node: Node) -> dict[str, Any]:
+    """One node as a pool of one, in the shape ``get nodes`` shows pools."""
+    cpu = f"{node.cpu // 1000}" if node.cpu % 1000 == 0 else f"{node.cpu}m"
+    spec: dict[str, Any] = {"count": 1, "cpu": cpu, "memory": f"{node.memory}Mi",
+                            "labels": dict(node.labels)}
+    if node.gpu_count:
+        spec["gpus"] = {"count": node.gpu_count, "model": node.gpu_model,
+                        **({"memory": f"{node.gpu_memory}Mi"} if node.gpu_memory else {})}
+    return spec
 
 
 def _usage(row: JobRecord, state: ClusterState) -> dict[str, int]:

@@ -10,8 +10,8 @@ embedded API makes them.  Manifests go through the same checks as the
 embedded ``apply`` first (``domain.manifest.parse_manifests``, ``app.checks``:
 the same messages, exit 2, nothing written).
 
-What a cluster keeps elsewhere is refused with one line: nodes (``kubectl get
-nodes``), events of every job, tokens (its users are Kubernetes'), node pools.
+What a cluster keeps elsewhere is refused with one line: tokens (its users
+are Kubernetes'), node pools (its nodes are Node objects).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from shoal.api.client import ShoalClient
 from shoal.app.checks import check_tenant, check_unique, with_tenant_defaults
 from shoal.app.queries import AmbiguousNameError, check_pod
 from shoal.app.services import service_view
-from shoal.app.usage import tenant_status_in
+from shoal.app.usage import capacity_of, node_spec, tenant_status_in
 from shoal.app.views import job_detail, job_summary
 from shoal.domain.cluster import ClusterState
 from shoal.domain.job import TrainingJob
@@ -224,10 +224,13 @@ class ClusterApi:
     # --- what a cluster keeps elsewhere -------------------------------------------
 
     def node_summary(self) -> dict[str, Any]:
-        raise _not_here("shoal get nodes", "kubectl get nodes shows a cluster's nodes")
+        """The nodes that take pods, as the control loop sees them: each a pool of one."""
+        nodes = self.cluster.nodes()
+        return {"nodes": {node.name: node_spec(node) for node in nodes}, **capacity_of(nodes)}
 
     def events(self, since: int = 0) -> list[dict[str, Any]]:
-        raise _not_here("shoal get events", "shoal describe job NAME shows a job's events")
+        """The Events on every TrainingJob, oldest first, in the embedded event shape."""
+        return self.cluster.job_events()
 
     def tokens(self) -> list[dict[str, Any]]:
         raise _not_here("tokens", "a cluster's users and their rights are Kubernetes'")

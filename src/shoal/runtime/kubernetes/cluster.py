@@ -230,6 +230,12 @@ class Cluster:
         """The nodes that take pods (Ready, not cordoned), as the control loop sees them."""
         return [node for obj in self.kube.list("Node") if (node := node_of(obj)) is not None]
 
+    def job_events(self) -> list[dict[str, Any]]:
+        """The Events on every TrainingJob (in every namespace), oldest first."""
+        found: list[Body] = self.kube.listing(
+            "Event", None, fields="involvedObject.kind=TrainingJob").get("items", [])
+        return sorted((event_view(e) for e in found), key=lambda e: e["time"])
+
     def events(self, obj: Body) -> list[dict[str, Any]]:
         """The Events on this TrainingJob object (this one: by uid), oldest first."""
         meta = obj["metadata"]
