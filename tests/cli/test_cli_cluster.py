@@ -108,6 +108,10 @@ def test_what_a_cluster_keeps_elsewhere_is_refused_in_one_line(tmp_path: Path,
     assert tokens.returncode == 2
     assert error_line(tokens) == ("error: tokens: not available with --kubeconfig "
                                   "(a cluster's users and their rights are Kubernetes')")
+    watched = shoal(tmp_path, "get", "tokens", "-w", "--kubeconfig", str(kubeconfig))
+    assert watched.returncode == 2
+    assert error_line(watched) == ("error: shoal get tokens --watch: not available with "
+                                   "--kubeconfig (a cluster keeps them elsewhere)")
 
 
 def test_manifests_are_sent_as_the_crd_schemas_take_them() -> None:

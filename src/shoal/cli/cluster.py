@@ -135,9 +135,10 @@ class ClusterApi:
     def changes(self, what: str, tenant: str | None = None) -> Changes:
         """Watches of what ``get what`` shows (a tenant's usage moves with its jobs)."""
         kinds = {"jobs": ["TrainingJob"], "services": ["InferenceService"],
-                 "tenants": ["Tenant", "TrainingJob"]}.get(what)
+                 "tenants": ["Tenant", "TrainingJob"], "nodes": ["Node"],
+                 "events": ["Event"]}.get(what)
         if kinds is None:
-            raise InputError(f"shoal get {what} --watch: not on a cluster")
+            raise _not_here(f"shoal get {what} --watch", "a cluster keeps them elsewhere")
         return self.cluster.changes(kinds, tenant)
 
     def jobs(self, tenant: str | None = None) -> list[dict[str, Any]]:
