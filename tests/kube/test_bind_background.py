@@ -35,6 +35,7 @@ class Server:
         self.refuse: Exception | None = None
         self.lock = threading.Lock()
         self.discovery = self  # the served version of a kind: the first Shoal knows
+        self.gets: list[str] = []
 
     def api_version(self, kind: str) -> str:
         from shoal.runtime.kubernetes.discovery import CANDIDATES
@@ -53,6 +54,7 @@ class Server:
             return body
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> Body | None:
+        self.gets.append(f"{kind} {name}")
         return self.objects.get((kind, name))
 
     def list(self, kind: str, namespace: str | None = None, labels: str = "") -> list[Body]:
@@ -388,3 +390,26 @@ def test_pods_waiting_for_the_job_controller_are_not_looked_at_until_their_pod_o
         assert lost.state == "lost" and lost.message.startswith("not bound within 30 s")
     finally:
         pods.foreground()
+
+
+def test_an_integer_priority_no_tenant_lists_names_the_class_below_and_is_asked_once_a_minute(
+        world: tuple[Server, KubePods, JobRow, Clock]) -> None:
+    from shoal.runtime.kubernetes.pods import ABSENT_S
+
+    server, pods, _, clock = world
+    klass, missing = pods.class_for(37)
+    assert klass == "shoal-low"  # the built-in class below 37, made first
+    assert missing is not None and missing["metadata"]["name"] == "shoal-low"
+    assert server.gets == ["PriorityClass shoal-priority-37"]
+    assert pods.class_for(37)[0] == "shoal-low" and len(server.gets) == 1  # not asked again
+    assert pods.class_for(-5) == (None, None)  # below every class: none
+    # A Tenant that lists 37 gets its class written: pods name it once it is asked again.
+    server.objects[("PriorityClass", "shoal-priority-37")] = {
+        "metadata": {"name": "shoal-priority-37"}, "value": 37}
+    clock.now += ABSENT_S - 1
+    assert pods.class_for(37)[0] == "shoal-low" and len(server.gets) == 2  # -5 was asked
+    clock.now += 2
+    assert pods.class_for(37) == ("shoal-priority-37", None)
+    assert pods.class_for(37) == ("shoal-priority-37", None)
+    assert server.gets == ["PriorityClass shoal-priority-37", "PriorityClass shoal-priority-minus-5",
+                           "PriorityClass shoal-priority-37"]

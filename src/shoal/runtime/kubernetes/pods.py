@@ -112,6 +112,12 @@ _STARTING = PodStatus("starting", None, "")
 log = logging.getLogger("shoal.operator")
 
 
+ABSENT_S = 60.0
+"""How long a missing class of an integer priority is taken as missing: a Tenant that
+lists the priority has it written, and later pods name it."""
+_ABSENT_KEPT = 4096
+
+
 class KubePods:
     """Implements ``control.ports.Pods`` with worker Jobs and the Binding API.
 
@@ -133,6 +139,9 @@ class KubePods:
         self._made: set[str] = set()
         self._classes: set[str] = set()
         """PriorityClasses this process made or found (shared, never deleted)."""
+        self._absent: dict[str, float] = {}
+        """Classes of integer priorities found missing, and until when (``monotonic``)
+        that holds without asking again."""
         """Pods whose worker Job this process created with their gang's first (by uid)."""
         self._why: dict[str, str] = {}
         """Why a pod was not bound, by its uid (observe reports it)."""
@@ -264,9 +273,19 @@ class KubePods:
         if name is None:
             return None, None
         if priority not in BUILTIN_CLASSES.values():
-            if name in self._classes or self.kube.get("PriorityClass", name) is not None:
-                self._classes.add(name)
+            if name in self._classes:
                 return name, None
+            # Asked at most once a minute per class: a tenant's jobs of one unlisted
+            # priority must not cost the loop a request each.
+            now = self.monotonic()
+            if self._absent.get(name, now) <= now:
+                if self.kube.get("PriorityClass", name) is not None:
+                    self._classes.add(name)
+                    self._absent.pop(name, None)
+                    return name, None
+                if len(self._absent) > _ABSENT_KEPT:
+                    self._absent.clear()
+                self._absent[name] = now + ABSENT_S
             below = [value for value in BUILTIN_CLASSES.values() if value <= priority]
             if not below:
                 return None, None
