@@ -137,12 +137,12 @@ class KubePods:
         self._first_pod: dict[tuple[str, int], float] = {}
         """By attempt: when its first pod was seen (all must be bound ``bind_timeout_s`` on)."""
         self._made: set[str] = set()
+        """Pods whose worker Job this process created with their gang's first (by uid)."""
         self._classes: set[str] = set()
         """PriorityClasses this process made or found (shared, never deleted)."""
         self._absent: dict[str, float] = {}
         """Classes of integer priorities found missing, and until when (``monotonic``)
         that holds without asking again."""
-        """Pods whose worker Job this process created with their gang's first (by uid)."""
         self._why: dict[str, str] = {}
         """Why a pod was not bound, by its uid (observe reports it)."""
         self.pool: ThreadPoolExecutor | None = None
