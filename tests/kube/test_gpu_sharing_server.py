@@ -182,3 +182,54 @@ def test_mig_and_fractional_jobs_are_bound_where_their_gpus_are(
         pods = bound_pods(kube, 4)
         assert pods["one-more"]["spec"]["nodeName"] == MIG_NODE
         assert limits_of(pods["one-more"]) == {"nvidia.com/mig-1g.10gb": "1"}
+
+
+def share_pod(namespace: str, name: str) -> dict[str, Any]:
+    """A pod asking for one share of a GPU, as Shoal's fractional pods do (not bound)."""
+    limits = {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "1", "nvidia.com/gpucores": "30"}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"schedulerName": "shoal", "automountServiceAccountToken": False,
+                     "containers": [{"name": "c", "image": "busybox:1.36",
+                                     "resources": {"limits": limits, "requests": limits}}]}}
+
+
+def test_with_shared_gpus_the_tenants_quota_lets_in_every_share_shoal_admits(
+        crds: Kube, gpu_nodes: None, http: httpx.Client) -> None:
+    """Three fractional pods of a tenant with one GPU of quota (0.3 each, as Shoal admits
+    them) ask for three shares: the ResourceQuota the tenant's reconcile writes lets the
+    API server's quota admission take all three.  Without a sharing node it counts whole
+    GPUs again, and a second share is refused."""
+    from shoal.errors import Forbidden
+    from shoal.runtime.kubernetes.tenant_reconciler import reconcile_tenant
+
+    name = "share-quota"
+    crds.create({"apiVersion": "shoal.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+                 "spec": {"quota": {"cpu": {"nominal": 8}, "memory": {"nominal": "16Gi"},
+                                    "gpus": {PRODUCT: {"nominal": 1}}}}})
+    try:
+        reconcile_tenant(crds, name)
+        answer = http.post(f"/api/v1/namespaces/{name}/serviceaccounts",
+                           json={"metadata": {"name": "default"}})
+        assert answer.status_code in (201, 409), answer.text
+        quota = crds.get("ResourceQuota", "shoal-quota", name)
+        assert quota is not None
+        assert "requests.nvidia.com/gpu" not in quota["spec"]["hard"], quota["spec"]["hard"]
+        for i in range(3):
+            crds.create(share_pod(name, f"share-{i}"))
+        crds.delete("Node", SHARED_NODE)
+        reconcile_tenant(crds, name)
+        quota = crds.get("ResourceQuota", "shoal-quota", name)
+        assert quota is not None
+        assert quota["spec"]["hard"]["requests.nvidia.com/gpu"] == "1"
+        # The quota controller counts the three shares already in (its usage), then refuses.
+        wait_until(crds, "ResourceQuota",
+                   lambda found: ((found.get(f"{name}/shoal-quota", {}).get("status") or {})
+                                  .get("used") or {}).get("requests.nvidia.com/gpu") == "3",
+                   what="the quota's usage of 3 shares", namespace=name, timeout_s=WAIT_S)
+        with pytest.raises(Forbidden, match="exceeded quota"):
+            crds.create(share_pod(name, "share-3"))
+    finally:
+        crds.delete("Tenant", name)
+        crds.delete("Namespace", name)
+        wait_until(crds, "Namespace", lambda found: name not in found,
+                   what=f"namespace {name} gone", timeout_s=WAIT_S)

@@ -58,6 +58,42 @@ def test_the_operator_makes_and_repairs_a_tenants_objects(crds: Kube, operator: 
     wait_gone(crds, "Namespace", "operated")
 
 
+def test_the_operator_drops_the_gpu_count_while_a_node_shares_its_gpus(
+        control_plane: ControlPlane, crds: Kube, operator: Path) -> None:
+    """The first Node that shares its GPUs reconciles every tenant: the ResourceQuota
+    loses ``requests.nvidia.com/gpu`` (a count of shares there); it is back when the
+    node goes (docs/kubernetes.md, "No GPU count on a cluster with shared GPUs")."""
+    from tests.kube.test_gpu_sharing_server import make_node
+
+    name, node = "sharing", "fake-node-op-shared"
+    counted = "requests.nvidia.com/gpu"
+
+    def gpu_count(present: bool) -> object:
+        def check(quotas: State) -> bool:
+            hard = (quotas.get(f"{name}/shoal-quota", {}).get("spec") or {}).get("hard") or {}
+            return bool(hard) and (counted in hard) == present
+        return check
+
+    crds.create({"apiVersion": "shoal.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+                 "spec": {"quota": {"cpu": {"nominal": 4}, "gpus": {"a100": {"nominal": 1}}}}})
+    try:
+        wait_until(crds, "ResourceQuota", gpu_count(True), namespace=name,
+                   what=f"a quota counting GPUs (log: {operator})")
+        try:
+            with control_plane.http() as http:
+                make_node(crds, http, node, {"nvidia.com/gpu.count": "8"},
+                          {"nvidia.com/gpu": "80", "nvidia.com/gpucores": "800"})
+            wait_until(crds, "ResourceQuota", gpu_count(False), namespace=name,
+                       what=f"the quota without a GPU count (log: {operator})")
+        finally:
+            crds.delete("Node", node)
+        wait_until(crds, "ResourceQuota", gpu_count(True), namespace=name,
+                   what=f"the GPU count back (log: {operator})")
+    finally:
+        crds.delete("Tenant", name)
+    wait_gone(crds, "Namespace", name)
+
+
 def test_the_operator_admits_binds_and_finishes_a_training_job(crds: Kube,
                                                                 operator: Path) -> None:
     from tests.kube.test_control_server import label_gpu_model, tenant, training_job

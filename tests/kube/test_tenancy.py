@@ -103,6 +103,15 @@ def test_the_quota_is_what_the_tenant_could_ever_hold(
     assert values(hard_limits(tenant(**spec), [LAB_B, OTHER])) == expected
 
 
+def test_with_shared_gpus_the_quota_counts_no_gpus() -> None:
+    """A fractional pod asks a sharing device plugin for one ``nvidia.com/gpu`` (a share):
+    no count of them bounds what Shoal admits, so there is none."""
+    spec = {"quota": {"cpu": {"nominal": 4}, "memory": {"nominal": "8Gi"},
+                      "gpus": {"a100": gpus(2)}}}
+    assert values(hard_limits(tenant(**spec), [], shared_gpus=True)) == {
+        "requests.cpu": 4, "requests.memory": 8 * 2**30}
+
+
 def test_the_quota_follows_what_the_cohort_lends() -> None:
     mine = tenant(cohort="lab", quota={"cpu": {"nominal": 4}})
     lends_more = tenant("team-b", cohort="lab", quota={"cpu": {"nominal": 8, "lendingLimit": 6}})

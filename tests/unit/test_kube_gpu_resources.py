@@ -23,6 +23,7 @@ from shoal.runtime.kubernetes.gpu_resources import (
     offer_of,
     pod_gpus,
     resource_of_model,
+    shares_gpus,
 )
 
 PRODUCT = "NVIDIA-A100-SXM4-80GB"
@@ -85,6 +86,26 @@ def test_a_sharing_node_offers_its_physical_gpus_marked_for_sharing(
     assert node is not None
     assert (node.gpu_model, node.gpu_count, node.gpu_memory) == (PRODUCT, 8, 81920)
     assert node.labels["shoal.dev/gpu-sharing"] == "hami"
+
+
+def test_only_a_node_that_shares_its_gpus_makes_the_cluster_share() -> None:
+    pytest.importorskip("kopf", reason="the operator needs the 'kube' extra")
+    from shoal.runtime.kubernetes.operator import Tenancy
+
+    shared = k8s_node("s", {GPU: "80", "nvidia.com/gpucores": "800"},
+                      **{"nvidia.com/gpu.count": "8"})
+    whole = k8s_node("w", {GPU: "8"})
+    sliced = k8s_node("m", {"nvidia.com/mig-1g.10gb": "7"})
+    assert [shares_gpus(n) for n in (shared, whole, sliced, {"metadata": {}})] == [
+        True, False, False, False]
+    # The operator reconciles every tenant when the answer for the cluster flips.
+    tenancy = Tenancy(None)  # type: ignore[arg-type]  # no request is made here
+    assert tenancy.sharing_changed(None, "w", whole) is False
+    assert tenancy.sharing_changed(None, "s", shared) is True  # the first
+    assert tenancy.sharing_changed("MODIFIED", "s", shared) is False
+    assert tenancy.sharing_changed(None, "s2", shared) is False  # a second
+    assert tenancy.sharing_changed("DELETED", "s", shared) is False
+    assert tenancy.sharing_changed("MODIFIED", "s2", whole) is True  # the last one stops
 
 
 def test_a_malformed_gpu_quantity_counts_as_none() -> None:

@@ -64,6 +64,7 @@ __all__ = [
     "offer_of",
     "pod_gpus",
     "resource_of_model",
+    "shares_gpus",
 ]
 
 GPU = "nvidia.com/gpu"
@@ -165,6 +166,14 @@ def offer_of(allocatable: Mapping[str, Any], labels: Mapping[str, str]) -> GpuOf
     memory = int(match.group(2)) * 1024 if match else 0
     return GpuOffer(mig_model(product, profile), slices[profile], memory,
                     f"{MIG_PREFIX}{profile}")
+
+
+def shares_gpus(node: Mapping[str, Any]) -> bool:
+    """Whether a Node object shares its GPUs (Ready or not: it may come back)."""
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    offer = offer_of(allocatable, labels)
+    return offer is not None and offer.sharing
 
 
 def gpus_requested(requests: Mapping[str, Any], resource: str) -> int:

@@ -56,6 +56,7 @@ from shoal.errors import ShoalError
 from shoal.runtime.kubernetes.client import Kube, bearer_token, configuration
 from shoal.runtime.kubernetes.convert import JOB_LABEL
 from shoal.runtime.kubernetes.crds import GROUP, VERSION
+from shoal.runtime.kubernetes.gpu_resources import shares_gpus
 from shoal.runtime.kubernetes.health import Health
 from shoal.runtime.kubernetes.install import install_crds
 from shoal.runtime.kubernetes.leader import (
@@ -96,6 +97,18 @@ class Tenancy:
         self._lock = threading.Lock()
         self._shapes: dict[tuple[str, str, str], str] = {}
         """What each owned object looked like when last checked, but its status."""
+        self._sharing: set[str] = set()
+        """Nodes seen that share their GPUs (``gpu_resources.shares_gpus``)."""
+
+    def sharing_changed(self, event: str | None, name: str, body: Any) -> bool:
+        """Follow a Node; True when the cluster just got its first node that shares
+        its GPUs, or lost its last: every tenant's ResourceQuota changes then."""
+        before = bool(self._sharing)
+        if event == "DELETED" or not shares_gpus(body):
+            self._sharing.discard(name)
+        else:
+            self._sharing.add(name)
+        return bool(self._sharing) != before
 
     def reconcile(self, names: Iterable[str]) -> None:
         with self._lock, _kopf_errors():
@@ -205,6 +218,11 @@ def registry_for(tenancy: Tenancy, wake: threading.Event | None = None) -> kopf.
         if tenancy.drifted(type, body):
             tenancy.reconcile(t["metadata"]["name"] for t in tenancy.kube.list("Tenant"))
 
+    def node_changed(type: str | None, name: str, body: Any, **_: Any) -> None:
+        if tenancy.sharing_changed(type, name, body):
+            tenancy.reconcile(t["metadata"]["name"] for t in tenancy.kube.list("Tenant"))
+
+    kopf.on.event("", "v1", "nodes", registry=registry)(node_changed)
     mine = {MANAGED_BY[0]: MANAGED_BY[1]}
     for group, version, plural in OWNED:
         kopf.on.event(group, version, plural, labels=mine, registry=registry)(drifted)

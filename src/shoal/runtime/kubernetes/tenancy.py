@@ -85,11 +85,13 @@ def tenant_objects(
     cohort: Iterable[Tenant] = (),
     owner: Body | None = None,
     api_version: ApiVersions = preferred_version,
+    shared_gpus: bool = False,
 ) -> TenantObjects:
     """The desired objects of ``tenant``; ``cohort``: the other tenants (any cohort).
 
     ``owner`` is the Tenant object as the server holds it (for the Namespace's
-    ownerReference); without it the Namespace has none.
+    ownerReference); without it the Namespace has none.  ``shared_gpus``:
+    whether a node of the cluster shares its GPUs (``tenancy_quota``).
     """
     name = tenant.metadata.name
     problem = namespace_problem(name)
@@ -97,7 +99,7 @@ def tenant_objects(
         raise ManifestError(problem, hint="rename the tenant")
     labels = tenant_labels(name)
     namespaced = [
-        resource_quota(tenant, cohort), limit_range(tenant),
+        resource_quota(tenant, cohort, shared_gpus), limit_range(tenant),
         *network_policies(), member_role(), members_binding(name),
     ]
     for body in namespaced:

@@ -16,7 +16,12 @@ Resources, as the embedded runtime counts them (requests, not limits):
 * ``requests.cpu``, ``requests.memory``: ``0`` when the tenant has no quota
   for them (such jobs are never admitted);
 * ``requests.nvidia.com/gpu``: the sum over GPU models (Kubernetes has one
-  resource name for all models), rounded up to whole GPUs;
+  resource name for all models), rounded up to whole GPUs; left out on a
+  cluster with shared GPUs (``shared_gpus``).  There a fractional pod asks
+  for ``nvidia.com/gpu: 1``, one share of a GPU (``gpu_resources``), so the
+  count is of shares, not GPUs: a tenant whose fractional jobs add up to one
+  GPU may hold any number of shares, and any count here could refuse pods
+  that Shoal admitted.  Shoal's admission is then the only GPU limit;
 * ``pods``: only when the tenant has a pods quota.
 
 The LimitRange gives each container that requests no CPU or memory the
@@ -44,8 +49,10 @@ LIMITS_NAME = "shoal-defaults"
 GPU = "nvidia.com/gpu"
 
 
-def hard_limits(tenant: Tenant, cohort: Iterable[Tenant] = ()) -> dict[str, str]:
-    """``spec.hard`` of the tenant's ResourceQuota; ``cohort``: other tenants (any cohort)."""
+def hard_limits(tenant: Tenant, cohort: Iterable[Tenant] = (),
+                shared_gpus: bool = False) -> dict[str, str]:
+    """``spec.hard`` of the tenant's ResourceQuota; ``cohort``: other tenants (any cohort);
+    ``shared_gpus``: whether a node of the cluster shares its GPUs (no GPU count then)."""
     name = tenant.metadata.name
     quotas = {name: TenantQuota.from_spec(name, tenant.spec)}
     if tenant.spec.cohort is not None:
@@ -62,16 +69,18 @@ def hard_limits(tenant: Tenant, cohort: Iterable[Tenant] = ()) -> dict[str, str]
     hard = {
         "requests.cpu": quantities.cpu(most(CPU)),
         "requests.memory": quantities.memory(most(MEMORY)),
-        f"requests.{GPU}": quantities.count(-(-gpu_milli // MILLI)),
     }
+    if not shared_gpus:
+        hard[f"requests.{GPU}"] = quantities.count(-(-gpu_milli // MILLI))
     if mine.limits_pods:
         hard["pods"] = quantities.count(most(PODS))
     return hard
 
 
-def resource_quota(tenant: Tenant, cohort: Iterable[Tenant] = ()) -> Body:
+def resource_quota(tenant: Tenant, cohort: Iterable[Tenant] = (),
+                   shared_gpus: bool = False) -> Body:
     return {"kind": "ResourceQuota", "metadata": {"name": QUOTA_NAME},
-            "spec": {"hard": hard_limits(tenant, cohort)}}
+            "spec": {"hard": hard_limits(tenant, cohort, shared_gpus)}}
 
 
 def limit_range(tenant: Tenant) -> Body:

@@ -21,7 +21,9 @@ accepted all the same (quota is a promise about sharing; nodes come and go),
 with the warning condition ``QuotaFits=False``, reason
 ``QuotaExceedsCluster``, naming what exceeds and by how much; ``True`` when
 it fits.  Nodes are read at each reconcile of the tenant (a change of nodes
-alone does not reconcile it).
+alone does not reconcile it, but the first node that shares its GPUs, or
+the last one going, reconciles every tenant: the ResourceQuota then has no
+GPU count, ``tenancy_quota``).
 
 Problems a retry cannot fix become ``Ready=False`` with a reason, not an
 exception: ``InvalidTenant`` (a name that cannot name a namespace, a spec
@@ -46,6 +48,7 @@ from shoal.domain.tenant import Tenant
 from shoal.errors import AlreadyExistsError, ConflictError, ManifestError, UnavailableError
 from shoal.runtime.kubernetes.client import Body, Kube
 from shoal.runtime.kubernetes.convert import nodes_of
+from shoal.runtime.kubernetes.gpu_resources import shares_gpus
 from shoal.runtime.kubernetes.status import Condition, TenantStatus
 from shoal.runtime.kubernetes.sync import Action, plan
 from shoal.runtime.kubernetes.tenancy import (
@@ -91,8 +94,9 @@ def reconcile_tenant(kube: Kube, name: str, now: Clock = _utcnow) -> TenancyOutc
     me = next((t for t in resources if t["metadata"]["name"] == name), None)
     if me is None or me["metadata"].get("deletionTimestamp"):
         return TenancyOutcome(name, deleting=not cleanup_tenant(kube, name))
+    nodes = kube.list("Node")
     try:
-        objects, skipped = _desired(kube, me, resources)
+        objects, skipped = _desired(kube, me, resources, nodes)
     except ManifestError as exc:
         return _report(kube, me, now, "InvalidTenant", str(exc))
     live_ns = kube.get("Namespace", name)
@@ -118,7 +122,7 @@ def reconcile_tenant(kube: Kube, name: str, now: Clock = _utcnow) -> TenancyOutc
     done = _report(kube, me, now, "Reconciled",
                    f"namespace {name} with its quota, default requests, network policies, "
                    f"member role and priority classes is in place", namespace=name,
-                   fits=quota_fits(tenant_from_resource(me), kube.list("Node")))
+                   fits=quota_fits(tenant_from_resource(me), nodes))
     return TenancyOutcome(name, tuple(actions), done.ready, skipped=skipped)
 
 
@@ -135,18 +139,20 @@ def cleanup_tenant(kube: Kube, name: str) -> bool:
 def is_drift(kube: Kube, live: Body) -> bool:
     """Whether ``live``, an object Shoal made, differs from what its tenant needs now.
 
-    Only reads (the Tenants); lets a watcher skip the events of changes that
-    are not drift, such as a ResourceQuota's usage in its status.
+    Only reads (the Tenants, and the Nodes for a ResourceQuota); lets a
+    watcher skip the events of changes that are not drift, such as a
+    ResourceQuota's usage in its status.
     """
     meta = live["metadata"]
     owner = (meta.get("labels") or {}).get(TENANT_LABEL)
     where = (live["kind"], meta["name"], meta.get("namespace"))
     resources = kube.list("Tenant")
+    nodes = kube.list("Node") if live["kind"] == "ResourceQuota" else []
     for me in resources:
         if owner is not None and me["metadata"]["name"] != owner:
             continue
         try:
-            objects, _ = _desired(kube, me, resources)
+            objects, _ = _desired(kube, me, resources, nodes)
         except ManifestError:
             continue
         for desired in objects.all():
@@ -156,7 +162,8 @@ def is_drift(kube: Kube, live: Body) -> bool:
     return False
 
 
-def _desired(kube: Kube, me: Body, resources: list[Body]) -> tuple[TenantObjects, tuple[str, ...]]:
+def _desired(kube: Kube, me: Body, resources: list[Body],
+             nodes: list[Body]) -> tuple[TenantObjects, tuple[str, ...]]:
     tenant = tenant_from_resource(me)
     others, skipped = [], []
     for body in resources:
@@ -166,7 +173,8 @@ def _desired(kube: Kube, me: Body, resources: list[Body]) -> tuple[TenantObjects
             others.append(tenant_from_resource(body))
         except ManifestError:
             skipped.append(body["metadata"]["name"])
-    objects = tenant_objects(tenant, others, owner=me, api_version=kube.discovery.api_version)
+    objects = tenant_objects(tenant, others, owner=me, api_version=kube.discovery.api_version,
+                             shared_gpus=any(map(shares_gpus, nodes)))
     return objects, tuple(skipped)
 
 
