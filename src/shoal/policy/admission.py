@@ -43,7 +43,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 from shoal.domain.cluster import Binding
@@ -85,11 +85,20 @@ class _Plan:
     """Per flavor, the placer's memo key of a failed victim search: a number for what
     it depends on besides the cluster (tenant, priority, flavor, pods, constraints)."""
 
+    last: dict[int, tuple[Workload, Workload]] = field(default_factory=dict, compare=False)
+    """Per flavor, the last workload restricted and what it became: a bucket's head
+    is restricted again and again (to place it, then to search for victims)."""
+
     def restrict(self, workload: Workload, at: int) -> Workload:
         """``flavors.restrict(workload, self.flavors[at])`` for a workload of the bucket."""
         if self.flavors[at] is None:
             return workload
-        return replace(workload, pods=self.pods[at])
+        seen = self.last.get(at)
+        if seen is not None and seen[0] is workload:
+            return seen[1]
+        restricted = replace(workload, pods=self.pods[at])
+        self.last[at] = (workload, restricted)
+        return restricted
 
 
 def schedule(snapshot: Snapshot, placer: Placer) -> CycleResult:
@@ -126,7 +135,12 @@ class _Cycle:
         # by the number of tenants, however long the queues are.
         self.preempt_tried: set[str] = set()
         self.blocked: dict[str, str] = {}
+        # The release log does not change during a cycle: read its figures once.
+        log = snapshot.released
+        self._mark = log.count if log is not None else -1
+        self._resets = log.resets if log is not None else 0
         self.decisions: list[Decision] = []
+        self.admitted: list[str] = []
         # Buckets that failed in an earlier cycle and would fail again
         # (``policy.parking``): the placer's memo keeps them between cycles.
         parked = placer.memo.get("parked")
@@ -144,6 +158,8 @@ class _Cycle:
         self.parked = parked.buckets
         self.held = False
         self.waiting: list[Waiting] = []
+        # Parked buckets that take no turn: all their workloads wait (CycleResult.parked).
+        self.parked_rest: list[tuple[list[tuple[float, str, Workload]], Callable[[], str]]] = []
         # Why the last workload tried found no quota or room: the rest of its
         # bucket waits for the same reason.
         self.last_why: Callable[[], str] = str
@@ -212,7 +228,7 @@ class _Cycle:
             assert best is not None
             for _, bucket, park in parked:
                 if bucket is not best[1]:
-                    self.waiting.append(Waiting(_Names(bucket.entries, 0, ()), park.why))
+                    self.parked_rest.append((bucket.entries, park.why))
             key, bucket, park = best
             heapq.heappush(heap, (*key, next(tick), (bucket, park)))
         now, service = self.snap.now, self.snap.service
@@ -279,8 +295,8 @@ class _Cycle:
         if not self.held:
             for cursor, name, why, failure in failed:
                 self.park(cursor.bucket, cursor.plan, name, why, failure)
-        self.parking.admitted = tuple(d.workload for d in self.decisions if isinstance(d, Admit))
-        return CycleResult(tuple(self.decisions), tuple(self.waiting))
+        self.parking.admitted = tuple(self.admitted)
+        return CycleResult(tuple(self.decisions), tuple(self.waiting), tuple(self.parked_rest))
 
     def shares(self) -> Callable[[str, dict[str, int]], float]:
         """``ledger.share_after`` of a tenant and request, as the cycle starts.
@@ -493,6 +509,7 @@ class _Cycle:
         usage = flavors.usage_of(self.state, own)
         self.ledger.charge(workload.tenant, usage)
         self.decisions.append(Admit(workload.name, workload.tenant, own, usage, borrowing))
+        self.admitted.append(workload.name)
 
     def table(self) -> RunningTable:
         """Running workloads as columns, built on first use if the runtime keeps
@@ -535,8 +552,8 @@ class _Cycle:
         if (
             log is not None
             and seen.log is log
-            and seen.mark == log.count
-            and seen.resets == log.resets
+            and seen.mark == self._mark
+            and seen.resets == self._resets
             and seen.moment == moment
             and seen.borrows == borrows
         ):
@@ -559,7 +576,7 @@ class _Cycle:
             # took them in and fits now): keep it from counting them again.
             seen.unfound = UNFOUND
             return False
-        seen.version, seen.mark = version, log.count
+        seen.version, seen.mark = version, self._mark
         return True
 
     def outranks(self, workload: Workload) -> Callable[[Running], bool] | None:
@@ -604,7 +621,13 @@ class _Cycle:
             moment = 0 if fifo else self.snap.now
             version = self._epoch if fifo and self._epoch is not None else self.epoch(moment)
             seen = memo.get(memo_key)
-            if isinstance(seen, _Failed) and self.still_fails(seen, version, moment, borrows):
+            if type(seen) is _Failed and (
+                # still_fails' first test, inline: most parked heads take it every cycle.
+                (seen.mark == self._mark and seen.log is self.snap.released
+                 and seen.resets == self._resets and seen.moment == moment
+                 and seen.borrows == borrows)
+                or self.still_fails(seen, version, moment, borrows)
+            ):
                 continue
             found = search(
                 plan.restrict(workload, at),

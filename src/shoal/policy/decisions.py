@@ -8,7 +8,7 @@ for every workload they submitted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -78,12 +78,14 @@ class Pending:
 Decision = Admit | Preempt | Inadmissible | Pending
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Waiting:
     """Pending workloads that share one reason, listed only when read.
 
     A long queue's workloads mostly wait for the same reason; a cycle keeps
-    them as one ``Waiting`` instead of one ``Pending`` each.
+    them as one ``Waiting`` instead of one ``Pending`` each.  Not frozen: a
+    busy cycle makes dozens, and a frozen dataclass's ``__init__`` costs
+    several times a plain one's.
     """
 
     names: Callable[[], Iterable[str]]
@@ -102,15 +104,25 @@ class CycleResult:
 
     actions: tuple[Decision, ...]
     waiting: tuple[Waiting, ...] = ()
+    parked: tuple[tuple[Sequence[tuple[float, str, object]], Callable[[], str]], ...] = ()
+    """Whole buckets of the pending queue (its entries: submit time, name,
+    workload) that wait for one reason each, listed before ``waiting``: a busy
+    queue holds dozens, and a pair costs less to keep than a ``Waiting``."""
 
     @cached_property
     def decisions(self) -> tuple[Decision, ...]:
         bulk = [
+            Pending(entry[1], reason)
+            for entries, why in self.parked
+            for reason in (why(),)
+            for entry in entries
+        ]
+        bulk.extend(
             Pending(name, reason)
             for group in self.waiting
             for reason in (group.reason(),)
             for name in group.names()
-        ]
+        )
         return self.actions + tuple(bulk)
 
     @property

@@ -85,6 +85,8 @@ class QuotaTerms:
         }
         self.pool: dict[tuple[_CohortKey, str], int] = {}
         self.guaranteed: dict[tuple[str, str], int] = {}
+        self.floors: dict[tuple[_CohortKey, str], list[tuple[str, int]]] = {}
+        """Per cohort and resource, each member's name and guaranteed part (``drawn``)."""
         self.terms: dict[tuple[str, str], _Terms] = {}
 
     def serves(self, tenants: Mapping[str, TenantQuota]) -> bool:
@@ -111,6 +113,7 @@ class QuotaLedger:
         self._guaranteed = terms.guaranteed
         self._terms = terms.terms
         self._cohorts = terms.cohorts
+        self._floors = terms.floors
 
     def guaranteed(self, tenant: TenantQuota, resource: str) -> int:
         key = (tenant.name, resource)
@@ -139,13 +142,16 @@ class QuotaLedger:
         value = self._drawn.get(key)
         if value is None:
             # Every cycle's ledger works this out anew for the cohorts it checks.
-            usage, known = self.usage, self._guaranteed
+            floors = self._floors.get(key)
+            if floors is None:
+                floors = self._floors[key] = [
+                    (member.name, self.guaranteed(member, resource))
+                    for member in self._members[key[0]]
+                ]
+            usage = self.usage
             value = 0
-            for member in self._members[key[0]]:
-                used = usage.get(member.name, _NONE).get(resource, 0)
-                guaranteed = known.get((member.name, resource))
-                if guaranteed is None:
-                    guaranteed = self.guaranteed(member, resource)
+            for name, guaranteed in floors:
+                used = usage.get(name, _NONE).get(resource, 0)
                 if used > guaranteed:
                     value += used - guaranteed
             self._drawn[key] = value

@@ -560,22 +560,30 @@ class Unfound:
     cannot hold the preemptor.  See docs/scheduling.md, "What a cycle costs".
     """
 
-    __slots__ = ("any_release", "counted", "room")
+    __slots__ = ("_counted", "any_release", "room")
 
     def __init__(
         self,
-        counted: frozenset[tuple[str, int]] = frozenset(),
+        counted: Collection[tuple[str, int]] = frozenset(),
         any_release: bool = False,
         room: RoomCount | None = None,
     ) -> None:
-        self.counted = counted
-        """The workloads it counted as freed: name and ``Running.attempt``."""
+        # Made a set when first read: many failures are replaced before any release.
+        self._counted = counted
         self.any_release = any_release
         """It failed for want of any candidate it may take: no release changes that."""
         self.room = room
         """When room is what it lacked: the pods the nodes could take with ``counted``
         gone (and, once ``survives`` added them, the releases since): a
         necessary condition for the preemptor to fit."""
+
+    @property
+    def counted(self) -> frozenset[tuple[str, int]]:
+        """The workloads it counted as freed: name and ``Running.attempt``."""
+        counted = self._counted
+        if not isinstance(counted, frozenset):
+            counted = self._counted = frozenset(counted)
+        return counted
 
     def survives(self, released: Iterable[tuple[str, int, Sequence[Binding]]]) -> bool:
         """Whether it still fails after ``released`` (name, attempt, bindings) stopped.
@@ -656,8 +664,8 @@ def search(
     if fits is not True:
         room = fits if isinstance(fits, RoomCount) and not fits.fits() else None
         # Rows of running workloads: none of their entries is None.
-        counted = cast(frozenset[tuple[str, int]],
-                       frozenset(map(table.attempts.__getitem__, rows.tolist())))
+        counted = cast(tuple[tuple[str, int], ...],
+                       tuple(map(table.attempts.__getitem__, rows.tolist())))
         return Unfound(counted, room=room)
     found = _ranked(_Candidates(rows, pool.cost[at], pool.reasons, pool.queue), table)
     order = np.arange(len(rows))

@@ -257,7 +257,7 @@ class RoomCount:
     the state's.
     """
 
-    __slots__ = ("_base", "_free", "_needs", "_shapes", "_state", "_up", "counts")
+    __slots__ = ("_base", "_caps", "_free", "_needs", "_shapes", "_state", "_up", "counts")
 
     def __init__(
         self,
@@ -289,10 +289,16 @@ class RoomCount:
         self._needs = [shape.count for shape in self._shapes]
         self._free: dict[int, list[int]] = {}
         """Touched nodes' free CPU, memory and per-GPU milli (one list)."""
+        self._caps: dict[int, tuple[int, int]] = {}
+        """Touched nodes' CPU and memory capacity, read once (``give(capped=True)``)."""
 
     def fits(self) -> bool:
-        # Asked after nearly every ``give``: a comparison per shape, in C.
-        return all(map(operator.ge, self.counts, self._needs))
+        # Asked after nearly every ``give``: a comparison per shape, in C (one
+        # comparison for the usual workload of one shape).
+        counts = self.counts
+        if len(counts) == 1:
+            return counts[0] >= self._needs[0]
+        return all(map(operator.ge, counts, self._needs))
 
     def nodes(self) -> BoolArray:
         """The nodes that could take a pod of some shape, as first counted (before ``give``)."""
@@ -327,11 +333,17 @@ class RoomCount:
             for gpu in binding.gpus:
                 free[2 + gpu] += milli
             if capped:
-                state = self._state
-                free[0] = min(free[0], int(state.cpu_cap[node]))
-                free[1] = min(free[1], int(state.mem_cap[node]))
+                caps = self._caps.get(node)
+                if caps is None:
+                    state = self._state
+                    caps = self._caps[node] = (int(state.cpu_cap[node]), int(state.mem_cap[node]))
+                if free[0] > caps[0]:
+                    free[0] = caps[0]
+                if free[1] > caps[1]:
+                    free[1] = caps[1]
                 for gpu in binding.gpus:
-                    free[2 + gpu] = min(free[2 + gpu], MILLI)
+                    if free[2 + gpu] > MILLI:
+                        free[2 + gpu] = MILLI
             up = bool(self._up[node])
             for i, kind in enumerate(shapes):
                 count = kind.on(node, free) if up else 0
@@ -367,18 +379,23 @@ class _Shape:
         """``Free.pods_per_node`` of one node that is up, from its free ``free``."""
         if not self.ok[node]:
             return 0
+        # Comparisons, not min(): this runs for every pod that comes or goes.
         room = 1 << 40
-        if self.cpu:
-            room = min(room, free[0] // self.cpu)
-        if self.memory:
-            room = min(room, free[1] // self.memory)
-        gpu_count = self.gpu_count
+        cpu, memory, gpu_count = self.cpu, self.memory, self.gpu_count
+        if cpu:
+            room = free[0] // cpu
+        if memory:
+            fits = free[1] // memory
+            if fits < room:
+                room = fits
         if gpu_count:
             if self.whole:
-                room = min(room, free[2:].count(MILLI) // gpu_count)
+                fits = free[2:].count(MILLI) // gpu_count
             else:
                 milli = self.gpu_milli
-                room = min(room, sum([v // milli for v in free[2:]]) // gpu_count)
+                fits = sum([v // milli for v in free[2:]]) // gpu_count
+            if fits < room:
+                room = fits
         if room <= 0:
             return 0
         return 1 if self.once else room
