@@ -391,9 +391,11 @@ def _taken_at(
             continue
         name = table.tenants[code]
         nominal = ledger.tenants[name].nominal
-        above = np.array([ledger.used(name, r) - nominal.get(r, 0) for r in wanted])
-        if (above <= 0).all():
+        held = ledger.usage.get(name, {})
+        over = [held.get(r, 0) - nominal.get(r, 0) for r in wanted]
+        if max(over) <= 0:
             continue  # within nominal already: not even its first candidate
+        above = np.array(over)
         at = np.flatnonzero(owners == code)
         cost = pool.cost[at]
         count = PREFIX
