@@ -144,10 +144,12 @@ def test_mig_and_fractional_jobs_are_bound_where_their_gpus_are(
 
     kube = crds
     kube.create(foreign_pod(slices=5))  # 2 of the node's 7 slices are left
+    # One selects the sharing node; the other need not: a fraction goes only where
+    # GPUs are shared once a node is.
     shared = {"nodeSelector": {"shoal.dev/gpu-sharing": "hami"}}
-    for name in ("half-a", "half-b"):
-        kube.create(training_job(name, {"count": 1, "fraction": 0.5, "memory": "20Gi"},
-                                 **shared))
+    kube.create(training_job("half-a", {"count": 1, "fraction": 0.5, "memory": "20Gi"},
+                             **shared))
+    kube.create(training_job("half-b", {"count": 1, "fraction": 0.5, "memory": "20Gi"}))
     kube.create(training_job("slices", {"count": 2, "models": [SLICE]}))
     with running(KubeControl(kube, grace_seconds=1)):
         pods = bound_pods(kube, 3)

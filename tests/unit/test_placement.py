@@ -92,6 +92,28 @@ def test_gpu_model_and_capacity_filters() -> None:
     assert placer.place(state, two) is None
 
 
+def test_a_fraction_goes_only_to_nodes_that_share_gpus_when_some_do() -> None:
+    """On a cluster where a device plugin splits some nodes' GPUs (label
+    ``shoal.dev/gpu-sharing``), one GPU elsewhere is a whole one: a fractional pod
+    goes only to a sharing node, a whole-GPU pod anywhere; with no such label, Shoal
+    shares every node's GPUs itself."""
+    from shoal.domain.nodes import GPU_SHARING
+
+    # Most-allocated prefers "a", where one GPU is already in use.
+    state = ClusterState([node("a", gpus=2), node("s", gpus=2, **{GPU_SHARING: "hami"})])
+    placer = Placer(scorer("most-allocated"), node_ranks(2, None))
+    state.bind(placer.place(state, Workload(name="w", tenant="t", pods=(ONE,)))[0])
+    assert state.gpu_free[0].tolist() == [0, 1000]  # on "a"
+    half = Workload(name="h", tenant="t", pods=(HALF,))
+    assert state.names[placer.place(state, half)[0].node] == "s"
+    assert state.names[placer.place(state, Workload(name="o", tenant="t", pods=(ONE,)))[0]
+                       .node] == "a"
+    full = ClusterState([node("a", gpus=1), node("s", gpus=0, **{GPU_SHARING: "hami"})])
+    assert Placer(scorer("most-allocated"), node_ranks(2, None)).place(full, half) is None
+    plain = ClusterState([node("a", gpus=2), node("b", gpus=2)])
+    assert Placer(scorer("most-allocated"), node_ranks(2, None)).place(plain, half) is not None
+
+
 def test_gang_is_all_or_nothing_and_leaves_state_untouched() -> None:
     state = ClusterState([node("a", gpus=2), node("b", gpus=2)])
     before = state.gpu_free.copy()

@@ -13,6 +13,11 @@ ZONE = "topology.shoal.dev/zone"
 RACK = "topology.shoal.dev/rack"
 NVLINK = "topology.shoal.dev/nvlink-domain"
 HOSTNAME = "kubernetes.io/hostname"
+GPU_SHARING = "shoal.dev/gpu-sharing"
+"""A node whose GPUs a device plugin splits among pods.  When some node of a
+cluster carries it, a pod asking for a fraction of a GPU goes only to such
+nodes (elsewhere its one GPU would be a whole one); when none does, Shoal
+shares every node's GPUs itself."""
 
 
 class GpuSpec(Spec):

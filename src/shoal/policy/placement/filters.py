@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from shoal.domain.cluster import BoolArray, ClusterState
+from shoal.domain.nodes import GPU_SHARING
 from shoal.domain.resources import MILLI
 from shoal.domain.workload import Constraints, PodShape
 
@@ -59,6 +60,13 @@ def model_mask(state: ClusterState, models: tuple[str, ...]) -> BoolArray:
         return np.ones(len(state), dtype=np.bool_)
     ids = [state.models.index(model) for model in models if model in state.models]
     return np.isin(state.model_id, np.array(ids, dtype=np.int64))
+
+
+def sharing_mask(state: ClusterState) -> BoolArray:
+    """Nodes a fractional GPU pod may use: those labelled ``GPU_SHARING`` when any
+    node is, else every node (``domain.nodes.GPU_SHARING``)."""
+    marked = np.array([GPU_SHARING in node.labels for node in state.nodes], dtype=np.bool_)
+    return marked if marked.any() else np.ones(len(state), dtype=np.bool_)
 
 
 def fit_mask(state: ClusterState, pod: PodShape, allowed: BoolArray | None = None) -> BoolArray:

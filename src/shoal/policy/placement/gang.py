@@ -23,7 +23,7 @@ from shoal.domain.cluster import Binding, BoolArray, ClusterState, IntArray
 from shoal.domain.resources import MILLI
 from shoal.domain.workload import ANTI_AFFINITY_LABELS, PACK_LABELS, PodShape, Workload
 from shoal.policy.placement.base import Scorer, place_pod
-from shoal.policy.placement.filters import model_mask, static_mask
+from shoal.policy.placement.filters import model_mask, sharing_mask, static_mask
 
 
 class Placer:
@@ -39,10 +39,13 @@ class Placer:
         self.memo: dict[object, object] = {}
 
     def allowed(self, state: ClusterState, workload: Workload, pod: PodShape) -> BoolArray:
-        key = (workload.constraints, pod.models)
+        shares = bool(pod.gpu_count) and pod.gpu_milli < MILLI
+        key = (workload.constraints, pod.models, shares)
         mask = self._static.get(key)
         if mask is None:
             mask = static_mask(state, workload.constraints) & model_mask(state, pod.models)
+            if shares:
+                mask = mask & sharing_mask(state)
             self._static[key] = mask
         return mask
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.domain.job import GpuRequest
+from shoal.domain.nodes import GPU_SHARING
 from shoal.runtime.kubernetes import quantities
 
 __all__ = [
@@ -78,7 +79,7 @@ MIG_MARK = "-MIG-"
 GPU_MODEL_LABEL = "nvidia.com/gpu.product"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 GPU_COUNT_LABEL = "nvidia.com/gpu.count"
-SHARING_LABEL = "shoal.dev/gpu-sharing"
+SHARING_LABEL = GPU_SHARING
 SHARING = "hami"
 """The value of ``SHARING_LABEL`` on a node whose GPUs a sharing device plugin splits."""
 INDEX_ANNOTATION = "shoal.dev/gpu-index"
