@@ -19,7 +19,8 @@ events handled and events per CPU-second, peak RSS, and what shows that it
 contended: mean GPU allocation while jobs arrive and overall, the largest
 queue, preemptions and the mean queueing delay; and ``decisions``, a digest
 of every job's start, end, attempts and lost work (equal digests: the same
-decisions).
+decisions).  ``compiled`` says whether the scheduling core was the compiled
+build (``SHOAL_COMPILE=1 pip install .``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import shoal.policy.admission as admission_module
 from shoal.domain.nodes import GpuSpec, NodePoolSpec, expand_pool
 from shoal.domain.tenant import BorrowWithinCohort, PreemptionPolicy
 from shoal.sim.replay import ReplayEngine
@@ -90,6 +92,8 @@ def main() -> None:
     print(json.dumps({
         "nodes": args.nodes, "jobs": args.jobs, "tenants": args.tenants, "load": args.load,
         "policy": args.policy, "queueing": args.queueing,
+        # SHOAL_COMPILE=1 builds (docs/benchmarks.md, "Compiled scheduling core")
+        "compiled": not (admission_module.__file__ or "").endswith(".py"),
         "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "events": events,
         "events_per_cpu_s": round(events / cpu), "cycles": engine.cycles,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.compiled import pure_python_only
 
 from shoal.control import machine
 from shoal.domain.nodes import GpuSpec, NodePoolSpec, expand_pool
@@ -88,6 +89,7 @@ def _outcome(engine: ReplayEngine) -> list[tuple[object, ...]]:
     ]
 
 
+@pure_python_only
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_parked_buckets_take_the_decisions_of_trying_every_bucket(seed: int) -> None:
     nodes = expand_pool("gpu", NodePoolSpec(count=6, cpu=64, memory="128Gi",
@@ -108,6 +110,7 @@ def test_parked_buckets_take_the_decisions_of_trying_every_bucket(seed: int) -> 
     assert watched.cycles_with_parked > parked.cycles // 4
 
 
+@pure_python_only
 @pytest.mark.parametrize("seed", [1, 2])
 def test_the_kept_nominations_are_those_read_from_every_record(seed: int) -> None:
     """The simulator keeps its nominated set between cycles; before every cycle

@@ -20,6 +20,7 @@ from shoal.policy.ledger import QuotaLedger
 from shoal.policy.placement import Placer
 from shoal.policy.queue import PendingQueue
 from shoal.policy.snapshot import ReleaseLog
+from tests.compiled import pure_python_only
 from tests.unit.builders import cluster, placer, start, tenant, tenants, usage_of, workload
 
 
@@ -90,6 +91,7 @@ def pending_names(result: CycleResult) -> set[str]:
     return {d.workload for d in result.decisions if isinstance(d, Pending)}
 
 
+@pure_python_only
 def test_a_bucket_short_of_quota_waits_untried_until_enough_is_released() -> None:
     # One tenant, no cohort: 4 GPUs of quota, all in use by two jobs of 2.
     runtime = Runtime(cluster(8), tenants(tenant("a", 4)))
@@ -115,6 +117,7 @@ def test_a_bucket_short_of_quota_waits_untried_until_enough_is_released() -> Non
     assert [d.workload for d in result.admitted] == ["big"]
 
 
+@pure_python_only
 def test_a_bucket_short_of_room_is_tried_once_a_release_could_hold_it() -> None:
     # Quota aplenty; two nodes of 4 GPUs, each with 3 in use: no room for 2 GPUs.
     runtime = Runtime(cluster(4, 4), tenants(tenant("a", 100)))
@@ -131,6 +134,7 @@ def test_a_bucket_short_of_room_is_tried_once_a_release_could_hold_it() -> None:
     assert [d.workload for d in result.admitted] == ["pair"]
 
 
+@pure_python_only
 def test_arrivals_into_a_parked_bucket_wait_with_it_and_a_new_bucket_is_tried() -> None:
     runtime = Runtime(cluster(8), tenants(tenant("a", 4), tenant("b", 4)))
     runtime.run(workload("r1", "a", gpus=4))
@@ -145,6 +149,7 @@ def test_arrivals_into_a_parked_bucket_wait_with_it_and_a_new_bucket_is_tried() 
     assert [d.workload for d in result.admitted] == ["b1"]
 
 
+@pure_python_only
 @pytest.mark.parametrize("change", ["reset", "tenants"])
 def test_a_reset_or_new_tenants_try_every_bucket_again(change: str) -> None:
     runtime = Runtime(cluster(8), tenants(tenant("a", 4)))

@@ -7,6 +7,7 @@ import pytest
 
 from shoal.domain.cluster import Binding
 from shoal.policy.queue import PendingQueue, bucket_key
+from tests.compiled import is_compiled
 from tests.unit.builders import cluster, placer, workload
 
 
@@ -69,3 +70,23 @@ def test_gang_placement_leaves_the_state_as_it_was() -> None:
     assert placer(state).place(state, workload("g", "a", gpus=8, pods=2)) is not None
     assert placer(state).place(state, workload("h", "a", gpus=8, pods=3)) is None
     assert all(np.array_equal(a, b) for a, b in zip(before, snapshot(state), strict=True))
+
+
+def test_a_copy_is_independent_and_shares_capacities_and_stamps() -> None:
+    from shoal.domain import cluster as cluster_module
+
+    state = cluster(8, 8, 8)
+    state.bind(Binding(0, (0, 1), workload("w", "a", gpus=2).pods[0]))
+    clone = state.copy()
+    # Every attribute is either copied or shared: none is left behind.
+    if not is_compiled("shoal.domain.cluster"):
+        listed = {*cluster_module._MUTABLE, *cluster_module._SHARED, "releases", "_journals"}
+        assert set(vars(state)) == listed
+    assert all(np.array_equal(a, b) for a, b in zip(snapshot(state), snapshot(clone), strict=True))
+    assert clone.cpu_cap is state.cpu_cap  # scorers' caches see the same cluster
+    assert clone.releases == state.releases
+    clone.bind(Binding(1, (0,), workload("v", "a", gpus=1).pods[0]))
+    assert state.whole_free[1] == 8 and clone.whole_free[1] == 7
+    assert state.stamp[0] != 0 and clone.stamp[1] > state.stamp[0]
+    state.bind(Binding(2, (0,), workload("u", "a", gpus=1).pods[0]))
+    assert state.stamp[2] > clone.stamp[1]  # one counter: no stamp given twice

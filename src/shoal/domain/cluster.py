@@ -44,6 +44,15 @@ _MUTABLE = (
     "cpu_free", "mem_free", "gpu_free", "gpu_mem_free", "gpu_left", "free_share", "whole_free", "max_free", "kinds", "up",
     "stamp",
 )
+# What a copy shares with its original: capacities (scorers key their caches on
+# them, so a copy counts as the same cluster) and the stamp counter (so stamps
+# stay unique across copies).  With _MUTABLE, ``releases`` and ``_journals``,
+# every attribute (a test holds the list whole).
+_SHARED = (
+    "nodes", "names", "index", "max_gpus", "cpu_cap", "mem_cap", "gpu_count", "gpu_memory",
+    "models", "model_id", "gpu_exists", "_counter", "total_gpu_milli", "cpu_inv", "mem_inv",
+    "gpu_inv", "dims_inv", "uniform",
+)
 
 
 class ClusterState:
@@ -103,12 +112,15 @@ class ClusterState:
         return len(self.names)
 
     def copy(self) -> ClusterState:
-        """An independent copy for tentative decisions (capacities are shared)."""
-        clone = object.__new__(ClusterState)
-        clone.__dict__.update(self.__dict__)
+        """An independent copy for tentative decisions."""
+        # Attribute by attribute, not by copying __dict__: a compiled build
+        # (SHOAL_COMPILE=1) has none.
+        clone = ClusterState(())
+        for attr in _SHARED:
+            setattr(clone, attr, getattr(self, attr))
         for attr in _MUTABLE:
             setattr(clone, attr, getattr(self, attr).copy())
-        clone._journals = []
+        clone.releases = self.releases
         return clone
 
     @contextmanager

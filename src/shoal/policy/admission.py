@@ -438,7 +438,7 @@ class _Cycle:
             else:
                 amount, free = args[3], args[5]
                 assert isinstance(amount, int) and isinstance(free, int)
-                deficit = amount - free
+                deficit = float(amount - free)
             park = Park(head, why, failure.resource, deficit, plan.rooms[0], plan)
             self.parking.park(bucket, park, None)
         else:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from shoal.domain.cluster import ClusterState
 from shoal.policy import flavors
@@ -54,7 +55,7 @@ class Park:
     room: int
     """The bucket's room key (``_Plan.rooms``): its ``Parked.rooms`` entry, when it
     lacked room."""
-    plan: object
+    plan: Any
     """What validating the bucket found (the cycle's own type): a parked bucket is
     not validated again, since anything that could change that unparks it."""
 

@@ -254,10 +254,10 @@ def _candidates(
         return None
     mask = present & table.preemptible[:size]
     if same is not None:
-        for slot in same:
+        for slot in same.tolist():
             if mask[slot]:
-                if outranks is not None and outranks(table.run(int(slot))):
-                    queue.add(int(slot))
+                if outranks is not None and outranks(table.run(slot)):
+                    queue.add(slot)
                 else:
                     mask[slot] = False
     rows = np.flatnonzero(mask)

@@ -6,7 +6,7 @@ and never change it, which keeps them pure and replayable.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -152,7 +152,7 @@ class Snapshot:
     across cycles; else a cycle that searches for victims builds them."""
     usage: Mapping[str, Mapping[str, int]] | None = None
     """Quota held per tenant, if the runtime keeps it; else summed from ``running``."""
-    epoch: object = None
+    epoch: Hashable | None = None
     """What the runtime says of room given back: two snapshots with equal epochs have
     no workload stopped, no node come up and no tenant changed between them (so a
     victim search that failed in the first fails in the second).  None: unknown; the

@@ -92,12 +92,6 @@ def best_fit_gpus(state: ClusterState, pod: PodShape, node: int) -> tuple[int, .
     return (int(slots[int(free.argmin())]),)
 
 
-class BestFitGpus:
-    """Mixin: the default GPU choice inside a node."""
-
-    def pick_gpus(self, state: ClusterState, pod: PodShape, node: int) -> tuple[int, ...]:
-        return best_fit_gpus(state, pod, node)
-
 
 def node_ranks(size: int, seed: int | None) -> IntArray:
     """Tie-break order: node index order, or a seeded permutation of it."""

@@ -16,16 +16,27 @@ from shoal.domain.nodes import NVLINK, RACK
 from shoal.domain.resources import MILLI
 from shoal.domain.workload import PodShape
 from shoal.policy.placement.base import (
-    BestFitGpus,
     FloatArray,
     Nodes,
     ScorerContext,
+    best_fit_gpus,
     register_scorer,
 )
 
 # The paper's scorers normalise by a reference node of 128 cores and 8 GPUs.
 _REF_CPU = 128_000
 _REF_GPU = 8 * MILLI
+
+
+class BestFitGpus:
+    """Mixin: the default GPU choice inside a node.
+
+    It lives here, not in ``base``, because ``base`` may be compiled
+    (docs/benchmarks.md, "Compiled policy"), and a compiled class cannot be
+    subclassed by interpreted ones such as a user's scorer."""
+
+    def pick_gpus(self, state: ClusterState, pod: PodShape, node: int) -> tuple[int, ...]:
+        return best_fit_gpus(state, pod, node)
 
 
 def _size(state: ClusterState, nodes: Nodes) -> int:

@@ -1,0 +1,72 @@
+"""Shoal's build backend: setuptools, plus what ``SHOAL_COMPILE=1`` needs.
+
+``SHOAL_COMPILE=1 pip install .`` compiles the scheduling hot path with mypyc
+(``setup.py`` lists the modules; docs/benchmarks.md, "Compiled scheduling
+core").  Compiling type-checks those modules, so the build environment then
+needs mypy and the runtime dependencies whose types they use; without the
+variable the build is plain setuptools and pulls nothing more.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from setuptools import build_meta as _setuptools
+from setuptools.build_meta import (  # noqa: F401  (re-exported hooks)
+    build_sdist,
+    build_wheel,
+    get_requires_for_build_sdist,
+    prepare_metadata_for_build_editable,
+    prepare_metadata_for_build_wheel,
+)
+
+_TYPED_DEPENDENCIES = ("numpy", "pydantic")
+"""Runtime dependencies the compiled modules take types from (and mypy's pydantic plugin)."""
+
+
+def compiling() -> bool:
+    return os.environ.get("SHOAL_COMPILE", "") == "1"
+
+
+def _compile_requires() -> list[str]:
+    project = tomllib.loads(Path("pyproject.toml").read_text(encoding="utf-8"))
+    dev = project["project"]["optional-dependencies"]["dev"]
+    mypy = [spec for spec in dev if spec.startswith("mypy")]
+    typed = [
+        spec for spec in project["project"]["dependencies"]
+        if spec.split(">")[0].split("=")[0].split("[")[0].strip() in _TYPED_DEPENDENCIES
+    ]
+    return mypy + typed
+
+
+def get_requires_for_build_wheel(config_settings: Any = None) -> list[str]:
+    if compiling():
+        # Not setuptools' own hook: it runs setup.py, which then needs mypyc
+        # before this answer could have installed it.
+        return ["wheel", *_compile_requires()]
+    return list(_setuptools.get_requires_for_build_wheel(config_settings))
+
+
+def _no_compiled_editable() -> None:
+    if compiling():
+        # An editable install would put the compiled modules beside their
+        # sources, where they shadow every later edit of the .py files.
+        raise SystemExit(
+            "SHOAL_COMPILE=1 builds a compiled wheel: install it with `pip install .`, "
+            "not `pip install -e .` (compiled modules in the source tree would hide "
+            "edits to the .py files)"
+        )
+
+
+def get_requires_for_build_editable(config_settings: Any = None) -> list[str]:
+    _no_compiled_editable()
+    return list(_setuptools.get_requires_for_build_editable(config_settings))
+
+
+def build_editable(wheel_directory: str, config_settings: Any = None,
+                   metadata_directory: str | None = None) -> str:
+    _no_compiled_editable()
+    return str(_setuptools.build_editable(wheel_directory, config_settings, metadata_directory))
