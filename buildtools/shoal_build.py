@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import (  # noqa: F401  (re-exported hooks)
-    build_sdist,
     build_wheel,
-    get_requires_for_build_sdist,
     prepare_metadata_for_build_editable,
     prepare_metadata_for_build_wheel,
 )
@@ -70,3 +69,25 @@ def build_editable(wheel_directory: str, config_settings: Any = None,
                    metadata_directory: str | None = None) -> str:
     _no_compiled_editable()
     return str(_setuptools.build_editable(wheel_directory, config_settings, metadata_directory))
+
+
+_Hook = TypeVar("_Hook", bound=Callable[..., Any])
+
+
+def _plain(hook: _Hook) -> _Hook:
+    """The hook with SHOAL_COMPILE unset: a source distribution carries sources
+    only, whatever the variable says (and needs no compiler to be made)."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        saved = os.environ.pop("SHOAL_COMPILE", None)
+        try:
+            return hook(*args, **kwargs)
+        finally:
+            if saved is not None:
+                os.environ["SHOAL_COMPILE"] = saved
+
+    return run  # type: ignore[return-value]
+
+
+get_requires_for_build_sdist = _plain(_setuptools.get_requires_for_build_sdist)
+build_sdist = _plain(_setuptools.build_sdist)
