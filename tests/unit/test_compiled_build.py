@@ -55,3 +55,15 @@ def test_a_compiled_editable_install_is_refused_with_the_way_to_do_it(
     backend = _backend(monkeypatch, compile_=True)
     with pytest.raises(SystemExit, match=r"pip install \.`, not `pip install -e"):
         backend.get_requires_for_build_editable()
+
+
+def test_a_source_distribution_is_never_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = _backend(monkeypatch, compile_=True)
+    # The sdist hooks run without the variable, and put it back after.
+    seen = backend._plain(lambda: os.environ.get("SHOAL_COMPILE"))()
+    assert seen is None and os.environ["SHOAL_COMPILE"] == "1"
+    for hook in (backend.get_requires_for_build_sdist, backend.build_sdist):
+        assert hook.__qualname__ == "_plain.<locals>.run"
+    needs = backend.get_requires_for_build_sdist()  # setup.py runs, and compiles nothing
+    assert not any(spec.startswith("mypy") for spec in needs)
+    assert os.environ["SHOAL_COMPILE"] == "1"
