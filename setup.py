@@ -10,6 +10,7 @@ against it and compares the contended replay's digests); docs/benchmarks.md,
 from __future__ import annotations
 
 import os
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ def ext_modules() -> list[Any]:
 
     config = tomllib.loads(Path("pyproject.toml").read_text(encoding="utf-8"))
     modules = config["tool"]["shoal"]["compile"]["modules"]
+    # A compiled build copies whatever an earlier one left in build/ into the
+    # wheel: a module taken off the list would ship compiled all the same.
+    for stale in (*Path("build").glob("lib.*"), *Path("build").glob("temp.*")):
+        shutil.rmtree(stale)
     return list(mypycify([f"src/{path}" for path in modules], opt_level="3"))
 
 

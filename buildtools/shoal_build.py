@@ -1,8 +1,8 @@
 """Shoal's build backend: setuptools, plus what ``SHOAL_COMPILE=1`` needs.
 
 ``SHOAL_COMPILE=1 pip install .`` compiles the scheduling hot path with mypyc
-(``setup.py`` lists the modules; docs/benchmarks.md, "Compiled scheduling
-core").  Compiling type-checks those modules, so the build environment then
+(pyproject.toml lists the modules under ``[tool.shoal.compile]``, setup.py
+compiles them; docs/benchmarks.md, "Compiled scheduling core").  Compiling type-checks those modules, so the build environment then
 needs mypy and the runtime dependencies whose types they use; without the
 variable the build is plain setuptools and pulls nothing more.
 """
@@ -10,17 +10,14 @@ variable the build is plain setuptools and pulls nothing more.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from setuptools import build_meta as _setuptools
-from setuptools.build_meta import (  # noqa: F401  (re-exported hooks)
-    build_wheel,
-    prepare_metadata_for_build_editable,
-    prepare_metadata_for_build_wheel,
-)
+from setuptools.build_meta import build_wheel  # noqa: F401  (a re-exported hook)
 
 _TYPED_DEPENDENCIES = ("numpy", "pydantic")
 """Runtime dependencies the compiled modules take types from (and mypy's pydantic plugin)."""
@@ -33,12 +30,18 @@ def compiling() -> bool:
 def _compile_requires() -> list[str]:
     project = tomllib.loads(Path("pyproject.toml").read_text(encoding="utf-8"))
     dev = project["project"]["optional-dependencies"]["dev"]
-    mypy = [spec for spec in dev if spec.startswith("mypy")]
+    mypy = [spec for spec in dev if _name(spec) == "mypy"]
     typed = [
         spec for spec in project["project"]["dependencies"]
-        if spec.split(">")[0].split("=")[0].split("[")[0].strip() in _TYPED_DEPENDENCIES
+        if _name(spec) in _TYPED_DEPENDENCIES
     ]
     return mypy + typed
+
+
+def _name(spec: str) -> str:
+    """A requirement's project name (what comes before any version, extra or marker)."""
+    found = re.match(r"[A-Za-z0-9._-]+", spec.strip())
+    return found.group(0).lower() if found else ""
 
 
 def get_requires_for_build_wheel(config_settings: Any = None) -> list[str]:
@@ -91,3 +94,13 @@ def _plain(hook: _Hook) -> _Hook:
 
 get_requires_for_build_sdist = _plain(_setuptools.get_requires_for_build_sdist)
 build_sdist = _plain(_setuptools.build_sdist)
+# Metadata does not depend on what is compiled: without the variable, setup.py
+# does not compile once for the metadata and again for the wheel.
+prepare_metadata_for_build_wheel = _plain(_setuptools.prepare_metadata_for_build_wheel)
+
+
+def prepare_metadata_for_build_editable(metadata_directory: str,
+                                        config_settings: Any = None) -> str:
+    _no_compiled_editable()
+    return str(_setuptools.prepare_metadata_for_build_editable(metadata_directory,
+                                                               config_settings))

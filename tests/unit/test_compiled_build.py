@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -22,14 +23,23 @@ def test_every_module_of_the_core_comes_from_the_same_build() -> None:
         assert all(built.values()) == (expected == "1"), built
 
 
-def _backend(monkeypatch: pytest.MonkeyPatch, compile_: bool) -> ModuleType:
+def _backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compile_: bool) -> ModuleType:
+    """The build backend, its hooks run in a copy of the source tree (setuptools
+    writes egg-info where it runs: not in the checkout)."""
     root = Path(__file__).resolve().parents[2]
-    monkeypatch.chdir(root)  # PEP 517 runs a backend's hooks in the source tree
+    tree = tmp_path / "tree"
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so")
+    for name in ("pyproject.toml", "setup.py", "README.md", "MANIFEST.in"):
+        tree.mkdir(exist_ok=True)
+        shutil.copy(root / name, tree / name)
+    for name in ("buildtools", "src"):
+        shutil.copytree(root / name, tree / name, ignore=skip)
+    monkeypatch.chdir(tree)  # PEP 517 runs a backend's hooks in the source tree
     if compile_:
         monkeypatch.setenv("SHOAL_COMPILE", "1")
     else:
         monkeypatch.delenv("SHOAL_COMPILE", raising=False)
-    spec = importlib.util.spec_from_file_location("shoal_build", root / "buildtools/shoal_build.py")
+    spec = importlib.util.spec_from_file_location("shoal_build", tree / "buildtools/shoal_build.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -37,32 +47,38 @@ def _backend(monkeypatch: pytest.MonkeyPatch, compile_: bool) -> ModuleType:
 
 
 def test_a_compiled_build_asks_for_mypy_and_the_types_it_compiles_against(
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    needs = _backend(monkeypatch, compile_=True).get_requires_for_build_wheel()
-    names = {re.split(r"[<>=\[ ]", spec)[0] for spec in needs}
+    backend = _backend(tmp_path, monkeypatch, compile_=True)
+    needs = backend.get_requires_for_build_wheel()
+    names = {re.split(r"[<>=\[ ;,]", spec)[0] for spec in needs}
     assert {"mypy", "numpy", "pydantic"} <= names
+    assert backend._name("numpy<3,>=1.26; python_version >= '3.11'") == "numpy"
 
 
-def test_a_plain_build_asks_for_no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
-    needs = _backend(monkeypatch, compile_=False).get_requires_for_build_wheel()
+def test_a_plain_build_asks_for_no_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    needs = _backend(tmp_path, monkeypatch, compile_=False).get_requires_for_build_wheel()
     assert not any(spec.startswith("mypy") for spec in needs)
 
 
 def test_a_compiled_editable_install_is_refused_with_the_way_to_do_it(
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    backend = _backend(monkeypatch, compile_=True)
-    with pytest.raises(SystemExit, match=r"pip install \.`, not `pip install -e"):
-        backend.get_requires_for_build_editable()
+    backend = _backend(tmp_path, monkeypatch, compile_=True)
+    for hook in (backend.get_requires_for_build_editable,
+                 lambda: backend.prepare_metadata_for_build_editable("unused")):
+        with pytest.raises(SystemExit, match=r"pip install \.`, not `pip install -e"):
+            hook()
 
 
-def test_a_source_distribution_is_never_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
-    backend = _backend(monkeypatch, compile_=True)
+def test_a_source_distribution_is_never_compiled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = _backend(tmp_path, monkeypatch, compile_=True)
     # The sdist hooks run without the variable, and put it back after.
     seen = backend._plain(lambda: os.environ.get("SHOAL_COMPILE"))()
     assert seen is None and os.environ["SHOAL_COMPILE"] == "1"
-    for hook in (backend.get_requires_for_build_sdist, backend.build_sdist):
+    plain = (backend.get_requires_for_build_sdist, backend.build_sdist,
+             backend.prepare_metadata_for_build_wheel)
+    for hook in plain:
         assert hook.__qualname__ == "_plain.<locals>.run"
     needs = backend.get_requires_for_build_sdist()  # setup.py runs, and compiles nothing
     assert not any(spec.startswith("mypy") for spec in needs)

@@ -32,7 +32,7 @@ class BestFitGpus:
     """Mixin: the default GPU choice inside a node.
 
     It lives here, not in ``base``, because ``base`` may be compiled
-    (docs/benchmarks.md, "Compiled policy"), and a compiled class cannot be
+    (docs/benchmarks.md, "Compiled scheduling core"), and a compiled class cannot be
     subclassed by interpreted ones such as a user's scorer."""
 
     def pick_gpus(self, state: ClusterState, pod: PodShape, node: int) -> tuple[int, ...]:
