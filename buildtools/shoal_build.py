@@ -24,7 +24,13 @@ _TYPED_DEPENDENCIES = ("numpy", "pydantic")
 
 
 def compiling() -> bool:
-    return os.environ.get("SHOAL_COMPILE", "") == "1"
+    value = os.environ.get("SHOAL_COMPILE", "")
+    if value not in ("", "0", "1"):
+        # A typo must not quietly give the build the user did not ask for.
+        raise SystemExit(
+            f"SHOAL_COMPILE must be 1 (compile the scheduling core) or 0, not {value!r}"
+        )
+    return value == "1"
 
 
 def _compile_requires() -> list[str]:

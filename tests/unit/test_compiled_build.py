@@ -83,3 +83,12 @@ def test_a_source_distribution_is_never_compiled(tmp_path: Path, monkeypatch: py
     needs = backend.get_requires_for_build_sdist()  # setup.py runs, and compiles nothing
     assert not any(spec.startswith("mypy") for spec in needs)
     assert os.environ["SHOAL_COMPILE"] == "1"
+
+
+def test_a_mistyped_compile_switch_is_refused_not_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = _backend(tmp_path, monkeypatch, compile_=False)
+    monkeypatch.setenv("SHOAL_COMPILE", "yes")
+    with pytest.raises(SystemExit, match=r"SHOAL_COMPILE must be 1 .* or 0, not 'yes'"):
+        backend.get_requires_for_build_wheel()
