@@ -92,7 +92,6 @@ def best_fit_gpus(state: ClusterState, pod: PodShape, node: int) -> tuple[int, .
     return (int(slots[int(free.argmin())]),)
 
 
-
 def node_ranks(size: int, seed: int | None) -> IntArray:
     """Tie-break order: node index order, or a seeded permutation of it."""
     if seed is None:
